@@ -1,0 +1,23 @@
+# The two commands of the README:
+#   make demo   install, then run the prepare job on a generated demo corpus
+#   make test   install, then run the test suite
+PY ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: install demo test bench
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+
+demo: install
+	$(BIN)/vlprep demo demo_out/corpus
+	$(BIN)/vlprep prepare demo_out/corpus/demo.yaml --out demo_out/prepared
+	$(BIN)/vlprep stats demo_out/prepared
+
+test: install
+	$(BIN)/python -m pytest tests

@@ -1,0 +1,64 @@
+"""Error classes shared by every processor.
+
+Each carries a short machine-readable `code` (what lands in the ledger's error type) and a
+message that says which input, which limit and what to do.
+"""
+from __future__ import annotations
+
+
+class VlprepError(ValueError):
+    code = "invalid"
+
+
+class MediaError(VlprepError):
+    """A media file could not be read or decoded."""
+
+    code = "media"
+
+
+class ImageDecodeError(MediaError):
+    code = "image_decode"
+
+
+class ImageTooLargeError(MediaError):
+    """Pixel count above the decompression-bomb limit."""
+
+    code = "image_too_large"
+
+
+class AspectRatioError(VlprepError):
+    code = "aspect_ratio"
+
+
+class VideoDecodeError(MediaError):
+    code = "video_decode"
+
+
+class VideoTimeoutError(MediaError):
+    code = "video_timeout"
+
+
+class VideoTooShortError(VlprepError):
+    code = "video_too_short"
+
+
+class FormatError(VlprepError):
+    """A record does not match any supported input format, or is malformed."""
+
+    code = "format"
+
+
+class PlaceholderMismatchError(FormatError):
+    code = "placeholder_mismatch"
+
+
+class SequenceTooLongError(VlprepError):
+    code = "too_long"
+
+
+class GroundingError(VlprepError):
+    code = "grounding"
+
+
+class PathEscapeError(VlprepError):
+    code = "path_escape"
