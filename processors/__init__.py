@@ -26,6 +26,7 @@ _EXPORTS = {
     "rope": ["get_rope_index"],
     "video": ["probe_video", "sample_frame_indices", "process_video", "VideoInfo", "VideoResult"],
     "encode": ["encode_sample", "EncodeOptions"],
+    "media": ["resolve_media_path"],
 }
 _NAME_TO_MODULE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_NAME_TO_MODULE)
