@@ -1,0 +1,191 @@
+"""`vlm` scorer: a local Qwen2-VL / Qwen2.5-VL checkpoint scores the supervised answer.
+
+Columns
+  vlm.mean_logprob       mean log-probability of the supervised tokens (labels != -100), with vision
+  vlm.text_only_logprob  the same answer's mean log-probability with every vision block removed
+                         (<|vision_start|>...<|vision_end|> dropped, plain text positions 0..L'-1)
+  vlm.visual_gain        mean_logprob - text_only_logprob; near 0 (or negative) when the answer does
+                         not need the image; NaN for samples without images/videos
+  vlm.reward             only when the checkpoint carries a scalar head (`score.weight` [1, H], as
+                         sequence-classification / reward models store it): head(final hidden state of
+                         the last token)
+
+Positions come from the shard (M-RoPE, [3, L] per sample), never recomputed: transformers 5.x
+recomputes text positions after a video differently from 4.x and the Qwen team's code (spec §11.4).
+Only the supervised positions go through lm_head, so logits never materialise as [B, L, vocab].
+"""
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+
+import numpy as np
+
+from processors.presets import IGNORE_INDEX
+
+from .batching import HostBatch, has_vision
+from .protocol import ScorerError, compute_dtype
+
+_FAMILIES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+_PRESET_OF = {"qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl"}
+# Where reward / sequence-classification checkpoints keep a scalar head.
+_HEAD_KEYS = ("score.weight", "v_head.summary.weight", "reward_head.weight")
+# Bound on the float32 [rows, vocab] logits buffer of one lm_head call (1 GiB GPU, 128 MiB CPU).
+_LOGIT_ELEMS = {"cuda": 2**28, "cpu": 2**25}
+
+
+def _load_reward_head(path: str):
+    """(weight [1, H], bias [1] or None) of a scalar head stored beside the model weights, or None."""
+    from safetensors import safe_open
+
+    for f in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
+        with safe_open(f, framework="pt") as st:
+            keys = set(st.keys())
+            for wkey in _HEAD_KEYS:
+                if wkey in keys:
+                    w = st.get_tensor(wkey)
+                    bkey = wkey[: -len("weight")] + "bias"
+                    b = st.get_tensor(bkey) if bkey in keys else None
+                    if w.ndim != 2 or w.shape[0] != 1:
+                        warnings.warn(f"{f}: head {wkey} has shape {tuple(w.shape)}, not a scalar reward head "
+                                      "[1, hidden]; vlm.reward is not computed")
+                        return None
+                    return w, b
+    return None
+
+
+class VLMScorer:
+    name = "vlm"
+
+    def __init__(self, model_path: str, *, pack: str = "auto", attn_implementation: str | None = None):
+        if not os.path.isdir(model_path) or not os.path.exists(os.path.join(model_path, "config.json")):
+            raise ScorerError(f"--model {model_path!r} is not a local checkpoint folder with a config.json; "
+                              "vlprep loads models by path only (no hub access)")
+        if pack not in ("auto", "on", "off"):
+            raise ScorerError(f"pack must be auto|on|off, got {pack!r}")
+        self.model_path = model_path
+        self.pack_mode = pack
+        self.attn_implementation = attn_implementation
+        self.model = None
+        self.head = None
+        self.model_type = None
+
+    # -- setup ----------------------------------------------------------------------------------
+    def setup(self, device) -> None:
+        import torch
+        import transformers
+
+        cfg = transformers.AutoConfig.from_pretrained(self.model_path)
+        if cfg.model_type not in _FAMILIES:
+            raise ScorerError(f"{self.model_path}: model_type {cfg.model_type!r} is not a Qwen2-VL / Qwen2.5-VL "
+                              f"checkpoint (expected one of {sorted(_FAMILIES)})")
+        self.model_type = cfg.model_type
+        cls = getattr(transformers, _FAMILIES[cfg.model_type])
+        attn = self.attn_implementation or _best_attention(device)
+        self.dtype = compute_dtype(device)
+        self.model = cls.from_pretrained(self.model_path, dtype=self.dtype, attn_implementation=attn)
+        self.model.to(device).eval()
+        self.device = device
+        head = _load_reward_head(self.model_path)
+        if head is not None:
+            w, b = head
+            self.head = (w.to(device, torch.float32), None if b is None else b.to(device, torch.float32))
+        self.pack = self.pack_mode == "on" or (self.pack_mode == "auto" and attn == "flash_attention_2")
+
+    def columns(self) -> list[str]:
+        cols = ["vlm.mean_logprob", "vlm.text_only_logprob", "vlm.visual_gain"]
+        return cols + (["vlm.reward"] if self.head is not None else [])
+
+    def check_preset(self, preset_name: str) -> str | None:
+        """A warning when the shards were prepared for the other family (different positions/grounding)."""
+        want = _PRESET_OF.get(self.model_type or "")
+        if want and preset_name != want:
+            return (f"shards were prepared with preset {preset_name!r} but {self.model_path} is a {self.model_type} "
+                    f"checkpoint (preset {want!r}); video positions and grounding text differ between families")
+        return None
+
+    # -- scoring --------------------------------------------------------------------------------
+    def score(self, batch: HostBatch) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            mean_lp, reward = self._answer_logprob(batch, with_vision=True)
+            vis = np.array([has_vision(s) for s in batch.samples])
+            text_lp = mean_lp.copy()
+            if vis.any():
+                sub = HostBatch([s for s, v in zip(batch.samples, vis) if v], batch.preset, batch.device, batch.dtype)
+                lp_sub, _ = self._answer_logprob(sub.text_only(), with_vision=False)
+                text_lp[vis] = lp_sub
+        gain = np.where(vis, mean_lp - text_lp, np.nan)
+        out = {"vlm.mean_logprob": mean_lp, "vlm.text_only_logprob": text_lp, "vlm.visual_gain": gain}
+        if self.head is not None:
+            out["vlm.reward"] = reward
+        return out
+
+    def forward_hidden(self, batch: HostBatch, with_vision: bool = True):
+        """Final hidden states for the batch layout (padded or packed) plus that layout's tensors."""
+        import torch
+
+        t = batch.packed() if self.pack else batch.padded()
+        kw = dict(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=t["position_ids"],
+                  use_cache=False)
+        if with_vision:
+            img_pv, vid_pv = batch.normalized_patches()
+            img_grid, vid_grid, sec = batch.grids()
+            if img_grid is not None:
+                kw.update(pixel_values=img_pv, image_grid_thw=img_grid)
+            if vid_grid is not None:
+                kw.update(pixel_values_videos=vid_pv, video_grid_thw=vid_grid)
+                if self.model_type == "qwen2_5_vl":
+                    kw["second_per_grid_ts"] = sec
+        hs = self.model.model(**kw).last_hidden_state
+        return hs, t
+
+    def _answer_logprob(self, batch: HostBatch, with_vision: bool):
+        import torch
+
+        hs, t = self.forward_hidden(batch, with_vision)
+        ids, labels = t["input_ids"], t["labels"]
+        n = len(batch)
+        if t["segment"] is not None:
+            seg = t["segment"]
+            owner = seg[:, :-1]
+            sup = (labels[:, 1:] != IGNORE_INDEX) & (seg[:, 1:] == seg[:, :-1])
+        else:
+            owner = torch.arange(n, device=ids.device)[:, None].expand(-1, ids.shape[1] - 1)
+            sup = labels[:, 1:] != IGNORE_INDEX
+        h = hs[:, :-1][sup]
+        target = ids[:, 1:][sup]
+        who = owner[sup]
+        lp = torch.empty(len(target), dtype=torch.float32, device=hs.device)
+        lm_head = self.model.lm_head
+        chunk = max(16, _LOGIT_ELEMS.get(hs.device.type, 2**25) // lm_head.out_features)
+        for a in range(0, len(target), chunk):
+            logits = lm_head(h[a:a + chunk]).float()
+            lp[a:a + chunk] = logits.gather(1, target[a:a + chunk, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+        sums = torch.zeros(n, dtype=torch.float64, device=hs.device).index_add_(0, who, lp.double())
+        counts = torch.zeros(n, dtype=torch.float64, device=hs.device).index_add_(
+            0, who, torch.ones_like(lp, dtype=torch.float64))
+        mean = (sums / counts).cpu().numpy()  # NaN where a sample has no supervised token
+        reward = None
+        if self.head is not None and with_vision:
+            ends = torch.as_tensor(np.cumsum(batch.lengths) - 1 if t["segment"] is not None else batch.lengths - 1,
+                                   device=hs.device)
+            last = hs[0, ends] if t["segment"] is not None else hs[torch.arange(n, device=hs.device), ends]
+            w, b = self.head
+            r = last.float() @ w.T
+            reward = (r[:, 0] + (b[0] if b is not None else 0)).double().cpu().numpy()
+        return mean, reward
+
+
+def _best_attention(device) -> str:
+    """FlashAttention-2 where installed on a GPU (enables packing), else PyTorch SDPA."""
+    if device.type == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
