@@ -1,0 +1,153 @@
+"""Duplicate detection: an exact key per sample, and perceptual hashes for near-duplicate images.
+
+Determinism: the pipeline walks samples in input order and keeps the FIRST occurrence; the index
+below answers "does an earlier kept item match?" and reports the earliest-added match, so the
+outcome never depends on hash-table order.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import defaultdict
+from typing import Hashable
+
+import numpy as np
+from PIL import Image
+
+from processors.sample import ImagePart, Sample, TextPart, VideoPart
+from processors.text import clean_text
+
+# ---------------------------------------------------------------- exact key
+
+_SEP_PART, _SEP_MSG, _SEP_MEDIA = "\x1f", "\x1e", "\x1d"
+
+
+def normalized_text(text: str) -> str:
+    """The text as the key sees it: cleaned, and every whitespace run made one space, so copies that
+    differ only in line wrapping or entity escaping collide."""
+    return " ".join(clean_text(text).split())
+
+
+def exact_key(sample: Sample, media_bytes: list[bytes]) -> str:
+    """sha1 hex over the conversation (roles, normalised text, where media sit) and the media bytes
+    (in placeholder order: images then videos, as the caller lists them).
+
+    Layout hashed: messages joined by \\x1e, each "role\\x1f" + parts joined by \\x1f, a text part
+    as "t:" + normalized_text, an image part "i", a video part "v"; then \\x1d and the sha1 hex
+    of each media item joined by \\x1d. The sample id and source are left out on purpose: the same
+    record in two files is a duplicate.
+    """
+    messages = []
+    for m in sample.messages:
+        parts = []
+        for p in m.parts:
+            if isinstance(p, TextPart):
+                parts.append("t:" + normalized_text(p.text))
+            elif isinstance(p, ImagePart):
+                parts.append("i")
+            elif isinstance(p, VideoPart):
+                parts.append("v")
+        messages.append(_SEP_PART.join([m.role, *parts]))
+    media = [hashlib.sha1(b).hexdigest() for b in media_bytes]
+    payload = _SEP_MSG.join(messages) + _SEP_MEDIA + _SEP_MEDIA.join(media)
+    return hashlib.sha1(payload.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------- perceptual hash
+
+HASH_SIZE = 8  # 8x8 low frequencies -> 64-bit hash
+_IMG_SIZE = 32  # DCT over a 32x32 grayscale thumbnail (the usual pHash setting)
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    m = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * i + 1) * k / (2 * n))
+    m[0] /= np.sqrt(2.0)
+    return m
+
+
+_DCT = _dct_matrix(_IMG_SIZE)
+
+
+def _to_pil(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image)
+    if isinstance(image, (bytes, bytearray)):
+        return Image.open(io.BytesIO(image))
+    return Image.open(image)  # path
+
+
+def phash(image) -> int:
+    """64-bit DCT perceptual hash (PIL image, uint8 array, encoded bytes or a path).
+
+    Grayscale, 32x32 box-filter thumbnail, 2-D DCT-II, the 8x8 lowest frequencies; a bit is set
+    where the coefficient is above the median of those 64 (DC excluded from the median, since it
+    only tracks brightness). Survives resizing and recompression; a different picture differs in
+    about half the bits.
+    """
+    img = _to_pil(image).convert("L").resize((_IMG_SIZE, _IMG_SIZE), Image.Resampling.BOX)
+    pixels = np.asarray(img, dtype=np.float64)
+    coeffs = (_DCT @ pixels @ _DCT.T)[:HASH_SIZE, :HASH_SIZE].ravel()
+    median = np.median(coeffs[1:])
+    bits = coeffs > median
+    return int("".join("1" if b else "0" for b in bits), 2)
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
+
+
+class NearDuplicateIndex:
+    """Finds an earlier hash within `threshold` bits without comparing against every entry.
+
+    Multi-index hashing: the 64 bits are cut into threshold + 1 bands; two hashes within
+    `threshold` bits agree exactly on at least one band (pigeonhole), so only entries sharing a
+    band value are compared. Use `check_and_add` in input order: a duplicate is reported and not
+    added, so kept items are the only representatives and the first occurrence always wins.
+    """
+
+    def __init__(self, threshold: int = 6, bits: int = 64):
+        if not 0 <= threshold < bits:
+            raise ValueError(f"threshold must be in 0..{bits - 1}, got {threshold}")
+        self.threshold = threshold
+        self.bits = bits
+        n_bands = threshold + 1
+        edges = [round(i * bits / n_bands) for i in range(n_bands + 1)]
+        self._bands = [(lo, (1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:])]
+        self._tables: list[dict[int, list[int]]] = [defaultdict(list) for _ in self._bands]
+        self._keys: list[Hashable] = []
+        self._hashes: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: Hashable, h: int) -> None:
+        pos = len(self._keys)
+        self._keys.append(key)
+        self._hashes.append(h)
+        for table, (shift, mask) in zip(self._tables, self._bands):
+            table[(h >> shift) & mask].append(pos)
+
+    def query(self, h: int) -> tuple[Hashable, int] | None:
+        """(key, distance) of the earliest-added entry within the threshold, or None."""
+        best = None
+        for table, (shift, mask) in zip(self._tables, self._bands):
+            for pos in table.get((h >> shift) & mask, ()):
+                if best is not None and pos >= best:
+                    break  # bucket lists are in insertion order
+                if hamming(h, self._hashes[pos]) <= self.threshold:
+                    best = pos
+                    break
+        if best is None:
+            return None
+        return self._keys[best], hamming(h, self._hashes[best])
+
+    def check_and_add(self, key: Hashable, h: int) -> tuple[Hashable, int] | None:
+        """The earlier match if `h` is a near duplicate (then nothing is added), else add and return None."""
+        match = self.query(h)
+        if match is None:
+            self.add(key, h)
+        return match

@@ -1,0 +1,72 @@
+"""Repetition: the share of characters that sit inside n-grams occurring more than once
+(Gopher's "fraction of characters in duplicate n-grams", Rae et al. 2021, Table A1).
+
+Every occurrence of a duplicated n-gram counts, the first one included, and a character covered by
+several duplicated n-grams counts once, so the ratio is in [0, 1]: "abcabc" with n=3 is 1.0,
+"abcabcx" is 6/7. Degenerate model-generated answers ("the the the ...", looping OCR lines) score
+high; normal prose scores low.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from processors.sample import Sample
+
+from .base import FilterContext, Verdict
+
+
+def _covered_fraction(units: list[str], n: int) -> float:
+    """Share of the units' characters covered by n-grams (of units) that occur at least twice."""
+    total = sum(len(u) for u in units)
+    if total == 0 or len(units) < n:
+        return 0.0
+    grams = [tuple(units[i:i + n]) for i in range(len(units) - n + 1)]
+    counts = Counter(grams)
+    covered = [False] * len(units)
+    for i, g in enumerate(grams):
+        if counts[g] > 1:
+            for j in range(i, i + n):
+                covered[j] = True
+    return sum(len(u) for u, c in zip(units, covered) if c) / total
+
+
+def char_repetition_ratio(text: str, n: int) -> float:
+    """Fraction of characters of `text` inside character n-grams that occur more than once."""
+    return _covered_fraction(list(text), n)
+
+
+def word_repetition_ratio(text: str, n: int) -> float:
+    """Fraction of word characters (whitespace excluded) inside word n-grams that occur more than once."""
+    return _covered_fraction(text.split(), n)
+
+
+@dataclass(frozen=True)
+class RepetitionFilter:
+    """Drops a sample whose `roles` text (joined by newlines) repeats itself above `max_ratio`."""
+
+    name: str
+    unit: str  # "char" | "word"
+    n: int
+    max_ratio: float
+    roles: tuple[str, ...] = ("assistant",)
+    phase: str = "raw"
+    cost: int = 3
+
+    def __call__(self, sample: Sample, ctx: FilterContext) -> Verdict:
+        text = "\n".join(m.text for m in sample.messages if m.role in self.roles)
+        ratio_fn = char_repetition_ratio if self.unit == "char" else word_repetition_ratio
+        ratio = ratio_fn(text, self.n)
+        if ratio > self.max_ratio:
+            return Verdict(False, self.name, ratio,
+                           f"{ratio:.3f} of characters sit in repeated {self.unit} {self.n}-grams "
+                           f"(limit {self.max_ratio:g})")
+        return Verdict(True, self.name, ratio)
+
+
+def char_repetition(n: int = 10, max_ratio: float = 0.5, roles=("assistant",)) -> RepetitionFilter:
+    return RepetitionFilter("char_repetition", "char", int(n), float(max_ratio), tuple(roles))
+
+
+def word_repetition(n: int = 5, max_ratio: float = 0.3, roles=("assistant",)) -> RepetitionFilter:
+    return RepetitionFilter("word_repetition", "word", int(n), float(max_ratio), tuple(roles))

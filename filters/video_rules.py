@@ -1,0 +1,39 @@
+"""Video rules over probe facts (duration, average fps, frame count) — no frame decode."""
+from __future__ import annotations
+
+from processors.sample import Sample
+
+from .base import FilterContext, Threshold, info_get
+
+
+def video_values(sample: Sample, ctx: FilterContext, key: str) -> list[float]:
+    if not sample.videos:
+        return []
+    if ctx.video_infos is None or len(ctx.video_infos) != len(sample.videos):
+        got = None if ctx.video_infos is None else len(ctx.video_infos)
+        raise ValueError(
+            f"sample {sample.id}: video rules need ctx.video_infos for its {len(sample.videos)} videos, got {got}"
+        )
+    values = []
+    for i, info in enumerate(ctx.video_infos):
+        v = info_get(info, key)
+        if v is None:
+            raise ValueError(f"sample {sample.id}: video {i} info has no {key!r}")
+        values.append(float(v))
+    return values
+
+
+# config key -> (info field, bound, words for the reason)
+VIDEO_RULES = {
+    "video_min_duration": ("duration", "min", "video duration (s)"),
+    "video_max_duration": ("duration", "max", "video duration (s)"),
+    "video_min_fps": ("avg_fps", "min", "video average fps"),
+    "video_max_fps": ("avg_fps", "max", "video average fps"),
+    "video_min_frames": ("num_frames", "min", "video frame count"),
+    "video_max_frames": ("num_frames", "max", "video frame count"),
+}
+
+
+def video_rule(name: str, limit: float) -> Threshold:
+    key, bound, what = VIDEO_RULES[name]
+    return Threshold(name, "media", lambda s, c: video_values(s, c, key), limit, bound, what, "video", cost=1)
