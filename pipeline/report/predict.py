@@ -1,0 +1,221 @@
+"""What one sample will cost once encoded, predicted from media headers and the tokenizer alone.
+
+The arithmetic is the encoder's own: `processors.smart_resize` for images, `processors.video_sampling`
+(spec §6.2–6.5) for videos, `processors.text.clean_sample` + `processors.chatml.build_chatml` for the
+text, and the encoder's option merging (`processors.encode`). Only the pixels are skipped, so the
+predicted token counts equal what `vlprep prepare` writes to the manifest.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from processors.errors import VlprepError
+from processors.media import resolve_media_path
+from processors.presets import IGNORE_INDEX, Preset
+from processors.sample import MediaRef, Sample
+from processors.smart_resize import smart_resize
+from processors.video_sampling import sample_frame_indices, video_frame_size
+
+from .media_probe import error_code, image_facts, video_facts
+
+
+@dataclass
+class Prediction:
+    id: str
+    source: str
+    index: int
+    error_type: str | None = None
+    error: str | None = None
+    image_tokens: list[int] = field(default_factory=list)
+    video_tokens: list[int] = field(default_factory=list)
+    n_tokens: int | None = None           # None when text tokens cannot be computed (see text_note)
+    n_text_tokens: int | None = None
+    n_supervised_tokens: int | None = None
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)
+    image_resized: list[tuple[int, int]] = field(default_factory=list)
+    video_sizes: list[tuple[int, int]] = field(default_factory=list)
+    video_resized: list[tuple[int, int]] = field(default_factory=list)
+    video_durations: list[float] = field(default_factory=list)
+    video_fps: list[float] = field(default_factory=list)
+    video_sample_fps: list[float] = field(default_factory=list)
+    video_frames: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error_type is None
+
+
+@dataclass
+class _ImageStandIn:
+    """What the grounding re-formatter reads from an ImageResult: the two sizes."""
+
+    original_size: tuple[int, int]
+    resized_size: tuple[int, int]
+
+
+class MediaCache:
+    """Header facts per resolved path, shared by all threads; failures are cached too (a missing file
+    referenced 1000 times is looked up once). `enabled=False` re-reads on every reference (bench)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._d: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+        self.reads = 0
+
+    def get(self, kind: str, src):
+        key = (kind, str(src)) if not isinstance(src, (bytes, bytearray)) else None
+        if self.enabled and key is not None:
+            with self._lock:
+                if key in self._d:
+                    hit = self._d[key]
+                    if isinstance(hit, BaseException):
+                        raise hit
+                    return hit
+        try:
+            val = image_facts(src) if kind == "image" else video_facts(src)
+        except (VlprepError, OSError) as exc:
+            val = exc
+        with self._lock:
+            self.reads += 1
+            if self.enabled and key is not None:
+                self._d[key] = val
+        if isinstance(val, BaseException):
+            raise val
+        return val
+
+
+class Predictor:
+    def __init__(self, preset: Preset, encode_options: dict, *, cleaning: dict | None = None,
+                 tokenizer=None, cache: MediaCache | None = None):
+        from processors.encode import EncodeOptions
+
+        self.preset = preset
+        self.opts = EncodeOptions.from_dict(encode_options)
+        self.cleaning = cleaning
+        self.cache = cache or MediaCache()
+        self.tokenizer = tokenizer
+        self.text_note = None     # why text tokens are unavailable, if they are
+        try:
+            from processors import chatml  # noqa: F401
+        except ImportError as exc:
+            self.text_note = f"text tokens need processors.chatml, which is not importable ({exc})"
+        if self.tokenizer is None and self.text_note is None:
+            from processors.tokenizer import get_tokenizer
+
+            self.tokenizer = get_tokenizer(preset=preset)
+
+    # -- media --------------------------------------------------------------------------------
+    def media_sources(self, sample: Sample, media_root) -> list[tuple[str, Any]]:
+        """(kind, resolved source) for every image and video file, for warming the cache in parallel."""
+        out = []
+        for kind, refs in (("image", sample.images), ("video", sample.videos)):
+            for ref in refs:
+                try:
+                    out.append((kind, self._source(ref, media_root)))
+                except VlprepError:
+                    pass  # reported per sample by predict()
+        return out
+
+    def _source(self, ref: MediaRef, media_root):
+        if ref.data is not None:
+            return ref.data
+        if ref.frames is not None:
+            f = ref.frames[0]
+            return f if isinstance(f, (bytes, bytearray)) else resolve_media_path(f, media_root)
+        if ref.path is None:
+            raise VlprepError(f"{ref.kind} reference has neither a path nor data")
+        return resolve_media_path(ref.path, media_root)
+
+    def _image(self, ref: MediaRef, media_root, pred: Prediction) -> None:
+        from processors.encode import _image_kwargs  # the encoder's own option merge (job < record)
+
+        f = self.cache.get("image", self._source(ref, media_root))
+        if self.preset.fixed_size is not None:
+            resized, tokens = self.preset.fixed_size, self.preset.image_tokens_fixed
+        else:
+            kw = _image_kwargs(ref, self.opts)
+            resized = smart_resize(f.height, f.width, self.preset.factor,
+                                   kw.get("min_pixels") or self.preset.min_pixels,
+                                   kw.get("max_pixels") or self.preset.max_pixels)
+            tokens = (resized[0] // self.preset.factor) * (resized[1] // self.preset.factor)
+        pred.image_sizes.append((f.height, f.width))
+        pred.image_resized.append(tuple(resized))
+        pred.image_tokens.append(int(tokens))
+
+    def _video(self, ref: MediaRef, media_root, pred: Prediction) -> None:
+        from processors.encode import _video_kwargs
+
+        p = self.preset
+        if not p.supports_video:
+            raise VlprepError(f"preset {p.name} has no video support")
+        kw = _video_kwargs(ref, self.opts)
+        budget = dict(factor=p.factor, min_pixels=kw.get("min_pixels"), max_pixels=kw.get("max_pixels"),
+                      total_pixels=kw.get("total_pixels"), video_min_pixels=p.video_min_pixels,
+                      video_max_pixels=p.video_max_pixels, video_total_pixels=p.video_total_pixels)
+        if ref.frames is not None:
+            # Spec §6.6 (0.0.14): each frame through the image rule, the list padded to even, then
+            # the §6.5 per-frame budget. Size is taken from the first frame's header.
+            f = self.cache.get("image", self._source(ref, media_root))
+            n = len(ref.frames) + len(ref.frames) % 2
+            h1, w1 = smart_resize(f.height, f.width, p.factor, p.min_pixels, p.max_pixels)
+            H, W = video_frame_size(h1, w1, n, **budget)
+            sample_fps = float(kw.get("sample_fps") or p.fps)
+            pred.video_durations.append(n / sample_fps)
+            pred.video_fps.append(sample_fps)
+        else:
+            f = self.cache.get("video", self._source(ref, media_root))
+            fps = kw.get("fps", None if "nframes" in kw else p.fps)
+            idx, sample_fps = sample_frame_indices(
+                f.num_frames, f.fps, fps=fps, nframes=kw.get("nframes"),
+                min_frames=kw.get("min_frames", p.min_frames), max_frames=kw.get("max_frames", p.max_frames),
+                video_start=kw.get("video_start"), video_end=kw.get("video_end"))
+            n = len(idx)
+            H, W = video_frame_size(f.height, f.width, n, **budget)
+            pred.video_durations.append(f.duration)
+            pred.video_fps.append(f.fps)
+        grid_t = math.ceil(n / p.temporal_patch_size)
+        pred.video_sizes.append((f.height, f.width))
+        pred.video_resized.append((H, W))
+        pred.video_sample_fps.append(float(sample_fps))
+        pred.video_frames.append(int(n))
+        pred.video_tokens.append(grid_t * (H // p.factor) * (W // p.factor))
+
+    # -- one sample ---------------------------------------------------------------------------
+    def predict(self, sample: Sample, media_root) -> Prediction:
+        pred = Prediction(sample.id, sample.source, sample.record_index)
+        try:
+            for ref in sample.images:
+                self._image(ref, media_root, pred)
+            for ref in sample.videos:
+                self._video(ref, media_root, pred)
+            if self.text_note is None:
+                self._text(sample, pred)
+        except (VlprepError, OSError) as exc:
+            pred.error_type, pred.error = error_code(exc), f"{type(exc).__name__}: {exc}"
+        return pred
+
+    def _text(self, sample: Sample, pred: Prediction) -> None:
+        from processors.chatml import build_chatml
+
+        if self.cleaning is not None:
+            from processors.text import clean_sample
+
+            sample = clean_sample(sample, **self.cleaning)
+        if self.opts.grounding_format and sample.images:
+            from processors.encode import _regrounded  # same box re-rendering as the encoder
+
+            stand_ins = [_ImageStandIn(s, r) for s, r in zip(pred.image_sizes, pred.image_resized)]
+            sample, _ = _regrounded(sample, self.preset, stand_ins, self.opts.grounding_format)
+        chat = build_chatml(
+            sample, self.preset, self.tokenizer, image_tokens=pred.image_tokens,
+            video_tokens=pred.video_tokens,
+            system_prompt=self.opts.system_prompt if self.opts.system_prompt is not None else self.preset.system_prompt,
+            max_length=None, add_vision_id=self.opts.add_vision_id)
+        n = len(chat.input_ids)
+        pred.n_tokens = n
+        pred.n_text_tokens = n - sum(pred.image_tokens) - sum(pred.video_tokens)
+        pred.n_supervised_tokens = int(sum(1 for x in chat.labels if x != IGNORE_INDEX))
