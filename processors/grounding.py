@@ -596,7 +596,7 @@ def render_objects(
 # ------------------------------------------------------------------ conversion
 
 
-def _convert_objects(objects, raws, span_idx, src, dst, dims, report) -> list[tuple] | None:
+def _convert_objects(objects, raws, span_idx, identity, dst, dims, report) -> list[tuple] | None:
     """Encoded target coordinates per object (None if any object cannot be expressed in `dst`)."""
     original = dims[:2]
     encoded, ok = [], True
@@ -608,7 +608,7 @@ def _convert_objects(objects, raws, span_idx, src, dst, dims, report) -> list[tu
             ok = False
             report.problems.append(GroundingProblem(
                 "unsupported", f"a {_shape(obj)} has no {dst} text form; the span was left unchanged", span_idx, k))
-        elif src == dst:
+        elif identity:
             after = raws[k]  # same format: the coordinates are kept as written, no requantisation
         else:
             after = encode_object(obj, dst, original_size=original, resized_size=dims[2:])
@@ -630,13 +630,16 @@ def convert_grounding_text(
     resized_size=None,
     strict: bool = False,
     label_style: str = "auto",
+    src_resized_size=None,
 ) -> tuple[str, GroundingReport]:
     """Rewrite every `src_fmt` grounding span of `text` into `dst_preset`'s format; other text is untouched.
 
     original_size / resized_size: (height, width) of the original image and of the model-input image
     (the resized size is used by qwen2.5-vl on either side; default: smart_resize with the target
-    preset's band, or the released band). Same source and target format: spans are left exactly as
-    written and only checked. Qwen2.5-VL output is the canonical JSON list, inside the original
+    preset's band, or the released band). `src_resized_size`: the resized size the source qwen2.5-vl
+    coordinates were written for, when it differs (e.g. a dataset made with the 1 003 520-pixel band
+    re-targeted to the released band, §12.3); default: the same as `resized_size`.
+    Same format and same sizes: spans are left exactly as written and only checked. Qwen2.5-VL output is the canonical JSON list, inside the original
     ```json fence if there was one; XML <points> stay XML.
     strict=True raises GroundingError listing the problems instead of returning them.
     """
@@ -648,13 +651,15 @@ def convert_grounding_text(
     if dst_p is None and dst == "qwen2.5-vl":
         dst_p = get_preset("qwen2.5-vl")
     dims = _sizes(original_size, resized_size, dst_p)
-    spans, problems = _parse(text, src, dims)
+    src_dims = dims if src_resized_size is None else _sizes(original_size, src_resized_size)
+    identity = src == dst and (src != "qwen2.5-vl" or src_dims == dims)
+    spans, problems = _parse(text, src, src_dims)
     report = GroundingReport(src, dst, problems=list(problems))
     pieces, cursor = [], 0
     for idx, span in enumerate(spans):
-        encoded = _convert_objects(span.objects, span.raw, idx, src, dst, dims, report)
+        encoded = _convert_objects(span.objects, span.raw, idx, identity, dst, dims, report)
         pieces.append(text[cursor:span.start])
-        if encoded is None or src == dst:
+        if encoded is None or identity:
             pieces.append(text[span.start:span.end])
         elif dst == "qwen2.5-vl":
             body = _render_encoded(span.objects, encoded, dst, label_style)
@@ -691,7 +696,7 @@ def convert_objects(
     dst = _fmt_name(dst_preset if dst_p is None else dst_p.grounding)
     dims = _sizes(original_size, resized_size, dst_p)
     report = GroundingReport("pixel", dst)
-    encoded = _convert_objects(objects, [_coords(o) for o in objects], 0, "pixel", dst, dims, report)
+    encoded = _convert_objects(objects, [_coords(o) for o in objects], 0, False, dst, dims, report)
     if strict and report.problems:
         raise GroundingError(
             f"{len(report.problems)} grounding problem(s): " + "; ".join(f"{p.kind}: {p.message}" for p in report.problems)
