@@ -1,0 +1,274 @@
+"""The prepare job's configuration: one YAML file, `--set a.b=c` overrides, strict keys.
+
+Every section is a small frozen-ish dataclass; unknown keys fail loudly with the list of valid
+keys at that level, because a typo (`max_lenght`) silently ignored would change the output.
+Relative paths are resolved against the directory of the YAML file (the config is portable
+with its corpus); `--out` given on the command line is relative to the current directory.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SOURCE_KINDS = ("json", "jsonl", "parquet", "webdataset", "folder")
+SOURCE_FORMATS = ("auto", "llava", "sharegpt", "llamafactory", "qwen", "openai")
+_KIND_BY_SUFFIX = {".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".tar": "webdataset"}
+
+
+class ConfigError(ValueError):
+    """The job configuration is invalid; the message names the key and the valid choices."""
+
+
+@dataclass
+class SourceSpec:
+    path: str                          # file, folder or glob (relative to the config's directory)
+    kind: str | None = None            # json|jsonl|parquet|webdataset|folder (None: from the suffix)
+    format: str = "auto"               # record format for parse_record
+    media_root: str | None = None      # None: the source file's folder (the folder itself for `folder`)
+    instruction: str | None = None     # user turn of caption sources (None: "Describe this image/video.")
+    caption_key: str = "caption"       # key of the caption in a webdataset/folder .json sidecar
+
+    def kind_for(self, p: Path) -> str:
+        """The source kind of the (resolved) file or folder `p`."""
+        if self.kind:
+            return self.kind
+        if p.is_dir():
+            return "folder"
+        kind = _KIND_BY_SUFFIX.get(p.suffix.lower())
+        if kind is None:
+            raise ConfigError(f"source {self.path!r}: cannot infer `kind` from the suffix; "
+                              f"set kind to one of {list(SOURCE_KINDS)}")
+        return kind
+
+
+@dataclass
+class ImageOptions:
+    min_pixels: int | None = None      # None: the preset's band
+    max_pixels: int | None = None
+    max_image_pixels: int | None = None  # decompression-bomb guard
+    fast: bool = False                 # JPEG draft decode when downscaling >= 2x (not bit-exact)
+    formats: list[str] = field(default_factory=lambda: ["jpeg", "png", "webp", "gif", "bmp", "tiff", "mpo"])
+
+
+@dataclass
+class VideoOptions:
+    fps: float | None = None
+    min_frames: int | None = None
+    max_frames: int | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    total_pixels: int | None = None
+    backend: str = "pyav"
+    timeout_s: float = 120.0
+    formats: list[str] = field(default_factory=lambda: ["mp4", "avi", "mkv", "mov", "webm", "m4v", "mpeg", "mpg", "ts", "flv"])
+
+
+@dataclass
+class DedupOptions:
+    exact: bool = True                 # same cleaned text + same media bytes -> keep the first
+    phash: bool = False                # near-duplicate single-image samples by 64-bit pHash
+    phash_threshold: int = 6           # max Hamming distance counted as a near-duplicate
+
+
+@dataclass
+class RayOptions:
+    address: str | None = None         # None: an embedded local Ray; "auto" or "ray://host:port"
+    num_cpus: float = 1.0              # CPUs declared by each encode task (a unit)
+    index_num_cpus: float = 0.5        # CPUs declared by each index (dedup key) task
+    concurrency: int | None = None     # max units in flight (None: 2 x cluster CPUs)
+    workers: int | None = None         # CPUs of the embedded local Ray (None: all)
+
+
+@dataclass
+class JobConfig:
+    sources: list[SourceSpec]
+    out: str | None = None
+    preset: str = "qwen2.5-vl"
+    tokenizer: str | None = None       # a local Hugging Face tokenizer folder; None: the bundled ranks
+    system_prompt: str | None = None
+    max_length: int | None = None      # longer samples are dropped (rule max_length), never truncated
+    grounding_format: str | None = None  # box format of the SOURCE text (None: leave text as is)
+    image: ImageOptions = field(default_factory=ImageOptions)
+    video: VideoOptions = field(default_factory=VideoOptions)
+    cleaning: dict[str, Any] = field(default_factory=dict)   # kwargs of processors.text.clean_sample
+    filters: dict[str, Any] = field(default_factory=dict)    # mapping for filters.build_filters
+    dedup: DedupOptions = field(default_factory=DedupOptions)
+    unit_size: int = 256               # records per work unit (one shard per unit)
+    ray: RayOptions = field(default_factory=RayOptions)
+    base_dir: str = "."                # where relative paths are resolved (the YAML's folder)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, base_dir: str | Path = ".") -> "JobConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"the config must be a mapping, got {type(data).__name__}")
+        data = dict(data)
+        data.setdefault("base_dir", str(base_dir))
+        cfg = _build(cls, data, "")
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "JobConfig":
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        data = apply_overrides(data, overrides or [])
+        return cls.from_dict(data, base_dir=path.resolve().parent)
+
+    def validate(self) -> None:
+        from processors.presets import get_preset
+
+        if not self.sources:
+            raise ConfigError("`sources` is empty: list at least one {path, kind, format, media_root}")
+        for i, s in enumerate(self.sources):
+            if s.kind is not None and s.kind not in SOURCE_KINDS:
+                raise ConfigError(f"sources[{i}].kind {s.kind!r} is not one of {list(SOURCE_KINDS)}")
+            if s.format not in SOURCE_FORMATS:
+                raise ConfigError(f"sources[{i}].format {s.format!r} is not one of {list(SOURCE_FORMATS)}")
+        try:
+            get_preset(self.preset)
+        except ValueError as exc:
+            raise ConfigError(f"preset: {exc}") from None
+        if int(self.unit_size) < 1:
+            raise ConfigError(f"unit_size must be >= 1, got {self.unit_size}")
+        if self.max_length is not None and int(self.max_length) < 1:
+            raise ConfigError(f"max_length must be >= 1 or null, got {self.max_length}")
+        if not 0 <= int(self.dedup.phash_threshold) <= 32:
+            raise ConfigError(f"dedup.phash_threshold must be in 0..32, got {self.dedup.phash_threshold}")
+        if self.ray.num_cpus <= 0:
+            raise ConfigError(f"ray.num_cpus must be > 0, got {self.ray.num_cpus}")
+
+    # -- helpers --------------------------------------------------------------------------------
+    def resolve_path(self, p: str | Path) -> Path:
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def out_dir(self) -> Path:
+        if not self.out:
+            raise ConfigError("no output directory: set `out:` in the config or pass --out DIR")
+        return self.resolve_path(self.out).resolve()
+
+    def encode_options(self) -> dict[str, Any]:
+        """Keyword arguments for processors.encode.EncodeOptions (max_length is the pipeline's filter)."""
+        return {
+            "min_pixels": self.image.min_pixels,
+            "max_pixels": self.image.max_pixels,
+            "fast_images": self.image.fast,
+            "max_image_pixels": self.image.max_image_pixels,
+            "video_fps": self.video.fps,
+            "video_min_frames": self.video.min_frames,
+            "video_max_frames": self.video.max_frames,
+            "video_min_pixels": self.video.min_pixels,
+            "video_max_pixels": self.video.max_pixels,
+            "video_total_pixels": self.video.total_pixels,
+            "video_backend": self.video.backend,
+            "video_timeout_s": self.video.timeout_s,
+            "grounding_format": self.grounding_format,
+            "system_prompt": self.system_prompt,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        # sort_keys + fixed separators: job.json is byte-identical across runs of the same config
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2) + "\n"
+
+
+def _build(cls, data: Any, where: str):
+    """Instantiate dataclass `cls` from a mapping, refusing unknown keys with the valid list."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {data!r}")
+    valid = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where or 'the config'}; valid keys: "
+                          f"{sorted(k for k in valid if k != 'base_dir')}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _SECTIONS.get((cls, name))
+        key = f"{where}.{name}" if where else name
+        if sub is SourceSpec:
+            if isinstance(value, (str, dict)):
+                value = [value]
+            if not isinstance(value, list):
+                raise ConfigError(f"`sources` must be a list of {{path, kind, format, media_root}}")
+            value = [_build(SourceSpec, {"path": v} if isinstance(v, str) else v, f"{key}[{i}]")
+                     for i, v in enumerate(value)]
+        elif sub is not None:
+            value = _build(sub, value or {}, key)
+        kwargs[name] = value
+    missing = [f.name for f in valid.values() if f.name not in kwargs and _required(f)]
+    if missing:
+        raise ConfigError(f"missing key(s) {missing} in {where or 'the config'}")
+    return cls(**kwargs)
+
+
+def _required(f) -> bool:
+    from dataclasses import MISSING
+
+    return f.default is MISSING and f.default_factory is MISSING
+
+
+_SECTIONS = {
+    (JobConfig, "sources"): SourceSpec,
+    (JobConfig, "image"): ImageOptions,
+    (JobConfig, "video"): VideoOptions,
+    (JobConfig, "dedup"): DedupOptions,
+    (JobConfig, "ray"): RayOptions,
+}
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; the value is parsed as YAML (`3`, `true`, `[1, 2]`, `null`).
+
+    A numeric path component indexes a list (`sources.0.media_root=/data`).
+    """
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value (e.g. --set max_length=4096)")
+        key, raw = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"--set {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            node = _child(node, part, item, create=True)
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _index(node, last, item)
+            node[idx] = value
+        else:
+            node[last] = value
+    return data
+
+
+def _index(node: list, part: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set {item!r}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def _child(node: Any, part: str, item: str, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, item)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {item!r}: {part!r} is inside a non-mapping value")
+    if node.get(part) is None and create:
+        node[part] = {}
+    return node[part]

@@ -1,0 +1,56 @@
+"""What the user sees while and after a job runs: a progress bar in records, a summary table."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+class _NoBar:
+    def add_task(self, *a, **k):
+        return 0
+
+    def advance(self, *a, **k):
+        pass
+
+    def update(self, *a, **k):
+        pass
+
+
+@contextmanager
+def progress_bar(enabled: bool = True):
+    """A rich progress bar on stderr (silent when disabled, e.g. in tests or piped output)."""
+    if not enabled:
+        yield _NoBar()
+        return
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("records"), TimeElapsedColumn(), TimeRemainingColumn(),
+                   console=Console(file=sys.stderr), transient=False)
+    with bar:
+        yield bar
+
+
+def render_summary(result, console: Console | None = None) -> None:
+    """The end-of-job table: totals, then every drop/error reason with its count."""
+    console = console or Console()
+    a = result.accounting
+    t = Table(title=f"vlprep prepare → {result.out_dir}", show_lines=False)
+    t.add_column("status")
+    t.add_column("stage")
+    t.add_column("rule / error type")
+    t.add_column("records", justify="right")
+    t.add_row("[green]kept[/]", "", "", str(a.kept))
+    for (status, stage, rule), n in sorted(a.reasons.items(), key=lambda kv: (kv[0][0], -kv[1], kv[0])):
+        color = "yellow" if status == "dropped" else "red"
+        t.add_row(f"[{color}]{status}[/]", stage or "", rule or "", str(n))
+    console.print(t)
+    check = "[green]OK[/]" if a.balanced else "[red]MISMATCH[/]"
+    console.print(f"inputs {a.inputs} == kept {a.kept} + dropped {a.dropped} + errors {a.errors}: {check}")
+    rate = a.inputs / result.seconds if result.seconds > 0 and result.units_run else 0.0
+    console.print(f"units: {result.units_total} ({result.units_run} run, {result.units_skipped} already done); "
+                  f"{result.seconds:.1f}s" + (f", {rate:.1f} records/s" if rate else ""))
+    for unit, msg in result.failed:
+        console.print(f"[red]unit {unit} failed[/]: {msg}")

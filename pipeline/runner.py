@@ -1,0 +1,233 @@
+"""Run a prepare job: plan units, index pass (dedup, ids), main pass on Ray, merge, check the books.
+
+Executors: `ray` (default: an embedded local Ray, or an existing cluster with `address`; a Ray
+already initialised by the caller is used as is), `local` (in-process loop, same code: the
+benchmark's reference and a debugging aid) and `process` (a process pool, for the benchmark).
+Units are submitted in input order with a bounded number in flight, so memory stays flat however
+large the corpus; results are merged in unit order, so the output never depends on timing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .config import ConfigError, JobConfig
+from .dedup import decide
+from .io import LEDGER_SCHEMA, MANIFEST_SCHEMA, Layout, write_table, write_text
+from .ledger import Accounting, accounting
+from .progress import progress_bar
+from .units import Unit, plan_units
+from .work import index_unit, process_unit
+
+REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+_DERIVED = ("shards", "parts", "manifest.parquet", "ledger.parquet", "job.json", "scores", "selection")
+
+
+@dataclass
+class JobResult:
+    out_dir: Path
+    accounting: Accounting
+    units_total: int
+    units_run: int
+    units_skipped: int
+    seconds: float
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.accounting.balanced
+
+
+def run_job(cfg: JobConfig, *, out: str | os.PathLike | None = None, address: str | None = None,
+            workers: int | None = None, overwrite: bool = False, executor: str = "ray",
+            progress: bool = True) -> JobResult:
+    t0 = time.perf_counter()
+    if out is not None:
+        cfg.out = str(Path(out).resolve())
+    if address is not None:
+        cfg.ray.address = address
+    if workers is not None:
+        cfg.ray.workers = int(workers)
+    layout = Layout(cfg.out_dir())
+    _prepare_out(layout, cfg, overwrite)
+    units = plan_units(cfg)
+    cfg_json = cfg.to_json()
+    with _executor(executor, cfg) as ex, progress_bar(progress) as bar:
+        todo = [u for u in units if not layout.index_part(u.name).exists()]
+        task = bar.add_task("index", total=sum(u.n_records for u in todo))
+        failed = ex.map("index", index_unit, [(u, (u.to_dict(), cfg_json, str(layout.root))) for u in todo],
+                        lambda u, n: bar.advance(task, u.n_records))
+        if failed:
+            return _result(layout, units, 0, t0, failed)
+        decisions = decide(((u.name, _index_rows(layout, u)) for u in units),
+                           cfg.dedup.exact, cfg.dedup.phash, cfg.dedup.phash_threshold)
+        pending = [u for u in units if not layout.unit_done(u.name)]
+        task = bar.add_task("encode", total=sum(u.n_records for u in pending))
+        failed = ex.map("encode", process_unit,
+                        [(u, (u.to_dict(), cfg_json, str(layout.root), decisions[u.name])) for u in pending],
+                        lambda u, r: bar.advance(task, u.n_records))
+    if not failed:
+        merge(layout, units)
+    return _result(layout, units, len(pending), t0, failed)
+
+
+def _index_rows(layout: Layout, unit: Unit) -> list[dict]:
+    return pq.read_table(layout.index_part(unit.name)).to_pylist()
+
+
+def _prepare_out(layout: Layout, cfg: JobConfig, overwrite: bool) -> None:
+    root = layout.root
+    if overwrite:
+        for name in _DERIVED:
+            p = root / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    elif layout.job.exists():
+        before = json.loads(layout.job.read_text())
+        if _fingerprint(before) != _fingerprint(cfg.to_dict()):
+            raise ConfigError(f"{root} holds the output of a different job configuration ({layout.job}); "
+                              f"resume needs the same config: pass --overwrite to start again, or another --out")
+    elif (root / "shards").exists() or (root / "parts").exists():
+        raise ConfigError(f"{root} has shards/parts but no job.json; pass --overwrite to start again")
+    layout.mkdirs()
+    layout.remove_temporaries()
+    write_text(cfg.to_json(), layout.job)
+
+
+def _fingerprint(d: dict) -> dict:
+    # where and how wide it runs may change between a run and its resume; what it computes may not
+    return {k: v for k, v in d.items() if k not in ("ray", "out")}
+
+
+def merge(layout: Layout, units: list[Unit]) -> None:
+    """Concatenate the unit parts into manifest.parquet / ledger.parquet sorted by (source, record_index)."""
+    for parts, final, schema in ((layout.manifest_part, layout.manifest, MANIFEST_SCHEMA),
+                                 (layout.ledger_part, layout.ledger, LEDGER_SCHEMA)):
+        tables = [pq.read_table(parts(u.name)).cast(schema) for u in units]
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        table = table.sort_by([("source", "ascending"), ("record_index", "ascending")])
+        write_table(table.combine_chunks(), final)
+
+
+def _result(layout: Layout, units: list[Unit], run: int, t0: float, failed) -> JobResult:
+    expected = sum(u.n_records for u in units)
+    if layout.ledger.exists() and not failed:
+        acc = accounting(pq.read_table(layout.ledger), expected)
+    else:
+        acc = Accounting(expected, 0, 0, 0, __import__("collections").Counter())
+    return JobResult(layout.root, acc, len(units), run, len(units) - run, time.perf_counter() - t0, failed)
+
+
+# -- executors ---------------------------------------------------------------------------------
+
+class _LocalExecutor:
+    def map(self, stage, fn, jobs, on_done):
+        failed = []
+        for unit, args in jobs:
+            try:
+                on_done(unit, fn(*args))
+            except Exception as exc:
+                failed.append((unit.name, f"{type(exc).__name__}: {exc}"))
+        return failed
+
+
+class _ProcessExecutor:
+    def __init__(self, workers: int):
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(workers)
+
+    def map(self, stage, fn, jobs, on_done):
+        futs = [(unit, self.pool.submit(fn, *args)) for unit, args in jobs]
+        failed = []
+        for unit, f in futs:
+            try:
+                on_done(unit, f.result())
+            except Exception as exc:
+                failed.append((unit.name, f"{type(exc).__name__}: {exc}"))
+        return failed
+
+
+class _RayExecutor:
+    def __init__(self, cfg: JobConfig):
+        import ray
+
+        self.ray = ray
+        self.cfg = cfg
+        cpus = {"index": cfg.ray.index_num_cpus, "encode": cfg.ray.num_cpus}
+        self.remote = {stage: ray.remote(max_retries=2)(_call).options(num_cpus=n, name=f"vlprep-{stage}")
+                       for stage, n in cpus.items()}
+        total = max(1.0, ray.cluster_resources().get("CPU", 1.0))
+        self.limit = {stage: int(cfg.ray.concurrency or max(2, 2 * total / n)) for stage, n in cpus.items()}
+
+    def map(self, stage, fn, jobs, on_done):
+        ray = self.ray
+        queue = list(jobs)
+        queue.reverse()
+        pending: dict = {}
+        failed = []
+        while queue or pending:
+            while queue and len(pending) < self.limit[stage]:
+                unit, args = queue.pop()
+                pending[self.remote[stage].remote(fn, *args)] = unit
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                unit = pending.pop(ref)
+                try:
+                    on_done(unit, ray.get(ref))
+                except Exception as exc:  # a crashed worker or a unit-level error: report, go on
+                    failed.append((unit.name, f"{type(exc).__name__}: {str(exc).strip()[-2000:]}"))
+        return failed
+
+
+def _call(fn, *args):
+    return fn(*args)
+
+
+class _executor:
+    """Context manager yielding an executor; an embedded Ray is started and stopped here."""
+
+    def __init__(self, kind: str, cfg: JobConfig):
+        self.kind, self.cfg, self.owned = kind, cfg, False
+
+    def __enter__(self):
+        if self.kind == "local":
+            return _LocalExecutor()
+        if self.kind == "process":
+            self.ex = _ProcessExecutor(int(self.cfg.ray.workers or os.cpu_count() or 1))
+            return self.ex
+        if self.kind != "ray":
+            raise ConfigError(f"unknown executor {self.kind!r}: ray | local | process")
+        import ray
+
+        if not ray.is_initialized():
+            addr = self.cfg.ray.address
+            env = {}
+            if not (addr or "").startswith("ray://"):
+                # workers on this machine import pipeline/processors from this checkout
+                env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
+                    p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)}}
+            if addr:
+                ray.init(address=addr, runtime_env=env or None, log_to_driver=True)
+            else:
+                ray.init(num_cpus=self.cfg.ray.workers or os.cpu_count(), include_dashboard=False,
+                         runtime_env=env, log_to_driver=True, logging_level="WARNING")
+            self.owned = True
+        return _RayExecutor(self.cfg)
+
+    def __exit__(self, *exc):
+        if self.kind == "process":
+            self.ex.pool.shutdown()
+        if self.owned:
+            import ray
+
+            ray.shutdown()
