@@ -84,7 +84,7 @@ HTML_TAGS = frozenset(
 VOID_TAGS = frozenset("br hr img input meta link area base col embed param source track wbr image video".split())
 # HTML lets these close implicitly; tables (td/tr/th) are held to explicit closes on purpose.
 OPTIONAL_CLOSE = frozenset("p li dt dd".split())
-_LIST_MARKER = re.compile(r"(?:(?<=\s)|^)(?:[0-9]{1,3}|[A-Za-z]|[ivxIVX]{1,4})\)(?=[\s.,:;]|$)", re.M)
+_LIST_MARKER = re.compile(r"(?:(?<=\s)|^)(?:[0-9]{1,3}|[A-Za-z]|[ivxIVX]{1,4})\)(?=[ \t])", re.M)
 _SMILEY = re.compile(r"[:;]-?[()]")
 BRACKET_PAIRS = {")": "(", "]": "[", "}": "{", "）": "（", "】": "【", "」": "「", "』": "『", "》": "《"}
 
@@ -166,10 +166,13 @@ def _bracket_problems(text: str) -> list[str]:
         if ch in openers:
             stack.append(ch)
         elif ch in BRACKET_PAIRS:
-            if stack and stack[-1] == BRACKET_PAIRS[ch]:
-                stack.pop()
-            else:
-                problems.append(f"{ch!r} without matching {BRACKET_PAIRS[ch]!r}")
+            opener = BRACKET_PAIRS[ch]
+            if opener not in stack:
+                problems.append(f"{ch!r} without matching {opener!r}")
+                continue
+            # recover at the matching opener; whatever sat above it was never closed
+            while (top := stack.pop()) != opener:
+                problems.append(f"{top!r} never closed")
     problems += [f"{ch!r} never closed" for ch in stack]
     return problems
 

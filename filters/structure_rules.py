@@ -36,7 +36,7 @@ def structure_problem(sample: Sample) -> tuple[int, str] | None:
     for k, (i, m) in enumerate(turns):
         expected = "user" if k % 2 == 0 else "assistant"
         if m.role != expected:
-            return i, f"expected a {expected} turn, got {m.role}"
+            return i, f"expected {'a user' if expected == 'user' else 'an assistant'} turn, got {m.role}"
         if m.role == "assistant" and not m.text.strip():
             return i, "empty assistant turn"
     if turns[-1][1].role != "assistant":

@@ -114,7 +114,14 @@ def normalize_whitespace(text: str, *, max_blank_lines: int = 1, strip: bool = T
         indent = stripped[: len(stripped) - len(body)]
         lines_out.append(indent + _SPACE_RUN.sub(" ", body))
     out = "\n".join(lines_out)
-    return out.strip() if strip else out
+    if strip:
+        return out.strip()
+    # A part that sits between media keeps one separating space at each end (collapsed, not cut).
+    if text[:1] in (" ", "\t") and out[:1] not in ("", "\n"):
+        out = " " + out.lstrip(" \t")
+    if text.rstrip(" \t") != text and out and not out.endswith("\n"):
+        out += " "
+    return out
 
 
 def clean_text_report(
