@@ -111,6 +111,8 @@ def _encode_images(sample: Sample, preset: Preset, media_root, opts: EncodeOptio
 def _encode_videos(sample: Sample, preset: Preset, media_root, opts: EncodeOptions):
     if sample.videos and not preset.supports_video:
         raise FormatError(f"preset {preset.name} has no video support; sample {sample.id} has {len(sample.videos)} video(s)")
+    if not sample.videos:
+        return []
     from .video import process_video
 
     results = []
@@ -157,20 +159,13 @@ def _regrounded(sample: Sample, preset: Preset, images, src_format: str):
                     part.text, src_format, preset,
                     original_size=img.original_size, resized_size=img.resized_size,
                 )
-                reports.append({"message_role": msg.role, "image": image_index, **_report_dict(report)})
+                if report.changes or report.problems:
+                    reports.append({"message_role": msg.role, "image": image_index, **report.to_dict()})
                 part = TextPart(text)
             parts.append(part)
         messages.append(Message(msg.role, parts))
     new = Sample(sample.id, messages, sample.images, sample.videos, sample.source, sample.record_index, sample.meta)
-    return new, [r for r in reports if r.get("boxes")]
-
-
-def _report_dict(report) -> dict[str, Any]:
-    if hasattr(report, "to_dict"):
-        return report.to_dict()
-    if isinstance(report, dict):
-        return report
-    return asdict(report)
+    return new, reports
 
 
 def _tokens_for(grid_thw, preset: Preset) -> int:
@@ -253,7 +248,8 @@ def encode_sample(
         ],
         "videos": [_video_meta(r, n) for r, n in zip(videos, video_tokens)],
         "boxes": box_reports,
-        "n_boxes": sum(len(r.get("boxes", [])) for r in box_reports),
+        "n_boxes": sum(sum(1 for o in r["objects"] if o["shape"] == "box") for r in box_reports),
+        "box_problems": sum(len(r["problems"]) for r in box_reports),
     }
     return EncodedSample(
         id=sample.id,
