@@ -1,0 +1,269 @@
+"""The score stage: shards -> token-budget batches -> scorers on one device -> scores/{unit}.parquet.
+
+One `ScoreWorker` owns one device and its loaded scorers; it scores whole work units (one shard each)
+and writes `scores/{unit}.parquet` atomically (temporary name, then rename), so a killed run resumes
+at the first unit without a finished file. A unit whose file lacks some requested columns (e.g. `vlm`
+added later) is scored by the missing scorers only, and the columns are merged.
+
+Executors (the stage says what it needs; the runner decides placement):
+  local  the worker in this process (CPU, a single GPU, tests)
+  ray    one Ray actor per `num_gpus` share of every GPU in the cluster (fractional shares put several
+         actors on one GPU), or `workers` CPU actors when the cluster has no GPU
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from processors.presets import get_preset
+
+from .batching import HostBatch, plan_batches, plan_packs
+from .protocol import ScorerError, compute_dtype, resolve_device
+
+SCORER_NAMES = ("text", "pixels", "vlm")
+DEFAULT_SCORERS = ("text", "pixels")
+
+
+@dataclass
+class ScoreConfig:
+    out_dir: str
+    scorers: tuple[str, ...] = DEFAULT_SCORERS
+    model: str | None = None
+    preset: str = "qwen2.5-vl"
+    batch_tokens: int = 16384
+    max_padding: float = 0.10
+    device: str = "auto"
+    pack: str = "auto"             # vlm only: auto = packed rows when FlashAttention-2 is in use
+    text_model: str | None = None  # sentence model folder; None = the bundled all-MiniLM-L6-v2
+    overwrite: bool = False
+
+    def __post_init__(self):
+        self.scorers = tuple(self.scorers)
+        unknown = [s for s in self.scorers if s not in SCORER_NAMES]
+        if unknown:
+            raise ScorerError(f"unknown scorer(s) {unknown}; choose from {list(SCORER_NAMES)}")
+        if "vlm" in self.scorers and not self.model:
+            raise ScorerError("the vlm scorer needs --model PATH (a local Qwen2-VL / Qwen2.5-VL checkpoint folder)")
+        if self.batch_tokens <= 0:
+            raise ScorerError(f"--batch-tokens must be positive, got {self.batch_tokens}")
+
+
+@dataclass
+class Unit:
+    unit: str
+    shard: str              # relative to out_dir, as the manifest writes it
+    expected: int | None = None  # manifest row count, to recognise a stale scores file
+
+
+@dataclass
+class UnitResult:
+    unit: str
+    samples: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    skipped: bool = False
+    columns: list[str] = field(default_factory=list)
+
+
+def scores_path(out_dir, unit: str) -> Path:
+    return Path(out_dir) / "scores" / f"{unit}.parquet"
+
+
+def make_scorer(name: str, cfg: ScoreConfig):
+    if name == "text":
+        from .text_scorer import TextScorer
+
+        return TextScorer(cfg.text_model)
+    if name == "pixels":
+        from .pixel_scorer import PixelScorer
+
+        return PixelScorer()
+    from .vlm_scorer import VLMScorer
+
+    return VLMScorer(cfg.model, pack=cfg.pack)
+
+
+def existing_columns(path: Path, expected: int | None) -> set[str]:
+    """Columns already scored for a unit; empty when absent or stale (row count != manifest's)."""
+    if not path.exists():
+        return set()
+    meta = pq.read_metadata(path)
+    if expected is not None and meta.num_rows != expected:
+        return set()
+    return set(meta.schema.names) - {"id"}
+
+
+def base_columns(name: str) -> list[str]:
+    """Columns a scorer always writes (known before loading any weights)."""
+    return {
+        "text": ["text.qa_relevance", "text.informativeness", "text.lexical_diversity"],
+        "pixels": ["pixels.blank", "pixels.luma_std", "pixels.sharpness", "pixels.brightness", "pixels.clipped"],
+        "vlm": ["vlm.mean_logprob", "vlm.text_only_logprob", "vlm.visual_gain"],
+    }[name]
+
+
+def pending(cfg: ScoreConfig, units: Iterable[Unit]) -> list[Unit]:
+    """Units that still need at least one requested scorer."""
+    out = []
+    for u in units:
+        have = set() if cfg.overwrite else existing_columns(scores_path(cfg.out_dir, u.unit), u.expected)
+        if any(not set(base_columns(s)) <= have for s in cfg.scorers):
+            out.append(u)
+    return out
+
+
+def _write_atomic(table: pa.Table, final: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class ScoreWorker:
+    """Scorers loaded on one device; `run_unit` scores one shard. Also the body of a Ray actor."""
+
+    def __init__(self, cfg: ScoreConfig, loader_factory: Callable[[str], object]):
+        self.cfg = cfg
+        self.loader = loader_factory(cfg.out_dir)
+        self.preset = get_preset(cfg.preset)
+        self.device = resolve_device(cfg.device)
+        self.dtype = compute_dtype(self.device)
+        self.scorers = {name: make_scorer(name, cfg) for name in cfg.scorers}
+        for s in self.scorers.values():
+            s.setup(self.device)
+        vlm = self.scorers.get("vlm")
+        self.pack = bool(vlm is not None and vlm.pack)
+        self.warnings = [w for w in [vlm.check_preset(self.preset.name)] if w] if vlm is not None else []
+
+    def describe(self) -> dict:
+        return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""), "pack": self.pack,
+                "columns": [c for s in self.scorers.values() for c in s.columns()], "warnings": self.warnings}
+
+    def run_unit(self, unit: Unit, progress: Callable[[int, int], None] | None = None) -> UnitResult:
+        t0 = time.perf_counter()
+        path = scores_path(self.cfg.out_dir, unit.unit)
+        have = set() if self.cfg.overwrite else existing_columns(path, unit.expected)
+        todo = [s for name, s in self.scorers.items() if not set(base_columns(name)) <= have]
+        if not todo:
+            return UnitResult(unit.unit, skipped=True)
+        samples = list(self.loader.iter_shard(unit.shard))
+        if unit.expected is not None and len(samples) != unit.expected:
+            raise ScorerError(f"shard {unit.shard} holds {len(samples)} samples but the manifest lists {unit.expected} "
+                              f"for unit {unit.unit}; re-run `vlprep prepare` on {self.cfg.out_dir}")
+        res = UnitResult(unit.unit, samples=len(samples))
+        lengths = np.array([len(s["input_ids"]) for s in samples], dtype=np.int64)
+        groups = (plan_packs(lengths, self.cfg.batch_tokens) if self.pack
+                  else plan_batches(lengths, self.cfg.batch_tokens, self.cfg.max_padding))
+        cols: dict[str, np.ndarray] = {}
+        for group in groups:
+            batch = HostBatch([samples[i] for i in group], self.preset, self.device, self.dtype)
+            for scorer in todo:
+                for name, values in scorer.score(batch).items():
+                    cols.setdefault(name, np.full(len(samples), np.nan))[group] = values
+            real = int(lengths[group].sum())
+            res.tokens += real
+            res.padded_tokens += real if self.pack else int(lengths[group].max()) * len(group)
+            res.batches += 1
+            if progress is not None:
+                progress(len(group), real)
+        table = pa.table({"id": pa.array([s["id"] for s in samples], pa.string()),
+                          **{k: pa.array(v, pa.float64()) for k, v in cols.items()}})
+        if have and path.exists():  # merge with the columns a previous run wrote
+            old = pq.read_table(path)
+            if old.column("id").to_pylist() != table.column("id").to_pylist():
+                raise ScorerError(f"{path}: ids differ from shard {unit.shard}; delete the file or use --overwrite")
+            for name in old.schema.names:
+                if name != "id" and name not in table.schema.names:
+                    table = table.append_column(name, old.column(name))
+        _write_atomic(table, path)
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+        res.seconds = time.perf_counter() - t0
+        res.columns = [c for c in table.schema.names if c != "id"]
+        return res
+
+
+@dataclass
+class StageReport:
+    units: int
+    skipped: int
+    samples: int
+    tokens: int
+    padded_tokens: int
+    seconds: float
+    workers: list[dict]
+
+    @property
+    def padding_share(self) -> float:
+        return 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "padding_share": self.padding_share}
+
+
+def run_local(cfg: ScoreConfig, units: list[Unit], loader_factory, progress=None) -> StageReport:
+    t0 = time.perf_counter()
+    todo = pending(cfg, units)
+    if not todo:
+        return StageReport(len(units), len(units), 0, 0, 0, 0.0, [])
+    worker = ScoreWorker(cfg, loader_factory)
+    results = [worker.run_unit(u, progress) for u in todo]
+    return _report(units, results, [worker.describe()], time.perf_counter() - t0)
+
+
+def run_ray(cfg: ScoreConfig, units: list[Unit], loader_factory, *, address: str | None = None,
+            num_gpus: float = 1.0, workers: int | None = None, progress=None) -> StageReport:
+    """Score on a Ray cluster: as many actors as `num_gpus` shares fit on its GPUs, else CPU actors."""
+    import ray
+    from ray.util import ActorPool
+
+    t0 = time.perf_counter()
+    todo = pending(cfg, units)
+    if not todo:
+        return StageReport(len(units), len(units), 0, 0, 0, 0.0, [])
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                 **({} if address else {"num_cpus": os.cpu_count()}))
+    gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    if gpus > 0 and cfg.device != "cpu":
+        if not 0 < num_gpus <= max(1.0, gpus):
+            raise ScorerError(f"--num-gpus {num_gpus} must be in (0, 1] per actor (cluster has {gpus:g} GPUs)")
+        n = max(1, int(gpus / num_gpus + 1e-9))
+        opts = {"num_gpus": num_gpus, "num_cpus": 1}
+    else:
+        n = workers or 1
+        opts = {"num_cpus": 1}
+    n = min(n, len(todo))
+    actor_cls = ray.remote(**opts)(ScoreWorker)
+    actors = [actor_cls.remote(cfg, loader_factory) for _ in range(n)]
+    described = ray.get([a.describe.remote() for a in actors])
+    results = []
+    for res in ActorPool(actors).map_unordered(lambda a, u: a.run_unit.remote(u), todo):
+        results.append(res)
+        if progress is not None:
+            progress(res.samples, res.tokens)
+    for a in actors:
+        ray.kill(a)
+    return _report(units, results, described, time.perf_counter() - t0)
+
+
+def _report(units, results: list[UnitResult], workers: list[dict], seconds: float) -> StageReport:
+    done = [r for r in results if not r.skipped]
+    return StageReport(
+        units=len(units), skipped=len(units) - len(done), samples=sum(r.samples for r in done),
+        tokens=sum(r.tokens for r in done), padded_tokens=sum(r.padded_tokens for r in done),
+        seconds=seconds, workers=workers)
