@@ -1,0 +1,90 @@
+"""`vlprep encode`: encode a few conversations in-process (no Ray) and show what the model will see."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "encode records of a json/jsonl file in-process and print tokens, grids and the ChatML text"
+DESCRIPTION = """Encode records of one json/jsonl file without Ray and print, per record, its token counts,
+image/video grids and (with --show-text) the decoded ChatML. Useful to check a format, a preset or a
+grounding conversion before running `vlprep prepare` on the whole corpus.
+
+example:
+  vlprep encode data.jsonl --media-root images/ --preset qwen2-vl --limit 3 --show-text
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=Path, help="a .json (list of records) or .jsonl file")
+    p.add_argument("--media-root", type=Path, default=None, help="folder the records' media paths are relative to (default: the file's folder)")
+    p.add_argument("--preset", default="qwen2.5-vl", help="qwen2.5-vl (default), qwen2-vl or qwen-vl")
+    p.add_argument("--format", default="auto", help="input format: auto, llava, sharegpt, llamafactory, qwen, openai")
+    p.add_argument("--grounding-format", default=None, help="format of boxes in the source text (qwen2-vl, qwen2.5-vl, qwen-vl), re-rendered for the preset")
+    p.add_argument("--limit", type=int, default=10, help="encode at most this many records (default 10)")
+    p.add_argument("--show-text", action="store_true", help="print the decoded ChatML of each record")
+
+
+def _records(path: Path):
+    if path.suffix == ".jsonl":
+        for i, line in enumerate(path.read_text().splitlines()):
+            if line.strip():
+                try:
+                    yield i, json.loads(line), None
+                except json.JSONDecodeError as exc:
+                    yield i, None, f"line {i + 1}: {exc}"
+    else:
+        data = json.loads(path.read_text())
+        for i, rec in enumerate(data if isinstance(data, list) else [data]):
+            yield i, rec, None
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from processors import EncodeOptions, encode_sample, get_preset, get_tokenizer, parse_record
+    from processors.errors import VlprepError
+
+    preset = get_preset(args.preset)
+    tokenizer = get_tokenizer(preset=preset)
+    media_root = args.media_root or args.file.parent
+    options = EncodeOptions(grounding_format=args.grounding_format)
+    console = Console()
+    table = Table(title=f"{args.file.name} · preset {preset.name}")
+    for col in ("#", "id", "tokens", "text", "image", "video", "supervised", "grids", "status"):
+        table.add_column(col, justify="right" if col in ("#", "tokens", "text", "image", "video", "supervised") else "left")
+    failures = 0
+    errors: list[str] = []
+    for n, (i, rec, err) in enumerate(_records(args.file)):
+        if n >= args.limit:
+            break
+        if err:
+            failures += 1
+            table.add_row(str(i), "-", "", "", "", "", "", "", "[red]error")
+            errors.append(f"#{i} broken JSON: {err}")
+            continue
+        try:
+            sample = parse_record(rec, source=str(args.file), index=i, fmt=args.format)
+            enc = encode_sample(sample, preset, media_root=media_root, options=options, tokenizer=tokenizer)
+        except VlprepError as exc:
+            failures += 1
+            code = getattr(exc, "code", type(exc).__name__)
+            table.add_row(str(i), "-", "", "", "", "", "", "", f"[red]{code}")
+            errors.append(f"#{i} {code}: {exc}")
+            continue
+        m = enc.meta
+        grids = " ".join("x".join(map(str, g)) for g in enc.image_grid_thw.tolist() + enc.video_grid_thw.tolist())
+        table.add_row(str(i), enc.id, str(m["n_tokens"]), str(m["n_text_tokens"]), str(m["n_image_tokens"]),
+                      str(m["n_video_tokens"]), str(m["n_supervised_tokens"]), grids, "[green]ok")
+        if args.show_text:
+            text = tokenizer.decode(enc.input_ids.tolist())
+            for pad in ("<|image_pad|>", "<|video_pad|>", "<imgpad>"):
+                k = text.count(pad)
+                if k:
+                    text = text.replace(pad * k, f"{pad}×{k}") if pad * k in text else text
+            console.print(f"[bold]{enc.id}[/bold]\n{text}")
+    console.print(table)
+    for line in errors:
+        console.print(f"[red]{line}", soft_wrap=True)
+    return 1 if failures and failures == min(args.limit, n + 1) else 0
