@@ -47,7 +47,7 @@ ROLE_MAP = {
 # Per-item options the encoder understands (qwen-vl-utils names).
 MEDIA_OPTIONS = frozenset({
     "min_pixels", "max_pixels", "resized_height", "resized_width", "total_pixels",
-    "fps", "nframes", "min_frames", "max_frames", "video_start", "video_end",
+    "fps", "nframes", "min_frames", "max_frames", "video_start", "video_end", "sample_fps",
 })
 _TAG_RE = re.compile(r"(<image>|<video>)")
 _DATA_URL_RE = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*;base64,", re.IGNORECASE)

@@ -253,6 +253,7 @@ class HFTokenizer:
         self._tok = Tokenizer.from_file(str(file))
         added = self._tok.get_added_tokens_decoder()
         self._special_ids = frozenset(i for i, t in added.items() if t.special)
+        self._added_ids = frozenset(added)
         self.name = f"hf:{self.path}"
 
     def __getstate__(self):
@@ -277,6 +278,16 @@ class HFTokenizer:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def token_bytes(self, token_id: int) -> bytes:
+        """Raw bytes of one token. Byte-level BPE pieces are mapped back through the GPT-2 byte
+        alphabet (decoding a lone piece would turn partial UTF-8 into U+FFFD and change its length)."""
+        piece = self._tok.id_to_token(int(token_id))
+        if piece is None:
+            raise ValueError(f"token id {token_id} is not in {self.path}")
+        if int(token_id) in self._added_ids:
+            return piece.encode("utf-8")
+        inverse = _unicode_to_byte()
+        if all(ch in inverse for ch in piece):
+            return bytes(inverse[ch] for ch in piece)
         return self.decode([token_id]).encode("utf-8")
 
     def token_to_id(self, token: str) -> int:
@@ -284,6 +295,20 @@ class HFTokenizer:
         if i is None:
             raise KeyError(f"{token!r} is not a token of {self.path}")
         return i
+
+
+@functools.lru_cache(maxsize=1)
+def _unicode_to_byte() -> dict[str, int]:
+    """Inverse of the GPT-2 byte-level alphabet used by Hugging Face byte-level BPE vocabularies."""
+    printable = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            out[chr(b)] = b
+        else:
+            out[chr(256 + extra)] = b
+            extra += 1
+    return out
 
 
 def _nfc(text: str) -> str:

@@ -250,6 +250,17 @@ def test_labels_content_starting_with_newline_straddles_header():
     assert _supervised(res) == list(range(k + 1, len(ids)))
 
 
+def test_hf_folder_tokenizer_gives_same_ids_and_labels(tmp_path):
+    hf_reference().save(str(tmp_path / "tokenizer.json"))
+    folder = get_tokenizer(tmp_path)
+    conv, img, vid = CASES["whitespace_edges"]
+    sample, _ = make(conv + [("assistant", "\n😀 emoji first")])
+    ours = build_chatml(sample, None, get_tokenizer(), image_tokens=img, video_tokens=vid)
+    theirs = build_chatml(sample, None, folder, image_tokens=img, video_tokens=vid)
+    assert theirs.input_ids.tolist() == ours.input_ids.tolist()
+    assert theirs.labels.tolist() == ours.labels.tolist()
+
+
 def test_placeholder_errors():
     tok = get_tokenizer()
     sample, _ = make([("user", ["IMG", "IMG", "x"]), ("assistant", "y")])

@@ -235,5 +235,8 @@ def test_hf_folder_backend(tmp_path):
     assert tok.token_to_id("<|image_pad|>") == 151655
     assert 151655 in tok.special_ids and 151657 not in tok.special_ids
     assert pickle.loads(pickle.dumps(tok)).encode(text) == tok.encode(text)
+    ours = get_tokenizer()
+    for i in tok.encode(text) + [0, 128, 255, 151645]:  # includes partial-UTF-8 byte tokens
+        assert tok.token_bytes(i) == ours.token_bytes(i)
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         get_tokenizer(tmp_path / "missing")
