@@ -10,8 +10,6 @@ Vectorised numpy: the per-item loop runs once per image/video (a handful), never
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
 from .errors import PlaceholderMismatchError
