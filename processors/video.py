@@ -1,0 +1,190 @@
+"""Videos → uint8 patches, grid and timing, as qwen-vl-utils 0.0.14 + the Qwen2-VL video processor.
+
+    from processors.video import process_video, probe_video, sample_frame_indices
+    r = process_video("clip.mp4", "qwen2.5-vl")      # r.patches uint8 [N, 1176], r.grid_thw, ...
+
+Steps (spec §6): probe (no pixel decode) → pick frames (§6.2–6.4; by presentation time on
+variable-rate clips) → per-frame size (§6.5) → decode only the picked frames → bicubic+antialias
+resize → temporal padding + patchify (§4 step 8). Memory holds the kept, resized frames only.
+Split across video_probe / video_sampling / video_decode / video_resize; this module is the API.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import VideoDecodeError, VlprepError
+from .patches import patchify
+from .presets import Preset, get_preset
+from .video_decode import decode_decord, decode_pyav
+from .video_probe import VideoInfo, probe_video
+from .video_resize import resize_frames
+from .video_sampling import sample_by_time, sample_frame_indices, video_frame_size
+
+__all__ = ["VideoInfo", "VideoResult", "probe_video", "sample_frame_indices", "process_video"]
+
+BACKENDS = ("pyav", "decord")
+DEFAULT_FRAME_LIST_FPS = 2.0
+
+
+@dataclass
+class VideoResult:
+    patches: np.ndarray                 # uint8 [grid_t * grid_h * grid_w, 3 * tp * p * p]
+    grid_thw: tuple[int, int, int]
+    second_per_grid_ts: float           # temporal_patch_size / sample_fps, seconds per temporal patch
+    sample_fps: float
+    frame_indices: list[int]            # sampled frames (presentation order), before temporal padding
+    frame_times: list[float]            # their presentation times, seconds from the first frame
+    timestamps: list[float]             # start time of each temporal patch (grid_t entries)
+    original_size: tuple[int, int]      # (h, w) as displayed (rotation applied)
+    resized_size: tuple[int, int]       # (H, W)
+    duration: float
+    video_fps: float                    # the container's average rate (frame lists: sample_fps)
+    is_vfr: bool = False
+    rotation: int = 0
+    backend: str = ""
+    num_tokens: int = field(default=0)  # prod(grid_thw) / merge_size², the number of <|video_pad|>
+
+
+def _load_frame(item) -> np.ndarray:
+    """One frame of a frame-list video → uint8 [H, W, 3] (paths/bytes go through the image loader:
+    EXIF orientation, alpha on white, any mode to RGB)."""
+    if isinstance(item, np.ndarray):
+        a = item
+        if a.dtype != np.uint8:
+            raise VlprepError(f"frame arrays must be uint8, got {a.dtype}")
+        if a.ndim == 2:
+            a = np.repeat(a[:, :, None], 3, axis=2)
+        if a.ndim != 3 or a.shape[2] not in (3, 4):
+            raise VlprepError(f"frame arrays must be [H, W, 3] (or 4 with alpha), got {a.shape}")
+        if a.shape[2] == 4:  # alpha on white, like the image path
+            alpha = a[:, :, 3:4].astype(np.float32) / 255.0
+            a = np.round(a[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+        return np.ascontiguousarray(a)
+    from .image import load_image
+
+    return np.asarray(load_image(item), dtype=np.uint8)
+
+
+def _result(frames: np.ndarray, preset: Preset, *, indices, times, sample_fps, original_size, duration,
+            video_fps, is_vfr=False, rotation=0, backend="") -> VideoResult:
+    tp = preset.temporal_patch_size
+    patches, grid = patchify(frames, preset.patch_size, preset.merge_size, tp)
+    times = [float(t) for t in times]
+    return VideoResult(
+        patches=patches, grid_thw=tuple(int(g) for g in grid), second_per_grid_ts=float(tp / sample_fps),
+        sample_fps=float(sample_fps), frame_indices=[int(i) for i in indices], frame_times=times,
+        timestamps=times[::tp], original_size=tuple(int(v) for v in original_size),
+        resized_size=(int(frames.shape[1]), int(frames.shape[2])), duration=float(duration),
+        video_fps=float(video_fps), is_vfr=is_vfr, rotation=rotation, backend=backend,
+        num_tokens=int(np.prod(grid)) // (preset.merge_size ** 2),
+    )
+
+
+def _process_frame_list(frames_in, preset: Preset, *, sample_fps, min_pixels, max_pixels, total_pixels):
+    """`"video": [frame, …]` (spec §6.6, qwen-vl-utils 0.0.14 semantics for the rate: `sample_fps`,
+    default 2.0; `fps`/`nframes` do not apply). Unlike 0.0.14, which resizes each frame with the image
+    band and then again with the video budget, frames are resized once, straight to the §6.5 size
+    computed from the first frame — the second resize of the reference only adds blur."""
+    if len(frames_in) == 0:
+        raise VideoDecodeError("frame-list video has no frames")
+    rate = DEFAULT_FRAME_LIST_FPS if sample_fps is None else float(sample_fps)
+    if rate <= 0:
+        raise VlprepError(f"sample_fps must be positive, got {sample_fps}")
+    first = _load_frame(frames_in[0])
+    h, w = first.shape[:2]
+    n = len(frames_in)
+    n_even = n + n % preset.temporal_patch_size
+    H, W = _frame_size(h, w, n_even, preset, min_pixels, max_pixels, total_pixels)
+    out = np.empty((n, H, W, 3), dtype=np.uint8)
+    for i, item in enumerate(frames_in):
+        rgb = first if i == 0 else _load_frame(item)
+        if rgb.shape[:2] != (h, w):
+            raise VlprepError(f"frame {i} of a frame-list video is {rgb.shape[0]}x{rgb.shape[1]}, frame 0 is "
+                              f"{h}x{w}; all frames of one video must have the same size")
+        out[i] = resize_frames(rgb, H, W)
+    times = np.arange(n) / rate
+    return _result(out, preset, indices=range(n), times=times, sample_fps=rate, original_size=(h, w),
+                   duration=n / rate, video_fps=rate, backend="frames")
+
+
+def _frame_size(h, w, nframes, preset: Preset, min_pixels, max_pixels, total_pixels):
+    return video_frame_size(
+        h, w, nframes, factor=preset.factor, min_pixels=min_pixels, max_pixels=max_pixels,
+        total_pixels=total_pixels, video_min_pixels=preset.video_min_pixels,
+        video_max_pixels=preset.video_max_pixels, video_total_pixels=preset.video_total_pixels)
+
+
+def select_frames(info: VideoInfo, *, fps=None, nframes=None, min_frames=None, max_frames=None,
+                  video_start=None, video_end=None, preset: Preset | None = None) -> tuple[np.ndarray, float]:
+    """The frames `process_video` keeps for this file: the reference's index rule on constant-rate
+    clips, nearest-by-presentation-time on variable-rate ones."""
+    preset = get_preset(preset)
+    kw = dict(fps=fps, nframes=nframes,
+              min_frames=preset.min_frames if min_frames is None else min_frames,
+              max_frames=preset.max_frames if max_frames is None else max_frames,
+              video_start=video_start, video_end=video_end)
+    if fps is None and nframes is None:
+        kw["fps"] = preset.fps
+    if info.is_vfr:
+        return sample_by_time(info.frame_times, **kw)
+    return sample_frame_indices(info.num_frames, info.avg_fps, **kw)
+
+
+def process_video(
+    src,
+    preset: Preset | str | None = None,
+    *,
+    fps: float | None = None,
+    nframes: int | None = None,
+    min_frames: int | None = None,
+    max_frames: int | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    total_pixels: int | None = None,
+    video_start: float | None = None,
+    video_end: float | None = None,
+    sample_fps: float | None = None,
+    backend: str = "pyav",
+    timeout_s: float | None = 120,
+) -> VideoResult:
+    """A video file (path) or a frame list (paths / bytes / PIL images / uint8 arrays) → VideoResult.
+
+    Raises VideoDecodeError (unreadable, empty, audio-only, corrupt), VideoTooShortError (fewer than
+    2 frames to sample), VideoTimeoutError (decoding took longer than `timeout_s`), AspectRatioError.
+    """
+    preset = get_preset(preset)
+    if not preset.supports_video:
+        raise VlprepError(f"preset {preset.name} has no video support")
+    if isinstance(src, (list, tuple)):
+        return _process_frame_list(src, preset, sample_fps=sample_fps, min_pixels=min_pixels,
+                                   max_pixels=max_pixels, total_pixels=total_pixels)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(src, (str, os.PathLike)):
+        raise VlprepError(f"video source must be a path or a list of frames, got {type(src).__name__}")
+    info = probe_video(src)
+    idx, sfps = select_frames(info, fps=fps, nframes=nframes, min_frames=min_frames, max_frames=max_frames,
+                              video_start=video_start, video_end=video_end, preset=preset)
+    n = len(idx)
+    h, w = info.display_size
+    H, W = _frame_size(h, w, n, preset, min_pixels, max_pixels, total_pixels)
+    out = np.empty((n, H, W, 3), dtype=np.uint8)
+    slots: dict[int, list[int]] = {}
+    for k, i in enumerate(idx.tolist()):
+        slots.setdefault(i, []).append(k)
+    decode = decode_pyav if backend == "pyav" else decode_decord
+    filled = 0
+    for i, rgb in decode(info, idx, timeout_s=timeout_s):
+        small = resize_frames(rgb, H, W)  # resize right away: only kept, resized frames stay in memory
+        for k in slots[i]:
+            out[k] = small
+            filled += 1
+    if filled != n:
+        raise VideoDecodeError(f"{info.path}: decoded {filled} of {n} sampled frames")
+    times = info.frame_times[idx]
+    return _result(out, preset, indices=idx, times=times, sample_fps=sfps, original_size=(h, w),
+                   duration=info.duration, video_fps=info.avg_fps, is_vfr=info.is_vfr,
+                   rotation=info.rotation, backend=backend)

@@ -1,0 +1,203 @@
+"""Decode only the frames that were sampled.
+
+PyAV backend: frames are addressed by presentation index (position in pts order, as probed). Before
+each target the decoder either keeps decoding forward (the target is in the GOP being decoded) or
+seeks to the keyframe at or before the target (a keyframe lies between the last decoded frame and
+the target, so seeking strictly saves work). Only kept frames are converted to RGB; frames the
+decoder must pass over stay in YUV and are dropped.
+
+decord backend: `get_batch` on the indices, as qwen-vl-utils does, in chunks so the time limit is
+checked between them.
+
+Both yield `(presentation_index, rgb uint8 [H, W, 3])` in increasing index order, rotation applied.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from .errors import VideoDecodeError, VideoTimeoutError
+from .video_probe import VideoInfo
+
+
+def rotate_frame(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    """Turn a frame counter-clockwise by `rotation` degrees (the display-matrix convention)."""
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+
+
+class _Deadline:
+    def __init__(self, path: str, timeout_s: float | None, total: int):
+        self.path, self.timeout_s, self.total = path, timeout_s, total
+        self.end = None if not timeout_s else time.monotonic() + float(timeout_s)
+
+    def check(self, done: int) -> None:
+        if self.end is not None and time.monotonic() > self.end:
+            raise VideoTimeoutError(
+                f"{self.path}: decoding took longer than timeout_s={self.timeout_s} s "
+                f"({done} of {self.total} sampled frames done); raise timeout_s or drop this file")
+
+
+def decode_pyav(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None = 120,
+                threads: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield the frames at `indices` (presentation order, unique, increasing)."""
+    import av
+
+    targets = np.unique(np.asarray(indices, dtype=np.int64))
+    if len(targets) == 0:
+        return
+    if targets[0] < 0 or targets[-1] >= info.num_frames:
+        raise ValueError(f"frame indices {targets[0]}..{targets[-1]} outside 0..{info.num_frames - 1}")
+    deadline = _Deadline(info.path, timeout_s, len(targets))
+    try:
+        container = av.open(info.path, mode="r")
+    except (av.FFmpegError, OSError) as e:
+        raise VideoDecodeError(f"{info.path}: cannot reopen for decoding ({e})") from e
+    with container:
+        stream = container.streams.video[0]
+        cc = stream.codec_context
+        cc.thread_type = "AUTO"
+        cc.thread_count = threads
+        if not info.has_pts:
+            yield from _decode_sequential(container, stream, info, targets, deadline)
+            return
+        pts = info.frame_pts
+        keys = info.key_indices
+        pos = -1          # presentation index of the last frame the decoder output
+        ti = 0
+        retries = 0
+        while ti < len(targets):
+            target = int(targets[ti])
+            k = int(keys[np.searchsorted(keys, target, side="right") - 1])  # keyframe at/before target
+            if k > pos:
+                # Everything up to k is wasted work: jump there.
+                try:
+                    container.seek(int(pts[k]), stream=stream, backward=True, any_frame=False)
+                except av.FFmpegError as e:
+                    raise VideoDecodeError(f"{info.path}: seek to frame {k} failed ({e})") from e
+                pos = -1
+                seeked_to = k
+            else:
+                seeked_to = None
+            first_after_seek = seeked_to is not None
+            restart = False
+            for packet in container.demux(stream):
+                deadline.check(ti)
+                for frame in _decode_packet(packet, info):
+                    idx = _index_of(frame, pts)
+                    if idx is None:
+                        continue
+                    if first_after_seek and idx > target:
+                        # Landed after the target: the container's index is coarser than its
+                        # keyframe flags. Seek one keyframe further back and try again.
+                        retries += 1
+                        if retries > 8:
+                            raise VideoDecodeError(
+                                f"{info.path}: seeking cannot reach frame {target}; the container index is broken")
+                        keys = keys[keys < seeked_to] if np.any(keys < seeked_to) else keys[:1]
+                        restart = True
+                        break
+                    first_after_seek = False
+                    pos = idx
+                    if idx < target:
+                        continue
+                    if idx > target:
+                        raise VideoDecodeError(
+                            f"{info.path}: frame {target} (pts {int(pts[target])}) was never produced by the "
+                            f"{info.codec} decoder (corrupt packet?)")
+                    rgb = frame.to_ndarray(format="rgb24")
+                    yield target, rotate_frame(rgb, info.rotation)
+                    ti += 1
+                    if ti >= len(targets):
+                        return
+                    target = int(targets[ti])
+                    next_key = int(keys[np.searchsorted(keys, target, side="right") - 1])
+                    if next_key > pos:
+                        restart = True  # a keyframe is between here and the next target: seek
+                        break
+                if restart:
+                    break
+            else:
+                raise VideoDecodeError(
+                    f"{info.path}: the stream ended before frame {target} of {info.num_frames} "
+                    f"(last decoded frame {pos}); the file is truncated or its frame count is wrong")
+
+
+def _decode_packet(packet, info: VideoInfo):
+    import av
+
+    try:
+        return packet.decode()
+    except av.FFmpegError as e:
+        raise VideoDecodeError(f"{info.path}: {info.codec} decoder error at pts {packet.pts} ({e})") from e
+
+
+def _index_of(frame, pts: np.ndarray) -> int | None:
+    if frame.pts is None:
+        return None
+    i = int(np.searchsorted(pts, frame.pts))
+    if i < len(pts) and pts[i] == frame.pts:
+        return i
+    return None
+
+
+def _decode_sequential(container, stream, info: VideoInfo, targets: np.ndarray, deadline: _Deadline):
+    """Files without usable timestamps: count frames in output order, never seek."""
+    ti, idx = 0, -1
+    for packet in container.demux(stream):
+        deadline.check(ti)
+        for frame in _decode_packet(packet, info):
+            idx += 1
+            if idx == targets[ti]:
+                yield idx, rotate_frame(frame.to_ndarray(format="rgb24"), info.rotation)
+                ti += 1
+                if ti >= len(targets):
+                    return
+    raise VideoDecodeError(f"{info.path}: the stream ended after {idx + 1} frames, before frame {int(targets[ti])}")
+
+
+# decord's seek lands on the wrong frame in AVI files (dmlc/decord#91: after a seek past the first
+# keyframe it returns frames from the start again); read those sequentially instead.
+_DECORD_SEQUENTIAL_FORMATS = ("avi",)
+
+
+def decode_decord(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None = 120,
+                  chunk: int = 16, threads: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield the frames at `indices` with decord (`get_batch`, as qwen-vl-utils)."""
+    try:
+        import decord
+    except ImportError as e:
+        raise VideoDecodeError("backend='decord' needs the decord package (pip install decord)") from e
+    targets = np.unique(np.asarray(indices, dtype=np.int64))
+    deadline = _Deadline(info.path, timeout_s, len(targets))
+    try:
+        vr = decord.VideoReader(info.path, ctx=decord.cpu(0), num_threads=threads)
+    except Exception as e:  # decord raises its own DECORDError (a RuntimeError subclass)
+        raise VideoDecodeError(f"{info.path}: decord cannot open the file ({e})") from e
+    if len(vr) != info.num_frames:
+        raise VideoDecodeError(
+            f"{info.path}: decord counts {len(vr)} frames, the demuxer {info.num_frames}; "
+            f"indices would not address the same frames — use backend='pyav'")
+    if any(f in info.container.split(",") for f in _DECORD_SEQUENTIAL_FORMATS):
+        done = 0
+        pos = 0
+        for t in targets:
+            deadline.check(done)
+            if t > pos:
+                vr.skip_frames(int(t - pos))
+            rgb = vr.next().asnumpy()
+            pos = int(t) + 1
+            done += 1
+            yield int(t), rotate_frame(rgb, info.rotation)
+        return
+    for s in range(0, len(targets), chunk):
+        deadline.check(s)
+        part = targets[s:s + chunk]
+        try:
+            batch = vr.get_batch(part.tolist()).asnumpy()
+        except Exception as e:
+            raise VideoDecodeError(f"{info.path}: decord get_batch failed on frames {part[0]}..{part[-1]} ({e})") from e
+        for t, rgb in zip(part, batch):
+            yield int(t), rotate_frame(rgb, info.rotation)

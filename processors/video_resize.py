@@ -1,0 +1,29 @@
+"""Video frame resize: bicubic with antialias on uint8, as torchvision's tensor resize does.
+
+torchvision (what qwen-vl-utils and transformers' video processor call) converts uint8 to float32,
+runs `torch.nn.functional.interpolate(mode="bicubic", antialias=True, align_corners=False)`, clamps
+to [0, 255] and rounds back to uint8. torchvision is not a dependency here, so the same steps are
+done with torch directly (imported lazily: processors must not import torch at import time).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [T, h, w, 3] (or [h, w, 3]) -> uint8 [T, H, W, 3] (or [H, W, 3])."""
+    single = frames.ndim == 3
+    x = frames[None] if single else frames
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames [T, H, W, 3], got {x.dtype} {x.shape}")
+    if x.shape[1] == height and x.shape[2] == width:
+        out = x.copy()  # torchvision returns the input unchanged when the size already matches
+    else:
+        import torch
+        import torch.nn.functional as F
+
+        t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).to(torch.float32)
+        y = F.interpolate(t, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+        y = y.clamp_(0, 255).round_().to(torch.uint8)
+        out = y.permute(0, 2, 3, 1).contiguous().numpy()
+    return out[0] if single else out
