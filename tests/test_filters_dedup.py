@@ -1,0 +1,157 @@
+import hashlib
+import io
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from filters.dedup import NearDuplicateIndex, exact_key, hamming, normalized_text, phash
+from processors.sample import ImagePart, Message, Sample, TextPart
+
+
+def scene(seed: int, width: int = 320, height: int = 240) -> Image.Image:
+    """A smooth random picture (upscaled noise plus a bright disc), different for each seed."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8))
+    img = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC)).astype(np.int16)
+    y, x = np.mgrid[0:height, 0:width]
+    cx, cy = rng.integers(40, width - 40), rng.integers(40, height - 40)
+    img[(x - cx) ** 2 + (y - cy) ** 2 < 30 ** 2] += 90
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def jpeg_bytes(img: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ exact key
+
+def convo(user_parts, answer, sid="a", source="x.json"):
+    return Sample(sid, [Message("user", user_parts), Message("assistant", [TextPart(answer)])], source=source)
+
+
+def test_exact_key_is_sha1_of_the_documented_layout():
+    s = convo([ImagePart(0), TextPart("What is  this?")], "A cat &amp; a dog.")
+    media = [b"\x89PNG fake bytes"]
+    payload = ("user\x1fi\x1ft:What is this?" + "\x1e" + "assistant\x1ft:A cat & a dog."
+               + "\x1d" + hashlib.sha1(media[0]).hexdigest())
+    assert exact_key(s, media) == hashlib.sha1(payload.encode()).hexdigest()
+
+
+def test_exact_key_ignores_id_source_and_cosmetic_text_differences():
+    a = convo([ImagePart(0), TextPart("What is this?")], "A cat.", sid="1", source="a.json")
+    b = convo([ImagePart(0), TextPart("What   is\nthis? ")], "A cat.", sid="2", source="b.jsonl")
+    assert exact_key(a, [b"img"]) == exact_key(b, [b"img"])
+
+
+def test_exact_key_changes_with_content_media_and_layout():
+    base = convo([ImagePart(0), TextPart("What is this?")], "A cat.")
+    key = exact_key(base, [b"img"])
+    assert exact_key(base, [b"img2"]) != key
+    assert exact_key(convo([ImagePart(0), TextPart("What is this?")], "A dog."), [b"img"]) != key
+    assert exact_key(convo([TextPart("What is this?"), ImagePart(0)], "A cat."), [b"img"]) != key
+    assert exact_key(convo([ImagePart(0), TextPart("what is this?")], "A cat."), [b"img"]) != key  # case matters
+    swapped = Sample("a", [Message("assistant", base.messages[0].parts), Message("user", base.messages[1].parts)])
+    assert exact_key(swapped, [b"img"]) != key
+
+
+def test_normalized_text():
+    assert normalized_text("  Tom &amp;\n\n Jerry\t!") == "Tom & Jerry !"
+
+
+# ------------------------------------------------------------------ perceptual hash
+
+def test_phash_finds_resized_and_recompressed_copy_not_a_different_image():
+    original = scene(1)
+    h = phash(original)
+    copy = jpeg_bytes(original.resize((200, 150), Image.Resampling.BILINEAR), quality=60)
+    assert hamming(h, phash(copy)) <= 4
+    # other pictures are far away
+    others = [hamming(h, phash(scene(seed))) for seed in range(2, 12)]
+    assert min(others) >= 12, others
+
+
+def test_phash_inputs_agree_and_are_deterministic(tmp_path):
+    img = scene(3)
+    path = tmp_path / "s.png"
+    img.save(path)
+    png = path.read_bytes()
+    h = phash(img)
+    assert h == phash(np.asarray(img)) == phash(png) == phash(str(path)) == phash(scene(3))
+    assert 0 <= h < 2 ** 64
+    assert bin(h).count("1") in range(24, 41)  # median split: about half the bits set
+
+
+def test_hamming():
+    assert hamming(0b1011, 0b0001) == 2
+    assert hamming(2 ** 64 - 1, 0) == 64
+
+
+# ------------------------------------------------------------------ near-duplicate index
+
+def brute_force(hashes, h, threshold):
+    for i, other in enumerate(hashes):
+        if hamming(h, other) <= threshold:
+            return i, hamming(h, other)
+    return None
+
+
+def flip(h: int, bits: list[int]) -> int:
+    for b in bits:
+        h ^= 1 << b
+    return h
+
+
+@pytest.mark.parametrize("threshold", [0, 3, 6, 10])
+def test_index_matches_brute_force(threshold):
+    rng = random.Random(threshold)
+    base = [rng.getrandbits(64) for _ in range(1500)]
+    index = NearDuplicateIndex(threshold)
+    for i, h in enumerate(base):
+        index.add(i, h)
+    queries = []
+    for _ in range(300):
+        src = rng.choice(base)
+        d = rng.randint(0, threshold + 2)
+        queries.append(flip(src, rng.sample(range(64), d)))
+    queries += [rng.getrandbits(64) for _ in range(100)]
+    for q in queries:
+        assert index.query(q) == brute_force(base, q, threshold)
+
+
+def test_index_compares_few_candidates():
+    rng = random.Random(7)
+    index = NearDuplicateIndex(threshold=6)
+    for i in range(20000):
+        index.add(i, rng.getrandbits(64))
+    index.comparisons = 0
+    for _ in range(200):
+        index.query(rng.getrandbits(64))
+    # 7 bands of ~9 bits: about 7 * 20000 / 2**9 ≈ 270 candidates per query, not 20000
+    assert index.comparisons / 200 < 1000
+
+
+def test_first_occurrence_wins_and_duplicates_are_not_added():
+    index = NearDuplicateIndex(threshold=4)
+    a = 0x0123456789ABCDEF
+    b = flip(a, [0, 1, 2])  # 3 bits from a
+    c = flip(b, [10, 11, 12])  # 3 from b, 6 from a
+    assert index.check_and_add("a", a) is None
+    assert index.check_and_add("b", b) == ("a", 3)
+    # b was a duplicate, so it is not a representative: c is compared with a only (6 bits) and kept
+    assert index.check_and_add("c", c) is None
+    assert len(index) == 2
+    # b lies 3 bits from both a and c: the earliest-added match is reported
+    assert index.query(b) == ("a", 3)
+    later_first = NearDuplicateIndex(threshold=4)
+    later_first.add("c", c)
+    later_first.add("a", a)
+    assert later_first.query(b) == ("c", 3)
+
+
+def test_index_rejects_bad_threshold():
+    with pytest.raises(ValueError, match="threshold must be in 0..63"):
+        NearDuplicateIndex(64)
