@@ -63,7 +63,11 @@ def video_facts(path) -> VideoFacts:
         from processors.video import probe_video
     except ImportError:
         return _fallback_probe(path)
-    info = probe_video(path)
+    return facts_from_info(probe_video(path))
+
+
+def facts_from_info(info) -> VideoFacts:
+    """processors.video.VideoInfo → VideoFacts, sides in display orientation."""
     h, w = int(info.height), int(info.width)
     if int(getattr(info, "rotation", 0) or 0) % 180 == 90:
         h, w = w, h

@@ -130,10 +130,10 @@ class Predictor:
             raise VlprepError(f"{ref.kind} reference has neither a path nor data")
         return resolve_media_path(ref.path, media_root)
 
-    def _image(self, ref: MediaRef, media_root, pred: Prediction) -> None:
+    def _image(self, ref: MediaRef, media_root, pred: Prediction, f=None) -> None:
         from processors.encode import _image_kwargs  # the encoder's own option merge (job < record)
 
-        f = self.cache.get("image", self._source(ref, media_root))
+        f = f or self.cache.get("image", self._source(ref, media_root))
         if self.preset.fixed_size is not None:
             resized, tokens = self.preset.fixed_size, self.preset.image_tokens_fixed
         else:
@@ -146,7 +146,7 @@ class Predictor:
         pred.image_resized.append(tuple(resized))
         pred.image_tokens.append(int(tokens))
 
-    def _video(self, ref: MediaRef, media_root, pred: Prediction) -> None:
+    def _video(self, ref: MediaRef, media_root, pred: Prediction, known=None) -> None:
         from processors.encode import _video_kwargs
 
         p = self.preset
@@ -167,7 +167,7 @@ class Predictor:
             pred.video_durations.append(n / sample_fps)
             pred.video_fps.append(sample_fps)
         else:
-            f = self.cache.get("video", self._source(ref, media_root))
+            f = known or self.cache.get("video", self._source(ref, media_root))
             fps = kw.get("fps", None if "nframes" in kw else p.fps)
             idx, sample_fps = sample_frame_indices(
                 f.num_frames, f.fps, fps=fps, nframes=kw.get("nframes"),
@@ -185,23 +185,31 @@ class Predictor:
         pred.video_tokens.append(grid_t * (H // p.factor) * (W // p.factor))
 
     # -- one sample ---------------------------------------------------------------------------
-    def predict(self, sample: Sample, media_root) -> Prediction:
+    def predict(self, sample: Sample, media_root, *, image_sizes=None, video_infos=None,
+                clean: bool = True) -> Prediction:
+        """Predict one sample. `image_sizes` / `video_infos` are header facts the job's media check
+        already read (pipeline.stages.Prepared); `clean=False` when the sample is already cleaned."""
+        from .media_probe import ImageFacts, facts_from_info
+
         pred = Prediction(sample.id, sample.source, sample.record_index)
         try:
-            for ref in sample.images:
-                self._image(ref, media_root, pred)
-            for ref in sample.videos:
-                self._video(ref, media_root, pred)
+            for i, ref in enumerate(sample.images):
+                known = ImageFacts(*image_sizes[i]) if image_sizes is not None else None
+                self._image(ref, media_root, pred, known)
+            for i, ref in enumerate(sample.videos):
+                info = video_infos[i] if video_infos is not None else None
+                known = facts_from_info(info) if info is not None and not isinstance(info, dict) else None
+                self._video(ref, media_root, pred, known)
             if self.text_note is None:
-                self._text(sample, pred)
+                self._text(sample, pred, clean)
         except (VlprepError, OSError) as exc:
             pred.error_type, pred.error = error_code(exc), f"{type(exc).__name__}: {exc}"
         return pred
 
-    def _text(self, sample: Sample, pred: Prediction) -> None:
+    def _text(self, sample: Sample, pred: Prediction, clean: bool) -> None:
         from processors.chatml import build_chatml
 
-        if self.cleaning is not None:
+        if clean and self.cleaning is not None:
             from processors.text import clean_sample
 
             sample = clean_sample(sample, **self.cleaning)

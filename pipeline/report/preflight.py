@@ -1,16 +1,23 @@
 """Pre-flight: what a raw corpus will become under a preset, before any pixel is decoded.
 
-Each record is parsed with the job's own readers, its media sized from headers, and its tokens
-predicted (predict.py). The predictions are laid out as a *predicted* manifest and ledger with the
-prepare job's schema, so the very same code that reports on a finished run (prepared.py) reports
-here, and `--compare preflight.json prepared_out/` lines the two up column for column.
+Each record goes through the job's own cheap stages — `pipeline.stages.prepare`: read, clean, raw
+filters, media header checks, media filters — and its tokens are then predicted from the header
+facts (predict.py). Not evaluated: dedup (needs the whole corpus hashed) and the filters that need
+encoded pixels. While pipeline.stages / processors.video are not importable, a FALLBACK chain
+(parse + clean + header reads, no filters) is used and stats.json says so under `mode`.
+
+The results are laid out as a *predicted* manifest and ledger with the prepare job's schema, so the
+code that reports on a finished run (prepared.py) reports here too, and `--compare` lines a
+pre-flight up against the run it predicted, column for column.
 """
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +26,15 @@ import pyarrow as pa
 from processors.presets import get_preset
 
 from .predict import MediaCache, Prediction, Predictor
-from .prepared import accounting, box_stats, image_stats, source_stats, token_stats, video_stats
-from .records import ParsedRecord, iter_parsed, load_config
+from .prepared import accounting, box_stats, headline, image_stats, source_stats, token_stats, video_stats
+from .records import iter_sources, load_config, parse_raw
 from .summary import Report, share
 from .tables import ReportInputError
 
-LEDGER_FIELDS = ("id", "source", "record_index", "status", "stage", "rule", "value", "message")
+LEDGER_SCHEMA = pa.schema([
+    ("id", pa.string()), ("source", pa.string()), ("record_index", pa.int64()), ("status", pa.string()),
+    ("stage", pa.string()), ("rule", pa.string()), ("value", pa.float64()), ("message", pa.string())])
+LIMITS = (2048, 4096, 8192, 16384, 32768)
 
 
 def default_workers() -> int:
@@ -32,10 +42,20 @@ def default_workers() -> int:
     return min(32, 4 * (os.cpu_count() or 1))
 
 
+@dataclass
+class Evaluated:
+    """One input record's fate: a ledger row for a failure, or a prediction."""
+
+    row: dict | None = None
+    pred: Prediction | None = None
+    media: list[tuple[str, str]] = field(default_factory=list)   # (kind, reference as written)
+
+
 def build_preflight_report(path: str | Path, *, preset: str | None = None, overrides: list[str] | None = None,
                            max_length: int | None = None, min_pixels: int | None = None,
                            max_pixels: int | None = None, workers: int | None = None,
-                           dedupe_media: bool = True, limit: int | None = None) -> Report:
+                           dedupe_media: bool = True, limit: int | None = None,
+                           use_stages: bool | None = None) -> Report:
     path = Path(path)
     if not path.exists():
         raise ReportInputError(f"{path} does not exist; give a config YAML, a json/jsonl/parquet file, "
@@ -48,8 +68,11 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
     if max_pixels is not None:
         cfg.image.max_pixels = max_pixels
     p = get_preset(cfg.preset)
-    tokenizer = None
-    if cfg.tokenizer:
+    stages_ctx = _stages_context(cfg) if use_stages is not False else None
+    if use_stages and stages_ctx is None:
+        raise ReportInputError("use_stages=True but pipeline.stages / processors.video are not importable")
+    tokenizer = stages_ctx.tokenizer if stages_ctx is not None else None
+    if tokenizer is None and cfg.tokenizer:
         from processors.tokenizer import get_tokenizer
 
         tokenizer = get_tokenizer(cfg.resolve_path(cfg.tokenizer), preset=p)
@@ -57,22 +80,24 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
     predictor = Predictor(p, cfg.encode_options(), cleaning=dict(cfg.cleaning), tokenizer=tokenizer, cache=cache)
 
     t0 = time.perf_counter()
-    records = list(itertools.islice(iter_parsed(cfg), limit))
+    items = list(itertools.islice(_iter_items(cfg), limit))
     t_read = time.perf_counter() - t0
-    parsed = [r for r in records if r.sample is not None]
+    evaluate = _make_evaluator(predictor, stages_ctx)
     with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        preds = list(pool.map(lambda r: predictor.predict(r.sample, r.media_root), parsed, chunksize=64))
+        results = list(pool.map(evaluate, items, chunksize=64))
     elapsed = time.perf_counter() - t0
 
-    manifest, ledger = predicted_tables(records, preds, cfg.max_length)
-    series: dict[str, np.ndarray] = {}
-    stats: dict = {"kind": "preflight", "path": str(path), "presets": [p.name]}
+    preds = [r.pred for r in results if r.pred is not None]
+    manifest, ledger = predicted_tables(results, cfg.max_length)
+    series: dict = {"manifest": manifest, "ledger": ledger}   # per-sample predictions, for callers
+    stats: dict = {"kind": "preflight", "path": str(path), "presets": [p.name],
+                   "mode": "pipeline.stages" if stages_ctx is not None else "fallback (no filters)"}
     stats["settings"] = {
         "preset": p.name, "max_length": cfg.max_length,
         "image_min_pixels": cfg.image.min_pixels or p.min_pixels,
         "image_max_pixels": cfg.image.max_pixels or p.max_pixels,
         "video_fps": cfg.video.fps or p.fps, "video_total_pixels": cfg.video.total_pixels or p.video_total_pixels,
-        "sources": [s.path for s in cfg.sources],
+        "sources": [s.path for s in cfg.sources], "filters": sorted(cfg.filters or {}),
     }
     stats["accounting"] = accounting(ledger, manifest.num_rows)
     stats["tokens"] = token_stats(manifest, series)
@@ -84,15 +109,58 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
     stats["videos"] = video_stats(manifest, series)
     stats["boxes"] = box_stats(manifest, series)
     stats["sources"] = source_stats(manifest, ledger)
-    stats["media"] = media_block(parsed, preds, cache)
-    stats["timing"] = {"seconds": elapsed, "read_parse_seconds": t_read, "records": len(records),
-                       "records_per_s": len(records) / elapsed if elapsed > 0 else None,
+    stats["media"] = media_block(results, cache)
+    stats["timing"] = {"seconds": elapsed, "read_parse_seconds": t_read, "records": len(items),
+                       "records_per_s": len(items) / elapsed if elapsed > 0 else None,
                        "header_reads": cache.reads, "workers": workers or default_workers()}
-    from .prepared import headline
-
     stats["headline"] = headline(stats)
     stats["headline"]["over_max_length"] = stats["max_length"].get("over")
     return Report(stats, series)
+
+
+def _stages_context(cfg):
+    """The prepare job's per-worker context, or None while its modules are not importable."""
+    try:
+        from pipeline import stages
+        import processors.video  # noqa: F401  (check_media probes videos with it)
+    except ImportError:
+        return None
+    return stages.context_for(json.dumps(cfg.to_dict(), default=str))
+
+
+def _iter_items(cfg):
+    for src, _path, fmt, media_root, raws in iter_sources(cfg):
+        for raw in raws:
+            yield src, fmt, media_root, raw
+
+
+def _make_evaluator(predictor: Predictor, ctx):
+    def refs(sample) -> list[tuple[str, str]]:
+        return [(m.kind, m.path) for m in [*sample.images, *sample.videos] if m.path is not None]
+
+    def evaluate(item) -> Evaluated:
+        src, fmt, media_root, raw = item
+        if ctx is not None:
+            from pipeline import stages
+
+            r = stages.prepare(raw, src, ctx)
+            if hasattr(r, "status"):  # an Outcome: read error, clean/media error or a filter drop
+                return Evaluated(row={"id": r.id, "source": r.source, "record_index": r.record_index,
+                                      "status": r.status, "stage": r.stage, "rule": r.rule, "value": r.value,
+                                      "message": r.message})
+            pred = predictor.predict(r.sample, media_root, image_sizes=r.image_sizes,
+                                     video_infos=r.video_infos, clean=False)
+            return Evaluated(pred=pred, media=refs(r.sample))
+        parsed = parse_raw(raw, fmt, media_root)
+        if parsed.sample is None:
+            from pipeline.report.records import fallback_id
+
+            return Evaluated(row={"id": fallback_id(parsed.source, parsed.index), "source": parsed.source,
+                                  "record_index": parsed.index, "status": "error", "stage": "read",
+                                  "rule": parsed.error_type, "value": None, "message": parsed.error})
+        return Evaluated(pred=predictor.predict(parsed.sample, media_root), media=refs(parsed.sample))
+
+    return evaluate
 
 
 def _status(pred: Prediction, max_length: int | None) -> tuple[str, str, str, float | None, str]:
@@ -100,32 +168,28 @@ def _status(pred: Prediction, max_length: int | None) -> tuple[str, str, str, fl
     if not pred.ok:
         return "error", "encode", pred.error_type, None, pred.error
     if max_length is not None and pred.n_tokens is not None and pred.n_tokens > max_length:
-        return "dropped", "filter", "max_length", float(pred.n_tokens), f"{pred.n_tokens} tokens > {max_length}"
+        return ("dropped", "filter", "max_length", float(pred.n_tokens),
+                f"{pred.n_tokens} tokens > max_length {max_length}")
     return "kept", "write", "", None, ""
 
 
-def predicted_tables(records: list[ParsedRecord], preds: list[Prediction], max_length: int | None):
+def predicted_tables(results: list[Evaluated], max_length: int | None):
     """The manifest + ledger the prepare job would write (kept rows get the manifest's columns)."""
     ledger_rows, kept = [], []
-    for r in records:
-        if r.sample is None:
-            ledger_rows.append({"id": f"{r.source}:{r.index}", "source": r.source, "record_index": r.index,
-                                "status": "error", "stage": "read", "rule": r.error_type,
-                                "value": None, "message": r.error})
-    for pred in preds:
-        status, stage, rule, value, msg = _status(pred, max_length)
-        ledger_rows.append({"id": pred.id, "source": pred.source, "record_index": pred.index, "status": status,
-                            "stage": stage, "rule": rule, "value": value, "message": msg})
+    for r in results:
+        if r.row is not None:
+            ledger_rows.append(r.row)
+            continue
+        status, stage, rule, value, msg = _status(r.pred, max_length)
+        ledger_rows.append({"id": r.pred.id, "source": r.pred.source, "record_index": r.pred.index,
+                            "status": status, "stage": stage, "rule": rule, "value": value, "message": msg})
         if status == "kept":
-            kept.append(pred)
-    ledger = pa.Table.from_pylist(ledger_rows, schema=pa.schema([
-        ("id", pa.string()), ("source", pa.string()), ("record_index", pa.int64()), ("status", pa.string()),
-        ("stage", pa.string()), ("rule", pa.string()), ("value", pa.float64()), ("message", pa.string())]))
-    return manifest_table(kept), ledger
+            kept.append(r.pred)
+    return manifest_table(kept), pa.Table.from_pylist(ledger_rows, schema=LEDGER_SCHEMA)
 
 
 def manifest_table(preds: list[Prediction]) -> pa.Table:
-    i64, pairs = pa.int64(), pa.list_(pa.list_(pa.int64()))
+    i64, pairs, floats = pa.int64(), pa.list_(pa.list_(pa.int64())), pa.list_(pa.float64())
     cols = {
         "id": (pa.string(), [p.id for p in preds]),
         "source": (pa.string(), [p.source for p in preds]),
@@ -139,9 +203,9 @@ def manifest_table(preds: list[Prediction]) -> pa.Table:
         "n_videos": (i64, [len(p.video_tokens) for p in preds]),
         "image_sizes": (pairs, [[list(s) for s in p.image_sizes] for p in preds]),
         "image_resized": (pairs, [[list(s) for s in p.image_resized] for p in preds]),
-        "video_durations": (pa.list_(pa.float64()), [p.video_durations for p in preds]),
-        "video_fps": (pa.list_(pa.float64()), [p.video_fps for p in preds]),
-        "video_sample_fps": (pa.list_(pa.float64()), [p.video_sample_fps for p in preds]),
+        "video_durations": (floats, [p.video_durations for p in preds]),
+        "video_fps": (floats, [p.video_fps for p in preds]),
+        "video_sample_fps": (floats, [p.video_sample_fps for p in preds]),
         "video_frames": (pa.list_(i64), [p.video_frames for p in preds]),
         "video_sizes": (pairs, [[list(s) for s in p.video_sizes] for p in preds]),
         "video_resized": (pairs, [[list(s) for s in p.video_resized] for p in preds]),
@@ -150,31 +214,33 @@ def manifest_table(preds: list[Prediction]) -> pa.Table:
 
 
 def max_length_block(preds: list[Prediction], max_length: int | None) -> dict:
-    ok = [p for p in preds if p.ok and p.n_tokens is not None]
-    out = {"max_length": max_length, "samples": len(ok)}
+    """Over the samples that would encode: how many exceed the configured and the common limits."""
+    ok = [p.n_tokens for p in preds if p.ok and p.n_tokens is not None]
+    out: dict = {"max_length": max_length, "samples": len(ok)}
     if max_length is not None:
-        over = sum(1 for p in ok if p.n_tokens > max_length)
+        over = sum(1 for n in ok if n > max_length)
         out.update(over=over, share=share(over, len(ok)))
-    # What the common limits would drop: answers "which max_length do I need?" without a re-run.
-    out["over_limit"] = {str(m): sum(1 for p in ok if p.n_tokens > m) for m in (2048, 4096, 8192, 16384, 32768)}
+    # Answers "which max_length do I need?" without another run.
+    out["over_limit"] = {str(m): sum(1 for n in ok if n > m) for m in LIMITS}
     return out
 
 
-def media_block(parsed: list[ParsedRecord], preds: list[Prediction], cache: MediaCache, examples: int = 5) -> dict:
+def media_block(results: list[Evaluated], cache: MediaCache, examples: int = 5) -> dict:
     refs = {"image": 0, "video": 0}
-    paths = {"image": set(), "video": set()}
-    for r in parsed:
-        for kind, items in (("image", r.sample.images), ("video", r.sample.videos)):
-            refs[kind] += len(items)
-            paths[kind].update((str(r.media_root), m.path) for m in items if m.path is not None)
+    uniq: dict[str, set] = {"image": set(), "video": set()}
+    for r in results:
+        for kind, ref in r.media:
+            refs[kind] += 1
+            uniq[kind].add(ref)
     failures: dict[str, list[str]] = {}
-    for p in preds:
-        if not p.ok:
-            failures.setdefault(p.error_type, []).append(p.id)
+    for r in results:
+        if r.pred is not None and not r.pred.ok:
+            failures.setdefault(r.pred.error_type, []).append(r.pred.id)
+        elif r.row is not None and r.row["status"] == "error" and r.row["stage"] == "clean":
+            failures.setdefault(r.row["rule"], []).append(r.row["id"])  # the job's media checks
     return {
-        "image_references": refs["image"], "unique_image_paths": len(paths["image"]),
-        "video_references": refs["video"], "unique_video_paths": len(paths["video"]),
-        "header_reads": cache.reads,
+        "image_references": refs["image"], "unique_image_references": len(uniq["image"]),
+        "video_references": refs["video"], "unique_video_references": len(uniq["video"]),
+        "header_reads_by_report": cache.reads,
         "failures": {k: {"samples": len(v), "examples": v[:examples]} for k, v in sorted(failures.items())},
-        "missing": len(failures.get("missing", [])),
     }

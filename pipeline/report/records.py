@@ -23,9 +23,13 @@ class ParsedRecord:
     source: str
     index: int
     sample: Sample | None
-    error_type: str | None = None       # ledger-style error code (read / format / …)
+    error_type: str | None = None       # ledger rule of a failure (read / format / a filter rule …)
     error: str | None = None
     media_root: Path | None = None
+    stage: str = "read"                 # ledger stage of a failure
+    status: str = "error"               # error | dropped (a raw/media filter dropped it)
+    value: float | None = None
+    prepared: object | None = None      # pipeline.stages.Prepared: header facts already read
 
 
 def load_config(path: Path, overrides: list[str] | None = None, *, preset: str | None = None):
@@ -48,21 +52,24 @@ def load_config(path: Path, overrides: list[str] | None = None, *, preset: str |
 
 def iter_parsed(cfg) -> Iterator[ParsedRecord]:
     """Every record of every source of `cfg`, parsed, in the job's order."""
-    for name, path, fmt, media_root, raws in _iter_sources(cfg):
+    for _src, _path, fmt, media_root, raws in iter_sources(cfg):
         for raw in raws:
-            if getattr(raw, "sample", None) is not None:      # caption sources build the Sample
-                yield ParsedRecord(raw.source, raw.index, raw.sample, media_root=media_root)
-                continue
-            if raw.error is not None or raw.record is None:
-                yield ParsedRecord(raw.source, raw.index, None, getattr(raw, "error_type", None) or "read",
-                                   raw.error or "empty record", media_root)
-                continue
-            try:
-                sample = _parse(raw.record, source=raw.source, index=raw.index, fmt=fmt)
-            except FormatError as exc:
-                yield ParsedRecord(raw.source, raw.index, None, exc.code, str(exc), media_root)
-                continue
-            yield ParsedRecord(raw.source, raw.index, sample, media_root=media_root)
+            yield parse_raw(raw, fmt, media_root)
+
+
+def parse_raw(raw, fmt: str, media_root) -> ParsedRecord:
+    """One raw record → a ParsedRecord with its Sample, or the read error the job would record."""
+    if getattr(raw, "sample", None) is not None:      # caption sources build the Sample themselves
+        return ParsedRecord(raw.source, raw.index, raw.sample, media_root=media_root)
+    if raw.error is not None or raw.record is None:
+        return ParsedRecord(raw.source, raw.index, None, getattr(raw, "error_type", None) or "read",
+                            raw.error or "empty record", media_root)
+    try:
+        sample = _parse(raw.record, source=raw.source, index=raw.index, fmt=fmt)
+    except FormatError as exc:
+        return ParsedRecord(raw.source, raw.index, None, exc.code, f"{type(exc).__name__}: {exc}", media_root)
+    sample.source, sample.record_index = raw.source, raw.index
+    return ParsedRecord(raw.source, raw.index, sample, media_root=media_root)
 
 
 @dataclass
@@ -73,18 +80,19 @@ class _Raw:
     error: str | None = None
 
 
-def _iter_sources(cfg):
-    """(name, path, format, media_root, raw record iterator) per source file, as the job expands them."""
+def iter_sources(cfg):
+    """(SourceFile or None, path, format, media_root, raw record iterator) per source file, as the job
+    expands them (None: pipeline.sources is not importable and the FALLBACK reader is used)."""
     try:
         from pipeline.sources import expand_sources, iter_records
     except ImportError:
         for spec in cfg.sources:
             path = cfg.resolve_path(spec.path)
             root = cfg.resolve_path(spec.media_root) if spec.media_root else (path if path.is_dir() else path.parent)
-            yield path.name, path, spec.format, root, _fallback_iter_records(spec, path)
+            yield None, path, spec.format, root, _fallback_iter_records(spec, path)
         return
     for src in expand_sources(cfg):
-        yield src.name, Path(src.path), src.format, Path(src.media_root), iter_records(src)
+        yield src, Path(src.path), src.format, Path(src.media_root), iter_records(src)
 
 
 def _parse(record: dict, *, source: str, index: int, fmt: str) -> Sample:
@@ -162,3 +170,12 @@ def _fallback_parse(record: dict, *, source: str, index: int) -> Sample:
         hashlib.sha1(f"{source}:{index}".encode()).hexdigest()[:16]
     return Sample(sid, msgs, [MediaRef("image", path=p) for p in images],
                   [MediaRef("video", path=p) for p in videos], source, index)
+
+
+def fallback_id(source: str, index: int) -> str:
+    """The id the job gives a record it could not parse (pipeline.stages.fallback_id)."""
+    try:
+        from pipeline.stages import fallback_id as _fid
+    except ImportError:
+        return hashlib.sha1(f"{source}:{index}".encode()).hexdigest()[:16]
+    return _fid(source, index)
