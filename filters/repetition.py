@@ -33,7 +33,18 @@ def _covered_fraction(units: list[str], n: int) -> float:
 
 def char_repetition_ratio(text: str, n: int) -> float:
     """Fraction of characters of `text` inside character n-grams that occur more than once."""
-    return _covered_fraction(list(text), n)
+    if not text or len(text) < n:
+        return 0.0
+    # Same measure as _covered_fraction on single characters, with substrings instead of tuples
+    # and a running coverage end, since answers can be tens of thousands of characters long.
+    grams = [text[i:i + n] for i in range(len(text) - n + 1)]
+    counts = Counter(grams)
+    covered, reach = 0, 0
+    for i, g in enumerate(grams):
+        if counts[g] > 1:
+            covered += i + n - max(i, reach)
+            reach = i + n
+    return covered / len(text)
 
 
 def word_repetition_ratio(text: str, n: int) -> float:

@@ -58,3 +58,18 @@ def test_default_repetition_limits_keep_ordinary_prose():
              "million, Asia doubles in the second half of the year, and North America stays flat at about "
              "20 million. A footnote says the figures are unaudited and exclude currency effects.")
     assert run_filters(build_filters(), sample("Summarise the chart.", prose), FilterContext(), "raw") is None
+
+
+def test_char_ratio_matches_the_definition_on_random_strings():
+    import random
+
+    def naive(text, n):
+        grams = [text[i:i + n] for i in range(len(text) - n + 1)]
+        covered = {j for i, g in enumerate(grams) if grams.count(g) > 1 for j in range(i, i + n)}
+        return len(covered) / len(text) if text and len(text) >= n else 0.0
+
+    rng = random.Random(0)
+    for _ in range(300):
+        text = "".join(rng.choice("ab c") for _ in range(rng.randint(0, 60)))
+        n = rng.randint(1, 6)
+        assert char_repetition_ratio(text, n) == pytest.approx(naive(text, n), abs=1e-12), (text, n)
