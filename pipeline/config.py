@@ -145,6 +145,20 @@ class JobConfig:
             raise ConfigError(f"max_length must be >= 1 or null, got {self.max_length}")
         if not 0 <= int(self.dedup.phash_threshold) <= 32:
             raise ConfigError(f"dedup.phash_threshold must be in 0..32, got {self.dedup.phash_threshold}")
+        try:
+            from filters.base import build_filters
+
+            build_filters(self.filters or {})
+        except ValueError as exc:
+            raise ConfigError(f"filters: {exc}") from None
+        if self.cleaning:
+            from processors.text import clean_text
+
+            try:
+                clean_text("x", **self.cleaning)
+            except TypeError as exc:
+                raise ConfigError(f"cleaning: {exc} (valid: nfc, control, html_entities, whitespace, "
+                                  f"max_blank_lines)") from None
         if self.ray.num_cpus <= 0:
             raise ConfigError(f"ray.num_cpus must be > 0, got {self.ray.num_cpus}")
 

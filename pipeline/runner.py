@@ -211,16 +211,17 @@ class _executor:
 
         if not ray.is_initialized():
             addr = self.cfg.ray.address
-            env = {}
-            if not (addr or "").startswith("ray://"):
-                # workers on this machine import pipeline/processors from this checkout
-                env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-                    p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)}}
+            # workers on this machine import pipeline/processors from this checkout: the raylet
+            # inherits the driver's environment (cheaper than a runtime_env, which costs a
+            # per-worker setup)
+            paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+            if REPO_ROOT not in paths:
+                os.environ["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, *paths])
             if addr:
-                ray.init(address=addr, runtime_env=env or None, log_to_driver=True)
+                ray.init(address=addr, log_to_driver=True, logging_level="WARNING")
             else:
                 ray.init(num_cpus=self.cfg.ray.workers or os.cpu_count(), include_dashboard=False,
-                         runtime_env=env, log_to_driver=True, logging_level="WARNING")
+                         log_to_driver=True, logging_level="WARNING")
             self.owned = True
         return _RayExecutor(self.cfg)
 
