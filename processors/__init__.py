@@ -21,12 +21,14 @@ _EXPORTS = {
     "patches": ["patchify", "unpatchify", "normalize_patches"],
     "tokenizer": ["get_tokenizer", "QwenTokenizer"],
     "chatml": ["build_chatml", "ChatMLResult"],
-    "formats": ["parse_record", "sample_id"],
-    "grounding": ["Box", "Point", "parse_grounding", "convert_grounding_text"],
-    "rope": ["get_rope_index"],
+    "formats": ["parse_record", "sample_id", "detect_format"],
+    "grounding": ["Box", "Point", "Quad", "parse_grounding", "convert_grounding_text", "convert_objects",
+                  "render_objects", "objects_from_pixels"],
+    "rope": ["get_rope_index", "temporal_ids", "video_timestamps"],
     "video": ["probe_video", "sample_frame_indices", "process_video", "VideoInfo", "VideoResult"],
     "encode": ["encode_sample", "EncodeOptions"],
     "media": ["resolve_media_path"],
+    "text": ["clean_text", "clean_text_report", "clean_sample"],
 }
 _NAME_TO_MODULE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_NAME_TO_MODULE)
