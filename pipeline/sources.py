@@ -253,6 +253,9 @@ def _tar_groups(path: str, with_data: bool, start: int = 0, stop: int | None = N
                         return
                 want = with_data and idx >= start
                 group[ext.lower()] = tar.extractfile(member).read() if want else None
+            # tarfile stops silently at a truncated header; a whole archive ends with zero blocks
+            if tar.offset + 512 > os.path.getsize(path):
+                raise tarfile.ReadError(f"archive ends at byte {os.path.getsize(path)} without its end marker")
     except (tarfile.TarError, EOFError, OSError) as exc:
         if key is not None and idx >= start and (stop is None or idx < stop):
             yield idx, key, group

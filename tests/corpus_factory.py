@@ -91,7 +91,7 @@ def make_mixed_corpus(root: str | os.PathLike, *, unit_size: int = 4, max_length
     add({"messages": _msg("<image>What is shown in picture 0?", "A gradient number 0 with noise."),
          "images": ["media/img0.jpg"]}, ("dropped", "clean", "exact_dup"))
     rng = np.random.default_rng(5)     # varied words: long, but not repetitive (that is another rule)
-    long_answer = " ".join("".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 7)) for _ in range(300))
+    long_answer = " ".join("".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 7)) for _ in range(300)) + "."
     add({"messages": _msg("<image>Tell me everything.", long_answer), "images": ["media/img1.jpg"]},
         ("dropped", "filter", "max_length"))
     add({"messages": _msg("Only text here?", "Yes, a text-only sample is fine.")}, KEPT)
