@@ -1,0 +1,138 @@
+"""`vlprep score OUT`: run scorers over the prepared shards -> OUT/scores/{unit}.parquet."""
+from __future__ import annotations
+
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+HELP = "score prepared shards with models (text, pixels, vlm) on GPUs or CPU; writes OUT/scores/{unit}.parquet"
+DESCRIPTION = """Score every kept sample of a prepared output directory without decoding any media again.
+
+Scorers (columns are `{scorer}.{signal}`, float64, one row per sample; see docs/scoring.md):
+  text    question/answer relevance, informativeness, lexical diversity (bundled MiniLM, offline)
+  pixels  blank share, luminance std, sharpness, brightness, clipping (from the uint8 patches, on device)
+  vlm     answer mean log-prob, text-only log-prob, visual gain [, reward] (needs --model PATH)
+
+Finished units are skipped, so an interrupted run resumes; adding a scorer later adds its columns.
+
+examples:
+  vlprep score out/
+  vlprep score out/ --model /models/Qwen2-VL-2B-Instruct --batch-tokens 32768
+  vlprep score out/ --model ckpt/ --scorers vlm --address auto --num-gpus 0.5
+"""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("out_dir", help="output directory of `vlprep prepare`")
+    p.add_argument("--model", help="local Qwen2-VL / Qwen2.5-VL checkpoint folder (enables the vlm scorer)")
+    p.add_argument("--scorers", help="comma list of text,pixels,vlm (default: text,pixels, plus vlm with --model)")
+    p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per batch (default 16384)")
+    p.add_argument("--max-padding", type=float, default=0.10, help="padding cap per batch (default 0.10)")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--pack", choices=("auto", "on", "off"), default="auto",
+                   help="vlm: packed variable-length rows (auto: when FlashAttention-2 is installed)")
+    p.add_argument("--executor", choices=("auto", "local", "ray"), default="auto",
+                   help="auto: Ray when --address is given or more than one GPU is visible, else in-process")
+    p.add_argument("--address", help="Ray cluster address (e.g. auto, ray://host:10001)")
+    p.add_argument("--num-gpus", type=float, default=1.0, help="GPUs per Ray actor; fractions share a GPU")
+    p.add_argument("--workers", type=int, help="Ray CPU actors when the cluster has no GPU (default 1)")
+    p.add_argument("--text-model", help="sentence-transformers folder for the text scorer (default: bundled)")
+    p.add_argument("--overwrite", action="store_true", help="re-score units that already have scores")
+
+
+def units_from_manifest(out_dir: Path):
+    """(units in manifest order, preset name) from OUT/manifest.parquet."""
+    import pyarrow.parquet as pq
+
+    from filters.reward.stage import Unit
+
+    path = out_dir / "manifest.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {out_dir} the output of a finished `vlprep prepare`?")
+    m = pq.read_table(path, columns=["unit", "shard", "preset"])
+    counts: OrderedDict[tuple[str, str], int] = OrderedDict()
+    for unit, shard in zip(m.column("unit").to_pylist(), m.column("shard").to_pylist()):
+        counts[(unit, shard)] = counts.get((unit, shard), 0) + 1
+    presets = sorted(set(m.column("preset").to_pylist()))
+    if len(presets) > 1:
+        raise ValueError(f"{path} mixes presets {presets}; score each preset's output separately")
+    return [Unit(u, s, n) for (u, s), n in counts.items()], (presets[0] if presets else "qwen2.5-vl")
+
+
+def loader_factory():
+    """pipeline.loader.ShardLoader when present, else the reward stage's own tar reader."""
+    try:
+        from pipeline.loader import ShardLoader
+
+        return ShardLoader
+    except ImportError:
+        from filters.reward.shards import TarShardReader
+
+        return TarShardReader
+
+
+def _use_ray(args) -> bool:
+    if args.executor != "auto":
+        return args.executor == "ray"
+    if args.address:
+        return True
+    import torch
+
+    return args.device in ("auto", "cuda") and torch.cuda.device_count() > 1
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from filters.reward.protocol import ScorerError
+    from filters.reward.stage import ScoreConfig, pending, run_local, run_ray
+
+    out = Path(args.out_dir)
+    scorers = ([s.strip() for s in args.scorers.split(",") if s.strip()] if args.scorers
+               else ["text", "pixels"] + (["vlm"] if args.model else []))
+    try:
+        units, preset = units_from_manifest(out)
+        cfg = ScoreConfig(str(out), tuple(scorers), model=args.model, preset=preset, batch_tokens=args.batch_tokens,
+                          max_padding=args.max_padding, device=args.device, pack=args.pack,
+                          text_model=args.text_model, overwrite=args.overwrite)
+    except (ScorerError, FileNotFoundError, ValueError) as exc:
+        print(f"vlprep score: {exc}", file=sys.stderr)
+        return 2
+    todo = pending(cfg, units)
+    total = sum(u.expected or 0 for u in todo)
+    print(f"scoring {len(todo)} of {len(units)} units ({total} samples) with {', '.join(scorers)}; "
+          f"{len(units) - len(todo)} already scored")
+    if not todo:
+        return 0
+    bar = tqdm(total=total, unit="sample", dynamic_ncols=True, file=sys.stderr)
+    t0 = time.perf_counter()
+    tokens = [0]
+
+    def progress(n_samples: int, n_tokens: int) -> None:
+        tokens[0] += n_tokens
+        bar.update(n_samples)
+        bar.set_postfix_str(f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s")
+
+    factory = loader_factory()
+    try:
+        if _use_ray(args):
+            report = run_ray(cfg, units, factory, address=args.address, num_gpus=args.num_gpus,
+                             workers=args.workers, progress=progress)
+        else:
+            report = run_local(cfg, units, factory, progress=progress)
+    except ScorerError as exc:
+        bar.close()
+        print(f"vlprep score: {exc}", file=sys.stderr)
+        return 2
+    bar.close()
+    secs = max(report.seconds, 1e-9)
+    for w in report.workers[:1]:
+        for warning in w["warnings"]:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"device {w['device']} ({w['dtype']}, {'packed' if w['pack'] else 'padded'} batches) "
+              f"x{len(report.workers)}; columns: {', '.join(w['columns'])}")
+    print(f"scored {report.samples} samples in {report.seconds:.1f}s: {report.samples / secs:,.1f} samples/s, "
+          f"{report.tokens / secs:,.0f} tokens/s, padding {100 * report.padding_share:.1f}% of batch tokens")
+    print(f"wrote {out / 'scores'}/{{unit}}.parquet")
+    return 0
