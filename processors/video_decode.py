@@ -158,9 +158,12 @@ def _decode_sequential(container, stream, info: VideoInfo, targets: np.ndarray, 
     raise VideoDecodeError(f"{info.path}: the stream ended after {idx + 1} frames, before frame {int(targets[ti])}")
 
 
-# decord's seek lands on the wrong frame in AVI files (dmlc/decord#91: after a seek past the first
-# keyframe it returns frames from the start again); read those sequentially instead.
+# Where decord's seek lands on the wrong frame, read sequentially instead (dmlc/decord#91). Seen here:
+# AVI (after a seek past the first keyframe it returns frames from the start again) and HEVC with
+# open GOPs (x265's default: after a seek to a CRA frame every frame is off by the dropped leading
+# pictures). qwen-vl-utils' decord path returns those wrong frames.
 _DECORD_SEQUENTIAL_FORMATS = ("avi",)
+_DECORD_SEQUENTIAL_CODECS = ("hevc",)
 
 
 def decode_decord(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None = 120,
@@ -180,17 +183,18 @@ def decode_decord(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | No
         raise VideoDecodeError(
             f"{info.path}: decord counts {len(vr)} frames, the demuxer {info.num_frames}; "
             f"indices would not address the same frames — use backend='pyav'")
-    if any(f in info.container.split(",") for f in _DECORD_SEQUENTIAL_FORMATS):
-        done = 0
+    if info.codec in _DECORD_SEQUENTIAL_CODECS or any(
+            f in info.container.split(",") for f in _DECORD_SEQUENTIAL_FORMATS):
+        # vr.skip_frames seeks too (and lands wrong the same way), so step with next().
         pos = 0
-        for t in targets:
-            deadline.check(done)
-            if t > pos:
-                vr.skip_frames(int(t - pos))
+        for done, t in enumerate(targets):
+            while pos < t:
+                deadline.check(done)
+                vr.next()
+                pos += 1
             rgb = vr.next().asnumpy()
-            pos = int(t) + 1
-            done += 1
-            yield int(t), rotate_frame(rgb, info.rotation)
+            pos += 1
+            yield int(t), _decord_upright(rgb, info)
         return
     for s in range(0, len(targets), chunk):
         deadline.check(s)
@@ -200,4 +204,12 @@ def decode_decord(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | No
         except Exception as e:
             raise VideoDecodeError(f"{info.path}: decord get_batch failed on frames {part[0]}..{part[-1]} ({e})") from e
         for t, rgb in zip(part, batch):
-            yield int(t), rotate_frame(rgb, info.rotation)
+            yield int(t), _decord_upright(rgb, info)
+
+
+def _decord_upright(rgb: np.ndarray, info: VideoInfo) -> np.ndarray:
+    """decord applies the display rotation itself when it turns the frame by 90/270 degrees (its
+    output already has the display size); otherwise rotate like the PyAV path."""
+    if info.rotation in (90, 270) and rgb.shape[:2] == info.display_size:
+        return rgb
+    return rotate_frame(rgb, info.rotation)

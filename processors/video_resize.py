@@ -22,7 +22,10 @@ def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
         import torch
         import torch.nn.functional as F
 
-        t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).to(torch.float32)
+        x = np.ascontiguousarray(x)
+        if not x.flags.writeable:  # torch.from_numpy wants a writable buffer (it never writes here)
+            x = x.copy()
+        t = torch.from_numpy(x).permute(0, 3, 1, 2).to(torch.float32)
         y = F.interpolate(t, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
         y = y.clamp_(0, 255).round_().to(torch.uint8)
         out = y.permute(0, 2, 3, 1).contiguous().numpy()

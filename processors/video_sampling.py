@@ -126,7 +126,6 @@ def sample_by_time(frame_times: np.ndarray, *, fps: float | None = None, nframes
     total = len(t)
     if total <= 0:
         raise VideoTooShortError("video has no frames")
-    step = float(np.median(np.diff(t))) if total > 1 else 0.0
     lo_t = video_start if video_start is not None else -math.inf
     hi_t = video_end if video_end is not None else math.inf
     inside = np.nonzero((t >= lo_t - 1e-9) & (t <= hi_t + 1e-9))[0]
@@ -137,8 +136,9 @@ def sample_by_time(frame_times: np.ndarray, *, fps: float | None = None, nframes
         )
     first, last = int(inside[0]), int(inside[-1])
     count = last - first + 1
-    # Duration covered by the window: last frame's own display time included (like count / fps).
-    window = (t[last] - t[first]) + (step if step > 0 else 0.0)
+    # Duration covered by the window, the last frame's own display time (taken as the interval
+    # before it) included, so that it equals count / fps on a constant-rate clip.
+    window = (t[last] - t[first]) + (t[last] - t[last - 1])
     eff_fps = count / window if window > 0 else 1.0
     n = smart_nframes(count, eff_fps, fps=fps, nframes=nframes, min_frames=min_frames, max_frames=max_frames)
     targets = np.linspace(t[first], t[last], n)
