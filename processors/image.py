@@ -40,6 +40,8 @@ _TRANSPOSE_FOR_ORIENTATION = {
     8: Image.Transpose.ROTATE_90,
 }
 _SWAPS_SIDES = {5, 6, 7, 8}
+# Where Pillow's getexif() looks for an orientation (besides TIFF tags): EXIF blocks and XMP packets.
+_EXIF_INFO_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 # Fast mode: Pillow box-reduces first when the downscale is at least this many times; 3.0 is the
 # value Pillow documents as indistinguishable from a direct resize.
 _FAST_REDUCING_GAP = 3.0
@@ -131,6 +133,8 @@ def _read_head(path: str, n: int = 8) -> bytes:
 
 def _orientation(im: Image.Image) -> int:
     """EXIF orientation (1 = upright). Unreadable EXIF counts as upright, as Pillow's exif_transpose does."""
+    if not hasattr(im, "tag_v2") and not any(key in im.info for key in _EXIF_INFO_KEYS):
+        return 1  # nothing getexif() could read an orientation from; skips ~0.1 ms of parsing
     try:
         value = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
     except Exception:  # a broken EXIF block must not make the image unusable
