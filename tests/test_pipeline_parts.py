@@ -205,7 +205,7 @@ def test_deduper_keeps_first_occurrence_and_makes_ids_unique():
 
 # -- a whole job in-process (the Ray runs are in test_pipeline_ray.py) --------------------------
 
-def test_local_run_accounts_every_record_and_resume_skips_done_units(tmp_path):
+def test_local_run_accounts_every_record_and_resume_skips_done_units(tmp_path, capsys):
     cfg_path, expected = make_mixed_corpus(tmp_path)
     r = run_job(JobConfig.from_yaml(cfg_path), executor="local", progress=False)
     assert r.ok and r.accounting.balanced and r.accounting.inputs == len(expected) + 1
@@ -216,5 +216,12 @@ def test_local_run_accounts_every_record_and_resume_skips_done_units(tmp_path):
     r2 = run_job(JobConfig.from_yaml(cfg_path), executor="local", progress=False)
     assert r2.units_run == 0 and r2.units_skipped == r.units_total
     assert before == {p.name: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    from jobs.cli import main
+
+    assert main(["inspect", str(tmp_path / "out"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert "<|vision_start|><|image_pad|>×" in shown["text"] and shown["supervised_text"].endswith("<|im_end|>")
+    assert shown["tokens"]["n_tokens"] == shown["shapes"]["input_ids"][0][0]
+    assert main(["inspect", str(tmp_path / "out"), "--id", "nope"]) == 1
     with pytest.raises(ConfigError, match="different job configuration"):
         run_job(JobConfig.from_yaml(cfg_path, ["max_length=100"]), executor="local", progress=False)
