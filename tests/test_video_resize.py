@@ -1,0 +1,48 @@
+"""Video resize = torchvision's uint8 bicubic+antialias path, written out with torch.
+
+torchvision is not installed here, so equality with transformers' Qwen2VLVideoProcessor (which
+calls torchvision) cannot be checked; instead the steps torchvision documents are re-done
+independently: float32 → interpolate(bicubic, antialias, align_corners=False) → clamp → round.
+"""
+import numpy as np
+import pytest
+
+from processors.video_resize import resize_frames
+
+torch = pytest.importorskip("torch")
+
+
+def reference(frames: np.ndarray, H: int, W: int) -> np.ndarray:
+    x = torch.tensor(frames).permute(0, 3, 1, 2).float()
+    y = torch.nn.functional.interpolate(x, size=(H, W), mode="bicubic", antialias=True, align_corners=False)
+    y = torch.clamp(torch.round(y), 0, 255)   # round then clamp: same integers as clamp then round
+    return y.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize("shape,size", [((3, 97, 161), (84, 168)), ((2, 240, 320), (280, 392)),
+                                        ((2, 64, 96), (28, 56)), ((1, 360, 640), (364, 644))])
+def test_equals_interpolate_reference(shape, size):
+    rng = np.random.default_rng(sum(shape))
+    frames = rng.integers(0, 256, size=shape + (3,), dtype=np.uint8)
+    got = resize_frames(frames, *size)
+    assert got.dtype == np.uint8 and got.shape == (shape[0],) + size + (3,)
+    assert np.array_equal(got, reference(frames, *size))
+
+
+def test_overshoot_is_clamped_and_single_frame():
+    # a hard black/white edge makes bicubic overshoot below 0 and above 255
+    frame = np.zeros((40, 40, 3), dtype=np.uint8)
+    frame[:, 20:] = 255
+    up = resize_frames(frame, 112, 112)
+    assert up.shape == (112, 112, 3) and up.min() == 0 and up.max() == 255
+    assert np.array_equal(up, reference(frame[None], 112, 112)[0])
+
+
+def test_same_size_is_identity():
+    frames = np.random.default_rng(1).integers(0, 256, size=(2, 56, 84, 3), dtype=np.uint8)
+    assert np.array_equal(resize_frames(frames, 56, 84), frames)
+
+
+def test_rejects_non_uint8():
+    with pytest.raises(ValueError, match="uint8"):
+        resize_frames(np.zeros((1, 8, 8, 3), dtype=np.float32), 28, 28)
