@@ -43,6 +43,7 @@ class ScoreConfig:
     pack: str = "auto"             # vlm only: auto = packed rows when FlashAttention-2 is in use
     text_model: str | None = None  # sentence model folder; None = the bundled all-MiniLM-L6-v2
     overwrite: bool = False
+    visual_gain: bool = True       # vlm: the second, text-only pass
 
     def __post_init__(self):
         self.scorers = tuple(self.scorers)
@@ -89,7 +90,7 @@ def make_scorer(name: str, cfg: ScoreConfig):
         return PixelScorer()
     from .vlm_scorer import VLMScorer
 
-    return VLMScorer(cfg.model, pack=cfg.pack)
+    return VLMScorer(cfg.model, pack=cfg.pack, visual_gain=cfg.visual_gain)
 
 
 def existing_columns(path: Path, expected: int | None) -> set[str]:
@@ -102,8 +103,10 @@ def existing_columns(path: Path, expected: int | None) -> set[str]:
     return set(meta.schema.names) - {"id"}
 
 
-def base_columns(name: str) -> list[str]:
+def base_columns(name: str, visual_gain: bool = True) -> list[str]:
     """Columns a scorer always writes (known before loading any weights)."""
+    if name == "vlm" and not visual_gain:
+        return ["vlm.mean_logprob"]
     return {
         "text": ["text.qa_relevance", "text.informativeness", "text.lexical_diversity"],
         "pixels": ["pixels.blank", "pixels.luma_std", "pixels.sharpness", "pixels.brightness", "pixels.clipped"],
@@ -116,7 +119,7 @@ def pending(cfg: ScoreConfig, units: Iterable[Unit]) -> list[Unit]:
     out = []
     for u in units:
         have = set() if cfg.overwrite else existing_columns(scores_path(cfg.out_dir, u.unit), u.expected)
-        if any(not set(base_columns(s)) <= have for s in cfg.scorers):
+        if any(not set(base_columns(s, cfg.visual_gain)) <= have for s in cfg.scorers):
             out.append(u)
     return out
 
@@ -155,7 +158,7 @@ class ScoreWorker:
         t0 = time.perf_counter()
         path = scores_path(self.cfg.out_dir, unit.unit)
         have = set() if self.cfg.overwrite else existing_columns(path, unit.expected)
-        todo = [s for name, s in self.scorers.items() if not set(base_columns(name)) <= have]
+        todo = [s for name, s in self.scorers.items() if not set(base_columns(name, self.cfg.visual_gain)) <= have]
         if not todo:
             return UnitResult(unit.unit, skipped=True)
         samples = list(self.loader.iter_shard(unit.shard))

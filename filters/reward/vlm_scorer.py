@@ -58,7 +58,8 @@ def _load_reward_head(path: str):
 class VLMScorer:
     name = "vlm"
 
-    def __init__(self, model_path: str, *, pack: str = "auto", attn_implementation: str | None = None):
+    def __init__(self, model_path: str, *, pack: str = "auto", attn_implementation: str | None = None,
+                 visual_gain: bool = True):
         if not os.path.isdir(model_path) or not os.path.exists(os.path.join(model_path, "config.json")):
             raise ScorerError(f"--model {model_path!r} is not a local checkpoint folder with a config.json; "
                               "vlprep loads models by path only (no hub access)")
@@ -66,6 +67,8 @@ class VLMScorer:
             raise ScorerError(f"pack must be auto|on|off, got {pack!r}")
         self.model_path = model_path
         self.pack_mode = pack
+        # the text-only pass doubles the cost; without it only vlm.mean_logprob [+ reward] is written
+        self.visual_gain = visual_gain
         self.attn_implementation = attn_implementation
         self.model = None
         self.head = None
@@ -94,7 +97,7 @@ class VLMScorer:
         self.pack = self.pack_mode == "on" or (self.pack_mode == "auto" and attn == "flash_attention_2")
 
     def columns(self) -> list[str]:
-        cols = ["vlm.mean_logprob", "vlm.text_only_logprob", "vlm.visual_gain"]
+        cols = ["vlm.mean_logprob"] + (["vlm.text_only_logprob", "vlm.visual_gain"] if self.visual_gain else [])
         return cols + (["vlm.reward"] if self.head is not None else [])
 
     def check_preset(self, preset_name: str) -> str | None:
@@ -111,6 +114,8 @@ class VLMScorer:
 
         with torch.inference_mode():
             mean_lp, reward = self._answer_logprob(batch, with_vision=True)
+            if not self.visual_gain:
+                return {"vlm.mean_logprob": mean_lp, **({"vlm.reward": reward} if self.head is not None else {})}
             vis = np.array([has_vision(s) for s in batch.samples])
             text_lp = mean_lp.copy()
             if vis.any():
