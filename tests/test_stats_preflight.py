@@ -157,3 +157,16 @@ def test_preflight_equals_prepare_video(corpus, tmp_path):
     assert len(vids) == 1
     for c in COUNTS + ("video_frames", "video_resized"):
         assert pred[vids[0]["id"]][c] == vids[0][c], c
+
+
+def test_fast_mode_predicts_the_same_tokens(corpus, report):
+    fast = build_preflight_report(corpus / "job.yaml", use_stages=False, workers=2)
+    assert fast.stats["mode"].startswith("fallback")
+    a = {r["id"]: r for r in report.series["manifest"].to_pylist()}
+    b = {r["id"]: r for r in fast.series["manifest"].to_pylist()}
+    assert set(a) == set(b) and len(a) == 4
+    for i in a:
+        for c in COUNTS + ("image_resized", "video_frames", "video_resized"):
+            assert a[i][c] == b[i][c], (i, c)
+    # the missing file is an error in both modes, the broken line a read error
+    assert fast.stats["accounting"]["error"] == 2

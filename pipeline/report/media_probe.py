@@ -49,13 +49,31 @@ def _fallback_image_size(src) -> tuple[int, int]:
         with Image.open(fp) as img:
             w, h = img.size
             # Orientations 5-8 are transposes: the loader (exif_transpose) swaps the sides.
-            if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+            if _orientation(img) in (5, 6, 7, 8):
                 w, h = h, w
     except FileNotFoundError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"cannot read the image header of {_name(src)}: {exc}") from exc
     return h, w
+
+
+def _orientation(img) -> int:
+    """EXIF orientation from the header. PNG's getexif() decodes the whole image to look for an
+    eXIf chunk after the pixel data, so for PNG only an eXIf chunk before IDAT is consulted."""
+    from PIL import Image
+
+    try:
+        if img.format == "PNG":
+            raw = img.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            return exif.get(_EXIF_ORIENTATION, 1)
+        return img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a broken EXIF block counts as upright, as the loader treats it
+        return 1
 
 
 def video_facts(path) -> VideoFacts:
