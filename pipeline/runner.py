@@ -220,7 +220,9 @@ class _executor:
             if addr:
                 ray.init(address=addr, log_to_driver=True, logging_level="WARNING")
             else:
-                ray.init(num_cpus=self.cfg.ray.workers or os.cpu_count(), include_dashboard=False,
+                # address="local": always a fresh embedded instance, never a cluster that happens
+                # to run on this machine (`ray start`, another job's test cluster)
+                ray.init(address="local", num_cpus=self.cfg.ray.workers or os.cpu_count(), include_dashboard=False,
                          log_to_driver=True, logging_level="WARNING")
             self.owned = True
         return _RayExecutor(self.cfg)
