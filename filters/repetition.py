@@ -54,20 +54,27 @@ def word_repetition_ratio(text: str, n: int) -> float:
 
 @dataclass(frozen=True)
 class RepetitionFilter:
-    """Drops a sample whose `roles` text (joined by newlines) repeats itself above `max_ratio`."""
+    """Drops a sample with a `roles` turn that repeats itself above `max_ratio`.
+
+    Each turn is measured on its own (degenerate looping happens inside one generation), and turns
+    shorter than `min_chars` are skipped: in a one-line answer a repeated phrase like "a red circle
+    and a red square" is ordinary language, not a loop. The reported value is the worst turn's ratio.
+    """
 
     name: str
     unit: str  # "char" | "word"
     n: int
     max_ratio: float
     roles: tuple[str, ...] = ("assistant",)
+    min_chars: int = 100
     phase: str = "raw"
     cost: int = 3
 
     def __call__(self, sample: Sample, ctx: FilterContext) -> Verdict:
-        text = "\n".join(m.text for m in sample.messages if m.role in self.roles)
         ratio_fn = char_repetition_ratio if self.unit == "char" else word_repetition_ratio
-        ratio = ratio_fn(text, self.n)
+        turns = [m.text for m in sample.messages if m.role in self.roles]
+        ratios = [ratio_fn(t, self.n) for t in turns if len(t) >= self.min_chars]
+        ratio = max(ratios, default=0.0)
         if ratio > self.max_ratio:
             return Verdict(False, self.name, ratio,
                            f"{ratio:.3f} of characters sit in repeated {self.unit} {self.n}-grams "
@@ -75,9 +82,9 @@ class RepetitionFilter:
         return Verdict(True, self.name, ratio)
 
 
-def char_repetition(n: int = 10, max_ratio: float = 0.5, roles=("assistant",)) -> RepetitionFilter:
-    return RepetitionFilter("char_repetition", "char", int(n), float(max_ratio), tuple(roles))
+def char_repetition(n: int = 10, max_ratio: float = 0.5, roles=("assistant",), min_chars: int = 100) -> RepetitionFilter:
+    return RepetitionFilter("char_repetition", "char", int(n), float(max_ratio), tuple(roles), int(min_chars))
 
 
-def word_repetition(n: int = 5, max_ratio: float = 0.3, roles=("assistant",)) -> RepetitionFilter:
-    return RepetitionFilter("word_repetition", "word", int(n), float(max_ratio), tuple(roles))
+def word_repetition(n: int = 5, max_ratio: float = 0.3, roles=("assistant",), min_chars: int = 100) -> RepetitionFilter:
+    return RepetitionFilter("word_repetition", "word", int(n), float(max_ratio), tuple(roles), int(min_chars))

@@ -142,18 +142,22 @@ def build_demo_corpus(out: str | Path, *, n_scenes: int = 12, seed: int = 0) -> 
         {"role": "assistant", "content": "Half a picture."}], "images": ["truncated.jpg"]})
     lf.append({"messages": [  # degenerate repetition
         {"role": "user", "content": "<image>Describe it."},
-        {"role": "assistant", "content": "very nice " * 60}], "images": [scenes[2][0]]})
+        {"role": "assistant", "content": "The shapes are very colourful. " * 12}], "images": [scenes[2][0]]})
     lf.append(dict(lf[0]))  # exact duplicate of the first record
     files["llamafactory"] = out / "scenes_llamafactory.json"
     files["llamafactory"].write_text(json.dumps(lf, indent=1))
 
-    # 2) LLaVA format (jsonl), one broken line included.
+    # 2) LLaVA format (jsonl), one broken line included; its own scenes, so near-dup finds nothing.
     lines = []
-    for i, (name, w, h, objects) in enumerate(scenes[:6]):
+    for i in range(6):
+        w, h = sizes[(i + 2) % len(sizes)]
+        img, objects = draw_scene(w, h, 1 + i % 4, seed + 100 + i)
+        name = f"llava_{i:02d}.jpg"
+        img.save(media / name, quality=90)
         lines.append(json.dumps({"id": f"llava-{i}", "image": name, "conversations": [
             {"from": "human", "value": "<image>\nHow many shapes do you see?"},
             {"from": "gpt", "value": f"I see {len(objects)} shapes."}]}))
-    lines.insert(3, '{"id": "llava-broken", "image": "scene_00.png", "conversations": [')
+    lines.insert(3, '{"id": "llava-broken", "image": "llava_00.jpg", "conversations": [')
     files["llava"] = out / "scenes_llava.jsonl"
     files["llava"].write_text("\n".join(lines) + "\n")
 

@@ -34,7 +34,7 @@ def test_unknown_key_lists_the_valid_ones():
 
 
 def test_unknown_parameter_of_a_param_rule():
-    with pytest.raises(ValueError, match=r"unknown parameter of filter 'char_repetition': 'max_ration'.*valid: max_ratio, n, roles"):
+    with pytest.raises(ValueError, match=r"unknown parameter of filter 'char_repetition': 'max_ration'.*valid: max_ratio, min_chars, n, roles"):
         build_filters({"char_repetition": {"max_ration": 0.2}})
 
 

@@ -34,7 +34,7 @@ def sample(user, assistant):
 
 
 def test_repetition_filters_read_assistant_text_only():
-    fs = build_filters({"word_repetition": {"n": 2, "max_ratio": 0.5}}, defaults=False)
+    fs = build_filters({"word_repetition": {"n": 2, "max_ratio": 0.5, "min_chars": 0}}, defaults=False)
     looping = sample("Describe.", "the cat sat on the cat")
     assert run_filters(fs, looping, FilterContext(), "raw") == Verdict(
         False, "word_repetition", 12 / 17, "0.706 of characters sit in repeated word 2-grams (limit 0.5)")
@@ -73,3 +73,19 @@ def test_char_ratio_matches_the_definition_on_random_strings():
         text = "".join(rng.choice("ab c") for _ in range(rng.randint(0, 60)))
         n = rng.randint(1, 6)
         assert char_repetition_ratio(text, n) == pytest.approx(naive(text, n), abs=1e-12), (text, n)
+
+
+def test_short_answers_are_not_measured_and_turns_are_measured_separately():
+    short = "There are 4 shapes: a yellow circle and a yellow triangle and a blue circle and a blue square."
+    assert len(short) < 100
+    fs = build_filters({"char_repetition": {"n": 10, "max_ratio": 0.5}}, defaults=False)
+    assert fs[0](sample("What shapes?", short), FilterContext()) == Verdict(True, "char_repetition", 0.0)
+    # measured when the threshold allows it: the phrase repeats inside this one line
+    fs0 = build_filters({"char_repetition": {"n": 10, "max_ratio": 0.5, "min_chars": 0}}, defaults=False)
+    assert fs0[0](sample("What shapes?", short), FilterContext()).value > 0.5
+    # two different long turns that share sentences with each other are not a loop inside a turn
+    a = ("The red square sits in the top left corner of the picture, next to a small green triangle "
+         "that points upwards towards the edge.")
+    two = Sample("r", [Message("user", [TextPart("Describe.")]), Message("assistant", [TextPart(a)]),
+                       Message("user", [TextPart("Again?")]), Message("assistant", [TextPart(a)])])
+    assert fs[0](two, FilterContext()).keep
