@@ -79,7 +79,7 @@ class DedupOptions:
 class RayOptions:
     address: str | None = None         # None: an embedded local Ray; "auto" or "ray://host:port"
     num_cpus: float = 1.0              # CPUs declared by each encode task (a unit)
-    index_num_cpus: float = 0.5        # CPUs declared by each index (dedup key) task
+    index_num_cpus: float = 1.0        # CPUs per index (dedup key) task; < 1 starts extra workers (each loads torch + tokenizer)
     concurrency: int | None = None     # max units in flight (None: 2 x cluster CPUs)
     workers: int | None = None         # CPUs of the embedded local Ray (None: all)
 
