@@ -27,6 +27,8 @@ __all__ = ["VideoInfo", "VideoResult", "probe_video", "sample_frame_indices", "p
 
 BACKENDS = ("pyav", "decord")
 DEFAULT_FRAME_LIST_FPS = 2.0
+_RESIZE_BATCH = 8
+_RESIZE_BATCH_BYTES = 64 << 20
 
 
 @dataclass
@@ -177,11 +179,28 @@ def process_video(
         slots.setdefault(i, []).append(k)
     decode = decode_pyav if backend == "pyav" else decode_decord
     filled = 0
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush():
+        nonlocal filled
+        small = resize_frames(np.stack([f for _, f in pending]), H, W)
+        for (i, _), s in zip(pending, small):
+            for k in slots[i]:
+                out[k] = s
+                filled += 1
+        pending.clear()
+
+    # Resize in small batches (fewer, larger torch calls) while holding at most a few full-size
+    # frames: memory stays bounded by the kept, resized frames plus one batch.
+    batch_bytes = 0
     for i, rgb in decode(info, idx, timeout_s=timeout_s):
-        small = resize_frames(rgb, H, W)  # resize right away: only kept, resized frames stay in memory
-        for k in slots[i]:
-            out[k] = small
-            filled += 1
+        pending.append((i, rgb))
+        batch_bytes += rgb.nbytes
+        if len(pending) >= _RESIZE_BATCH or batch_bytes >= _RESIZE_BATCH_BYTES:
+            flush()
+            batch_bytes = 0
+    if pending:
+        flush()
     if filled != n:
         raise VideoDecodeError(f"{info.path}: decoded {filled} of {n} sampled frames")
     times = info.frame_times[idx]
