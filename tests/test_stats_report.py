@@ -16,9 +16,15 @@ from test_stats_prepared import out_dir  # noqa: F401  (the hand-written OUT dir
 
 
 class _Collect(HTMLParser):
+    """imgs, tags, external references, and per <section id=…> the order of what it holds."""
+
     def __init__(self):
         super().__init__()
         self.imgs, self.tags, self.external = [], [], []
+        self.sections: dict[str, list[str]] = {}  # id → ["h2", "take", "img", "details", "table", …]
+        self._section = None
+        self._details = 0
+        self.tables_outside_details = 0
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -27,6 +33,25 @@ class _Collect(HTMLParser):
             self.imgs.append(a["src"])
         if tag in ("script", "link") or (tag == "img" and not a["src"].startswith("data:")):
             self.external.append((tag, a))
+        if tag == "a" and not a.get("href", "").startswith("#"):
+            self.external.append((tag, a))
+        if tag == "section":
+            self._section = a["id"]
+            self.sections[self._section] = []
+        if tag == "details":
+            self._details += 1
+        if tag == "table" and not self._details:
+            self.tables_outside_details += 1
+        if self._section is not None and tag in ("h2", "img", "details", "table", "p"):
+            kind = "take" if tag == "p" and a.get("class") == "take" else tag
+            if kind != "p":
+                self.sections[self._section].append(kind)
+
+    def handle_endtag(self, tag):
+        if tag == "section":
+            self._section = None
+        if tag == "details":
+            self._details -= 1
 
 
 def _check_html(path) -> _Collect:
@@ -52,9 +77,58 @@ def test_cli_prepared_outputs(out_dir, tmp_path, capsys):  # noqa: F811
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["kind"] == "prepared" and stats["headline"]["kept"] == 40
     parsed = _check_html(tmp_path / "report.html")
-    # accounting, tokens, image sizes, video, boxes, sources and two score plots
-    assert len(parsed.imgs) >= 8
+    # one plot per section, all score columns in one grid
+    assert len(parsed.imgs) == 7
     assert parsed.tags.count("table") >= 5
+    _check_sections(parsed, ["accounting", "tokens", "images", "videos", "boxes", "sources", "scores"])
+
+
+def _check_sections(parsed: _Collect, expected: list[str]) -> None:
+    """Each section: heading, takeaway sentence, its plot, then its tables folded in <details>."""
+    assert list(parsed.sections) == expected
+    for sid, seq in parsed.sections.items():
+        assert seq[:2] == ["h2", "take"], (sid, seq)
+        assert seq.count("img") == 1, (sid, seq)
+        assert "details" in seq and "table" in seq, (sid, seq)
+        assert seq.index("img") < seq.index("details") < seq.index("table"), (sid, seq)
+    assert parsed.tables_outside_details == 0  # every percentile table is folded
+    assert "summary" in parsed.tags
+
+
+def test_report_takeaways(out_dir, tmp_path):  # noqa: F811
+    out, _, _ = out_dir
+    assert main(["stats", str(out), "--out", str(tmp_path), "--no-html"]) == 0
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    from pipeline.report.html import render_report
+
+    page = render_report(stats, [])  # no plots: sections, sentences and tables still there
+    takes = dict(re.findall(r'<section id="(\w+)"><h2>.*?</h2><p class="take">(.*?)</p>', page))
+    assert set(takes) == {"accounting", "tokens", "images", "videos", "boxes", "sources", "scores"}
+    acc = stats["accounting"]
+    assert f"<b>{acc['kept']:,} of {acc['inputs']:,}</b> inputs kept" in takes["accounting"]
+    tot = stats["tokens"]["total"]
+    assert f"p95 <b>{int(tot['p95']):,}</b>" in takes["tokens"] or f"p95 <b>{tot['p95']:,.0f}</b>" in takes["tokens"]
+    if stats["tokens"].get("visual_share_of_total") is not None:
+        assert f"{stats['tokens']['visual_share_of_total']:.0%}" in takes["tokens"]
+    assert f"<b>{stats['images']['total']:,}</b> images" in takes["images"]
+    assert f"<b>{len(stats['scores'])}</b> score column" in takes["scores"]
+
+
+def test_figures_sections_and_style(out_dir):  # noqa: F811
+    from pipeline.report import build_report, figures
+
+    out, _, _ = out_dir
+    report = build_report(out)
+    figs = figures.all_figures(report)
+    assert [f.section for f in figs] == ["accounting", "tokens", "images", "videos", "boxes", "sources", "scores"]
+    for f in figs:
+        title, png = f  # still unpacks as (title, png)
+        img = Image.open(io.BytesIO(png))
+        img.load()
+        # 8.8 in at 110 dpi, less the tight bbox trim: readable without scaling, never wider than the page
+        assert 300 <= img.width <= 1100, (f.section, img.size)
+    scores = [f for f in figs if f.section == "scores"]
+    assert len(scores) == 1  # small multiples, not one figure per column
 
 
 def test_cli_json_stdout(out_dir, tmp_path, capsys):  # noqa: F811
@@ -118,7 +192,11 @@ def test_preflight_cli_html(tmp_path):
     stats = json.loads((tmp_path / "r" / "stats.json").read_text())
     # 300x200 → round(200/28)=7, round(300/28)=11 → 7*11 = 77 tokens per image, 3 samples
     assert stats["kind"] == "preflight" and stats["tokens"]["image"]["sum"] == 3 * 77
-    _check_html(tmp_path / "r" / "report.html")
+    parsed = _check_html(tmp_path / "r" / "report.html")
+    assert {"accounting", "tokens", "images"} <= set(parsed.sections)
+    for sid in ("tokens", "images"):
+        seq = parsed.sections[sid]
+        assert seq.index("img") < seq.index("details") < seq.index("table"), (sid, seq)
 
 
 def test_bad_path_is_a_clear_error(tmp_path, capsys):
