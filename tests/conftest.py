@@ -8,7 +8,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SHARED_CORPUS = Path(os.environ.get("VLPREP_SHARED_CORPUS", ROOT.parent / "shared" / "corpus" / "llamafactory_demo"))
+# The real LLaMA-Factory demo data lives beside the project (../shared); a checkout elsewhere (a CI
+# clone) finds it at the workplace's fixed location, or wherever VLPREP_SHARED_CORPUS points.
+_CANDIDATES = [ROOT.parent / "shared" / "corpus" / "llamafactory_demo", Path("/work/shared/corpus/llamafactory_demo")]
+SHARED_CORPUS = Path(os.environ["VLPREP_SHARED_CORPUS"]) if os.environ.get("VLPREP_SHARED_CORPUS") else next(
+    (c for c in _CANDIDATES if (c / "mllm_demo.json").exists()), _CANDIDATES[0])
 
 
 @pytest.fixture(scope="session")
