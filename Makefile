@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make demo   install, then run the prepare job on a generated demo corpus
+#   make demo   install, then run the prepare job on a generated demo corpus, score it, report on it
 #   make test   install, then run the test suite
 PY ?= python3
 VENV ?= .venv
@@ -17,6 +17,7 @@ install: $(BIN)/python
 demo: install
 	$(BIN)/vlprep demo demo_out/corpus
 	$(BIN)/vlprep prepare demo_out/corpus/demo.yaml --out demo_out/prepared
+	$(BIN)/vlprep score demo_out/prepared
 	$(BIN)/vlprep stats demo_out/prepared
 
 test: install
