@@ -9,6 +9,16 @@ decoder must pass over stay in YUV and are dropped.
 decord backend: `get_batch` on the indices, as qwen-vl-utils does, in chunks so the time limit is
 checked between them.
 
+Non-reference frames (PyAV, H.264 and single-layer HEVC): while the packets being fed belong to no
+target, the decoder runs with `skip_frame=NONREF`, so B-frames nothing else predicts from are not
+decoded at all; packets whose pts is a target's are decoded with `DEFAULT`. The choice is per packet:
+FFmpeg's frame threads copy `skip_frame` from the user context when each packet is submitted
+(`update_context_from_user` in pthread_frame.c), so frame threading applies it to exactly that
+packet. Reference frames are decoded exactly as in a plain decode, so every output frame is bit for
+bit the same; frames are still identified by pts, never by counting outputs. If a target is not
+produced while skipping (e.g. a reorder-depth guess that differs without the skipped frames), the
+span is decoded again from its keyframe without skipping.
+
 Both yield `(presentation_index, rgb uint8 [H, W, 3])` in increasing index order, rotation applied.
 """
 from __future__ import annotations
@@ -65,13 +75,17 @@ def decode_pyav(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None
             return
         pts = info.frame_pts
         keys = info.key_indices
+        skip_ok = _nonref_skip_safe(stream, info)
+        target_pts = frozenset(int(p) for p in pts[targets]) if skip_ok else frozenset()
+        mode = "DEFAULT"
         pos = -1          # presentation index of the last frame the decoder output
         ti = 0
         retries = 0
+        force_seek = False
         while ti < len(targets):
             target = int(targets[ti])
             k = int(keys[np.searchsorted(keys, target, side="right") - 1])  # keyframe at/before target
-            if k > pos:
+            if k > pos or force_seek:
                 # Everything up to k is wasted work: jump there.
                 try:
                     container.seek(int(pts[k]), stream=stream, backward=True, any_frame=False)
@@ -79,12 +93,17 @@ def decode_pyav(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None
                     raise VideoDecodeError(f"{info.path}: seek to frame {k} failed ({e})") from e
                 pos = -1
                 seeked_to = k
+                force_seek = False
             else:
                 seeked_to = None
             first_after_seek = seeked_to is not None
             restart = False
             for packet in container.demux(stream):
                 deadline.check(ti)
+                if skip_ok:
+                    want = _SKIP_MODE if packet.pts is not None and packet.pts not in target_pts else "DEFAULT"
+                    if want != mode:
+                        cc.skip_frame = mode = want
                 for frame in _decode_packet(packet, info):
                     idx = _index_of(frame, pts)
                     if idx is None:
@@ -104,6 +123,9 @@ def decode_pyav(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None
                     if idx < target:
                         continue
                     if idx > target:
+                        if skip_ok:
+                            skip_ok, restart, force_seek = _stop_skipping(cc), True, True
+                            break
                         raise VideoDecodeError(
                             f"{info.path}: frame {target} (pts {int(pts[target])}) was never produced by the "
                             f"{info.codec} decoder (corrupt packet?)")
@@ -120,9 +142,39 @@ def decode_pyav(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None
                 if restart:
                     break
             else:
+                if skip_ok:
+                    skip_ok, force_seek = _stop_skipping(cc), True
+                    continue
                 raise VideoDecodeError(
                     f"{info.path}: the stream ended before frame {target} of {info.num_frames} "
                     f"(last decoded frame {pos}); the file is truncated or its frame count is wrong")
+
+
+_SKIP_MODE = "NONREF"  # what non-target packets are decoded with (a test swaps it to force the fallback)
+
+
+def _stop_skipping(cc) -> bool:
+    """A target was not produced while non-reference frames were skipped: decode plainly from now on."""
+    cc.skip_frame = "DEFAULT"
+    return False
+
+
+def _nonref_skip_safe(stream, info: VideoInfo) -> bool:
+    """Whether `skip_frame=NONREF` drops only frames that no other frame predicts from.
+
+    H.264: a NAL with nal_ref_idc 0 is never a reference. HEVC: FFmpeg drops the "sub-layer
+    non-reference" NAL types, which pictures of *higher* temporal sub-layers may still reference, so
+    only streams with one temporal layer (hvcC numTemporalLayers == 1) qualify. Other codecs: no
+    (their decoders' notion of NONREF is not checked here). Needs packet pts to tell targets apart.
+    """
+    if not info.has_pts:
+        return False
+    if info.codec == "h264":
+        return True
+    if info.codec == "hevc":
+        extra = stream.codec_context.extradata or b""
+        return len(extra) >= 23 and extra[0] == 1 and (extra[21] >> 3) & 7 == 1
+    return False
 
 
 def _decode_packet(packet, info: VideoInfo):

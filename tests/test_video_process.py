@@ -241,3 +241,101 @@ def test_corpus_videos_end_to_end(shared_corpus):
     # one of them checked pixel by pixel against a full decode
     path = shared_corpus / "mllm_demo_data" / "2.avi"
     check_against_full_decode(path, process_video(path, QWEN25_VL))
+
+
+# --- B-frames: non-reference frames that are not targets are skipped (skip_frame=NONREF) ----------
+
+_BF = 150  # frames at 30 fps: 5 s
+
+
+@pytest.fixture(scope="session")
+def bframe_clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bframes")
+    x264 = lambda params: {"preset": "veryfast", "x264-params": params}  # noqa: E731
+    return {
+        "h264_bpyramid": make_clip(d / "bpyr.mp4", num_frames=_BF, gop=60, options=x264("bframes=3:b-pyramid=normal")),
+        "h264_no_pyramid": make_clip(d / "bnopyr.mkv", num_frames=_BF, gop=60, options=x264("bframes=3:b-pyramid=none")),
+        "h264_medium_long_gop": make_clip(d / "medium.mp4", num_frames=_BF, gop=250, options={"preset": "medium"}),
+        "h264_open_gop": make_clip(d / "open.mp4", num_frames=_BF, gop=40, options=x264("bframes=3:open-gop=1")),
+        "hevc_bframes": make_clip(d / "hevc_bf.mp4", codec="libx265", num_frames=_BF, gop=40,
+                                  options={"preset": "medium", "x265-params": "log-level=error:bframes=4"}),
+    }
+
+
+BF_REQUESTS = [{"fps": 2}, {"fps": 7}, {"nframes": 4}, {"nframes": 120},
+               {"video_start": 1.1, "video_end": 3.3}, {"fps": 5, "video_start": 2.5}]
+
+
+def _nonref_frames(path):
+    import av
+
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        s.codec_context.skip_frame = "NONREF"
+        return _BF - sum(1 for _ in c.decode(s))
+
+
+@pytest.mark.parametrize("name", ["h264_bpyramid", "h264_no_pyramid", "h264_medium_long_gop", "h264_open_gop",
+                                  "hevc_bframes"])
+def test_bframe_clips_skip_nonref_and_equal_full_decode(bframe_clips, name, monkeypatch):
+    import av
+
+    from processors import video_decode
+
+    path = bframe_clips[name]
+    info = probe_video(path)
+    assert info.num_frames == _BF and not info.is_vfr
+    assert _nonref_frames(path) >= _BF // 3  # the clip really has frames nothing references
+    with av.open(str(path)) as c:
+        assert video_decode._nonref_skip_safe(c.streams.video[0], info)
+    if name == "h264_open_gop":  # a frame decoded after a keyframe is shown before it
+        with av.open(str(path)) as c:
+            s = c.streams.video[0]
+            order = [p.pts for p in c.demux(s) if p.size]
+        k = order.index(int(info.frame_pts[info.key_indices[1]]))
+        assert order[k + 1] < order[k]
+    # no target may be lost while skipping (the fallback would hide it: make it fail here)
+    monkeypatch.setattr(video_decode, "_stop_skipping", lambda cc: pytest.fail("fell back to plain decoding"))
+    for req in BF_REQUESTS:
+        r = process_video(path, QWEN25_VL, **req)
+        idx, _ = select_frames(info, preset=QWEN25_VL, **req)
+        assert r.frame_indices == idx.tolist()
+        check_against_full_decode(path, r)
+
+
+def test_bframe_fallback_when_a_target_is_dropped(bframe_clips, monkeypatch):
+    # If the decoder fails to produce a target while skipping, the span is decoded again from its
+    # keyframe without skipping. Simulate a dropped target: hide the first output of frame 99 once.
+    from processors import video_decode
+
+    calls, hidden = [], []
+    real_stop, real_index = video_decode._stop_skipping, video_decode._index_of
+
+    def index_of(frame, pts):
+        i = real_index(frame, pts)
+        if i == 99 and not hidden:
+            hidden.append(i)
+            return None
+        return i
+
+    monkeypatch.setattr(video_decode, "_stop_skipping", lambda cc: calls.append(1) or real_stop(cc))
+    monkeypatch.setattr(video_decode, "_index_of", index_of)
+    path = bframe_clips["h264_bpyramid"]
+    r = process_video(path, QWEN25_VL, fps=2)
+    assert 99 in r.frame_indices and hidden == [99] and calls == [1]
+    check_against_full_decode(path, r)
+
+
+def test_bframe_decoding_threads_agree(bframe_clips):
+    # frame threading (thread_type AUTO) applies skip_frame per submitted packet: same frames with
+    # one thread
+    from processors.video_decode import decode_pyav
+
+    path = bframe_clips["h264_bpyramid"]
+    info = probe_video(path)
+    idx, _ = sample_frame_indices(info.num_frames, info.avg_fps, fps=4)
+    a = dict(decode_pyav(info, idx, threads=0))
+    b = dict(decode_pyav(info, idx, threads=1))
+    frames, _ = full_decode(path)
+    assert sorted(a) == sorted(b) == idx.tolist()
+    assert all(np.array_equal(a[i], frames[i]) and np.array_equal(b[i], frames[i]) for i in a)
