@@ -62,18 +62,6 @@ def units_from_manifest(out_dir: Path):
     return [Unit(u, s, n) for (u, s), n in counts.items()], (presets[0] if presets else "qwen2.5-vl")
 
 
-def loader_factory():
-    """pipeline.loader.ShardLoader when present, else the reward stage's own tar reader."""
-    try:
-        from pipeline.loader import ShardLoader
-
-        return ShardLoader
-    except ImportError:
-        from filters.reward.shards import TarShardReader
-
-        return TarShardReader
-
-
 def _use_ray(args) -> bool:
     if args.executor != "auto":
         return args.executor == "ray"
@@ -89,6 +77,7 @@ def run(args) -> int:
 
     from filters.reward.protocol import ScorerError
     from filters.reward.stage import ScoreConfig, pending, run_local, run_ray
+    from pipeline.loader import ShardLoader  # filters never import pipeline: the job hands the reader in
 
     out = Path(args.out_dir)
     scorers = ([s.strip() for s in args.scorers.split(",") if s.strip()] if args.scorers
@@ -116,13 +105,12 @@ def run(args) -> int:
         bar.update(n_samples)
         bar.set_postfix_str(f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s")
 
-    factory = loader_factory()
     try:
         if _use_ray(args):
-            report = run_ray(cfg, units, factory, address=args.address, num_gpus=args.num_gpus,
+            report = run_ray(cfg, units, ShardLoader, address=args.address, num_gpus=args.num_gpus,
                              workers=args.workers, progress=progress)
         else:
-            report = run_local(cfg, units, factory, progress=progress)
+            report = run_local(cfg, units, ShardLoader, progress=progress)
     except ScorerError as exc:
         bar.close()
         print(f"vlprep score: {exc}", file=sys.stderr)

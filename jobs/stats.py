@@ -43,7 +43,7 @@ def add_arguments(p) -> None:
 def _preflight_kwargs(args) -> dict:
     return {"preset": args.preset, "overrides": args.overrides, "max_length": args.max_length,
             "min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "workers": args.workers,
-            "limit": args.limit, "use_stages": False if args.fast else None}
+            "limit": args.limit, "use_stages": not args.fast}
 
 
 def _out_dir(args, path: Path | None) -> Path:
@@ -79,7 +79,7 @@ def run(args) -> int:
             out = _out_dir(args, path)
             figs = None if args.no_html else _figs(lambda f: f.all_figures(report))
             html_text = None if args.no_html else render_report(doc, figs)
-    except (ReportInputError, ValueError, FileNotFoundError, NotImplementedError) as exc:
+    except (ReportInputError, ValueError, FileNotFoundError) as exc:
         print(f"vlprep stats: {exc}", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from filters.reward.shards import TarShardReader
+from filters.reward.batching import ARRAY_FIELDS
 from jobs.cli import main
+from pipeline.loader import ShardLoader
 from test_reward_fixtures import encode_frames, photo, tiny_qwen25_vl, write_shard  # noqa: F401
 
 QA = [
@@ -111,15 +112,16 @@ def test_score_arguments_are_checked(tmp_path, capsys):
     assert "manifest.parquet not found" in capsys.readouterr().err
 
 
-def test_private_reader_matches_the_pipeline_loader(tmp_path):
-    loader_mod = pytest.importorskip("pipeline.loader")
+def test_the_loader_yields_what_the_stage_reads(tmp_path):
+    """The stage is handed pipeline.loader.ShardLoader by `vlprep score`: its dicts carry the id and
+    the 7 arrays the batcher reads, equal to what the fixture wrote."""
     out = _prepared(tmp_path)
-    ours = list(TarShardReader(out).iter_shard("shards/u0000.tar"))
-    theirs = list(loader_mod.ShardLoader(out).iter_shard("shards/u0000.tar"))
-    assert [s["id"] for s in ours] == [s["id"] for s in theirs] == ["s0", "s1", "s2"]
-    for a, b in zip(ours, theirs):
-        for k in ("input_ids", "labels", "position_ids", "pixel_values", "image_grid_thw"):
-            np.testing.assert_array_equal(a[k], b[k])
+    got = list(ShardLoader(out).iter_shard("shards/u0000.tar"))
+    assert [s["id"] for s in got] == ["s0", "s1", "s2"]
+    want = encode_frames("s0", *QA[0], images=[photo(56, 84, 0)]).arrays()
+    for k in ARRAY_FIELDS:
+        np.testing.assert_array_equal(got[0][k], want[k])
+    assert got[2]["pixel_values"].shape[0] == 0 and got[0]["pixel_values"].dtype == np.uint8
 
 
 @pytest.mark.slow

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
+from jobs.cli import main
 from media_factory import make_image, make_video
 from pipeline.report.preflight import build_preflight_report
 
@@ -111,17 +113,8 @@ def test_preset_changes_prediction(corpus):
 
 
 def _prepare(config, out):
-    try:
-        import jobs.prepare  # noqa: F401
-        from pipeline import runner  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"the prepare job is not importable yet ({exc}); pre-flight vs prepare needs it")
-    from jobs.cli import main
-
     rc = main(["prepare", str(config), "--out", str(out), "--executor", "local", "--no-progress"])
     assert rc in (0, 1), f"vlprep prepare exited {rc}"
-    import pyarrow.parquet as pq
-
     return pq.read_table(out / "manifest.parquet").to_pylist(), pq.read_table(out / "ledger.parquet").to_pylist()
 
 
@@ -147,10 +140,6 @@ def test_preflight_equals_prepare_images_and_text(corpus, tmp_path):
 
 
 def test_preflight_equals_prepare_video(corpus, tmp_path):
-    try:
-        import processors.video  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"processors.video (process_video) has not landed ({exc}): prepare cannot encode videos yet")
     manifest, _ = _prepare(corpus / "job.yaml", tmp_path / "out")
     pred = {r["id"]: r for r in build_preflight_report(corpus / "job.yaml").series["manifest"].to_pylist()}
     vids = [r for r in manifest if r["n_videos"]]
@@ -161,7 +150,7 @@ def test_preflight_equals_prepare_video(corpus, tmp_path):
 
 def test_fast_mode_predicts_the_same_tokens(corpus, report):
     fast = build_preflight_report(corpus / "job.yaml", use_stages=False, workers=2)
-    assert fast.stats["mode"].startswith("fallback")
+    assert fast.stats["mode"] == "fast (no filters)" and report.stats["mode"] == "pipeline.stages"
     a = {r["id"]: r for r in report.series["manifest"].to_pylist()}
     b = {r["id"]: r for r in fast.series["manifest"].to_pylist()}
     assert set(a) == set(b) and len(a) == 4

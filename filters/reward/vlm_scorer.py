@@ -185,7 +185,10 @@ class VLMScorer:
 
 
 def _best_attention(device) -> str:
-    """FlashAttention-2 where installed on a GPU (enables packing), else PyTorch SDPA."""
+    """FlashAttention-2 where installed on a GPU (enables packing), else PyTorch SDPA.
+
+    flash-attn is an optional package (`pip install flash-attn`); without it `--pack auto` scores
+    padded batches, and `vlprep score` prints which layout ran."""
     if device.type == "cuda":
         try:
             import flash_attn  # noqa: F401

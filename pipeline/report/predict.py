@@ -12,14 +12,19 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from processors.chatml import build_chatml
+# the encoder's own option merging (job < record) and box re-rendering, so predictions match it
+from processors.encode import EncodeOptions, _image_kwargs, _regrounded, _video_kwargs
 from processors.errors import VlprepError
 from processors.media import resolve_media_path
 from processors.presets import IGNORE_INDEX, Preset
 from processors.sample import MediaRef, Sample
 from processors.smart_resize import smart_resize
+from processors.text import clean_sample
+from processors.tokenizer import get_tokenizer
 from processors.video_sampling import sample_frame_indices, video_frame_size
 
-from .media_probe import error_code, image_facts, video_facts
+from .media_probe import ImageFacts, error_code, facts_from_info, image_facts, video_facts
 
 
 @dataclass
@@ -31,7 +36,7 @@ class Prediction:
     error: str | None = None
     image_tokens: list[int] = field(default_factory=list)
     video_tokens: list[int] = field(default_factory=list)
-    n_tokens: int | None = None           # None when text tokens cannot be computed (see text_note)
+    n_tokens: int | None = None           # None when the sample would fail to encode
     n_text_tokens: int | None = None
     n_supervised_tokens: int | None = None
     image_sizes: list[tuple[int, int]] = field(default_factory=list)
@@ -91,21 +96,12 @@ class MediaCache:
 class Predictor:
     def __init__(self, preset: Preset, encode_options: dict, *, cleaning: dict | None = None,
                  tokenizer=None, cache: MediaCache | None = None):
-        from processors.encode import EncodeOptions
-
         self.preset = preset
         self.opts = EncodeOptions.from_dict(encode_options)
         self.cleaning = cleaning
         self.cache = cache or MediaCache()
         self.tokenizer = tokenizer
-        self.text_note = None     # why text tokens are unavailable, if they are
-        try:
-            from processors import chatml  # noqa: F401
-        except ImportError as exc:
-            self.text_note = f"text tokens need processors.chatml, which is not importable ({exc})"
-        if self.tokenizer is None and self.text_note is None:
-            from processors.tokenizer import get_tokenizer
-
+        if self.tokenizer is None:
             self.tokenizer = get_tokenizer(preset=preset)
 
     # -- media --------------------------------------------------------------------------------
@@ -131,8 +127,6 @@ class Predictor:
         return resolve_media_path(ref.path, media_root)
 
     def _image(self, ref: MediaRef, media_root, pred: Prediction, f=None) -> None:
-        from processors.encode import _image_kwargs  # the encoder's own option merge (job < record)
-
         f = f or self.cache.get("image", self._source(ref, media_root))
         if self.preset.fixed_size is not None:
             resized, tokens = self.preset.fixed_size, self.preset.image_tokens_fixed
@@ -147,8 +141,6 @@ class Predictor:
         pred.image_tokens.append(int(tokens))
 
     def _video(self, ref: MediaRef, media_root, pred: Prediction, known=None) -> None:
-        from processors.encode import _video_kwargs
-
         p = self.preset
         if not p.supports_video:
             raise VlprepError(f"preset {p.name} has no video support")
@@ -189,8 +181,6 @@ class Predictor:
                 clean: bool = True) -> Prediction:
         """Predict one sample. `image_sizes` / `video_infos` are header facts the job's media check
         already read (pipeline.stages.Prepared); `clean=False` when the sample is already cleaned."""
-        from .media_probe import ImageFacts, facts_from_info
-
         pred = Prediction(sample.id, sample.source, sample.record_index)
         try:
             for i, ref in enumerate(sample.images):
@@ -200,22 +190,15 @@ class Predictor:
                 info = video_infos[i] if video_infos is not None else None
                 known = facts_from_info(info) if info is not None and not isinstance(info, dict) else None
                 self._video(ref, media_root, pred, known)
-            if self.text_note is None:
-                self._text(sample, pred, clean)
+            self._text(sample, pred, clean)
         except (VlprepError, OSError) as exc:
             pred.error_type, pred.error = error_code(exc), f"{type(exc).__name__}: {exc}"
         return pred
 
     def _text(self, sample: Sample, pred: Prediction, clean: bool) -> None:
-        from processors.chatml import build_chatml
-
         if clean and self.cleaning is not None:
-            from processors.text import clean_sample
-
             sample = clean_sample(sample, **self.cleaning)
         if self.opts.grounding_format and sample.images:
-            from processors.encode import _regrounded  # same box re-rendering as the encoder
-
             stand_ins = [_ImageStandIn(s, r) for s, r in zip(pred.image_sizes, pred.image_resized)]
             sample, _ = _regrounded(sample, self.preset, stand_ins, self.opts.grounding_format)
         chat = build_chatml(

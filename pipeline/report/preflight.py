@@ -3,8 +3,9 @@
 Each record goes through the job's own cheap stages — `pipeline.stages.prepare`: read, clean, raw
 filters, media header checks, media filters — and its tokens are then predicted from the header
 facts (predict.py). Not evaluated: dedup (needs the whole corpus hashed) and the filters that need
-encoded pixels. While pipeline.stages / processors.video are not importable, a FALLBACK chain
-(parse + clean + header reads, no filters) is used and stats.json says so under `mode`.
+encoded pixels. `use_stages=False` (`vlprep stats --fast`) runs a lighter chain of the same
+modules — `processors.formats.parse_record`, `processors.text.clean_sample`, header reads cached per
+file — without the job's filters and format checks; stats.json says which ran under `mode`.
 
 The results are laid out as a *predicted* manifest and ledger with the prepare job's schema, so the
 code that reports on a finished run (prepared.py) reports here too, and `--compare` lines a
@@ -20,10 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
+from pipeline import stages
+from pipeline.ledger import Outcome
 from processors.presets import get_preset
+from processors.tokenizer import get_tokenizer
 
 from .predict import MediaCache, Prediction, Predictor
 from .prepared import accounting, box_stats, headline, image_stats, source_stats, token_stats, video_stats
@@ -55,7 +58,7 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
                            max_length: int | None = None, min_pixels: int | None = None,
                            max_pixels: int | None = None, workers: int | None = None,
                            dedupe_media: bool = True, limit: int | None = None,
-                           use_stages: bool | None = None) -> Report:
+                           use_stages: bool = True) -> Report:
     path = Path(path)
     if not path.exists():
         raise ReportInputError(f"{path} does not exist; give a config YAML, a json/jsonl/parquet file, "
@@ -68,14 +71,12 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
     if max_pixels is not None:
         cfg.image.max_pixels = max_pixels
     p = get_preset(cfg.preset)
-    stages_ctx = _stages_context(cfg) if use_stages is not False else None
-    if use_stages and stages_ctx is None:
-        raise ReportInputError("use_stages=True but pipeline.stages / processors.video are not importable")
-    tokenizer = stages_ctx.tokenizer if stages_ctx is not None else None
-    if tokenizer is None and cfg.tokenizer:
-        from processors.tokenizer import get_tokenizer
-
-        tokenizer = get_tokenizer(cfg.resolve_path(cfg.tokenizer), preset=p)
+    if use_stages:
+        stages_ctx = stages.context_for(json.dumps(cfg.to_dict(), default=str))
+        tokenizer = stages_ctx.tokenizer
+    else:
+        stages_ctx = None
+        tokenizer = get_tokenizer(cfg.resolve_path(cfg.tokenizer) if cfg.tokenizer else None, preset=p)
     cache = MediaCache(enabled=dedupe_media)
     predictor = Predictor(p, cfg.encode_options(), cleaning=dict(cfg.cleaning), tokenizer=tokenizer, cache=cache)
 
@@ -91,7 +92,7 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
     manifest, ledger = predicted_tables(results, cfg.max_length)
     series: dict = {"manifest": manifest, "ledger": ledger}   # per-sample predictions, for callers
     stats: dict = {"kind": "preflight", "path": str(path), "presets": [p.name],
-                   "mode": "pipeline.stages" if stages_ctx is not None else "fallback (no filters)"}
+                   "mode": "pipeline.stages" if stages_ctx is not None else "fast (no filters)"}
     stats["settings"] = {
         "preset": p.name, "max_length": cfg.max_length,
         "image_min_pixels": cfg.image.min_pixels or p.min_pixels,
@@ -101,9 +102,6 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
     }
     stats["accounting"] = accounting(ledger, manifest.num_rows)
     stats["tokens"] = token_stats(manifest, series)
-    stats["text_tokens_exact"] = predictor.text_note is None
-    if predictor.text_note:
-        stats["text_tokens_note"] = predictor.text_note
     stats["max_length"] = max_length_block(preds, cfg.max_length)
     stats["images"] = image_stats(manifest, series, [p.name])
     stats["videos"] = video_stats(manifest, series)
@@ -116,16 +114,6 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
     stats["headline"] = headline(stats)
     stats["headline"]["over_max_length"] = stats["max_length"].get("over")
     return Report(stats, series)
-
-
-def _stages_context(cfg):
-    """The prepare job's per-worker context, or None while its modules are not importable."""
-    try:
-        from pipeline import stages
-        import processors.video  # noqa: F401  (check_media probes videos with it)
-    except ImportError:
-        return None
-    return stages.context_for(json.dumps(cfg.to_dict(), default=str))
 
 
 def _iter_items(cfg):
@@ -141,10 +129,8 @@ def _make_evaluator(predictor: Predictor, ctx):
     def evaluate(item) -> Evaluated:
         src, fmt, media_root, raw = item
         if ctx is not None:
-            from pipeline import stages
-
             r = stages.prepare(raw, src, ctx)
-            if hasattr(r, "status"):  # an Outcome: read error, clean/media error or a filter drop
+            if isinstance(r, Outcome):  # read error, clean/media error or a filter drop
                 return Evaluated(row={"id": r.id, "source": r.source, "record_index": r.record_index,
                                       "status": r.status, "stage": r.stage, "rule": r.rule, "value": r.value,
                                       "message": r.message})
@@ -153,9 +139,7 @@ def _make_evaluator(predictor: Predictor, ctx):
             return Evaluated(pred=pred, media=refs(r.sample))
         parsed = parse_raw(raw, fmt, media_root)
         if parsed.sample is None:
-            from pipeline.report.records import fallback_id
-
-            return Evaluated(row={"id": fallback_id(parsed.source, parsed.index), "source": parsed.source,
+            return Evaluated(row={"id": stages.fallback_id(parsed.source, parsed.index), "source": parsed.source,
                                   "record_index": parsed.index, "status": "error", "stage": "read",
                                   "rule": parsed.error_type, "value": None, "message": parsed.error})
         return Evaluated(pred=predictor.predict(parsed.sample, media_root), media=refs(parsed.sample))

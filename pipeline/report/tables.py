@@ -1,7 +1,6 @@
 """Reading a prepare OUT directory: manifest, ledger, scores (CONTRACTS.md "Shards, manifest, ledger").
 
-Uses `pipeline.io` when it is importable (the pipeline helper owns the readers) and plain
-pyarrow otherwise; both read the same files, so the report never depends on which one ran.
+The manifest and ledger are read by `pipeline.io`, the job's own readers.
 """
 from __future__ import annotations
 
@@ -11,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from pipeline import io as job_io
 
 
 class ReportInputError(ValueError):
@@ -22,28 +23,18 @@ def is_prepared_dir(path: Path) -> bool:
 
 
 def read_manifest(out: Path) -> pa.Table:
-    try:
-        from pipeline.io import read_manifest as _read
-    except ImportError:  # pipeline.io not landed yet: the file is plain parquet either way
-        return _read_parquet(out / "manifest.parquet")
-    return _read(out)
+    return _checked(job_io.read_manifest, out, "manifest.parquet")
 
 
 def read_ledger(out: Path) -> pa.Table:
-    try:
-        from pipeline.io import read_ledger as _read
-    except ImportError:
-        return _read_parquet(out / "ledger.parquet")
-    return _read(out)
+    return _checked(job_io.read_ledger, out, "ledger.parquet")
 
 
-def _read_parquet(path: Path) -> pa.Table:
-    if not path.exists():
-        raise ReportInputError(f"{path} not found; is {path.parent} the OUT directory of `vlprep prepare`?")
+def _checked(read, out: Path, name: str) -> pa.Table:
     try:
-        return pq.read_table(path)
+        return read(out)
     except pa.ArrowInvalid as exc:
-        raise ReportInputError(f"{path} is not a readable parquet file: {exc}") from exc
+        raise ReportInputError(f"{out / name} is not a readable parquet file: {exc}") from exc
 
 
 def scores_dir(out: Path) -> Path | None:
