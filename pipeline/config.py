@@ -216,7 +216,7 @@ def _build(cls, data: Any, where: str):
             if isinstance(value, (str, dict)):
                 value = [value]
             if not isinstance(value, list):
-                raise ConfigError(f"`sources` must be a list of {{path, kind, format, media_root}}")
+                raise ConfigError("`sources` must be a list of {path, kind, format, media_root}")
             value = [_build(SourceSpec, {"path": v} if isinstance(v, str) else v, f"{key}[{i}]")
                      for i, v in enumerate(value)]
         elif sub is not None:

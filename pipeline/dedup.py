@@ -18,7 +18,6 @@ questions about one image.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from typing import Any, Iterable
 

@@ -63,7 +63,7 @@ def context_for(cfg_json: str) -> Context:
     cfg = JobConfig.from_dict(json.loads(cfg_json))
     preset = get_preset(cfg.preset)
     filters = build_filters(cfg.filters or {})
-    tok = get_tokenizer(cfg.tokenizer, preset=preset)
+    tok = get_tokenizer(cfg.resolve_path(cfg.tokenizer) if cfg.tokenizer else None, preset=preset)
     return Context(cfg, preset, filters, EncodeOptions.from_dict(cfg.encode_options()), tok,
                    frozenset(f.lower() for f in cfg.image.formats), frozenset(f.lower() for f in cfg.video.formats))
 

@@ -15,7 +15,7 @@ import numpy as np
 from .errors import FormatError, VlprepError
 from .media import resolve_media_path
 from .presets import IGNORE_INDEX, IMAGE_PAD_ID, VIDEO_PAD_ID, Preset, get_preset
-from .sample import EncodedSample, ImagePart, MediaRef, Message, Sample, TextPart, VideoPart
+from .sample import EncodedSample, ImagePart, MediaRef, Message, Sample, TextPart
 
 _IMAGE_OPTION_KEYS = ("min_pixels", "max_pixels")
 _VIDEO_OPTION_KEYS = (

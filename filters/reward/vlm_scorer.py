@@ -130,8 +130,6 @@ class VLMScorer:
 
     def forward_hidden(self, batch: HostBatch, with_vision: bool = True):
         """Final hidden states for the batch layout (padded or packed) plus that layout's tensors."""
-        import torch
-
         t = batch.packed() if self.pack else batch.padded()
         kw = dict(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=t["position_ids"],
                   use_cache=False)

@@ -360,8 +360,6 @@ def render_report(stats: dict, figs: list[tuple[str, bytes]] | None) -> str:
     if acc and not acc.get("balanced", True):
         parts.append(f'<p class="warn">Accounting does not balance: inputs {acc["inputs"]} ≠ kept {acc["kept"]} + dropped '
                      f'{acc["dropped"]} + error {acc["error"]}, or manifest rows {acc.get("manifest_rows")} ≠ kept.</p>')
-    if stats.get("text_tokens_note"):
-        parts.append(f'<p class="warn">{html.escape(stats["text_tokens_note"])}</p>')
     for key, label in present:
         if key == "accounting" and kind == "preflight":
             label = "Would be kept, dropped and errors"

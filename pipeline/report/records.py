@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from pipeline.config import JobConfig, apply_overrides
 from pipeline.sources import RawRecord, expand_sources, iter_records
@@ -38,13 +37,6 @@ def load_config(path: Path, overrides: list[str] | None = None, *, preset: str |
         cfg.preset = preset
         cfg.validate()
     return cfg
-
-
-def iter_parsed(cfg) -> Iterator[ParsedRecord]:
-    """Every record of every source of `cfg`, parsed, in the job's order."""
-    for _src, _path, fmt, media_root, raws in iter_sources(cfg):
-        for raw in raws:
-            yield parse_raw(raw, fmt, media_root)
 
 
 def parse_raw(raw: RawRecord, fmt: str, media_root) -> ParsedRecord:

@@ -40,8 +40,6 @@ def print_report(stats: dict, console: Console | None = None) -> None:
     if acc and not acc.get("balanced", True):
         c.print(f"[bold red]accounting does not balance[/]: inputs {acc['inputs']} vs kept {acc['kept']} + dropped "
                 f"{acc['dropped']} + error {acc['error']}; manifest rows {acc.get('manifest_rows')}")
-    if stats.get("text_tokens_note"):
-        c.print(f"[yellow]{stats['text_tokens_note']}[/]")
     if acc.get("by_rule"):
         t = Table(title="dropped / errors by stage and rule", title_justify="left")
         for col in ("status", "stage", "rule", "count", "share", "examples"):
