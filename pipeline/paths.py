@@ -9,14 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from processors.errors import MediaError, PathEscapeError  # noqa: F401  (re-exported for callers)
-from processors.media import resolve_media_path
-
-
-class MediaMissingError(MediaError):
-    """A referenced media file does not exist (or is not a regular file)."""
-
-    code = "media_missing"
+from processors.errors import MediaError, MediaMissingError, PathEscapeError  # noqa: F401  (re-exported)
+from processors.media import resolve_media_path, show_reference
 
 
 class MediaFormatError(MediaError):
@@ -28,9 +22,16 @@ class MediaFormatError(MediaError):
 def resolve_media(path_as_written: str, media_root: str | os.PathLike | None) -> Path:
     """Resolve a record's media reference; raises PathEscapeError / MediaError (URLs) / MediaMissingError."""
     path = resolve_media_path(path_as_written, media_root)
-    if not path.exists():
-        raise MediaMissingError(f"media file {path_as_written!r} not found (looked at {path}); "
+    ref = show_reference(path_as_written)
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except OSError as exc:      # e.g. ENAMETOOLONG: no such file can exist
+        raise MediaMissingError(f"media reference {ref} cannot be opened: {exc.strerror or exc}") from None
+    if not exists:
+        if path.is_symlink():
+            raise MediaMissingError(f"media reference {ref} is a dangling symlink or a symlink loop ({path})")
+        raise MediaMissingError(f"media file {ref} not found (looked at {show_reference(str(path))}); "
                                 f"check the source's media_root")
-    if not path.is_file():
-        raise MediaMissingError(f"media reference {path_as_written!r} is not a regular file ({path})")
+    if not is_file:
+        raise MediaMissingError(f"media reference {ref} is not a regular file ({path})")
     return path

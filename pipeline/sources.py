@@ -14,6 +14,7 @@ import functools
 import glob
 import json
 import os
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,10 +146,34 @@ def _load_json(path: str, _mtime: int, _size: int):
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return _JsonFileError(f"{path} is not valid JSON: {exc}")
+    except RecursionError:
+        return _JsonFileError(f"{path}: JSON nested too deeply to parse")
 
 
 class _JsonFileError(str):
     pass
+
+
+# JSON may spell a lone UTF-16 surrogate (\ud800) that no UTF-8 text can hold: such a record would
+# fail later in the tokenizer, the parquet ledger or the shard's meta.json, so it is refused at
+# read. Only records whose bytes contain a surrogate escape are checked (a valid pair is fine).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _surrogate_error(rec) -> str | None:
+    try:
+        json.dumps(rec, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start:exc.end]
+        return (f"a string holds a lone UTF-16 surrogate {bad.encode('unicode_escape').decode()} "
+                f"(a \\uXXXX escape without its pair), not valid Unicode text")
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _json_has_surrogate_escape(path: str, _mtime: int, _size: int) -> bool:
+    with open(path, "rb") as f:
+        return _SURROGATE_ESCAPE.search(f.read()) is not None
 
 
 # -- iteration ------------------------------------------------------------------------------------
@@ -176,9 +201,13 @@ def _iter_json(src: SourceFile, start, stop, _offset):
                             f"got {type(data).__name__}; use kind: jsonl for one record per line", "format")
         return
     stop = len(data) if stop is None else min(stop, len(data))
+    check = _json_has_surrogate_escape(src.path, *_stamp(src.path))
     for i in range(start, stop):
         rec = data[i]
-        if isinstance(rec, dict):
+        bad = _surrogate_error(rec) if check and isinstance(rec, dict) else None
+        if bad:
+            yield RawRecord(src.name, i, None, f"record {i}: {bad}", "json_decode")
+        elif isinstance(rec, dict):
             yield RawRecord(src.name, i, rec)
         else:
             yield RawRecord(src.name, i, None, f"record {i} is a {type(rec).__name__}, not an object", "format")
@@ -197,8 +226,14 @@ def _iter_jsonl(src: SourceFile, start, stop, byte_offset):
                     rec = json.loads(line)
                 except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                     yield RawRecord(src.name, i, None, f"line {i + 1}: invalid JSON: {exc}", "json_decode")
+                except RecursionError:
+                    yield RawRecord(src.name, i, None, f"line {i + 1}: JSON nested too deeply to parse "
+                                    f"({len(line):,} bytes; a record is a few levels deep)", "json_decode")
                 else:
-                    if isinstance(rec, dict):
+                    bad = _surrogate_error(rec) if _SURROGATE_ESCAPE.search(line) else None
+                    if bad:
+                        yield RawRecord(src.name, i, None, f"line {i + 1}: {bad}", "json_decode")
+                    elif isinstance(rec, dict):
                         yield RawRecord(src.name, i, rec)
                     else:
                         yield RawRecord(src.name, i, None,

@@ -160,7 +160,11 @@ def _boxes_binder(ctx: Context, image_sizes):
 
 def check_media(sample: Sample, src: SourceFile, ctx: Context) -> Prepared:
     """Resolve and header-check every image and video; raises the specific error of the first bad one."""
-    from processors.image import image_size_from_header, open_image
+    from processors.image import DEFAULT_MAX_IMAGE_PIXELS, image_size_from_header, open_image
+
+    # the decompression-bomb limit is a header fact: refuse here, before the filters and dedup
+    # hashing, with the same limit encode would apply
+    max_pixels = ctx.cfg.image.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS
 
     sizes, infos, media = [], [], []
     for i, ref in enumerate(sample.images):
@@ -171,7 +175,7 @@ def check_media(sample: Sample, src: SourceFile, ctx: Context) -> Prepared:
             loc = resolve_media(ref.path, src.media_root)
         else:
             raise MediaFormatError(f"{where}: the reference has neither a path nor data")
-        fmt = (open_image(loc, max_image_pixels=None).format or "").lower()
+        fmt = (open_image(loc, max_image_pixels=max_pixels).format or "").lower()
         if fmt not in ctx.image_formats:
             raise MediaFormatError(f"{where}: format {fmt or 'unknown'!r} is not allowed "
                                    f"(image.formats: {sorted(ctx.image_formats)})")

@@ -23,16 +23,18 @@ from processors.sample import EncodedSample
 from .io import tmp_path
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+MAX_KEY_CHARS = 100
 
 
 def sanitize_key(sample_id: str) -> str:
-    """A webdataset key for `sample_id`: [A-Za-z0-9_-] only (a dot would split the key).
+    """A webdataset key for `sample_id`: [A-Za-z0-9_-] only (a dot would split the key), at most
+    MAX_KEY_CHARS characters (a tar member name, not a place to store a whole record).
 
-    When characters had to be replaced, a short hash of the original id is appended so that
-    `a.b` and `a_b` never share a key.
+    When characters had to be replaced or the id was cut, a short hash of the original id is
+    appended so that `a.b` and `a_b` never share a key.
     """
     key = _UNSAFE.sub("_", sample_id)
-    if key != sample_id or not key:
+    if key != sample_id or not key or len(key) > MAX_KEY_CHARS:
         key = f"{key[:80]}-{hashlib.sha1(sample_id.encode()).hexdigest()[:8]}".lstrip("-")
     return key
 

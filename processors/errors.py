@@ -16,6 +16,12 @@ class MediaError(VlprepError):
     code = "media"
 
 
+class MediaMissingError(MediaError):
+    """A referenced media file does not exist, is not a regular file, or its path cannot be resolved."""
+
+    code = "media_missing"
+
+
 class ImageDecodeError(MediaError):
     code = "image_decode"
 

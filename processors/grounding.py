@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Union
@@ -384,12 +385,26 @@ def _as_objects(value, dims) -> tuple[list[GroundingObject], list[tuple]] | None
             isinstance(c, (int, float)) and not isinstance(c, bool) for c in coords
         ):
             return None
+        if not all(_finite(c) for c in coords):
+            raise GroundingError(f"{shape} {_show_coords(coords)} has a coordinate that is not a finite number "
+                                 f"(NaN, Infinity or beyond float range)")
         label = it.get("label")
         label = None if label is None else str(label)
         raw = tuple(coords)
         raws.append(raw)
         objects.append(_make(shape, _decode_raw(raw, "qwen2.5-vl", dims), label))
     return objects, raws
+
+
+def _finite(c) -> bool:
+    try:
+        return math.isfinite(c)
+    except OverflowError:       # an int beyond float range (JSON allows any number of digits)
+        return False
+
+
+def _show_coords(coords) -> str:
+    return "[" + ", ".join(repr(c) if _finite(c) or isinstance(c, float) else "<huge int>" for c in coords) + "]"
 
 
 def _json_style(value) -> str:
