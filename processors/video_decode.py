@@ -68,7 +68,7 @@ def decode_pyav(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None
     with container:
         stream = container.streams.video[0]
         cc = stream.codec_context
-        cc.thread_type = "AUTO"
+        cc.thread_type = _THREAD_TYPE
         cc.thread_count = threads
         if not info.has_pts:
             yield from _decode_sequential(container, stream, info, targets, deadline)
@@ -150,6 +150,7 @@ def decode_pyav(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None
                     f"(last decoded frame {pos}); the file is truncated or its frame count is wrong")
 
 
+_THREAD_TYPE = "AUTO"  # frame + slice threads; skip_frame is applied per submitted packet either way
 _SKIP_MODE = "NONREF"  # what non-target packets are decoded with (a test swaps it to force the fallback)
 
 
