@@ -75,6 +75,7 @@ SPECS: dict[str, RuleSpec] = {s.key: s for s in [
             "share of empty cells over the assistant's tables"),
     # media: + header sizes, video probes, boxes
     _number("image_max_ratio", 200, image_rules.max_ratio, "longer / shorter side, worst image"),
+    _number("video_max_ratio", 200, video_rules.max_ratio, "longer / shorter side, worst video"),
     _number("image_min_side", None, image_rules.min_side, "shorter side in pixels, smallest image"),
     _number("image_max_side", None, image_rules.max_side, "longer side in pixels, largest image"),
     _number("image_min_pixels", None, image_rules.min_pixels, "height x width, smallest image"),

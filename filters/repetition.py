@@ -31,8 +31,15 @@ def _covered_fraction(units: list[str], n: int) -> float:
     return sum(len(u) for u, c in zip(units, covered) if c) / total
 
 
+# Longer turns are measured on their first MAX_MEASURED_CHARS characters: the n-gram table costs
+# memory proportional to len(text) * n, and a loop shows itself long before 100 000 characters.
+MAX_MEASURED_CHARS = 100_000
+
+
 def char_repetition_ratio(text: str, n: int) -> float:
-    """Fraction of characters of `text` inside character n-grams that occur more than once."""
+    """Fraction of characters of `text` (its first MAX_MEASURED_CHARS) inside character n-grams
+    that occur more than once."""
+    text = text[:MAX_MEASURED_CHARS]
     if not text or len(text) < n:
         return 0.0
     # Same measure as _covered_fraction on single characters, with substrings instead of tuples
@@ -49,7 +56,7 @@ def char_repetition_ratio(text: str, n: int) -> float:
 
 def word_repetition_ratio(text: str, n: int) -> float:
     """Fraction of word characters (whitespace excluded) inside word n-grams that occur more than once."""
-    return _covered_fraction(text.split(), n)
+    return _covered_fraction(text[:MAX_MEASURED_CHARS].split(), n)
 
 
 @dataclass(frozen=True)

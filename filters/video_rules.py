@@ -34,6 +34,15 @@ VIDEO_RULES = {
 }
 
 
+def max_ratio(limit: float) -> Threshold:
+    # Runs first (cost 0): smart_resize raises on ratio > 200, and this drops before any frame is decoded.
+    def ratios(s: Sample, c: FilterContext) -> list[float]:
+        sizes = zip(video_values(s, c, "width"), video_values(s, c, "height"))
+        return [max(w, h) / min(w, h) for w, h in sizes if min(w, h) > 0]
+
+    return Threshold("video_max_ratio", "media", ratios, limit, "max", "video aspect ratio", "video", cost=0)
+
+
 def video_rule(name: str, limit: float) -> Threshold:
     key, bound, what = VIDEO_RULES[name]
     return Threshold(name, "media", lambda s, c: video_values(s, c, key), limit, bound, what, "video", cost=1)

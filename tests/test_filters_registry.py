@@ -12,7 +12,7 @@ DEFAULT_RULES = [
     ("raw", "conversation_structure"), ("raw", "media_placeholders"), ("raw", "text_min_chars"),
     ("raw", "truncated_answer"), ("raw", "unbalanced_markup"), ("raw", "malformed_table"),
     ("raw", "table_empty_cells"), ("raw", "char_repetition"), ("raw", "word_repetition"),
-    ("media", "image_max_ratio"), ("media", "box_min_side"), ("media", "box_in_image"),
+    ("media", "image_max_ratio"), ("media", "video_max_ratio"), ("media", "box_min_side"), ("media", "box_in_image"),
     ("encoded", "min_supervised_tokens"),
 ]
 

@@ -240,3 +240,20 @@ def test_evaluate_filters_reports_every_measured_value():
 def test_unknown_phase_is_an_error():
     with pytest.raises(ValueError, match="unknown filter phase 'decoded'"):
         run_filters([], conv("q", "a"), FilterContext(), "decoded")
+
+
+def test_video_max_ratio_drops_before_decoding():
+    s = Sample("v", [Message("user", [VideoPart(0), TextPart("What?")]), Message("assistant", [TextPart("A strip.")])],
+               videos=[MediaRef("video", path="wide.mp4")])
+    fs = build_filters({"video_max_ratio": 200}, defaults=False)
+    info = {"duration": 1.0, "avg_fps": 25.0, "num_frames": 25, "width": 16000, "height": 16}
+    v = run_filters(fs, s, FilterContext(video_infos=[info]), "media")
+    assert (v.keep, v.rule, v.value) == (False, "video_max_ratio", 1000.0)
+    ok = dict(info, width=3200)
+    assert run_filters(fs, s, FilterContext(video_infos=[ok]), "media") is None  # exactly 200 is allowed
+
+
+def test_repetition_measures_a_bounded_prefix_of_huge_turns():
+    from filters.repetition import MAX_MEASURED_CHARS, char_repetition_ratio
+    prose = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(MAX_MEASURED_CHARS))
+    assert char_repetition_ratio(prose + "ab" * 1_000_000, 10) == char_repetition_ratio(prose, 10)

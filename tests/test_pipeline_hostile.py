@@ -108,7 +108,7 @@ def make_hostile_corpus(root: Path) -> tuple[Path, dict, dict]:
         else:
             good()
             add("video_16000x16", _rec("<video>What happens?", "Nothing.", videos=["media/wide.mp4"]),
-                ("error", "encode", "aspect_ratio", "200"))
+                ("dropped", "filter", "video_max_ratio", "1000"))
         make_audio_only(media / "audio.mkv")
         good()
         add("video_audio_only", _rec("<video>What happens?", "Silence.", videos=["media/audio.mkv"]),
