@@ -213,7 +213,8 @@ def resize_image(img: Image.Image, height: int, width: int, *, fast: bool = Fals
     Non-RGB images are converted first (alpha on white). No EXIF handling here: pass `load_image`'s
     result. No resize when the size already matches (Pillow would return an identical copy).
     `fast=True`: an undecoded JPEG from `open_image` is decoded at reduced scale when the target is
-    at most half its size, and large downscales are box-reduced before the bicubic pass.
+    at most half its size and the remaining (< 2x) downscale is bilinear; large downscales are
+    box-reduced first. Otherwise fast equals exact.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"target size must be positive, got {height}x{width}")
@@ -223,9 +224,12 @@ def resize_image(img: Image.Image, height: int, width: int, *, fast: bool = Fals
     rgb = _to_rgb(img)
     if rgb.size == (width, height) and box is None:
         return _as_rgb_array(rgb)
+    # After a JPEG draft the remaining downscale is under 2x, where bilinear (half bicubic's taps)
+    # stays within ~1 dB of bicubic's PSNR against exact mode (docs/images.md) at ~25% less time.
+    resample = Image.Resampling.BILINEAR if box is not None else Image.Resampling.BICUBIC
     resized = rgb.resize(
         (width, height),
-        Image.Resampling.BICUBIC,
+        resample,
         box=box,
         reducing_gap=_FAST_REDUCING_GAP if fast else None,
     )
