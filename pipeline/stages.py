@@ -216,7 +216,7 @@ def encode(prepared: Prepared, src: SourceFile, ctx: Context) -> EncodedSample |
     s = prepared.sample
     try:
         enc = encode_sample(s, ctx.preset, media_root=src.media_root, options=ctx.encode_options,
-                            tokenizer=ctx.tokenizer)
+                            tokenizer=ctx.tokenizer, video_infos=prepared.video_infos)
         check_placeholders(enc, ctx.preset)
     except Exception as exc:
         return Outcome.error(s.id, s.source, s.record_index, "encode", exc)

@@ -108,12 +108,12 @@ def _encode_images(sample: Sample, preset: Preset, media_root, opts: EncodeOptio
     return results
 
 
-def _encode_videos(sample: Sample, preset: Preset, media_root, opts: EncodeOptions):
+def _encode_videos(sample: Sample, preset: Preset, media_root, opts: EncodeOptions, video_infos=None):
     if sample.videos and not preset.supports_video:
         raise FormatError(f"preset {preset.name} has no video support; sample {sample.id} has {len(sample.videos)} video(s)")
     if not sample.videos:
         return []
-    from .video import process_video
+    from .video import VideoInfo, process_video
 
     results = []
     for i, ref in enumerate(sample.videos):
@@ -121,8 +121,12 @@ def _encode_videos(sample: Sample, preset: Preset, media_root, opts: EncodeOptio
             src = [f if isinstance(f, (bytes, bytearray)) else resolve_media_path(f, media_root) for f in ref.frames]
         else:
             src = _media_source(ref, media_root)
+        kw = _video_kwargs(ref, opts)
+        info = video_infos[i] if video_infos is not None and i < len(video_infos) else None
+        if isinstance(info, VideoInfo) and ref.frames is None and ref.data is None:
+            kw["info"] = info
         try:
-            results.append(process_video(src, preset, **_video_kwargs(ref, opts)))
+            results.append(process_video(src, preset, **kw))
         except VlprepError as exc:
             exc.args = (f"video {i} ({ref.path or 'frames'}): {exc}",)
             raise
@@ -182,8 +186,13 @@ def encode_sample(
     media_root=None,
     options: EncodeOptions | None = None,
     tokenizer=None,
+    video_infos: list | None = None,
 ) -> EncodedSample:
-    """Encode one Sample into the tensors a Qwen-VL model consumes (see `EncodedSample`)."""
+    """Encode one Sample into the tensors a Qwen-VL model consumes (see `EncodedSample`).
+
+    `video_infos`: per `sample.videos` entry, the `VideoInfo` the caller already probed for that file
+    (other entries, e.g. None or dicts for frame lists, are ignored); saves a second probe.
+    """
     from .chatml import build_chatml
     from .rope import get_rope_index
     from .tokenizer import get_tokenizer
@@ -193,7 +202,7 @@ def encode_sample(
     tokenizer = tokenizer or get_tokenizer(preset=preset)
 
     images = _encode_images(sample, preset, media_root, opts)
-    videos = _encode_videos(sample, preset, media_root, opts)
+    videos = _encode_videos(sample, preset, media_root, opts, video_infos)
 
     box_reports: list[dict] = []
     if opts.grounding_format and images:

@@ -151,8 +151,12 @@ def process_video(
     sample_fps: float | None = None,
     backend: str = "pyav",
     timeout_s: float | None = 120,
+    info: VideoInfo | None = None,
 ) -> VideoResult:
     """A video file (path) or a frame list (paths / bytes / PIL images / uint8 arrays) → VideoResult.
+
+    `info`: `probe_video(src)` when the caller already has it (the prepare job probes at its media
+    check), so the file's packets are not demuxed a second time; it must describe `src`.
 
     Raises VideoDecodeError (unreadable, empty, audio-only, corrupt), VideoTooShortError (fewer than
     2 frames to sample), VideoTimeoutError (decoding took longer than `timeout_s`), AspectRatioError.
@@ -167,7 +171,10 @@ def process_video(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not isinstance(src, (str, os.PathLike)):
         raise VlprepError(f"video source must be a path or a list of frames, got {type(src).__name__}")
-    info = probe_video(src)
+    if info is None:
+        info = probe_video(src)
+    elif os.path.realpath(info.path) != os.path.realpath(os.fspath(src)):
+        raise ValueError(f"info describes {info.path}, not the video {os.fspath(src)}")
     idx, sfps = select_frames(info, fps=fps, nframes=nframes, min_frames=min_frames, max_frames=max_frames,
                               video_start=video_start, video_end=video_end, preset=preset)
     n = len(idx)
