@@ -21,6 +21,7 @@ import hashlib
 import os
 from typing import Any, Iterable
 
+from processors.formats import sample_id
 
 _BIG_FILE = 64 << 20
 
@@ -90,7 +91,7 @@ class Deduper:
     def feed(self, source: str, index: int, sid: str, key: str | None, ph: int | None) -> dict:
         decision: dict = {}
         if sid in self.ids:
-            sid = f"{sid}~{hashlib.sha1(f'{source}:{index}'.encode()).hexdigest()[:8]}"
+            sid = f"{sid}~{sample_id(source, index, None)[:8]}"
             decision["id"] = sid
         self.ids.add(sid)
         if key is None:          # the record fails an earlier stage; it is nobody's first occurrence

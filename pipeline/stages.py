@@ -16,7 +16,6 @@ where it runs.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +37,9 @@ STAGE_RESOURCES = {"index": "ray.index_num_cpus", "encode": "ray.num_cpus"}
 
 def fallback_id(source: str, index: int) -> str:
     """The id of a record that could not be parsed (formats.sample_id's rule for a record without one)."""
-    return hashlib.sha1(f"{source}:{index}".encode("utf-8")).hexdigest()[:16]
+    from processors.formats import sample_id
+
+    return sample_id(source, index, None)
 
 
 @dataclass
@@ -175,11 +176,12 @@ def check_media(sample: Sample, src: SourceFile, ctx: Context) -> Prepared:
             loc = resolve_media(ref.path, src.media_root)
         else:
             raise MediaFormatError(f"{where}: the reference has neither a path nor data")
-        fmt = (open_image(loc, max_image_pixels=max_pixels).format or "").lower()
-        if fmt not in ctx.image_formats:
-            raise MediaFormatError(f"{where}: format {fmt or 'unknown'!r} is not allowed "
-                                   f"(image.formats: {sorted(ctx.image_formats)})")
-        sizes.append(image_size_from_header(loc))
+        with open_image(loc, max_image_pixels=max_pixels) as im:   # one header read: format and size
+            fmt = (im.format or "").lower()
+            if fmt not in ctx.image_formats:
+                raise MediaFormatError(f"{where}: format {fmt or 'unknown'!r} is not allowed "
+                                       f"(image.formats: {sorted(ctx.image_formats)})")
+            sizes.append(image_size_from_header(im))
         media.append(loc)
     for i, ref in enumerate(sample.videos):
         where = f"video {i} ({ref.path or 'frames'})"
