@@ -21,7 +21,7 @@ def image_sizes(sample: Sample, ctx: FilterContext) -> list[tuple[int, int]]:
 
 
 def image_tokens(sample: Sample, ctx: FilterContext) -> list[int]:
-    """Visual tokens per image under ctx.preset: (H/28)·(W/28) after smart_resize, honouring the
+    """Visual tokens per image under ctx.preset (Preset.visual_tokens after smart_resize), honouring the
     per-image overrides a record may carry (min_pixels, max_pixels, resized_height/width)."""
     preset = ctx.preset
     sizes = image_sizes(sample, ctx)
@@ -35,7 +35,7 @@ def image_tokens(sample: Sample, ctx: FilterContext) -> list[int]:
         if opts.get("resized_height") and opts.get("resized_width"):
             h, w = int(opts["resized_height"]), int(opts["resized_width"])
         rh, rw = smart_resize(h, w, factor=preset.factor, min_pixels=min_px, max_pixels=max_px)
-        tokens.append((rh // preset.factor) * (rw // preset.factor))
+        tokens.append(preset.visual_tokens(preset.grid_thw(rh, rw)))
     return tokens
 
 

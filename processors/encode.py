@@ -172,13 +172,6 @@ def _regrounded(sample: Sample, preset: Preset, images, src_format: str):
     return new, reports
 
 
-def _tokens_for(grid_thw, preset: Preset) -> int:
-    if preset.image_tokens_fixed is not None:
-        return preset.image_tokens_fixed
-    t, h, w = (int(v) for v in grid_thw)
-    return t * h * w // (preset.merge_size ** 2)
-
-
 def encode_sample(
     sample: Sample,
     preset: Preset | str | None = None,
@@ -208,8 +201,8 @@ def encode_sample(
     if opts.grounding_format and images:
         sample, box_reports = _regrounded(sample, preset, images, opts.grounding_format)
 
-    image_tokens = [_tokens_for(r.grid_thw, preset) for r in images]
-    video_tokens = [_tokens_for(r.grid_thw, preset) for r in videos]
+    image_tokens = [preset.visual_tokens(r.grid_thw) for r in images]
+    video_tokens = [preset.visual_tokens(r.grid_thw) for r in videos]
     chat = build_chatml(
         sample, preset, tokenizer,
         image_tokens=image_tokens, video_tokens=video_tokens,

@@ -66,6 +66,19 @@ class Preset:
     def is_mrope(self) -> bool:
         return self.fixed_size is None
 
+    def grid_thw(self, height: int, width: int, frames: int = 1) -> tuple[int, int, int]:
+        """The patch grid of `frames` frames already resized to (height, width) (multiples of
+        `factor`): the frame count padded to the temporal patch size, then patches per side."""
+        return (-(-frames // self.temporal_patch_size), height // self.patch_size, width // self.patch_size)
+
+    def visual_tokens(self, grid_thw) -> int:
+        """Placeholder tokens one image/video grid expands to: prod(grid_thw) / merge_size²
+        (Qwen-VL: its fixed count per image)."""
+        if self.image_tokens_fixed is not None:
+            return self.image_tokens_fixed
+        t, h, w = (int(v) for v in grid_thw)
+        return t * h * w // (self.merge_size ** 2)
+
     def with_overrides(self, **kwargs) -> "Preset":
         """A copy with some constants changed (e.g. a job-level pixel band)."""
         return replace(self, **kwargs)

@@ -81,7 +81,7 @@ def _result(frames: np.ndarray, preset: Preset, *, indices, times, sample_fps, o
         timestamps=times[::tp], original_size=tuple(int(v) for v in original_size),
         resized_size=(int(frames.shape[1]), int(frames.shape[2])), duration=float(duration),
         video_fps=float(video_fps), is_vfr=is_vfr, rotation=rotation, backend=backend,
-        num_tokens=int(np.prod(grid)) // (preset.merge_size ** 2),
+        num_tokens=preset.visual_tokens(grid),
     )
 
 

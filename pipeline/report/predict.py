@@ -7,7 +7,6 @@ predicted token counts equal what `vlprep prepare` writes to the manifest.
 """
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,7 +134,7 @@ class Predictor:
             resized = smart_resize(f.height, f.width, self.preset.factor,
                                    kw.get("min_pixels") or self.preset.min_pixels,
                                    kw.get("max_pixels") or self.preset.max_pixels)
-            tokens = (resized[0] // self.preset.factor) * (resized[1] // self.preset.factor)
+            tokens = self.preset.visual_tokens(self.preset.grid_thw(*resized))
         pred.image_sizes.append((f.height, f.width))
         pred.image_resized.append(tuple(resized))
         pred.image_tokens.append(int(tokens))
@@ -169,12 +168,11 @@ class Predictor:
             H, W = video_frame_size(f.height, f.width, n, **budget)
             pred.video_durations.append(f.duration)
             pred.video_fps.append(f.fps)
-        grid_t = math.ceil(n / p.temporal_patch_size)
         pred.video_sizes.append((f.height, f.width))
         pred.video_resized.append((H, W))
         pred.video_sample_fps.append(float(sample_fps))
         pred.video_frames.append(int(n))
-        pred.video_tokens.append(grid_t * (H // p.factor) * (W // p.factor))
+        pred.video_tokens.append(p.visual_tokens(p.grid_thw(H, W, n)))
 
     # -- one sample ---------------------------------------------------------------------------
     def predict(self, sample: Sample, media_root, *, image_sizes=None, video_infos=None,
