@@ -21,6 +21,7 @@ from processors.sample import MediaRef, Sample
 from processors.smart_resize import smart_resize
 from processors.text import clean_sample
 from processors.tokenizer import get_tokenizer
+from processors.video import DEFAULT_FRAME_LIST_FPS
 from processors.video_sampling import sample_frame_indices, video_frame_size
 
 from .media_probe import ImageFacts, error_code, facts_from_info, image_facts, video_facts
@@ -148,13 +149,13 @@ class Predictor:
                       total_pixels=kw.get("total_pixels"), video_min_pixels=p.video_min_pixels,
                       video_max_pixels=p.video_max_pixels, video_total_pixels=p.video_total_pixels)
         if ref.frames is not None:
-            # Spec §6.6 (0.0.14): each frame through the image rule, the list padded to even, then
-            # the §6.5 per-frame budget. Size is taken from the first frame's header.
+            # As processors.video's frame lists: one resize straight to the §6.5 per-frame size for
+            # the list padded to the temporal patch size, from the first frame's header.
             f = self.cache.get("image", self._source(ref, media_root))
-            n = len(ref.frames) + len(ref.frames) % 2
-            h1, w1 = smart_resize(f.height, f.width, p.factor, p.min_pixels, p.max_pixels)
-            H, W = video_frame_size(h1, w1, n, **budget)
-            sample_fps = float(kw.get("sample_fps") or p.fps)
+            n = len(ref.frames)
+            H, W = video_frame_size(f.height, f.width, n + n % p.temporal_patch_size, **budget)
+            rate = kw.get("sample_fps")
+            sample_fps = DEFAULT_FRAME_LIST_FPS if rate is None else float(rate)
             pred.video_durations.append(n / sample_fps)
             pred.video_fps.append(sample_fps)
         else:
