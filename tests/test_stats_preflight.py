@@ -159,3 +159,29 @@ def test_fast_mode_predicts_the_same_tokens(corpus, report):
             assert a[i][c] == b[i][c], (i, c)
     # the missing file is an error in both modes, the broken line a read error
     assert fast.stats["accounting"]["error"] == 2
+
+
+def test_predict_equals_encode_for_frame_list_video(tmp_path):
+    # Tall frames where an image-band pass before the §6.5 size would round to 2408 rows, not 2436.
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.report.predict import Predictor
+    from processors.encode import encode_sample
+    from processors.formats import parse_record
+    from processors.presets import get_preset
+
+    for i in range(5):
+        Image.fromarray(np.full((4951, 500, 3), 40 * i, dtype=np.uint8)).save(tmp_path / f"f{i}.png")
+    s = parse_record({"messages": [{"role": "user", "content": "<video>What changes?"},
+                                   {"role": "assistant", "content": "The grey level."}],
+                      "videos": [[f"f{i}.png" for i in range(5)]]})
+    p = get_preset("qwen2.5-vl")
+    enc = encode_sample(s, p, media_root=tmp_path)
+    pred = Predictor(p, {}).predict(s, tmp_path)
+    v = enc.meta["videos"][0]
+    assert pred.video_resized == [(2436, 224)] == [tuple(v["resized_size"])]
+    assert pred.video_tokens == [enc.meta["n_video_tokens"]] == [2088]
+    assert pred.video_frames == [len(v["frame_indices"])] == [5]
+    assert pred.video_durations == [v["duration"]] == [2.5]
+    assert pred.n_tokens == enc.meta["n_tokens"]
