@@ -154,5 +154,6 @@ def read_ledger(out_dir: str | os.PathLike) -> pa.Table:
 
 def _read(path: Path, what: str) -> pa.Table:
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {path.parent} the output of a finished `vlprep prepare`?")
+        raise FileNotFoundError(f"no {what}: {path} not found; is {path.parent} the output of a finished "
+                                f"`vlprep prepare`?")
     return pq.read_table(path)

@@ -54,8 +54,9 @@ class VideoInfo:
         return (self.frame_pts - self.frame_pts[0]).astype(np.float64) * float(self.time_base)
 
 
-def _is_variable_rate(pts: np.ndarray, tb: float) -> bool:
-    """True when some frame interval differs from the typical one by more than rounding can explain.
+def _is_variable_rate(pts: np.ndarray) -> bool:
+    """True when some frame interval differs from the typical one by more than rounding can explain
+    (measured in time-base ticks, so the time base itself is not needed).
 
     Containers with a coarse time base (WebM: 1 ms) store 30 fps as 33/34 ms steps; that jitter of
     one tick is constant-rate. A gap of 2 intervals (dropped frame) or a mix of rates is variable.
@@ -155,7 +156,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             width=int(stream.codec_context.width), height=int(stream.codec_context.height),
             rotation=rotation, codec=codec,
             start_time=float(frame_pts[0] * tbf) if has_pts else 0.0,
-            is_vfr=_is_variable_rate(frame_pts, tbf) if has_pts else False,
+            is_vfr=_is_variable_rate(frame_pts) if has_pts else False,
             container=container.format.name if container.format else "",
             stream_index=stream.index, time_base=tb, frame_pts=frame_pts, key_indices=key_indices,
             has_pts=has_pts,
