@@ -22,7 +22,7 @@ def image_sizes(sample: Sample, ctx: FilterContext) -> list[tuple[int, int]]:
 
 def image_tokens(sample: Sample, ctx: FilterContext) -> list[int]:
     """Visual tokens per image under ctx.preset (Preset.visual_tokens after smart_resize), honouring the
-    per-image overrides a record may carry (min_pixels, max_pixels, resized_height/width)."""
+    per-image overrides a record may carry (min_pixels, max_pixels), exactly as the encoder does."""
     preset = ctx.preset
     sizes = image_sizes(sample, ctx)
     if preset.image_tokens_fixed is not None:
@@ -32,8 +32,6 @@ def image_tokens(sample: Sample, ctx: FilterContext) -> list[int]:
         opts = ref.options or {}
         min_px = int(opts.get("min_pixels", preset.min_pixels))
         max_px = int(opts.get("max_pixels", preset.max_pixels))
-        if opts.get("resized_height") and opts.get("resized_width"):
-            h, w = int(opts["resized_height"]), int(opts["resized_width"])
         rh, rw = smart_resize(h, w, factor=preset.factor, min_pixels=min_px, max_pixels=max_px)
         tokens.append(preset.visual_tokens(preset.grid_thw(rh, rw)))
     return tokens

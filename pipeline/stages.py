@@ -62,7 +62,11 @@ def context_for(cfg_json: str) -> Context:
     from processors.tokenizer import get_tokenizer
 
     cfg = JobConfig.from_dict(json.loads(cfg_json))
+    # The job's image band is part of the preset every stage sees, so the filters' token arithmetic
+    # (max_visual_tokens) uses the same band as the encoder.
     preset = get_preset(cfg.preset)
+    band = {k: v for k, v in (("min_pixels", cfg.image.min_pixels), ("max_pixels", cfg.image.max_pixels)) if v}
+    preset = preset.with_overrides(**band) if band else preset
     filters = build_filters(cfg.filters or {})
     tok = get_tokenizer(cfg.resolve_path(cfg.tokenizer) if cfg.tokenizer else None, preset=preset)
     return Context(cfg, preset, filters, EncodeOptions.from_dict(cfg.encode_options()), tok,

@@ -225,3 +225,22 @@ def test_local_run_accounts_every_record_and_resume_skips_done_units(tmp_path, c
     assert main(["inspect", str(tmp_path / "out"), "--id", "nope"]) == 1
     with pytest.raises(ConfigError, match="different job configuration"):
         run_job(JobConfig.from_yaml(cfg_path, ["max_length=100"]), executor="local", progress=False)
+
+
+def test_filters_see_the_jobs_image_band(tmp_path):
+    """max_visual_tokens must count tokens with the band the encoder uses, not the preset default."""
+    import json as _json
+
+    from filters.base import FilterContext, run_filters
+    from pipeline.config import JobConfig
+    from pipeline.stages import context_for
+    from processors.sample import ImagePart, MediaRef, Message, Sample, TextPart
+
+    cfg = JobConfig.from_dict({"sources": [{"path": str(tmp_path / "x.jsonl")}], "image": {"max_pixels": 28 * 28 * 100},
+                               "filters": {"max_visual_tokens": 150}}, base_dir=tmp_path)
+    ctx = context_for(_json.dumps(cfg.to_dict(), sort_keys=True))
+    assert ctx.preset.max_pixels == 28 * 28 * 100 and ctx.preset.name == "qwen2.5-vl"
+    s = Sample("s", [Message("user", [ImagePart(0), TextPart("?")]), Message("assistant", [TextPart("A.")])],
+               images=[MediaRef("image", path="a.jpg")])
+    # 1080x1920 is 2691 tokens in the checkpoints' band but at most 100 in this job's band: kept
+    assert run_filters(ctx.filters, s, FilterContext(preset=ctx.preset, image_sizes=[(1080, 1920)]), "media") is None
