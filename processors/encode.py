@@ -67,6 +67,11 @@ def _media_source(ref: MediaRef, media_root):
 
 
 def _image_kwargs(ref: MediaRef, opts: EncodeOptions) -> dict[str, Any]:
+    fixed = [k for k in ("resized_height", "resized_width") if ref.options.get(k) is not None]
+    if fixed:
+        # Refused rather than ignored: the record asks for a size vlprep would not produce.
+        raise FormatError(f"image option(s) {fixed} are not supported yet; give the item min_pixels/max_pixels "
+                          f"(vlprep sizes every image by smart_resize of its real size)")
     kw: dict[str, Any] = {"min_pixels": opts.min_pixels, "max_pixels": opts.max_pixels, "fast": opts.fast_images}
     if opts.max_image_pixels is not None:
         kw["max_image_pixels"] = opts.max_image_pixels

@@ -91,3 +91,13 @@ def test_errors_name_the_media_and_never_guess(media):
 def test_unknown_encode_option_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown encode option"):
         EncodeOptions.from_dict({"max_pixel": 5})
+
+
+def test_fixed_size_options_are_refused_not_ignored(media):
+    from processors.errors import FormatError
+
+    rec = {"messages": [{"role": "user", "content": [{"type": "image", "image": "a.jpg", "resized_height": 280,
+                                                      "resized_width": 420}, {"type": "text", "text": "Hi"}]},
+                        {"role": "assistant", "content": "Hello."}]}
+    with pytest.raises(FormatError, match="resized_height.*not supported"):
+        encode_sample(parse_record(rec), QWEN25_VL, media_root=media)
