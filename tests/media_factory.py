@@ -1,7 +1,6 @@
 """Small generated media for tests and benchmarks: real encoded files, written with Pillow and PyAV."""
 from __future__ import annotations
 
-import fractions
 from pathlib import Path
 
 import numpy as np
@@ -46,35 +45,12 @@ def make_video(path: str | Path, *, width: int = 160, height: int = 120, num_fra
                fps: float = 30.0, codec: str = "libx264", gop: int | None = None,
                pix_fmt: str = "yuv420p", rotation: int | None = None,
                frame_times: list[float] | None = None, options: dict | None = None) -> Path:
-    """Encode a synthetic clip with PyAV.
+    """Encode a synthetic clip with PyAV (see video_factory.make_clip, which this forwards to).
 
-    `frame_times` (seconds, increasing) makes a variable-frame-rate clip; `rotation` writes
-    display-matrix metadata (degrees) where the container supports it.
+    `frame_times` (seconds, increasing) makes a variable-frame-rate clip; `rotation` writes the
+    display matrix (counter-clockwise degrees).
     """
-    import av
+    from video_factory import make_clip
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rate = fractions.Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        opts = dict(options or {})
-        if gop is not None:
-            stream.codec_context.gop_size = gop
-        if opts:
-            stream.options = opts
-        if frame_times is not None:
-            stream.codec_context.time_base = fractions.Fraction(1, 90000)
-        if rotation is not None:
-            stream.metadata["rotate"] = str(rotation)
-        for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(video_frame(i, width, height), format="rgb24")
-            if frame_times is not None:
-                frame.pts = int(round(frame_times[i] * 90000))
-                frame.time_base = fractions.Fraction(1, 90000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return make_clip(path, codec=codec, width=width, height=height, num_frames=num_frames, fps=fps, gop=gop,
+                     pix_fmt=pix_fmt, rotation=rotation, frame_times=frame_times, options=options)
