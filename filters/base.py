@@ -62,6 +62,17 @@ class Filter(Protocol):
     def __call__(self, sample: Sample, ctx: FilterContext) -> Verdict: ...
 
 
+def media_facts(sample: Sample, items: list, facts: list | None, what: str, field_name: str) -> list:
+    """`facts` (one per item of the sample) checked against the sample: a media-phase rule run without
+    them is a pipeline bug, reported as such rather than as a verdict."""
+    if not items:
+        return []
+    if facts is None or len(facts) != len(items):
+        got = None if facts is None else len(facts)
+        raise ValueError(f"sample {sample.id}: {what} rules need ctx.{field_name} for its {len(items)} {what}s, got {got}")
+    return list(facts)
+
+
 def info_get(info: Any, key: str) -> Any:
     """Read a field from a video info given as a dict or as an object."""
     if isinstance(info, dict):

@@ -5,19 +5,12 @@ from __future__ import annotations
 from processors.sample import Sample
 from processors.smart_resize import smart_resize
 
-from .base import FilterContext, Threshold
+from .base import FilterContext, Threshold, media_facts
 
 
 def image_sizes(sample: Sample, ctx: FilterContext) -> list[tuple[int, int]]:
     """ctx.image_sizes checked against the sample: a media-phase rule without sizes is a pipeline bug."""
-    if not sample.images:
-        return []
-    if ctx.image_sizes is None or len(ctx.image_sizes) != len(sample.images):
-        got = None if ctx.image_sizes is None else len(ctx.image_sizes)
-        raise ValueError(
-            f"sample {sample.id}: image rules need ctx.image_sizes for its {len(sample.images)} images, got {got}"
-        )
-    return [(int(h), int(w)) for h, w in ctx.image_sizes]
+    return [(int(h), int(w)) for h, w in media_facts(sample, sample.images, ctx.image_sizes, "image", "image_sizes")]
 
 
 def image_tokens(sample: Sample, ctx: FilterContext) -> list[int]:

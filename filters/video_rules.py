@@ -3,19 +3,12 @@ from __future__ import annotations
 
 from processors.sample import Sample
 
-from .base import FilterContext, Threshold, info_get
+from .base import FilterContext, Threshold, info_get, media_facts
 
 
 def video_values(sample: Sample, ctx: FilterContext, key: str) -> list[float]:
-    if not sample.videos:
-        return []
-    if ctx.video_infos is None or len(ctx.video_infos) != len(sample.videos):
-        got = None if ctx.video_infos is None else len(ctx.video_infos)
-        raise ValueError(
-            f"sample {sample.id}: video rules need ctx.video_infos for its {len(sample.videos)} videos, got {got}"
-        )
     values = []
-    for i, info in enumerate(ctx.video_infos):
+    for i, info in enumerate(media_facts(sample, sample.videos, ctx.video_infos, "video", "video_infos")):
         v = info_get(info, key)
         if v is None:
             raise ValueError(f"sample {sample.id}: video {i} info has no {key!r}")

@@ -147,6 +147,9 @@ def build_chatml(
     b = _Builder(tokenizer)
     n_img = n_vid = 0
 
+    def block(open_id: int, pad_id: int, n: int, close_id: int) -> np.ndarray:
+        return np.concatenate([[open_id], np.full(n, pad_id), [close_id]]).astype(np.int32)
+
     def turn(role: str, parts, supervised: bool) -> None:
         nonlocal n_img, n_vid
         b.add_ids(im_start, False, "<|im_start|>")
@@ -159,21 +162,18 @@ def build_chatml(
                 n_img += 1
                 if v1:
                     b.add_text(f"Picture {n_img}: ", supervised)
-                    ids = np.concatenate([[img_open], np.full(n, img_pad), [img_close]]).astype(np.int32)
-                    b.add_ids(ids, False, "<img><imgpad></img>")
+                    b.add_ids(block(img_open, img_pad, n, img_close), False, "<img><imgpad></img>")
                     b.add_text("\n", supervised)
                 else:
                     if add_vision_id:
                         b.add_text(f"Picture {n_img}: ", supervised)
-                    ids = np.concatenate([[v_start], np.full(n, image_pad), [v_end]]).astype(np.int32)
-                    b.add_ids(ids, False, "<|vision_start|><|image_pad|><|vision_end|>")
+                    b.add_ids(block(v_start, image_pad, n, v_end), False, "<|vision_start|><|image_pad|><|vision_end|>")
             elif isinstance(p, VideoPart):
                 n = int(video_tokens[p.index])
                 n_vid += 1
                 if add_vision_id:
                     b.add_text(f"Video {n_vid}: ", supervised)
-                ids = np.concatenate([[v_start], np.full(n, video_pad), [v_end]]).astype(np.int32)
-                b.add_ids(ids, False, "<|vision_start|><|video_pad|><|vision_end|>")
+                b.add_ids(block(v_start, video_pad, n, v_end), False, "<|vision_start|><|video_pad|><|vision_end|>")
             else:
                 raise FormatError(f"{where}: unknown message part {p!r}")
         b.add_ids(im_end, supervised, "<|im_end|>")
