@@ -7,12 +7,15 @@ the work only (probe/open, sampling, decode, resize, patchify), not interpreter 
 All three produce the same frame indices, sizes and patches layout (qwen-vl-utils 0.0.14 rules):
 
   vlprep       probe (demux only) → decode just the needed GOP spans / seek → RGB+resize kept frames
+               (the resize of one batch runs on a second thread while the next frames decode)
+  vlprep-fast  the same with `fast=True`: uint8 resize (within 1 level of the float resize, not exact)
   decord-ref   qwen-vl-utils' path: decord.VideoReader + get_batch(indices) → resize the whole stack
   pyav-full    decode every frame with PyAV, keep the sampled ones → resize the whole stack
 
 Clips come in two encodes: x264 ultrafast (no B-frames) and x264 veryfast (`_bf`: 3 B-frames,
 B-pyramid, like most real-world H.264), so the table shows what skipping non-reference frames gains.
-Throughput is seconds of video per wall second (best of two rounds run in opposite order); "kept MB" is the resized uint8 frames that must be
+CPU s is user + system time of all the process's threads: what the work costs when every core is
+busy anyway (a prepare job runs one worker per core). Throughput is seconds of video per wall second (best of two rounds run in opposite order); "kept MB" is the resized uint8 frames that must be
 held (the lower bound for any method); a baseline row shows the RSS of a process that only imports.
 """
 from __future__ import annotations
@@ -41,7 +44,7 @@ CLIPS = [
     ("20s_720p_gop600_bf", 1280, 720, 30, 20, 600, "veryfast", "long GOP, B-frames"),
     ("5s_1080p60_bf", 1920, 1080, 60, 5, 120, "veryfast", "short, high resolution, B-frames"),
 ]
-METHODS = ["vlprep", "decord-ref", "pyav-full"]
+METHODS = ["vlprep", "vlprep-fast", "decord-ref", "pyav-full"]
 
 
 def _frame_fn(width, height):
@@ -99,9 +102,10 @@ def child(method: str, path: str) -> dict:
 
     if method == "baseline":
         return {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    if method == "vlprep":
-        r = process_video(path, QWEN25_VL)
+    if method in ("vlprep", "vlprep-fast"):
+        r = process_video(path, QWEN25_VL, fast=method == "vlprep-fast")
         grid, n, (H, W), dur = r.grid_thw, len(r.frame_indices), r.resized_size, r.duration
         first = r.patches[:4].copy()
     elif method == "decord-ref":
@@ -130,8 +134,10 @@ def child(method: str, path: str) -> dict:
     else:
         raise SystemExit(f"unknown method {method}")
     wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     return {
-        "wall": wall, "duration": dur, "n": n, "grid": list(grid), "size": [H, W],
+        "wall": wall, "cpu": cpu, "duration": dur, "n": n, "grid": list(grid), "size": [H, W],
         "kept_mb": n * H * W * 3 / 2**20, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "first_rows_sum": int(first.astype(np.int64).sum()),
     }
@@ -163,16 +169,16 @@ def main() -> None:
             assert res[m]["grid"] == ref["grid"] and res[m]["n"] == ref["n"], (name, m, res[m], ref)
         for m in METHODS:
             r = res[m]
-            rows.append((name, m, r["n"], "x".join(map(str, r["size"])), r["duration"] / r["wall"], r["wall"],
+            rows.append((name, m, r["n"], "x".join(map(str, r["size"])), r["duration"] / r["wall"], r["wall"], r["cpu"],
                          r["rss_mb"], r["rss_mb"] - base["rss_mb"], r["kept_mb"],
                          res["vlprep"]["wall"] and r["wall"] / res["vlprep"]["wall"]))
     print(f"baseline process (imports only): peak RSS {base['rss_mb']:.0f} MB; "
           f"cpu cores: {os.cpu_count()}; load average at the end: {os.getloadavg()[0]:.1f}")
-    print("| clip | method | frames | H×W | video s / wall s | wall s | peak RSS MB | RSS − baseline MB "
+    print("| clip | method | frames | H×W | video s / wall s | wall s | CPU s | peak RSS MB | RSS − baseline MB "
           "| kept frames MB | wall vs vlprep |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, m, n, hw, tput, wall, rss, over, kept, rel in rows:
-        print(f"| {name} | {m} | {n} | {hw} | {tput:.1f} | {wall:.2f} | {rss:.0f} | {over:.0f} | {kept:.0f} "
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, m, n, hw, tput, wall, cpu, rss, over, kept, rel in rows:
+        print(f"| {name} | {m} | {n} | {hw} | {tput:.1f} | {wall:.2f} | {cpu:.2f} | {rss:.0f} | {over:.0f} | {kept:.0f} "
               f"| {rel:.2f}× |")
     print(f"\n(total bench time {time.perf_counter() - t_all:.0f} s)")
 

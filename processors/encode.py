@@ -40,6 +40,7 @@ class EncodeOptions:
     video_total_pixels: int | None = None
     video_backend: str = "pyav"
     video_timeout_s: float = 120.0
+    fast_videos: bool = False              # uint8 frame resize (within 1 level of torchvision's, not bit-exact)
     grounding_format: str | None = None    # format of boxes in the SOURCE text; None: leave text as is
     max_length: int | None = None
     system_prompt: str | None = None       # None: the preset's default
@@ -91,6 +92,7 @@ def _video_kwargs(ref: MediaRef, opts: EncodeOptions) -> dict[str, Any]:
         "total_pixels": opts.video_total_pixels,
         "backend": opts.video_backend,
         "timeout_s": opts.video_timeout_s,
+        "fast": opts.fast_videos or None,
     }
     for key in _VIDEO_OPTION_KEYS:
         if ref.options.get(key) is not None:

@@ -150,7 +150,7 @@ def decode_pyav(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None
                     f"(last decoded frame {pos}); the file is truncated or its frame count is wrong")
 
 
-_THREAD_TYPE = "AUTO"  # frame + slice threads; skip_frame is applied per submitted packet either way
+_THREAD_TYPE = "SLICE"  # see docs/video.md: frame threads cost more than they save on small frames
 _SKIP_MODE = "NONREF"  # what non-target packets are decoded with (a test swaps it to force the fallback)
 
 

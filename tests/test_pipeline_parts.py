@@ -45,6 +45,15 @@ def test_config_overrides_are_yaml_typed_and_paths_relative_to_the_yaml(tmp_path
     assert json.loads(cfg.to_json())["max_length"] == 4096
 
 
+def test_fast_media_options_reach_the_encoder(tmp_path):
+    from processors.encode import EncodeOptions
+
+    cfg = JobConfig.from_yaml(_yaml(tmp_path, "sources: [a.jsonl]\n"), ["video.fast=true", "image.fast=true"])
+    opts = EncodeOptions.from_dict(cfg.encode_options())
+    assert opts.fast_videos is True and opts.fast_images is True
+    assert EncodeOptions.from_dict(JobConfig.from_yaml(_yaml(tmp_path, "sources: [a.jsonl]\n")).encode_options()).fast_videos is False
+
+
 def test_config_unknown_keys_name_the_valid_ones(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['max_lenght'\].*'max_length'"):
         JobConfig.from_yaml(_yaml(tmp_path, "sources: [a.jsonl]\nmax_lenght: 5\n"))

@@ -38,16 +38,16 @@ def clips(tmp_path_factory):
     }
 
 
-def expected_frames(path, indices, H, W, rotation=0):
+def expected_frames(path, indices, H, W, rotation=0, fast=False):
     frames, _ = full_decode(path)
-    return np.stack([resize_frames(rotate_frame(frames[i], rotation), H, W) for i in indices])
+    return np.stack([resize_frames(rotate_frame(frames[i], rotation), H, W, fast=fast) for i in indices])
 
 
-def check_against_full_decode(path, r, rotation=0):
+def check_against_full_decode(path, r, rotation=0, fast=False):
     n = len(r.frame_indices)
     H, W = r.resized_size
     got = unpatchify(r.patches, r.grid_thw)
-    exp = expected_frames(path, r.frame_indices, H, W, rotation)
+    exp = expected_frames(path, r.frame_indices, H, W, rotation, fast)
     assert np.array_equal(got[:n], exp)
     if len(got) > n:  # temporal padding repeats the last frame
         assert np.array_equal(got[n:], np.repeat(exp[-1:], len(got) - n, axis=0))
@@ -178,6 +178,42 @@ def test_pixel_overrides_change_size(clips):
     r = process_video(clips["odd"], QWEN25_VL, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 12)
     assert r.resized_size == video_frame_size(97, 161, 6, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 12)
     assert r.resized_size[0] * r.resized_size[1] <= 28 * 28 * 12
+
+
+@pytest.mark.parametrize("name", ["h264_long_gop", "vp9"])
+def test_fast_resize_same_frames_and_grid(clips, name):
+    exact = process_video(clips[name], QWEN25_VL, fps=7)
+    fast = process_video(clips[name], QWEN25_VL, fps=7, fast=True)
+    assert fast.frame_indices == exact.frame_indices and fast.grid_thw == exact.grid_thw
+    assert fast.timestamps == exact.timestamps and fast.second_per_grid_ts == exact.second_per_grid_ts
+    check_against_full_decode(clips[name], fast, fast=True)   # the uint8 resize of the same frames
+    assert not np.array_equal(fast.patches, exact.patches)
+
+
+def test_resize_thread_error_reaches_the_caller(clips, monkeypatch):
+    # The resize runs on a worker thread while decoding goes on: its failure must surface here,
+    # not hang or vanish, and the decoder must be closed.
+    import processors.video as video_mod
+
+    calls = []
+
+    def failing(frames, H, W, fast=False):
+        calls.append(len(frames))
+        if len(calls) == 2:
+            raise RuntimeError("resize blew up")
+        return resize_frames(frames, H, W, fast=fast)
+
+    monkeypatch.setattr(video_mod, "resize_frames", failing)
+    with pytest.raises(RuntimeError, match="resize blew up"):
+        process_video(clips["h264_long_gop"], QWEN25_VL, fps=7)
+    assert len(calls) >= 2
+
+
+def test_resize_worker_uses_one_torch_thread_and_leaves_the_callers_alone(clips):
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    process_video(clips["h264_long_gop"], QWEN25_VL, fps=7)
+    assert torch.get_num_threads() == before
 
 
 def test_timeout(clips):
