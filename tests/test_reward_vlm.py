@@ -168,3 +168,30 @@ def test_non_checkpoint_path_is_a_specific_error(tmp_path):
 
     with pytest.raises(ScorerError, match="config.json"):
         VLMScorer(str(tmp_path))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_token_logprobs_cpu_vocab_slices_equal_log_softmax(bias, rows):
+    # The CPU path walks the vocabulary in slices with an online log-sum-exp; it must give the plain
+    # log_softmax value. 10 007 words: not a multiple of the slice; targets in the first, a middle
+    # and the last (partial) slice; one row with huge logits to exercise the running-max rescale.
+    from filters.reward.vlm_scorer import _CPU_VOCAB_SLICE, token_logprobs
+
+    g = torch.Generator().manual_seed(rows)
+    head = torch.nn.Linear(48, 10_007, bias=bias)
+    with torch.no_grad():
+        head.weight.normal_(0, 0.3, generator=g)
+        if bias:
+            head.bias.normal_(0, 2.0, generator=g)
+    h = torch.randn(rows, 48, generator=g)
+    h[0] *= 40
+    target = torch.randint(0, 10_007, (rows,), generator=g)
+    target[0] = 10_006
+    if rows > 2:
+        target[1], target[2] = 0, _CPU_VOCAB_SLICE + 3
+    with torch.inference_mode():
+        got = token_logprobs(h, target, head)
+        exp = torch.log_softmax(head(h).double(), -1).gather(1, target[:, None])[:, 0]
+    assert got.dtype == torch.float32 and got.shape == (rows,)
+    assert torch.allclose(got.double(), exp, rtol=1e-5, atol=1e-4), (got.double() - exp).abs().max()
