@@ -102,11 +102,15 @@ def hamming(a: int, b: int) -> int:
 
 
 class NearDuplicateIndex:
-    """Finds an earlier hash within `threshold` bits without comparing against every entry.
+    """Finds an earlier entry within `threshold` bits without comparing against every entry.
 
-    Multi-index hashing: the 64 bits are cut into threshold + 1 bands; two hashes within
-    `threshold` bits agree exactly on at least one band (pigeonhole), so only entries sharing a
-    band value are compared. Use `check_and_add` in input order: a duplicate is reported and not
+    An entry is one 64-bit hash or a tuple of them (a multi-image sample, images in order); two
+    entries match when they have the same number of hashes and every position is within
+    `threshold` bits (the reported distance is the largest of those).
+
+    Multi-index hashing on the first hash: its 64 bits are cut into threshold + 1 bands; two hashes
+    within `threshold` bits agree exactly on at least one band (pigeonhole), so only entries sharing
+    a band value are compared. Use `check_and_add` in input order: a duplicate is reported and not
     added, so kept items are the only representatives and the first occurrence always wins.
     """
 
@@ -120,35 +124,66 @@ class NearDuplicateIndex:
         self._bands = [(lo, (1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:])]
         self._tables: list[dict[int, list[int]]] = [defaultdict(list) for _ in self._bands]
         self._keys: list[Hashable] = []
-        self._hashes: list[int] = []
+        self._hashes: list[tuple[int, ...]] = []
         self.comparisons = 0  # full Hamming checks made, to see the banding at work
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def add(self, key: Hashable, h: int) -> None:
+    @staticmethod
+    def _as_tuple(h: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+        t = (int(h),) if isinstance(h, (int, np.integer)) else tuple(int(x) for x in h)
+        if not t:
+            raise ValueError("an entry needs at least one hash")
+        return t
+
+    def add(self, key: Hashable, h: int | tuple[int, ...]) -> None:
+        t = self._as_tuple(h)
         pos = len(self._keys)
         self._keys.append(key)
-        self._hashes.append(h)
+        self._hashes.append(t)
         for table, (shift, mask) in zip(self._tables, self._bands):
-            table[(h >> shift) & mask].append(pos)
+            table[(t[0] >> shift) & mask].append(pos)
 
-    def query(self, h: int) -> tuple[Hashable, int] | None:
-        """(key, distance) of the earliest-added entry within the threshold, or None."""
-        best = None
-        for table, (shift, mask) in zip(self._tables, self._bands):
-            for pos in table.get((h >> shift) & mask, ()):
-                if best is not None and pos >= best:
-                    break  # bucket lists are in insertion order
-                self.comparisons += 1
-                if hamming(h, self._hashes[pos]) <= self.threshold:
-                    best = pos
-                    break
-        if best is None:
+    def _distance(self, a: tuple[int, ...], b: tuple[int, ...]) -> int | None:
+        """Largest per-position distance, or None as soon as one position is over the threshold."""
+        if len(a) != len(b):
             return None
-        return self._keys[best], hamming(h, self._hashes[best])
+        worst = 0
+        for x, y in zip(a, b):
+            d = hamming(x, y)
+            if d > self.threshold:
+                return None
+            worst = max(worst, d)
+        return worst
 
-    def check_and_add(self, key: Hashable, h: int) -> tuple[Hashable, int] | None:
+    def query(self, h: int | tuple[int, ...]) -> tuple[Hashable, int] | None:
+        """(key, distance) of the earliest-added entry within the threshold, or None."""
+        t = self._as_tuple(h)
+        if len(t) == 1:
+            best = None  # fast path: the first in-threshold entry of each bucket is that bucket's earliest
+            for table, (shift, mask) in zip(self._tables, self._bands):
+                for pos in table.get((t[0] >> shift) & mask, ()):
+                    if best is not None and pos >= best:
+                        break  # bucket lists are in insertion order
+                    self.comparisons += 1
+                    if self._distance(t, self._hashes[pos]) is not None:
+                        best = pos
+                        break
+            return None if best is None else (self._keys[best], self._distance(t, self._hashes[best]))
+        # several hashes: a bucket's first entry near on the first image may differ on another one,
+        # so walk every candidate of every bucket in insertion order
+        candidates = set()
+        for table, (shift, mask) in zip(self._tables, self._bands):
+            candidates.update(table.get((t[0] >> shift) & mask, ()))
+        for pos in sorted(candidates):
+            self.comparisons += 1
+            d = self._distance(t, self._hashes[pos])
+            if d is not None:
+                return self._keys[pos], d
+        return None
+
+    def check_and_add(self, key: Hashable, h: int | tuple[int, ...]) -> tuple[Hashable, int] | None:
         """The earlier match if `h` is a near duplicate (then nothing is added), else add and return None."""
         match = self.query(h)
         if match is None:

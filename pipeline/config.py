@@ -72,7 +72,7 @@ class VideoOptions:
 @dataclass
 class DedupOptions:
     exact: bool = True                 # same cleaned text + same media bytes -> keep the first
-    phash: bool = False                # near-duplicate single-image samples by 64-bit pHash
+    phash: bool = False                # near-duplicate image samples: 64-bit pHash per image, in order
     phash_threshold: int = 6           # max Hamming distance counted as a near-duplicate
 
 

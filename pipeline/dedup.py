@@ -3,17 +3,17 @@ the number of workers or the order in which units finish.
 
 Why an index pass rather than dedup inside the unit tasks: "first" is a global notion. Each unit
 first computes, in parallel, a small key per record (cleaned text + media content hashes, and a
-64-bit dHash for single-image samples) for the records that survive the cheap stages; the driver
+64-bit pHash per image for image samples) for the records that survive the cheap stages; the driver
 walks those keys in unit order and tells each unit which of its records are duplicates (and of
 whom). Units stay independent and resumable; the keys are cached in OUT/parts/index/ so a resumed
 job does not recompute them. The same pass makes sample ids unique (a record whose id was already
 used gets `{id}~{sha1(source:index)[:8]}`), because ids are the join key of manifest and scores.
 
-Near-duplicates are looked for only among single-image, no-video samples (caption-style data):
-two such samples whose images' 64-bit pHashes (filters.dedup) are within `phash_threshold` bits
-are near-duplicates whatever their text; filters.dedup.NearDuplicateIndex finds candidates by
-band matching, so the search is near-linear. Keep it off for VQA corpora that ask many
-questions about one image.
+Near-duplicates are looked for among image samples without videos: two samples with the same
+number of images whose images' 64-bit pHashes (filters.dedup), position by position, are all within
+`phash_threshold` bits are near-duplicates whatever their text; filters.dedup.NearDuplicateIndex
+finds candidates by band matching on the first image, so the search is near-linear. Keep it off
+for VQA corpora that ask many questions about one image.
 """
 from __future__ import annotations
 
@@ -66,15 +66,16 @@ def exact_key(prepared) -> str:
     return _key(prepared.sample, [media_bytes(m) for m in prepared.media])
 
 
-def image_phash(prepared) -> int:
+def image_phashes(prepared) -> list[int]:
+    """pHash of every image of the sample, in placeholder order."""
     from filters.dedup import phash
 
-    return phash(prepared.media[0])
+    return [phash(m) for m in prepared.media[:len(prepared.sample.images)]]
 
 
 def phash_eligible(prepared) -> bool:
     s = prepared.sample
-    return len(s.images) == 1 and not s.videos
+    return len(s.images) >= 1 and not s.videos
 
 
 class Deduper:
@@ -88,7 +89,8 @@ class Deduper:
         self.ids: set[str] = set()
         self.near = NearDuplicateIndex(threshold) if phash else None
 
-    def feed(self, source: str, index: int, sid: str, key: str | None, ph: int | None) -> dict:
+    def feed(self, source: str, index: int, sid: str, key: str | None, ph: int | tuple[int, ...] | None) -> dict:
+        ph = _phashes(ph)
         decision: dict = {}
         if sid in self.ids:
             sid = f"{sid}~{sample_id(source, index, None)[:8]}"
@@ -103,11 +105,21 @@ class Deduper:
             match = self.near.check_and_add(sid, ph)
             if match is not None:
                 first, dist = match
+                what = "image" if len(ph) == 1 else f"each of the {len(ph)} images"
                 decision["drop"] = ("near_dup", float(dist),
-                                    f"image within {dist} bits (pHash) of {first}'s (threshold {self.threshold})")
+                                    f"{what} within {dist} bits (pHash) of {first}'s (threshold {self.threshold})")
                 return decision
         self.first_by_key.setdefault(key, sid)
         return decision
+
+
+def _phashes(value) -> tuple[int, ...] | None:
+    """The index column: a list of hashes (an index written before multi-image support: one int)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return tuple(int(v) for v in value) or None
+    return (int(value),)
 
 
 def decide(unit_rows: Iterable[tuple[str, list[dict]]], exact: bool, phash: bool, threshold: int) -> dict[str, dict]:
@@ -117,9 +129,7 @@ def decide(unit_rows: Iterable[tuple[str, list[dict]]], exact: bool, phash: bool
     for unit, rows in unit_rows:
         decisions = {}
         for r in rows:
-            ph = r.get("phash")
-            dec = d.feed(r["source"], r["record_index"], r["id"], r.get("key"),
-                         None if ph is None else int(ph))
+            dec = d.feed(r["source"], r["record_index"], r["id"], r.get("key"), _phashes(r.get("phash")))
             if dec:
                 decisions[int(r["record_index"])] = dec
         out[unit] = decisions

@@ -11,7 +11,7 @@ import time
 
 import pyarrow as pa
 
-from .dedup import exact_key, image_phash, phash_eligible
+from .dedup import exact_key, image_phashes, phash_eligible
 from .io import LEDGER_SCHEMA, MANIFEST_SCHEMA, Layout, rows_to_table, write_table
 from .ledger import Outcome, ledger_row, manifest_row
 from .sources import iter_records
@@ -20,7 +20,7 @@ from .units import Unit
 from .writer import ShardWriter, sanitize_key
 
 INDEX_SCHEMA = pa.schema([("source", pa.string()), ("record_index", pa.int64()), ("id", pa.string()),
-                          ("key", pa.string()), ("phash", pa.uint64())])
+                          ("key", pa.string()), ("phash", pa.list_(pa.uint64()))])
 
 
 def _records(unit: Unit):
@@ -28,7 +28,7 @@ def _records(unit: Unit):
 
 
 def index_unit(unit_d: dict, cfg_json: str, out_dir: str) -> int:
-    """Write parts/index/{unit}.parquet: id, exact key and dHash per record (key null = not a candidate)."""
+    """Write parts/index/{unit}.parquet: id, exact key and per-image pHashes per record (key null = not a candidate)."""
     unit = Unit.from_dict(unit_d)
     ctx = context_for(cfg_json)
     dd = ctx.cfg.dedup
@@ -43,7 +43,7 @@ def index_unit(unit_d: dict, cfg_json: str, out_dir: str) -> int:
                 try:
                     row["key"] = exact_key(r)
                     if dd.phash and phash_eligible(r):
-                        row["phash"] = image_phash(r)
+                        row["phash"] = image_phashes(r)
                 except Exception:      # unreadable bytes: the main pass reports it at encode
                     row["key"], row["phash"] = None, None
             else:

@@ -155,3 +155,39 @@ def test_first_occurrence_wins_and_duplicates_are_not_added():
 def test_index_rejects_bad_threshold():
     with pytest.raises(ValueError, match="threshold must be in 0..63"):
         NearDuplicateIndex(64)
+
+
+# ------------------------------------------------------------------ multi-image entries
+
+def test_index_matches_multi_image_entries_position_by_position():
+    idx = NearDuplicateIndex(threshold=3)
+    a, b, c = 0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210, 0x0F0F_0F0F_F0F0_F0F0
+    assert idx.check_and_add("pair", (a, b)) is None
+    assert idx.check_and_add("first-only", (a ^ 0b1, c)) is None       # first image near, second not
+    assert idx.query((a ^ 0b11, b ^ 0b1)) == ("pair", 2)                 # worst position counts
+    assert idx.query((b, a)) is None                                     # order matters
+    assert idx.query(a) is None and idx.query((a, b, c)) is None         # the number of images must match
+    assert idx.query((a ^ 0b1111, b)) is None                            # 4 bits > threshold 3
+    # a candidate that matches only the first image must not hide a later full match
+    idx2 = NearDuplicateIndex(threshold=3)
+    idx2.add("decoy", (a, c))
+    idx2.add("real", (a ^ 0b1, b))
+    assert idx2.query((a, b ^ 0b1)) == ("real", 1)
+
+
+def test_multi_image_index_agrees_with_brute_force():
+    rng = random.Random(11)
+    idx = NearDuplicateIndex(threshold=5)
+    entries = []
+    for i in range(400):
+        n = rng.choice([1, 2, 3])
+        if entries and rng.random() < 0.4:
+            base = rng.choice(entries)[1]
+            h = tuple(x ^ sum(1 << rng.randrange(64) for _ in range(rng.randrange(0, 8))) for x in base)
+        else:
+            h = tuple(rng.getrandbits(64) for _ in range(n))
+        want = next((k for k, e in entries if len(e) == len(h) and max(hamming(x, y) for x, y in zip(e, h)) <= 5), None)
+        got = idx.check_and_add(i, h)
+        assert (got[0] if got else None) == want, i
+        if got is None:
+            entries.append((i, h))

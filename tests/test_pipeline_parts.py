@@ -253,3 +253,36 @@ def test_filters_see_the_jobs_image_band(tmp_path):
                images=[MediaRef("image", path="a.jpg")])
     # 1080x1920 is 2691 tokens in the checkpoints' band but at most 100 in this job's band: kept
     assert run_filters(ctx.filters, s, FilterContext(preset=ctx.preset, image_sizes=[(1080, 1920)]), "media") is None
+
+
+def test_phash_dedup_job_finds_multi_image_near_duplicates(tmp_path):
+    # Near-duplicates: same number of images, each image a recompressed/resized copy, in order.
+    from test_filters_dedup import jpeg_bytes, scene
+
+    media = tmp_path / "m"
+    media.mkdir()
+    for name, seed, q, size in [("a", 1, 95, (320, 240)), ("a_copy", 1, 60, (300, 225)), ("b", 2, 95, (320, 240)),
+                                ("c", 3, 95, (320, 240)), ("b_copy", 2, 70, (280, 210)), ("c_copy", 3, 70, (320, 240)),
+                                ("d", 4, 95, (320, 240))]:
+        (media / f"{name}.jpg").write_bytes(jpeg_bytes(scene(seed).resize(size), q))
+
+    def rec(images, q):
+        return {"messages": [{"role": "user", "content": "<image>" * len(images) + q},
+                             {"role": "assistant", "content": f"An answer about {q}."}],
+                "images": [f"m/{i}.jpg" for i in images]}
+
+    records = [rec(["a"], "one"), rec(["a_copy"], "two"),            # 1: near-dup of 0
+               rec(["b", "c"], "three"), rec(["b_copy", "c_copy"], "four"),  # 3: near-dup of 2
+               rec(["b_copy", "d"], "five"),                          # second image differs: kept
+               rec(["c", "b"], "six"),                                # order differs: kept
+               rec(["b"], "seven")]                                   # one image vs two: kept
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = JobConfig.from_yaml(_yaml(tmp_path, "sources: [{path: c.jsonl, media_root: .}]\nout: out\nunit_size: 3\n"
+                                    "dedup: {phash: true}\n"))
+    r = run_job(cfg, executor="local", progress=False)
+    assert r.ok and r.accounting.balanced
+    ledger = {x["record_index"]: x for x in pq.read_table(tmp_path / "out" / "ledger.parquet").to_pylist()}
+    dropped = {i: x for i, x in ledger.items() if x["status"] == "dropped"}
+    assert sorted(dropped) == [1, 3], {i: (x["status"], x["rule"]) for i, x in ledger.items()}
+    assert all(x["rule"] == "near_dup" for x in dropped.values())
+    assert "each of the 2 images" in dropped[3]["message"] and "image within" in dropped[1]["message"]
