@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+EXECUTORS = ("ray", "threads", "local")
 HELP = "report samples, tokens, media, drops and scores (raw corpus pre-flight or prepared OUT dir)"
 DESCRIPTION = """\
 Report on a dataset, as a terminal summary, OUT/stats.json and a self-contained OUT/report.html.
@@ -16,6 +17,13 @@ Report on a dataset, as a terminal summary, OUT/stats.json and a self-contained 
   vlprep stats data.jsonl --preset qwen2-vl   file or media folder): predicted tokens per sample from
                                          media headers only, share over max_length, missing media
   vlprep stats --compare A B             two runs (OUT dirs, corpora or stats.json files) side by side
+
+A pre-flight runs like `vlprep prepare`: on an embedded local Ray by default (--workers N CPUs),
+or on an existing cluster with --address auto|ray://host:10001 (every node must see the sources
+and media at the same paths); each Ray task evaluates one work unit (`unit_size` records, see
+--set unit_size=N) and reads its own records. --executor threads evaluates in this process on a
+thread pool (no Ray start-up: quicker on small corpora); --executor local runs the work units one
+after another in this process (debugging). The report is the same whichever runs it.
 """
 
 
@@ -33,17 +41,25 @@ def add_arguments(p) -> None:
     g.add_argument("--max-pixels", type=int, help="image pixel band upper bound (default: the preset's)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, as for `vlprep prepare` (repeatable)")
-    g.add_argument("--workers", type=int, help="threads reading media headers (default: 4 x CPUs, max 32)")
+    g.add_argument("--executor", choices=EXECUTORS, default="ray",
+                   help="ray (default): work units as Ray tasks; threads: a thread pool in this process; "
+                        "local: work units one after another in this process")
+    g.add_argument("--address", help="Ray cluster to use: auto | ray://host:port (default: embedded local Ray)")
+    g.add_argument("--workers", type=int,
+                   help="ray: CPUs of the embedded local Ray (default: all); threads: threads reading media "
+                        "headers (default: 4 x CPUs, max 32); local: ignored")
     g.add_argument("--limit", type=int, help="only the first N records")
     g.add_argument("--fast", action="store_true",
                    help="header facts cached per file and the job's filters/format checks skipped "
                         "(token predictions unchanged; use on corpora that reference files many times)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _preflight_kwargs(args) -> dict:
     return {"preset": args.preset, "overrides": args.overrides, "max_length": args.max_length,
             "min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "workers": args.workers,
-            "limit": args.limit, "use_stages": not args.fast}
+            "limit": args.limit, "use_stages": not args.fast, "executor": args.executor, "address": args.address,
+            "progress": not args.no_progress and sys.stderr.isatty()}
 
 
 def _out_dir(args, path: Path | None) -> Path:
@@ -82,6 +98,9 @@ def run(args) -> int:
     except (ReportInputError, ValueError, FileNotFoundError) as exc:
         print(f"vlprep stats: {exc}", file=sys.stderr)
         return 1
+    except ConnectionError as exc:  # --address names no reachable Ray cluster
+        print(f"vlprep stats: cannot reach the Ray cluster at {args.address}: {exc}", file=sys.stderr)
+        return 1
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(doc, indent=2, allow_nan=False, default=str)
     (out / "stats.json").write_text(text + "\n")
@@ -96,6 +115,11 @@ def run(args) -> int:
     print(f"wrote {out / 'stats.json'}" + ("" if html_text is None else f" and {out / 'report.html'}"))
     if doc.get("kind") == "prepared" and not doc["accounting"]["balanced"]:
         return 3  # a broken ledger must fail scripts that check the exit status
+    if doc.get("failed_units"):
+        for u in doc["failed_units"]:
+            print(f"vlprep stats: work unit {u['unit']} (records {u['start']}..{u['stop'] - 1} of {u['source']}) "
+                  f"failed: {u['error']}", file=sys.stderr)
+        return 4  # its records are error rows (rule unit_failed): the predictions are incomplete
     return 0
 
 

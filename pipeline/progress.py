@@ -5,8 +5,10 @@ import sys
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
+from rich.text import Text
 
 
 class _NoBar:
@@ -20,6 +22,14 @@ class _NoBar:
         pass
 
 
+class _RateColumn(ProgressColumn):
+    """Records per second over rich's recent-speed window; blank until there is one."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} records/s" if speed else "")
+
+
 @contextmanager
 def progress_bar(enabled: bool = True):
     """A rich progress bar on stderr (silent when disabled, e.g. in tests or piped output)."""
@@ -27,7 +37,7 @@ def progress_bar(enabled: bool = True):
         yield _NoBar()
         return
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("records"), TimeElapsedColumn(), TimeRemainingColumn(),
+                   TextColumn("records"), _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                    console=Console(file=sys.stderr), transient=False)
     with bar:
         yield bar

@@ -27,6 +27,7 @@ from .units import Unit, plan_units
 from .work import index_unit, process_unit
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+MAX_RETRIES = 2      # a unit whose Ray worker process dies is run again this many times
 _DERIVED = ("shards", "parts", "manifest.parquet", "ledger.parquet", "job.json", "scores", "selection")
 
 
@@ -163,8 +164,9 @@ class _RayExecutor:
 
         self.ray = ray
         self.cfg = cfg
-        cpus = {"index": cfg.ray.index_num_cpus, "encode": cfg.ray.num_cpus}
-        self.remote = {stage: ray.remote(max_retries=2)(_call).options(num_cpus=n, name=f"vlprep-{stage}")
+        # preflight: the work units of the `vlprep stats` pre-flight (pipeline.report.preflight_run)
+        cpus = {"index": cfg.ray.index_num_cpus, "encode": cfg.ray.num_cpus, "preflight": cfg.ray.num_cpus}
+        self.remote = {stage: ray.remote(max_retries=MAX_RETRIES)(_call).options(num_cpus=n, name=f"vlprep-{stage}")
                        for stage, n in cpus.items()}
         total = max(1.0, ray.cluster_resources().get("CPU", 1.0))
         self.limit = {stage: int(cfg.ray.concurrency or max(2, 2 * total / n)) for stage, n in cpus.items()}
@@ -234,3 +236,6 @@ class _executor:
             import ray
 
             ray.shutdown()
+
+
+open_executor = _executor   # shared with the stats pre-flight, which runs its work units the same way

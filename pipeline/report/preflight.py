@@ -7,30 +7,27 @@ encoded pixels. `use_stages=False` (`vlprep stats --fast`) runs a lighter chain 
 modules — `processors.formats.parse_record`, `processors.text.clean_sample`, header reads cached per
 file — without the job's filters and format checks; stats.json says which ran under `mode`.
 
+The records are evaluated on threads, in-process or as Ray tasks over work units
+(preflight_run.py; `vlprep stats` runs on Ray); the report is the same whichever ran it, only
+`timing` says how long it took and where.
+
 The results are laid out as a *predicted* manifest and ledger with the prepare job's schema, so the
 code that reports on a finished run (prepared.py) reports here too, and `--compare` lines a
 pre-flight up against the run it predicted, column for column.
 """
 from __future__ import annotations
 
-import itertools
-import json
-import os
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline import stages
-from pipeline.ledger import Outcome
 from processors.presets import get_preset
-from processors.tokenizer import get_tokenizer
 
-from .predict import MediaCache, Prediction, Predictor
+from .evaluate import Evaluated
+from .predict import Prediction
 from .prepared import accounting, box_stats, headline, image_stats, source_stats, token_stats, video_stats
-from .records import iter_sources, load_config, parse_raw
+from .preflight_run import evaluate_corpus
+from .records import load_config
 from .summary import Report, share
 from .tables import ReportInputError
 
@@ -40,25 +37,15 @@ LEDGER_SCHEMA = pa.schema([
 LIMITS = (2048, 4096, 8192, 16384, 32768)
 
 
-def default_workers() -> int:
-    # Header reads wait on the disk far more than on the CPU: a few threads per core pays off.
-    return min(32, 4 * (os.cpu_count() or 1))
-
-
-@dataclass
-class Evaluated:
-    """One input record's fate: a ledger row for a failure, or a prediction."""
-
-    row: dict | None = None
-    pred: Prediction | None = None
-    media: list[tuple[str, str]] = field(default_factory=list)   # (kind, reference as written)
-
-
 def build_preflight_report(path: str | Path, *, preset: str | None = None, overrides: list[str] | None = None,
                            max_length: int | None = None, min_pixels: int | None = None,
                            max_pixels: int | None = None, workers: int | None = None,
                            dedupe_media: bool = True, limit: int | None = None,
-                           use_stages: bool = True) -> Report:
+                           use_stages: bool = True, executor: str = "threads", address: str | None = None,
+                           progress: bool = False) -> Report:
+    """`executor`: `threads` (default here; `workers` threads), `local` (in-process loop over work
+    units) or `ray` (work units as Ray tasks: an embedded local Ray with `workers` CPUs, the cluster
+    at `address`, or a Ray the caller initialised). `vlprep stats` defaults to `ray`."""
     path = Path(path)
     if not path.exists():
         raise ReportInputError(f"{path} does not exist; give a config YAML, a json/jsonl/parquet file, "
@@ -71,28 +58,15 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
     if max_pixels is not None:
         cfg.image.max_pixels = max_pixels
     p = get_preset(cfg.preset)
-    if use_stages:
-        stages_ctx = stages.context_for(json.dumps(cfg.to_dict(), default=str))
-        tokenizer = stages_ctx.tokenizer
-    else:
-        stages_ctx = None
-        tokenizer = get_tokenizer(cfg.resolve_path(cfg.tokenizer) if cfg.tokenizer else None, preset=p)
-    cache = MediaCache(enabled=dedupe_media)
-    predictor = Predictor(p, cfg.encode_options(), cleaning=dict(cfg.cleaning), tokenizer=tokenizer, cache=cache)
-
-    t0 = time.perf_counter()
-    items = list(itertools.islice(_iter_items(cfg), limit))
-    t_read = time.perf_counter() - t0
-    evaluate = _make_evaluator(predictor, stages_ctx)
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        results = list(pool.map(evaluate, items, chunksize=64))
-    elapsed = time.perf_counter() - t0
+    run = evaluate_corpus(cfg, executor=executor, use_stages=use_stages, dedupe_media=dedupe_media, limit=limit,
+                          workers=workers, address=address, progress=progress)
+    results = run.results
 
     preds = [r.pred for r in results if r.pred is not None]
     manifest, ledger = predicted_tables(results, cfg.max_length)
     series: dict = {"manifest": manifest, "ledger": ledger}   # per-sample predictions, for callers
     stats: dict = {"kind": "preflight", "path": str(path), "presets": [p.name],
-                   "mode": "pipeline.stages" if stages_ctx is not None else "fast (no filters)"}
+                   "mode": "pipeline.stages" if use_stages else "fast (no filters)"}
     stats["settings"] = {
         "preset": p.name, "max_length": cfg.max_length,
         "image_min_pixels": cfg.image.min_pixels or p.min_pixels,
@@ -107,44 +81,17 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
     stats["videos"] = video_stats(manifest, series)
     stats["boxes"] = box_stats(manifest, series)
     stats["sources"] = source_stats(manifest, ledger)
-    stats["media"] = media_block(results, cache)
-    stats["timing"] = {"seconds": elapsed, "read_parse_seconds": t_read, "records": len(items),
-                       "records_per_s": len(items) / elapsed if elapsed > 0 else None,
-                       "header_reads": cache.reads, "workers": workers or default_workers()}
+    stats["media"] = media_block(results)
+    if run.failed_units:
+        stats["failed_units"] = run.failed_units
+    seconds = run.timing["seconds"]
+    # how long and where: the one block that differs between executors and runs
+    stats["timing"] = {**run.timing, "records": len(results),
+                       "records_per_s": len(results) / seconds if seconds > 0 else None,
+                       "header_reads": run.header_reads}
     stats["headline"] = headline(stats)
     stats["headline"]["over_max_length"] = stats["max_length"].get("over")
     return Report(stats, series)
-
-
-def _iter_items(cfg):
-    for src, _path, fmt, media_root, raws in iter_sources(cfg):
-        for raw in raws:
-            yield src, fmt, media_root, raw
-
-
-def _make_evaluator(predictor: Predictor, ctx):
-    def refs(sample) -> list[tuple[str, str]]:
-        return [(m.kind, m.path) for m in [*sample.images, *sample.videos] if m.path is not None]
-
-    def evaluate(item) -> Evaluated:
-        src, fmt, media_root, raw = item
-        if ctx is not None:
-            r = stages.prepare(raw, src, ctx)
-            if isinstance(r, Outcome):  # read error, clean/media error or a filter drop
-                return Evaluated(row={"id": r.id, "source": r.source, "record_index": r.record_index,
-                                      "status": r.status, "stage": r.stage, "rule": r.rule, "value": r.value,
-                                      "message": r.message})
-            pred = predictor.predict(r.sample, media_root, image_sizes=r.image_sizes,
-                                     video_infos=r.video_infos, clean=False)
-            return Evaluated(pred=pred, media=refs(r.sample))
-        parsed = parse_raw(raw, fmt, media_root)
-        if parsed.sample is None:
-            return Evaluated(row={"id": stages.fallback_id(parsed.source, parsed.index), "source": parsed.source,
-                                  "record_index": parsed.index, "status": "error", "stage": "read",
-                                  "rule": parsed.error_type, "value": None, "message": parsed.error})
-        return Evaluated(pred=predictor.predict(parsed.sample, media_root), media=refs(parsed.sample))
-
-    return evaluate
 
 
 def _status(pred: Prediction, max_length: int | None) -> tuple[str, str, str, float | None, str]:
@@ -209,7 +156,7 @@ def max_length_block(preds: list[Prediction], max_length: int | None) -> dict:
     return out
 
 
-def media_block(results: list[Evaluated], cache: MediaCache, examples: int = 5) -> dict:
+def media_block(results: list[Evaluated], examples: int = 5) -> dict:
     refs = {"image": 0, "video": 0}
     uniq: dict[str, set] = {"image": set(), "video": set()}
     for r in results:
@@ -225,6 +172,5 @@ def media_block(results: list[Evaluated], cache: MediaCache, examples: int = 5) 
     return {
         "image_references": refs["image"], "unique_image_references": len(uniq["image"]),
         "video_references": refs["video"], "unique_video_references": len(uniq["video"]),
-        "header_reads_by_report": cache.reads,
         "failures": {k: {"samples": len(v), "examples": v[:examples]} for k, v in sorted(failures.items())},
     }

@@ -84,7 +84,11 @@ def print_report(stats: dict, console: Console | None = None) -> None:
         c.print(t)
     if stats.get("timing"):
         tm = stats["timing"]
-        c.print(f"{fmt(tm['records'])} records in {tm['seconds']:.2f} s ({fmt(tm.get('records_per_s'))} records/s)")
+        where = f"; {tm['executor']}, {fmt(tm.get('workers'))} workers" if tm.get("executor") else ""
+        if tm.get("startup_seconds") is not None:
+            where += f", {tm['startup_seconds']:.1f} s of it starting up"
+        c.print(f"{fmt(tm['records'])} records in {tm['seconds']:.2f} s ({fmt(tm.get('records_per_s'))} records/s"
+                f"{where})")
 
 
 def print_compare(cmp: dict, console: Console | None = None, *, only_changed: bool = True) -> None:
