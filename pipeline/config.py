@@ -83,6 +83,8 @@ class RayOptions:
     index_num_cpus: float = 1.0        # CPUs per index (dedup key) task; < 1 starts extra workers (each loads torch + tokenizer)
     concurrency: int | None = None     # max units in flight (None: 2 x cluster CPUs)
     workers: int | None = None         # CPUs of the embedded local Ray (None: all)
+    max_retries: int = 1               # Ray re-runs of a unit whose worker died, before the record it was on is quarantined
+    record_timeout_s: float = 900.0    # a worker stuck this long on one record is killed and the record quarantined (0: never)
 
 
 @dataclass
@@ -162,6 +164,8 @@ class JobConfig:
                                   f"max_blank_lines)") from None
         if self.ray.num_cpus <= 0:
             raise ConfigError(f"ray.num_cpus must be > 0, got {self.ray.num_cpus}")
+        if self.ray.max_retries < 0 or self.ray.record_timeout_s < 0:
+            raise ConfigError("ray.max_retries and ray.record_timeout_s must be >= 0")
 
     # -- helpers --------------------------------------------------------------------------------
     def resolve_path(self, p: str | Path) -> Path:

@@ -66,13 +66,14 @@ class Layout:
         self.manifest_parts = self.root / "parts" / "manifest"
         self.ledger_parts = self.root / "parts" / "ledger"
         self.index_parts = self.root / "parts" / "index"
+        self.progress_parts = self.root / "parts" / "progress"
         self.manifest = self.root / "manifest.parquet"
         self.ledger = self.root / "ledger.parquet"
         self.job = self.root / "job.json"
         self.plan = self.root / "parts" / "plan.json"
 
     def mkdirs(self) -> None:
-        for d in (self.shards, self.manifest_parts, self.ledger_parts, self.index_parts):
+        for d in (self.shards, self.manifest_parts, self.ledger_parts, self.index_parts, self.progress_parts):
             d.mkdir(parents=True, exist_ok=True)
 
     def shard(self, unit: str) -> Path:
@@ -89,6 +90,10 @@ class Layout:
 
     def index_part(self, unit: str) -> Path:
         return self.index_parts / f"{unit}.parquet"
+
+    def progress(self, unit: str) -> Path:
+        """Which record a unit's worker is on (pipeline.work.UnitProgress); gone once the unit is done."""
+        return self.progress_parts / f"{unit}.txt"
 
     def unit_done(self, unit: str) -> bool:
         """A unit is finished when all three of its files exist (each was renamed into place)."""

@@ -24,7 +24,7 @@ from .io import LEDGER_SCHEMA, MANIFEST_SCHEMA, Layout, write_table, write_text
 from .ledger import Accounting, accounting
 from .progress import progress_bar
 from .units import Unit, plan_units
-from .work import index_unit, process_unit
+from .work import UnitProgress, index_unit, process_unit
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 MAX_RETRIES = 2      # a unit whose Ray worker process dies is run again this many times
@@ -71,12 +71,64 @@ def run_job(cfg: JobConfig, *, out: str | os.PathLike | None = None, address: st
                            cfg.dedup.exact, cfg.dedup.phash, cfg.dedup.phash_threshold)
         pending = [u for u in units if not layout.unit_done(u.name)]
         task = bar.add_task("encode", total=sum(u.n_records for u in pending))
-        failed = ex.map("encode", process_unit,
-                        [(u, (u.to_dict(), cfg_json, str(layout.root), decisions[u.name])) for u in pending],
-                        lambda u, r: bar.advance(task, u.n_records))
+        failed = _encode_with_quarantine(ex, cfg, layout, cfg_json, pending, decisions,
+                                         lambda u, r: bar.advance(task, u.n_records))
     if not failed:
         merge(layout, units)
     return _result(layout, units, len(pending), t0, failed)
+
+
+_MAX_QUARANTINED_PER_UNIT = 32   # beyond this a unit is reported failed: something is wrong with the setup
+
+
+def _encode_with_quarantine(ex, cfg: JobConfig, layout: Layout, cfg_json: str, units: list[Unit],
+                            decisions: dict, on_done) -> list[tuple[str, str]]:
+    """The main pass. When a unit's worker died (segfault in a decoder, OOM kill) or made no progress
+    for `ray.record_timeout_s` (then the executor kills it), the unit's progress file names the
+    record it was on: that record is quarantined (an `encode/worker_crash` or `encode/hard_timeout`
+    error row) and the unit runs again, so one bad record costs one ledger row, not its unit."""
+    by_name = {u.name: u for u in units}
+    timeout = float(cfg.ray.record_timeout_s or 0)
+
+    def since_progress(unit: Unit) -> float | None:
+        try:
+            return time.time() - layout.progress(unit.name).stat().st_mtime
+        except OSError:
+            return None  # not started yet
+
+    def submit(batch: list[Unit]) -> list[tuple[str, str]]:
+        for u in batch:  # a stale progress file (a killed run, the attempt before) must not look hung
+            layout.progress(u.name).unlink(missing_ok=True)
+        jobs = [(u, (u.to_dict(), cfg_json, str(layout.root), decisions[u.name])) for u in batch]
+        return ex.map("encode", process_unit, jobs, on_done, watch=since_progress if timeout else None,
+                      watch_limit=timeout)
+
+    failed = submit(units)
+    while failed:
+        retry, still = [], []
+        for name, message in failed:
+            kind = getattr(ex, "lost", {}).get(name)        # "crash" | "timeout" | None (an error in the unit)
+            blame = UnitProgress.read(layout.progress(name)) if kind else None
+            quarantined = sum("quarantine" in d for d in decisions[name].values())
+            if blame is None or "quarantine" in decisions[name].get(blame[0], {}) \
+                    or quarantined >= _MAX_QUARANTINED_PER_UNIT:
+                still.append((name, message))
+                continue
+            if kind == "timeout":
+                rule = "hard_timeout"
+                why = (f"no progress for {timeout:g} s on this record (ray.record_timeout_s={timeout:g}); the worker was "
+                       f"killed and unit {name} re-run without it; raise ray.record_timeout_s if such records are "
+                       f"legitimately slow")
+            else:
+                rule = "worker_crash"
+                why = (f"the worker process died while this record was being processed ({message.splitlines()[0][:300]}); "
+                       f"unit {name} was re-run without it")
+            decisions[name][blame[0]] = {**decisions[name].get(blame[0], {}), "quarantine": (rule, why)}
+            retry.append(by_name[name])
+        if not retry:
+            return still
+        failed = still + submit(retry)
+    return failed
 
 
 def _index_rows(layout: Layout, unit: Unit) -> list[dict]:
@@ -131,7 +183,11 @@ def _result(layout: Layout, units: list[Unit], run: int, t0: float, failed) -> J
 # -- executors ---------------------------------------------------------------------------------
 
 class _LocalExecutor:
-    def map(self, stage, fn, jobs, on_done):
+    """In-process: a crash takes the driver down with it and nothing can watch for hangs."""
+
+    lost: dict = {}
+
+    def map(self, stage, fn, jobs, on_done, watch=None, watch_limit=0.0):
         failed = []
         for unit, args in jobs:
             try:
@@ -147,7 +203,9 @@ class _ProcessExecutor:
 
         self.pool = ProcessPoolExecutor(workers)
 
-    def map(self, stage, fn, jobs, on_done):
+    lost: dict = {}
+
+    def map(self, stage, fn, jobs, on_done, watch=None, watch_limit=0.0):
         futs = [(unit, self.pool.submit(fn, *args)) for unit, args in jobs]
         failed = []
         for unit, f in futs:
@@ -166,28 +224,49 @@ class _RayExecutor:
         self.cfg = cfg
         # preflight: the work units of the `vlprep stats` pre-flight (pipeline.report.preflight_run)
         cpus = {"index": cfg.ray.index_num_cpus, "encode": cfg.ray.num_cpus, "preflight": cfg.ray.num_cpus}
-        self.remote = {stage: ray.remote(max_retries=MAX_RETRIES)(_call).options(num_cpus=n, name=f"vlprep-{stage}")
-                       for stage, n in cpus.items()}
+        retries = {"encode": cfg.ray.max_retries}
+        self.remote = {stage: ray.remote(max_retries=retries.get(stage, MAX_RETRIES))(_call).options(
+                           num_cpus=n, name=f"vlprep-{stage}") for stage, n in cpus.items()}
         total = max(1.0, ray.cluster_resources().get("CPU", 1.0))
         self.limit = {stage: int(cfg.ray.concurrency or max(2, 2 * total / n)) for stage, n in cpus.items()}
+        self.lost: dict[str, str] = {}   # unit -> "crash" | "timeout" (of the last map call)
 
-    def map(self, stage, fn, jobs, on_done):
+    def map(self, stage, fn, jobs, on_done, watch=None, watch_limit=0.0):
+        """Run `fn(*args)` per job; returns [(unit, message)] of the units that failed.
+
+        `watch(unit)`: seconds since that unit last made progress (None: not started); a running
+        unit over `watch_limit` is killed (`ray.cancel(force=True)`). `self.lost` says which failed
+        units lost their worker ("crash") or were killed ("timeout"), as opposed to raising."""
         ray = self.ray
+        from ray.exceptions import OutOfMemoryError, TaskCancelledError, WorkerCrashedError
+
         queue = list(jobs)
         queue.reverse()
         pending: dict = {}
+        killed: set = set()
         failed = []
+        self.lost = {}
         while queue or pending:
             while queue and len(pending) < self.limit[stage]:
                 unit, args = queue.pop()
                 pending[self.remote[stage].remote(fn, *args)] = unit
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0 if watch else None)
             for ref in done:
                 unit = pending.pop(ref)
                 try:
                     on_done(unit, ray.get(ref))
                 except Exception as exc:  # a crashed worker or a unit-level error: report, go on
                     failed.append((unit.name, f"{type(exc).__name__}: {str(exc).strip()[-2000:]}"))
+                    if ref in killed or isinstance(exc, TaskCancelledError):
+                        self.lost[unit.name] = "timeout"
+                    elif isinstance(exc, (WorkerCrashedError, OutOfMemoryError)):
+                        self.lost[unit.name] = "crash"
+            if watch and watch_limit > 0:
+                for ref, unit in pending.items():
+                    idle = watch(unit)
+                    if ref not in killed and idle is not None and idle > watch_limit:
+                        ray.cancel(ref, force=True)
+                        killed.add(ref)
         return failed
 
 

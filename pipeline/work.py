@@ -7,7 +7,9 @@ manifest/ledger rows in memory; the three files land atomically (shard, manifest
 """
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -68,18 +70,63 @@ def _id_only(raw, unit: Unit) -> str:
         return fallback_id(raw.source, raw.index)
 
 
+class UnitProgress:
+    """A one-line file naming the record the worker is on ("record_index pid attempt").
+
+    Written before each record (one small write, no fsync: it must only survive the worker process,
+    not the machine). When a worker dies (segfault in a decoder, OOM kill) or hangs, the driver
+    reads it to learn which record did it and re-runs the unit with that record quarantined
+    (runner), so one bad record costs one ledger row, not its whole unit.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(path, "w", encoding="ascii")
+        self._pid = os.getpid()
+
+    def at(self, record_index: int) -> None:
+        self._f.seek(0)
+        self._f.write(f"{record_index} {self._pid}".ljust(40) + "\n")
+        self._f.flush()
+
+    def done(self) -> None:
+        self._f.close()
+        self.path.unlink(missing_ok=True)
+
+    @staticmethod
+    def read(path: Path) -> tuple[int, int] | None:
+        """(record_index, pid) of the last record started, or None (no file / unreadable)."""
+        try:
+            idx, pid = path.read_text(encoding="ascii").split()[:2]
+            return int(idx), int(pid)
+        except (OSError, ValueError):
+            return None
+
+
 def process_unit(unit_d: dict, cfg_json: str, out_dir: str, decisions: dict) -> dict:
-    """Run every stage over the unit's records; write its shard, manifest part and ledger part."""
+    """Run every stage over the unit's records; write its shard, manifest part and ledger part.
+
+    `decisions`: per record index, from the driver: dedup ("drop", "id") and quarantine
+    (`{"quarantine": (rule, message)}`: the record killed or hung a worker before; it becomes an
+    error row and is not touched again)."""
     t0 = time.perf_counter()
     unit = Unit.from_dict(unit_d)
     ctx = context_for(cfg_json)
     layout = Layout(out_dir)
     shard_rel = layout.shard_rel(unit.name)
     ledger, manifest = [], []
+    progress = UnitProgress(layout.progress(unit.name))
     with ShardWriter(layout.shard(unit.name)) as writer:
         for raw in _records(unit):
             dec = decisions.get(raw.index) or decisions.get(str(raw.index)) or {}
-            outcome = _one(raw, unit, ctx, dec, writer, shard_rel, manifest)
+            if "quarantine" in dec:
+                rule, message = dec["quarantine"]
+                sid = dec.get("id") or _id_only(raw, unit)
+                outcome = Outcome.error(sid, raw.source, raw.index, "encode", rule, message)
+            else:
+                progress.at(raw.index)
+                outcome = _one(raw, unit, ctx, dec, writer, shard_rel, manifest)
             ledger.append(ledger_row(unit.name, outcome))
     if len(ledger) != unit.n_records:
         raise RuntimeError(f"unit {unit.name}: read {len(ledger)} records from {unit.source.path} "
@@ -87,6 +134,7 @@ def process_unit(unit_d: dict, cfg_json: str, out_dir: str, decisions: dict) -> 
                            f"did the source change during the job? re-run with --overwrite")
     write_table(rows_to_table(manifest, MANIFEST_SCHEMA), layout.manifest_part(unit.name))
     write_table(rows_to_table(ledger, LEDGER_SCHEMA), layout.ledger_part(unit.name))
+    progress.done()
     counts = {"kept": 0, "dropped": 0, "error": 0}
     for row in ledger:
         counts[row["status"]] += 1
