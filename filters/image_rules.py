@@ -1,9 +1,10 @@
 """Image rules measured from header sizes (no pixel decode): sides, pixel count, aspect ratio, and
-the visual tokens an image will cost under the preset's smart_resize."""
+the visual tokens an image will cost under the preset's smart_resize (or the size its record asks for)."""
 from __future__ import annotations
 
+from processors.image import image_target_size
+from processors.resized_size import image_size_options
 from processors.sample import Sample
-from processors.smart_resize import smart_resize
 
 from .base import FilterContext, Threshold, media_facts
 
@@ -14,18 +15,16 @@ def image_sizes(sample: Sample, ctx: FilterContext) -> list[tuple[int, int]]:
 
 
 def image_tokens(sample: Sample, ctx: FilterContext) -> list[int]:
-    """Visual tokens per image under ctx.preset (Preset.visual_tokens after smart_resize), honouring the
-    per-image overrides a record may carry (min_pixels, max_pixels), exactly as the encoder does."""
+    """Visual tokens per image under ctx.preset (Preset.visual_tokens of image_target_size), honouring
+    the per-image options a record may carry (min_pixels, max_pixels, or resized_height and
+    resized_width), exactly as the encoder does."""
     preset = ctx.preset
     sizes = image_sizes(sample, ctx)
     if preset.image_tokens_fixed is not None:
         return [preset.image_tokens_fixed] * len(sizes)
     tokens = []
     for (h, w), ref in zip(sizes, sample.images):
-        opts = ref.options or {}
-        min_px = int(opts.get("min_pixels", preset.min_pixels))
-        max_px = int(opts.get("max_pixels", preset.max_pixels))
-        rh, rw = smart_resize(h, w, factor=preset.factor, min_pixels=min_px, max_pixels=max_px)
+        rh, rw = image_target_size(h, w, preset, **image_size_options(ref.options))
         tokens.append(preset.visual_tokens(preset.grid_thw(rh, rw)))
     return tokens
 

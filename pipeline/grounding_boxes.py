@@ -3,7 +3,8 @@
 The image a message's boxes refer to follows encode_sample's rule: the message's own first image,
 else the latest image before it. Coordinates are decoded from the source format (the job's
 `grounding_format`, else the preset's own format); for qwen2.5-vl (absolute pixels on the resized
-image) the resized size uses the job's pixel band and the image's own overrides.
+image) the resized size is the encoder's: the job's pixel band and the image's own overrides
+(min/max_pixels, or resized_height/width).
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from processors.sample import ImagePart, Sample
 def boxes_per_image(sample: Sample, fmt: str, image_sizes: list[tuple[int, int]], preset: Preset,
                     min_pixels: int | None = None, max_pixels: int | None = None) -> list[list[tuple]]:
     from processors.grounding import Box, parse_grounding
-    from processors.smart_resize import smart_resize
+    from processors.image import image_target_size
+    from processors.resized_size import image_size_options
 
     per: list[list[tuple]] = [[] for _ in sample.images]
     latest = None
@@ -29,10 +31,9 @@ def boxes_per_image(sample: Sample, fmt: str, image_sizes: list[tuple[int, int]]
         h, w = image_sizes[target]
         resized = None
         if fmt == "qwen2.5-vl" and preset.fixed_size is None:
-            opts = sample.images[target].options
-            resized = smart_resize(h, w, factor=preset.factor,
-                                   min_pixels=int(opts.get("min_pixels") or min_pixels or preset.min_pixels),
-                                   max_pixels=int(opts.get("max_pixels") or max_pixels or preset.max_pixels))
+            size_kw = {"min_pixels": min_pixels or None, "max_pixels": max_pixels or None}
+            size_kw.update(image_size_options(sample.images[target].options))
+            resized = image_target_size(h, w, preset, **size_kw)
         for span in parse_grounding(msg.text, fmt, original_size=(h, w), resized_size=resized):
             per[target].extend((o.x1, o.y1, o.x2, o.y2) for o in span.objects if isinstance(o, Box))
     return per

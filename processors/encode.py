@@ -15,12 +15,12 @@ import numpy as np
 from .errors import FormatError, VlprepError
 from .media import resolve_media_path
 from .presets import IGNORE_INDEX, IMAGE_PAD_ID, VIDEO_PAD_ID, Preset, get_preset
+from .resized_size import image_size_options
 from .sample import EncodedSample, ImagePart, MediaRef, Message, Sample, TextPart
 
-_IMAGE_OPTION_KEYS = ("min_pixels", "max_pixels")
 _VIDEO_OPTION_KEYS = (
     "fps", "nframes", "min_frames", "max_frames", "min_pixels", "max_pixels", "total_pixels",
-    "video_start", "video_end", "sample_fps",
+    "video_start", "video_end", "sample_fps", "resized_height", "resized_width",
 )
 
 
@@ -68,17 +68,12 @@ def _media_source(ref: MediaRef, media_root):
 
 
 def _image_kwargs(ref: MediaRef, opts: EncodeOptions) -> dict[str, Any]:
-    fixed = [k for k in ("resized_height", "resized_width") if ref.options.get(k) is not None]
-    if fixed:
-        # Refused rather than ignored: the record asks for a size vlprep would not produce.
-        raise FormatError(f"image option(s) {fixed} are not supported yet; give the item min_pixels/max_pixels "
-                          f"(vlprep sizes every image by smart_resize of its real size)")
     kw: dict[str, Any] = {"min_pixels": opts.min_pixels, "max_pixels": opts.max_pixels, "fast": opts.fast_images}
     if opts.max_image_pixels is not None:
         kw["max_image_pixels"] = opts.max_image_pixels
-    for key in _IMAGE_OPTION_KEYS:
-        if ref.options.get(key) is not None:
-            kw[key] = int(ref.options[key])
+    # The item's own band, or its resized_height/width (then the job's band is the model
+    # processor's second pass, see process_image).
+    kw.update(image_size_options(ref.options))
     return kw
 
 

@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import AspectRatioError, ImageDecodeError, ImageTooLargeError, VlprepError
 from .patches import patchify
 from .presets import Preset, get_preset
+from .resized_size import requested_size
 from .smart_resize import smart_resize
 
 # Twice Pillow's default MAX_IMAGE_PIXELS (89 478 485): the size at which Pillow itself refuses to
@@ -269,28 +270,59 @@ def _target_size(height: int, width: int, preset: Preset, min_pixels, max_pixels
     )
 
 
+def image_target_size(
+    height: int,
+    width: int,
+    preset: "Preset | str | None" = None,
+    *,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    resized_height: int | None = None,
+    resized_width: int | None = None,
+    max_image_pixels: int | None = None,
+) -> tuple[int, int]:
+    """The (H, W) `process_image` gives an image of (height, width), from the sizes alone.
+
+    With resized_height / resized_width: qwen-vl-utils' requested size (`resized_size.requested_size`),
+    then the image processor's own smart_resize of that size with the band — the identity when the
+    requested size lies inside the band. Raises what process_image raises for these sizes.
+    """
+    preset = get_preset(preset)
+    requested = requested_size(resized_height, resized_width, preset.factor, max_image_pixels=max_image_pixels)
+    if requested is not None:
+        height, width = requested
+    return _target_size(height, width, preset, min_pixels, max_pixels)
+
+
 def process_image(
     src,
     preset: "Preset | str | None" = None,
     *,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    resized_height: int | None = None,
+    resized_width: int | None = None,
     fast: bool = False,
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ImageResult:
     """Load, smart-resize and patchify one image (uint8 all the way).
 
-    min_pixels / max_pixels override the preset's band for this call. Raises ImageDecodeError,
-    ImageTooLargeError or AspectRatioError with the file named.
+    min_pixels / max_pixels override the preset's band for this call. resized_height and
+    resized_width (both or neither) ask for qwen-vl-utils' explicit size: the image is resized to
+    `requested_size(...)` first, then — as the model's image processor does with the result — to
+    smart_resize of that size with the band, which is a second resize only when the requested size
+    lies outside the band. Raises ImageDecodeError, ImageTooLargeError, AspectRatioError or (for bad
+    resized_* values) FormatError, with the file or the option named.
     """
     preset = get_preset(preset)
+    requested = requested_size(resized_height, resized_width, preset.factor, max_image_pixels=max_image_pixels)
     name = _describe(src)
     im = open_image(src, max_image_pixels=max_image_pixels)
     with _decode_guard(name):
-        if fast:
-            pixels, original = _decode_resized_fast(im, preset, min_pixels, max_pixels, name)
-        else:
-            pixels, original = _decode_resized_exact(im, preset, min_pixels, max_pixels, name)
+        decode = _decode_resized_fast if fast else _decode_resized_exact
+        pixels, original = decode(im, preset, min_pixels, max_pixels, name, requested)
+        if requested is not None:
+            pixels = _processor_resize(pixels, preset, min_pixels, max_pixels, name)
     resized = (pixels.shape[0], pixels.shape[1])
     if preset.fixed_size is not None:
         # Qwen-VL v1: the vision tower patchifies a fixed 448x448 square itself.
@@ -305,6 +337,15 @@ def process_image(
     return ImageResult(patches, grid, original, resized)
 
 
+def _processor_resize(pixels: np.ndarray, preset, min_pixels, max_pixels, name) -> np.ndarray:
+    """The image processor's pass over an image already at its requested size: smart_resize with the
+    band, a second bicubic resize of the uint8 pixels only when that changes the size."""
+    H, W = _target_with_error_context(pixels.shape[0], pixels.shape[1], preset, min_pixels, max_pixels, name)
+    if (H, W) == pixels.shape[:2]:
+        return pixels
+    return resize_image(Image.fromarray(pixels), H, W)
+
+
 def _target_with_error_context(h, w, preset, min_pixels, max_pixels, name):
     try:
         return _target_size(h, w, preset, min_pixels, max_pixels)
@@ -312,19 +353,20 @@ def _target_with_error_context(h, w, preset, min_pixels, max_pixels, name):
         raise AspectRatioError(f"{name}: {exc}") from exc
 
 
-def _decode_resized_exact(im, preset, min_pixels, max_pixels, name):
-    """The oracle's order: decode, EXIF-transpose, RGB, bicubic resize (skipped at equal size)."""
+def _decode_resized_exact(im, preset, min_pixels, max_pixels, name, requested=None):
+    """The oracle's order: decode, EXIF-transpose, RGB, bicubic resize (skipped at equal size) to
+    `requested` when given, else to smart_resize of the upright size."""
     im.load()
     orientation = _orientation(im)
     rgb = _to_rgb(im)
     if orientation != 1:
         rgb = rgb.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
     w, h = rgb.size
-    H, W = _target_with_error_context(h, w, preset, min_pixels, max_pixels, name)
+    H, W = requested or _target_with_error_context(h, w, preset, min_pixels, max_pixels, name)
     return resize_image(rgb, H, W), (h, w)
 
 
-def _decode_resized_fast(im, preset, min_pixels, max_pixels, name):
+def _decode_resized_fast(im, preset, min_pixels, max_pixels, name, requested=None):
     """Size from the header, draft-decode in the file's own orientation, resize, then transpose.
 
     Resizing before the transpose is what lets libjpeg's reduced decode apply to rotated photos;
@@ -336,7 +378,7 @@ def _decode_resized_fast(im, preset, min_pixels, max_pixels, name):
     w, h = im.size
     if orientation in _SWAPS_SIDES:
         w, h = h, w
-    H, W = _target_with_error_context(h, w, preset, min_pixels, max_pixels, name)
+    H, W = requested or _target_with_error_context(h, w, preset, min_pixels, max_pixels, name)
     raw_h, raw_w = (W, H) if orientation in _SWAPS_SIDES else (H, W)
     pixels = resize_image(im, raw_h, raw_w, fast=True)
     if orientation != 1:

@@ -18,6 +18,7 @@ import numpy as np
 from .errors import VideoDecodeError, VlprepError
 from .patches import patchify
 from .presets import Preset, get_preset
+from .resized_size import requested_size
 from .video_decode import decode_decord, decode_pyav
 from .video_probe import VideoInfo, probe_video
 from .video_resize import resize_frames
@@ -86,11 +87,14 @@ def _result(frames: np.ndarray, preset: Preset, *, indices, times, sample_fps, o
     )
 
 
-def _process_frame_list(frames_in, preset: Preset, *, sample_fps, min_pixels, max_pixels, total_pixels, fast=False):
+def _process_frame_list(frames_in, preset: Preset, *, sample_fps, min_pixels, max_pixels, total_pixels,
+                        resized_height=None, resized_width=None, fast=False):
     """`"video": [frame, …]` (spec §6.6, qwen-vl-utils 0.0.14 semantics for the rate: `sample_fps`,
     default 2.0; `fps`/`nframes` do not apply). Unlike 0.0.14, which resizes each frame with the image
     band and then again with the video budget, frames are resized once, straight to the §6.5 size
-    computed from the first frame — the second resize of the reference only adds blur."""
+    computed from the first frame — the second resize of the reference only adds blur. With
+    resized_height / resized_width both of the reference's passes land on the requested size: one
+    resize to it."""
     if len(frames_in) == 0:
         raise VideoDecodeError("frame-list video has no frames")
     rate = DEFAULT_FRAME_LIST_FPS if sample_fps is None else float(sample_fps)
@@ -100,11 +104,12 @@ def _process_frame_list(frames_in, preset: Preset, *, sample_fps, min_pixels, ma
     h, w = first.shape[:2]
     n = len(frames_in)
     n_even = n + n % preset.temporal_patch_size
-    H, W = _frame_size(h, w, n_even, preset, min_pixels, max_pixels, total_pixels)
+    H, W = _frame_size(h, w, n_even, preset, min_pixels, max_pixels, total_pixels, resized_height, resized_width)
     out = np.empty((n, H, W, 3), dtype=np.uint8)
+    explicit = resized_height is not None  # every frame goes to the requested size, whatever its own
     for i, item in enumerate(frames_in):
         rgb = first if i == 0 else _load_frame(item)
-        if rgb.shape[:2] != (h, w):
+        if rgb.shape[:2] != (h, w) and not explicit:
             raise VlprepError(f"frame {i} of a frame-list video is {rgb.shape[0]}x{rgb.shape[1]}, frame 0 is "
                               f"{h}x{w}; all frames of one video must have the same size")
         out[i] = resize_frames(rgb, H, W, fast=fast)
@@ -113,11 +118,13 @@ def _process_frame_list(frames_in, preset: Preset, *, sample_fps, min_pixels, ma
                    duration=n / rate, video_fps=rate, backend="frames")
 
 
-def _frame_size(h, w, nframes, preset: Preset, min_pixels, max_pixels, total_pixels):
+def _frame_size(h, w, nframes, preset: Preset, min_pixels, max_pixels, total_pixels, resized_height=None,
+                resized_width=None):
     return video_frame_size(
         h, w, nframes, factor=preset.factor, min_pixels=min_pixels, max_pixels=max_pixels,
         total_pixels=total_pixels, video_min_pixels=preset.video_min_pixels,
-        video_max_pixels=preset.video_max_pixels, video_total_pixels=preset.video_total_pixels)
+        video_max_pixels=preset.video_max_pixels, video_total_pixels=preset.video_total_pixels,
+        resized_height=resized_height, resized_width=resized_width)
 
 
 def select_frames(info: VideoInfo, *, fps=None, nframes=None, min_frames=None, max_frames=None,
@@ -211,6 +218,8 @@ def process_video(
     video_start: float | None = None,
     video_end: float | None = None,
     sample_fps: float | None = None,
+    resized_height: int | None = None,
+    resized_width: int | None = None,
     backend: str = "pyav",
     timeout_s: float | None = 120,
     fast: bool = False,
@@ -224,15 +233,22 @@ def process_video(
     `info`: `probe_video(src)` when the caller already has it (the prepare job probes at its media
     check), so the file's packets are not demuxed a second time; it must describe `src`.
 
+    `resized_height` / `resized_width` (both or neither): every frame is resized to
+    `resized_size.requested_size(...)` (qwen-vl-utils' explicit size, image band) instead of the
+    §6.5 budget; min/max/total_pixels then do not apply.
+
     Raises VideoDecodeError (unreadable, empty, audio-only, corrupt), VideoTooShortError (fewer than
-    2 frames to sample), VideoTimeoutError (decoding took longer than `timeout_s`), AspectRatioError.
+    2 frames to sample), VideoTimeoutError (decoding took longer than `timeout_s`), AspectRatioError,
+    FormatError (bad resized_height / resized_width).
     """
     preset = get_preset(preset)
     if not preset.supports_video:
         raise VlprepError(f"preset {preset.name} has no video support")
+    requested_size(resized_height, resized_width, preset.factor)  # refuse bad values before any decode
     if isinstance(src, (list, tuple)):
         return _process_frame_list(src, preset, sample_fps=sample_fps, min_pixels=min_pixels,
-                                   max_pixels=max_pixels, total_pixels=total_pixels, fast=fast)
+                                   max_pixels=max_pixels, total_pixels=total_pixels,
+                                   resized_height=resized_height, resized_width=resized_width, fast=fast)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not isinstance(src, (str, os.PathLike)):
@@ -245,7 +261,7 @@ def process_video(
                               video_start=video_start, video_end=video_end, preset=preset)
     n = len(idx)
     h, w = info.display_size
-    H, W = _frame_size(h, w, n, preset, min_pixels, max_pixels, total_pixels)
+    H, W = _frame_size(h, w, n, preset, min_pixels, max_pixels, total_pixels, resized_height, resized_width)
     out = np.empty((n, H, W, 3), dtype=np.uint8)
     slots: dict[int, list[int]] = {}
     for k, i in enumerate(idx.tolist()):

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from .errors import VideoTooShortError
+from .resized_size import requested_size
 from .smart_resize import smart_resize
 
 FRAME_FACTOR = 2  # frames per temporal patch; frame counts are multiples of it
@@ -169,8 +170,16 @@ def video_frame_budget(nframes: int, *, min_pixels: int | None, max_pixels: int 
 def video_frame_size(height: int, width: int, nframes: int, *, factor: int = 28, min_pixels: int | None = None,
                      max_pixels: int | None = None, total_pixels: int | None = None,
                      video_min_pixels: int = 128 * 28 * 28, video_max_pixels: int = 768 * 28 * 28,
-                     video_total_pixels: int = int(128000 * 28 * 28 * 0.9)) -> tuple[int, int]:
-    """Spec §6.5: the (H, W) every sampled frame is resized to."""
+                     video_total_pixels: int = int(128000 * 28 * 28 * 0.9), resized_height: int | None = None,
+                     resized_width: int | None = None) -> tuple[int, int]:
+    """Spec §6.5: the (H, W) every sampled frame is resized to.
+
+    An item carrying resized_height and resized_width gets qwen-vl-utils' requested size instead
+    (`resized_size.requested_size`: the image band, no per-frame budget, min/max/total_pixels unused).
+    """
+    requested = requested_size(resized_height, resized_width, factor)
+    if requested is not None:
+        return requested
     min_px, max_px = video_frame_budget(
         nframes, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels,
         video_min_pixels=video_min_pixels, video_max_pixels=video_max_pixels,

@@ -93,11 +93,28 @@ def test_unknown_encode_option_is_a_clear_error():
         EncodeOptions.from_dict({"max_pixel": 5})
 
 
-def test_fixed_size_options_are_refused_not_ignored(media):
+def test_resized_height_width_set_the_size_and_override_the_items_band(media):
+    # qwen-vl-utils: an explicit 280x420 (both multiples of 28, inside the default band) is the size;
+    # the item's own max_pixels (16 tokens) does not apply to it.
+    rec = {"messages": [{"role": "user", "content": [{"type": "image", "image": "a.jpg", "resized_height": 280,
+                                                      "resized_width": 420, "max_pixels": 28 * 28 * 16},
+                                                     {"type": "text", "text": "Hi"}]},
+                        {"role": "assistant", "content": "Hello."}]}
+    enc = encode_sample(parse_record(rec), QWEN25_VL, media_root=media)
+    assert enc.image_grid_thw.tolist() == [[1, 20, 30]]
+    assert enc.meta["images"][0]["resized_size"] == [280, 420] and enc.meta["images"][0]["original_size"] == [480, 640]
+    assert int((enc.input_ids == IMAGE_PAD_ID).sum()) == 20 * 30 // 4 == enc.meta["n_image_tokens"]
+    np.testing.assert_array_equal(enc.pixel_values, process_image(media / "a.jpg", resized_height=280,
+                                                                  resized_width=420).patches)
+
+
+def test_only_one_of_resized_height_width_is_a_format_error(media):
     from processors.errors import FormatError
 
-    rec = {"messages": [{"role": "user", "content": [{"type": "image", "image": "a.jpg", "resized_height": 280,
-                                                      "resized_width": 420}, {"type": "text", "text": "Hi"}]},
+    rec = {"messages": [{"role": "user", "content": [{"type": "image", "image": "a.jpg", "resized_height": 280},
+                                                     {"type": "text", "text": "Hi"}]},
                         {"role": "assistant", "content": "Hello."}]}
-    with pytest.raises(FormatError, match="resized_height.*not supported"):
+    with pytest.raises(FormatError, match=r"image 0 \(a.jpg\): resized_height=280 is given without resized_width"):
         encode_sample(parse_record(rec), QWEN25_VL, media_root=media)
+
+

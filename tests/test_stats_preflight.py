@@ -185,3 +185,61 @@ def test_predict_equals_encode_for_frame_list_video(tmp_path):
     assert pred.video_frames == [len(v["frame_indices"])] == [5]
     assert pred.video_durations == [v["duration"]] == [2.5]
     assert pred.n_tokens == enc.meta["n_tokens"]
+
+
+def _resized_corpus(root):
+    """Records whose media carry qwen-vl-utils' resized_height / resized_width, under a job band
+    (256 tokens) that some requests are above, with Qwen2-VL boxes re-rendered on the final size."""
+    import numpy as np
+    from PIL import Image
+
+    make_image(root / "a.png", 640, 480)
+    make_image(root / "b.jpg", 1000, 200, seed=3)
+    make_video(root / "clip.mp4", width=160, height=120, num_frames=30, fps=30.0)
+    for i in range(5):
+        Image.fromarray(np.full((90, 120, 3), 40 * i, dtype=np.uint8)).save(root / f"f{i}.png")
+
+    def rec(items, answer="A gradient."):
+        return json.dumps({"messages": [{"role": "user", "content": items + [{"type": "text", "text": "Describe."}]},
+                                        {"role": "assistant", "content": answer}]})
+
+    box = "<|object_ref_start|>it<|object_ref_end|><|box_start|>(100,200),(500,900)<|box_end|>"
+    lines = [
+        rec([{"type": "image", "image": "a.png", "resized_height": 300, "resized_width": 500}]),   # inside the band
+        rec([{"type": "image", "image": "b.jpg", "resized_height": 2000, "resized_width": 3000},   # above it: 2 resizes
+             {"type": "image", "image": "a.png", "max_pixels": 28 * 28 * 16}]),
+        rec([{"type": "image", "image": "a.png", "resized_height": 600, "resized_width": 800}], box),
+        rec([{"type": "video", "video": "clip.mp4", "resized_height": 100, "resized_width": 150}]),
+        rec([{"type": "video", "video": [f"f{i}.png" for i in range(5)], "resized_height": 200, "resized_width": 300}]),
+        rec([{"type": "image", "image": "a.png", "resized_height": 300}], "Half a size."),         # an error
+    ]
+    (root / "data.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "job.yaml").write_text("sources:\n  - path: data.jsonl\npreset: qwen2.5-vl\ngrounding_format: qwen2-vl\n"
+                                   f"image:\n  max_pixels: {28 * 28 * 256}\n")
+    return root
+
+
+def test_preflight_equals_prepare_with_resized_height_width(tmp_path):
+    corpus = _resized_corpus(tmp_path / "raw")
+    manifest, ledger = _prepare(corpus / "job.yaml", tmp_path / "out")
+    assert len(manifest) == 5
+    bad = next(r for r in ledger if r["record_index"] == 5)
+    assert (bad["status"], bad["stage"], bad["rule"]) == ("error", "encode", "format")
+    assert "resized_height=300 is given without resized_width" in bad["message"]
+    rows = {r["record_index"]: r for r in manifest}
+    # transformers' smart_resize: 300x500 → 308x504 (inside the 256-token band); 2000x3000 → 1988x2996 →
+    # (band) 364x532; a.png at 16 tokens → 84x112; 600x800 → 588x812 → 364x504; video 100x150 → 112x140
+    # (the video budget unused); frames 200x300 → 196x308
+    assert rows[0]["image_resized"] == [[308, 504]]
+    assert rows[1]["image_resized"] == [[364, 532], [84, 112]]
+    assert rows[2]["image_resized"] == [[364, 504]]
+    assert rows[3]["video_resized"] == [[112, 140]] and rows[4]["video_resized"] == [[196, 308]]
+    for report in (build_preflight_report(corpus / "job.yaml", workers=2),
+                   build_preflight_report(corpus / "job.yaml", use_stages=False, workers=2)):
+        pred = {r["id"]: r for r in report.series["manifest"].to_pylist()}
+        assert set(pred) == {r["id"] for r in manifest}
+        for row in manifest:
+            for c in COUNTS + ("image_resized", "video_frames", "video_resized"):
+                assert pred[row["id"]][c] == row[c], (row["record_index"], c)
+        predicted_bad = next(r for r in report.series["ledger"].to_pylist() if r["record_index"] == 5)
+        assert predicted_bad["status"] == "error" and "resized_height=300" in predicted_bad["message"]

@@ -1,9 +1,10 @@
 """What one sample will cost once encoded, predicted from media headers and the tokenizer alone.
 
-The arithmetic is the encoder's own: `processors.smart_resize` for images, `processors.video_sampling`
-(spec §6.2–6.5) for videos, `processors.text.clean_sample` + `processors.chatml.build_chatml` for the
-text, and the encoder's option merging (`processors.encode`). Only the pixels are skipped, so the
-predicted token counts equal what `vlprep prepare` writes to the manifest.
+The arithmetic is the encoder's own: `processors.image.image_target_size` for images,
+`processors.video_sampling` (spec §6.2–6.5) for videos, `processors.text.clean_sample` +
+`processors.chatml.build_chatml` for the text, and the encoder's option merging (`processors.encode`).
+Only the pixels are skipped, so the predicted token counts equal what `vlprep prepare` writes to the
+manifest.
 """
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from processors.chatml import build_chatml
 # the encoder's own option merging (job < record) and box re-rendering, so predictions match it
 from processors.encode import EncodeOptions, _image_kwargs, _regrounded, _video_kwargs
 from processors.errors import VlprepError
+from processors.image import DEFAULT_MAX_IMAGE_PIXELS, image_target_size
 from processors.media import resolve_media_path
 from processors.presets import IGNORE_INDEX, Preset
 from processors.sample import MediaRef, Sample
-from processors.smart_resize import smart_resize
 from processors.text import clean_sample
 from processors.tokenizer import get_tokenizer
 from processors.video import DEFAULT_FRAME_LIST_FPS
@@ -128,14 +129,12 @@ class Predictor:
 
     def _image(self, ref: MediaRef, media_root, pred: Prediction, f=None) -> None:
         f = f or self.cache.get("image", self._source(ref, media_root))
-        if self.preset.fixed_size is not None:
-            resized, tokens = self.preset.fixed_size, self.preset.image_tokens_fixed
-        else:
-            kw = _image_kwargs(ref, self.opts)
-            resized = smart_resize(f.height, f.width, self.preset.factor,
-                                   kw.get("min_pixels") or self.preset.min_pixels,
-                                   kw.get("max_pixels") or self.preset.max_pixels)
-            tokens = self.preset.visual_tokens(self.preset.grid_thw(*resized))
+        kw = _image_kwargs(ref, self.opts)
+        resized = image_target_size(
+            f.height, f.width, self.preset, min_pixels=kw.get("min_pixels"), max_pixels=kw.get("max_pixels"),
+            resized_height=kw.get("resized_height"), resized_width=kw.get("resized_width"),
+            max_image_pixels=kw.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
+        tokens = self.preset.visual_tokens(self.preset.grid_thw(*resized))
         pred.image_sizes.append((f.height, f.width))
         pred.image_resized.append(tuple(resized))
         pred.image_tokens.append(int(tokens))
@@ -147,7 +146,8 @@ class Predictor:
         kw = _video_kwargs(ref, self.opts)
         budget = dict(factor=p.factor, min_pixels=kw.get("min_pixels"), max_pixels=kw.get("max_pixels"),
                       total_pixels=kw.get("total_pixels"), video_min_pixels=p.video_min_pixels,
-                      video_max_pixels=p.video_max_pixels, video_total_pixels=p.video_total_pixels)
+                      video_max_pixels=p.video_max_pixels, video_total_pixels=p.video_total_pixels,
+                      resized_height=kw.get("resized_height"), resized_width=kw.get("resized_width"))
         if ref.frames is not None:
             # As processors.video's frame lists: one resize straight to the §6.5 per-frame size for
             # the list padded to the temporal patch size, from the first frame's header.
