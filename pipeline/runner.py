@@ -299,7 +299,7 @@ class _executor:
             if REPO_ROOT not in paths:
                 os.environ["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, *paths])
             if addr:
-                ray.init(address=addr, log_to_driver=True, logging_level="WARNING")
+                _connect(ray, addr)
             else:
                 # address="local": always a fresh embedded instance, never a cluster that happens
                 # to run on this machine (`ray start`, another job's test cluster)
@@ -315,6 +315,22 @@ class _executor:
             import ray
 
             ray.shutdown()
+
+
+def _connect(ray, addr: str, attempts: int = 3) -> None:
+    """ray.init on a cluster. Through Ray Client (`ray://`) the head starts a server per client, and
+    Ray 2.60's proxy can lose a race with that server's start-up (`ZombieProcess` while it reads the
+    starting process's command line) and abort the connection: try again, a few times."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=addr, log_to_driver=True, logging_level="WARNING")
+            return
+        except ConnectionAbortedError:
+            if not addr.startswith("ray://") or attempt == attempts:
+                raise
+            if ray.is_initialized():
+                ray.shutdown()
+            time.sleep(2.0 * attempt)
 
 
 open_executor = _executor   # shared with the stats pre-flight, which runs its work units the same way

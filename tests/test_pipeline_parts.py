@@ -286,3 +286,36 @@ def test_phash_dedup_job_finds_multi_image_near_duplicates(tmp_path):
     assert sorted(dropped) == [1, 3], {i: (x["status"], x["rule"]) for i, x in ledger.items()}
     assert all(x["rule"] == "near_dup" for x in dropped.values())
     assert "each of the 2 images" in dropped[3]["message"] and "image within" in dropped[1]["message"]
+
+
+def test_ray_client_connection_aborts_are_retried(monkeypatch):
+    # Ray 2.60's client proxy can abort a connection while its per-client server starts
+    # (tests/test_pipeline_ray_client.py hit it under load); only ray:// addresses are retried.
+    from pipeline import runner
+
+    monkeypatch.setattr(runner.time, "sleep", lambda s: None)
+
+    class FlakyRay:
+        def __init__(self, failures):
+            self.failures, self.calls, self.shutdowns = failures, 0, 0
+
+        def init(self, **kw):
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise ConnectionAbortedError("Initialization failure from server: ZombieProcess")
+
+        def is_initialized(self):
+            return False
+
+        def shutdown(self):
+            self.shutdowns += 1
+
+    ok = FlakyRay(2)
+    runner._connect(ok, "ray://head:10001")
+    assert ok.calls == 3
+    with pytest.raises(ConnectionAbortedError):
+        runner._connect(FlakyRay(5), "ray://head:10001")
+    plain = FlakyRay(1)
+    with pytest.raises(ConnectionAbortedError):
+        runner._connect(plain, "10.0.0.1:6379")
+    assert plain.calls == 1
