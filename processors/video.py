@@ -143,7 +143,6 @@ def select_frames(info: VideoInfo, *, fps=None, nframes=None, min_frames=None, m
     return sample_frame_indices(info.num_frames, info.avg_fps, **kw)
 
 
-
 def _single_torch_thread() -> None:
     """Run this thread's torch ops on one core: the decoder holds the other. With torch's OpenMP
     backend the setting is per calling thread, so the caller's own torch threads are untouched."""

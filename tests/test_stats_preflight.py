@@ -243,3 +243,37 @@ def test_preflight_equals_prepare_with_resized_height_width(tmp_path):
                 assert pred[row["id"]][c] == row[c], (row["record_index"], c)
         predicted_bad = next(r for r in report.series["ledger"].to_pylist() if r["record_index"] == 5)
         assert predicted_bad["status"] == "error" and "resized_height=300" in predicted_bad["message"]
+
+
+def test_predict_equals_encode_for_variable_frame_rate_video(tmp_path):
+    # 40 frames whose spacing changes (1/30 s, then 1/8 s, then 1/60 s): the CFR index rule on the
+    # average rate would pick other frames (and another count) than the encoder's by-time sampling.
+    import numpy as np
+
+    from pipeline.report.predict import Predictor
+    from processors.encode import encode_sample
+    from processors.formats import parse_record
+    from processors.presets import get_preset
+    from processors.video import probe_video
+    from processors.video_sampling import sample_frame_indices
+    from video_factory import make_clip
+
+    times = list(np.cumsum([0.0] + [1 / 30] * 12 + [1 / 8] * 10 + [1 / 60] * 17))
+    make_clip(tmp_path / "vfr.mp4", frame_times=times, num_frames=len(times))
+    info = probe_video(tmp_path / "vfr.mp4")
+    assert info.is_vfr
+    p = get_preset("qwen2.5-vl")
+    for req in ({}, {"fps": 7.0}, {"nframes": 6}):
+        item = {"type": "video", "video": "vfr.mp4", **req}
+        s = parse_record({"messages": [{"role": "user", "content": [item, {"type": "text", "text": "What moves?"}]},
+                                       {"role": "assistant", "content": "A square."}]})
+        enc = encode_sample(s, p, media_root=tmp_path)
+        pred = Predictor(p, {}).predict(s, tmp_path)
+        v = enc.meta["videos"][0]
+        assert pred.video_frames == [len(v["frame_indices"])], req
+        assert pred.video_sample_fps == [v["sample_fps"]], req
+        assert pred.video_tokens == [enc.meta["n_video_tokens"]] and pred.n_tokens == enc.meta["n_tokens"], req
+    # the constant-rate rule on the average rate (what the pre-flight used before) picks the same
+    # count but other frames, so it reports another sample rate: 3.0508 vs the encoder's 3.0769 /s
+    old = sample_frame_indices(info.num_frames, info.avg_fps, nframes=6)[1]
+    assert abs(old - pred.video_sample_fps[0]) > 1e-3

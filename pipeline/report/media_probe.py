@@ -25,6 +25,7 @@ class VideoFacts:
     num_frames: int
     fps: float
     duration: float
+    frame_times: tuple[float, ...] | None = None   # variable-rate clips only: every frame's time (s)
 
 
 def image_facts(src) -> ImageFacts:
@@ -40,7 +41,8 @@ def video_facts(path) -> VideoFacts:
 def facts_from_info(info) -> VideoFacts:
     """processors.video.VideoInfo → VideoFacts, sides in display orientation."""
     h, w = info.display_size
-    return VideoFacts(int(h), int(w), int(info.num_frames), float(info.avg_fps), float(info.duration))
+    times = tuple(float(t) for t in info.frame_times) if info.is_vfr else None
+    return VideoFacts(int(h), int(w), int(info.num_frames), float(info.avg_fps), float(info.duration), times)
 
 
 def error_code(exc: BaseException) -> str:
