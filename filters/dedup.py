@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections import defaultdict
 from typing import Hashable
 
@@ -19,7 +20,7 @@ from processors.text import clean_text
 
 # ---------------------------------------------------------------- exact key
 
-_SEP_PART, _SEP_MSG, _SEP_MEDIA = "\x1f", "\x1e", "\x1d"
+_SEP_PART, _SEP_MSG, _SEP_MEDIA, _SEP_OPTIONS = "\x1f", "\x1e", "\x1d", "\x1c"
 
 
 def normalized_text(text: str) -> str:
@@ -34,8 +35,10 @@ def exact_key(sample: Sample, media_bytes: list[bytes]) -> str:
 
     Layout hashed: messages joined by \\x1e, each "role\\x1f" + parts joined by \\x1f, a text part
     as "t:" + normalized_text, an image part "i", a video part "v"; then \\x1d and the sha1 hex
-    of each media item joined by \\x1d. The sample id and source are left out on purpose: the same
-    record in two files is a duplicate.
+    of each media item joined by \\x1d; then, only when some item carries per-item options
+    (resized_height, min_pixels, fps, ...: they change the tensors), \\x1c and the JSON list of every
+    item's options (images then videos, sorted keys). The sample id and source are left out on
+    purpose: the same record in two files is a duplicate.
     """
     messages = []
     for m in sample.messages:
@@ -50,6 +53,9 @@ def exact_key(sample: Sample, media_bytes: list[bytes]) -> str:
         messages.append(_SEP_PART.join([m.role, *parts]))
     media = [hashlib.sha1(b).hexdigest() for b in media_bytes]
     payload = _SEP_MSG.join(messages) + _SEP_MEDIA + _SEP_MEDIA.join(media)
+    options = [dict(ref.options) for ref in (*sample.images, *sample.videos)]
+    if any(options):
+        payload += _SEP_OPTIONS + json.dumps(options, sort_keys=True, default=str)
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()
 
 

@@ -191,3 +191,23 @@ def test_multi_image_index_agrees_with_brute_force():
         assert (got[0] if got else None) == want, i
         if got is None:
             entries.append((i, h))
+
+
+def test_exact_key_counts_per_item_media_options():
+    # Same text and image but another resized size (or fps) gives other tensors: not a duplicate.
+    from processors.sample import MediaRef
+
+    def with_opts(**opts):
+        s = convo([ImagePart(0), TextPart("What is this?")], "A cat.")
+        s.images = [MediaRef("image", path="a.jpg", options=opts)]
+        return s
+
+    plain = with_opts()
+    assert exact_key(plain, [b"img"]) == exact_key(convo([ImagePart(0), TextPart("What is this?")], "A cat."), [b"img"])
+    small = exact_key(with_opts(resized_height=280, resized_width=280), [b"img"])
+    assert small != exact_key(plain, [b"img"])
+    assert small != exact_key(with_opts(resized_height=560, resized_width=560), [b"img"])
+    assert small == exact_key(with_opts(resized_width=280, resized_height=280), [b"img"])   # key order
+    payload = ("user\x1fi\x1ft:What is this?\x1eassistant\x1ft:A cat.\x1d" + hashlib.sha1(b"img").hexdigest()
+               + '\x1c[{"resized_height": 280, "resized_width": 280}]')
+    assert small == hashlib.sha1(payload.encode()).hexdigest()
