@@ -145,7 +145,8 @@ def select_frames(info: VideoInfo, *, fps=None, nframes=None, min_frames=None, m
 
 def _single_torch_thread() -> None:
     """Run this thread's torch ops on one core: the decoder holds the other. With torch's OpenMP
-    backend the setting is per calling thread, so the caller's own torch threads are untouched."""
+    backend the setting is per calling thread for threads that already used torch, but it also
+    becomes the default of threads that start using torch later — `_decode_and_resize` restores it."""
     import torch
 
     if torch.get_num_threads() != 1:
@@ -156,9 +157,14 @@ def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int,
                        fast: bool = False) -> int:
     """Resize decoded frames into `out` in small batches on a worker thread while this thread keeps
     decoding (FFmpeg and torch both release the GIL, so the two overlap on two cores). At most
-    `_RESIZE_IN_FLIGHT` batches of full-size frames exist at once: memory stays bounded by the kept,
-    resized frames. Returns how many slots of `out` were filled."""
+    `_RESIZE_IN_FLIGHT` batches are handed to the worker at once (plus the one being filled: at most
+    3 batches of full-size frames alive): memory stays bounded by the kept, resized frames. Returns
+    how many slots of `out` were filled."""
     from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    caller_threads = torch.get_num_threads()  # also pins this thread's own setting before the worker's
 
     def resize_into(batch: list[tuple[int, np.ndarray]]) -> int:
         _single_torch_thread()
@@ -200,6 +206,7 @@ def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int,
             close = getattr(frames, "close", None)
             if close is not None:
                 close()  # an abandoned decode generator closes its container now, not at GC
+            torch.set_num_threads(caller_threads)  # the process-wide default the worker's overwrote
     return filled
 
 

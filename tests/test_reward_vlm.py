@@ -195,3 +195,20 @@ def test_token_logprobs_cpu_vocab_slices_equal_log_softmax(bias, rows):
         exp = torch.log_softmax(head(h).double(), -1).gather(1, target[:, None])[:, 0]
     assert got.dtype == torch.float32 and got.shape == (rows,)
     assert torch.allclose(got.double(), exp, rtol=1e-5, atol=1e-4), (got.double() - exp).abs().max()
+
+
+def test_token_logprobs_rows_whose_first_slices_are_all_minus_inf():
+    # e.g. a bias that masks the first vocabulary slice: the online log-sum-exp must not give NaN
+    from filters.reward.vlm_scorer import _CPU_VOCAB_SLICE, token_logprobs
+
+    head = torch.nn.Linear(16, 3 * _CPU_VOCAB_SLICE + 5, bias=True)
+    with torch.no_grad():
+        head.bias.zero_()
+        head.bias[: _CPU_VOCAB_SLICE + 7] = -float("inf")
+    h = torch.randn(20, 16, generator=torch.Generator().manual_seed(0))
+    target = torch.full((20,), 2 * _CPU_VOCAB_SLICE + 1)
+    with torch.inference_mode():
+        got = token_logprobs(h, target, head)
+        exp = torch.log_softmax(head(h).double(), -1)[:, 2 * _CPU_VOCAB_SLICE + 1]
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got.double(), exp, rtol=1e-5, atol=1e-4)

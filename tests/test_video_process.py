@@ -216,6 +216,30 @@ def test_resize_worker_uses_one_torch_thread_and_leaves_the_callers_alone(clips)
     assert torch.get_num_threads() == before
 
 
+def test_torch_thread_count_survives_in_a_fresh_process(clips):
+    # The worker's set_num_threads(1) also becomes torch's process-wide default: in a process that has
+    # not touched torch yet, neither the caller nor threads started later may be left at 1 thread.
+    import subprocess
+    import sys
+
+    code = (
+        "import threading, torch\n"
+        "from processors.video import process_video\n"
+        "from processors.presets import QWEN25_VL\n"
+        f"process_video({str(clips['h264_long_gop'])!r}, QWEN25_VL, fps=7)\n"
+        "seen = []\n"
+        "t = threading.Thread(target=lambda: seen.append(torch.get_num_threads())); t.start(); t.join()\n"
+        "print(torch.get_num_threads(), seen[0])\n")
+    env_threads = "2"
+    import os
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": env_threads},
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    caller, later = out.stdout.split()[:2]
+    assert (caller, later) == (env_threads, env_threads), out.stdout
+
+
 def test_timeout(clips):
     with pytest.raises(VideoTimeoutError, match="timeout_s"):
         process_video(clips["h264_long_gop"], QWEN25_VL, timeout_s=1e-9)

@@ -211,7 +211,9 @@ def token_logprobs(h, target, lm_head):
         for v in range(0, vocab, vslice):
             lg = F.linear(hh, weight[v:v + vslice], None if bias is None else bias[v:v + vslice]).float()
             new_max = torch.maximum(run_max, lg.amax(dim=1))
-            run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(lg - new_max[:, None]).sum(dim=1)
+            # a row whose logits so far are all -inf: exp(-inf - -inf) would be NaN; its sum is 0 anyway
+            shift = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
+            run_sum = run_sum * torch.exp(run_max - shift) + torch.exp(lg - shift[:, None]).sum(dim=1)
             run_max = new_max
             here = (tt >= v) & (tt < v + lg.shape[1])
             if here.any():
