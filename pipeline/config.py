@@ -83,7 +83,7 @@ class RayOptions:
     index_num_cpus: float = 1.0        # CPUs per index (dedup key) task; < 1 starts extra workers (each loads torch + tokenizer)
     concurrency: int | None = None     # max units in flight (None: 2 x cluster CPUs)
     workers: int | None = None         # CPUs of the embedded local Ray (None: all)
-    max_retries: int = 1               # Ray re-runs of a unit whose worker died, before the record it was on is quarantined
+    max_retries: int = 1               # re-runs of a unit whose worker died on a record before that record is quarantined
     record_timeout_s: float = 900.0    # a worker stuck this long on one record is killed and the record quarantined (0: never)
 
 

@@ -73,6 +73,7 @@ def run_job(cfg: JobConfig, *, out: str | os.PathLike | None = None, address: st
         task = bar.add_task("encode", total=sum(u.n_records for u in pending))
         failed = _encode_with_quarantine(ex, cfg, layout, cfg_json, pending, decisions,
                                          lambda u, r: bar.advance(task, u.n_records))
+    layout.remove_temporaries()   # what killed or crashed attempts left half-written (no unit runs now)
     if not failed:
         merge(layout, units)
     return _result(layout, units, len(pending), t0, failed)
@@ -103,6 +104,9 @@ def _encode_with_quarantine(ex, cfg: JobConfig, layout: Layout, cfg_json: str, u
         return ex.map("encode", process_unit, jobs, on_done, watch=since_progress if timeout else None,
                       watch_limit=timeout)
 
+    crashes: dict[tuple[str, int], int] = {}   # (unit, record) -> worker deaths seen on it
+    attempts = {u.name: 1 for u in units}
+    max_attempts = _MAX_QUARANTINED_PER_UNIT + cfg.ray.max_retries + 1
     failed = submit(units)
     while failed:
         retry, still = [], []
@@ -110,21 +114,29 @@ def _encode_with_quarantine(ex, cfg: JobConfig, layout: Layout, cfg_json: str, u
             kind = getattr(ex, "lost", {}).get(name)        # "crash" | "timeout" | None (an error in the unit)
             blame = UnitProgress.read(layout.progress(name)) if kind else None
             quarantined = sum("quarantine" in d for d in decisions[name].values())
-            if blame is None or "quarantine" in decisions[name].get(blame[0], {}) \
-                    or quarantined >= _MAX_QUARANTINED_PER_UNIT:
-                still.append((name, message))
+            if blame is None or blame[0] < 0 or "quarantine" in decisions[name].get(blame[0], {}) \
+                    or quarantined >= _MAX_QUARANTINED_PER_UNIT or attempts[name] >= max_attempts:
+                still.append((name, message))   # no record to blame (or the unit's own tail): report it
                 continue
-            if kind == "timeout":
+            attempts[name] += 1
+            retry.append(by_name[name])
+            if kind == "crash":
+                # Retried here, not by Ray, so each attempt starts from a fresh progress file; a record
+                # is blamed only when the worker died on it `max_retries + 1` times (an OOM kill of a
+                # busy machine lands on whatever record was running).
+                crashes[(name, blame[0])] = crashes.get((name, blame[0]), 0) + 1
+                if crashes[(name, blame[0])] <= cfg.ray.max_retries:
+                    continue
+                rule = "worker_crash"
+                why = (f"the worker process died while this record was being processed "
+                       f"({crashes[(name, blame[0])]} times; {message.splitlines()[0][:300]}); "
+                       f"unit {name} was re-run without it")
+            else:
                 rule = "hard_timeout"
                 why = (f"no progress for {timeout:g} s on this record (ray.record_timeout_s={timeout:g}); the worker was "
                        f"killed and unit {name} re-run without it; raise ray.record_timeout_s if such records are "
                        f"legitimately slow")
-            else:
-                rule = "worker_crash"
-                why = (f"the worker process died while this record was being processed ({message.splitlines()[0][:300]}); "
-                       f"unit {name} was re-run without it")
             decisions[name][blame[0]] = {**decisions[name].get(blame[0], {}), "quarantine": (rule, why)}
-            retry.append(by_name[name])
         if not retry:
             return still
         failed = still + submit(retry)
@@ -224,7 +236,7 @@ class _RayExecutor:
         self.cfg = cfg
         # preflight: the work units of the `vlprep stats` pre-flight (pipeline.report.preflight_run)
         cpus = {"index": cfg.ray.index_num_cpus, "encode": cfg.ray.num_cpus, "preflight": cfg.ray.num_cpus}
-        retries = {"encode": cfg.ray.max_retries}
+        retries = {"encode": 0}   # the main pass retries dead workers itself (_encode_with_quarantine)
         self.remote = {stage: ray.remote(max_retries=retries.get(stage, MAX_RETRIES))(_call).options(
                            num_cpus=n, name=f"vlprep-{stage}") for stage, n in cpus.items()}
         total = max(1.0, ray.cluster_resources().get("CPU", 1.0))

@@ -128,6 +128,7 @@ def process_unit(unit_d: dict, cfg_json: str, out_dir: str, decisions: dict) -> 
                 progress.at(raw.index)
                 outcome = _one(raw, unit, ctx, dec, writer, shard_rel, manifest)
             ledger.append(ledger_row(unit.name, outcome))
+        progress.at(-1)   # the unit's tail (closing the shard, writing parts): no record to blame
     if len(ledger) != unit.n_records:
         raise RuntimeError(f"unit {unit.name}: read {len(ledger)} records from {unit.source.path} "
                            f"[{unit.start}, {unit.stop}) but planning counted {unit.n_records}; "

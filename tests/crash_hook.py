@@ -12,7 +12,11 @@ def install() -> None:
     original = work._one
 
     def one(raw, *args, **kwargs):
-        how = (raw.record or {}).get("crash_worker") if isinstance(raw.record, dict) else None
+        rec = raw.record if isinstance(raw.record, dict) else {}
+        how = rec.get("crash_worker")
+        if how and rec.get("crash_log"):
+            with open(rec["crash_log"], "a") as f:
+                f.write(f"{os.getpid()}\n")
         if how == "segv":
             os.kill(os.getpid(), signal.SIGSEGV)
         elif how == "hang":

@@ -31,7 +31,7 @@ def ray_with_crash_hook():
     ray.shutdown()
 
 
-def _corpus(tmp_path: Path, bad: dict[int, str], n: int = 10) -> Path:
+def _corpus(tmp_path: Path, bad: dict[int, str], n: int = 10, max_retries: int = 0) -> Path:
     (tmp_path / "m").mkdir()
     lines = []
     for i in range(n):
@@ -41,10 +41,11 @@ def _corpus(tmp_path: Path, bad: dict[int, str], n: int = 10) -> Path:
                "images": [f"m/{i}.jpg"]}
         if i in bad:
             rec["crash_worker"] = bad[i]
+            rec["crash_log"] = str(tmp_path / f"crashes-{i}.log")
         lines.append(json.dumps(rec))
     (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
     cfg = tmp_path / "job.yaml"
-    cfg.write_text("sources: [{path: c.jsonl, media_root: .}]\nout: out\nunit_size: 5\nray: {max_retries: 0}\n")
+    cfg.write_text(f"sources: [{{path: c.jsonl, media_root: .}}]\nout: out\nunit_size: 5\nray: {{max_retries: {max_retries}}}\n")
     return cfg
 
 
@@ -72,3 +73,18 @@ def test_a_hanging_record_is_cut_off_by_the_record_timeout(tmp_path, ray_with_cr
     assert [i for i, x in ledger.items() if x["status"] == "error"] == [6]
     assert ledger[6]["rule"] == "hard_timeout" and "record_timeout_s=4" in ledger[6]["message"]
     assert sum(x["status"] == "kept" for x in ledger.values()) == 9
+
+
+def test_a_record_is_blamed_only_after_it_killed_the_worker_max_retries_plus_one_times(tmp_path, ray_with_crash_hook):
+    # max_retries 1: the unit is re-run once as is (a worker may die for reasons of its own, e.g. an
+    # OOM kill of a busy machine); the second death on the same record quarantines it. A short
+    # record_timeout_s must not mistake the re-run waiting to start for a hang.
+    cfg = _corpus(tmp_path, {1: "segv"}, max_retries=1)
+    r = run_job(JobConfig.from_yaml(cfg, ["ray.record_timeout_s=5"]), progress=False)
+    assert r.ok and r.accounting.balanced, r.failed
+    ledger = {x["record_index"]: x for x in pq.read_table(tmp_path / "out" / "ledger.parquet").to_pylist()}
+    assert [i for i, x in ledger.items() if x["status"] == "error"] == [1]
+    assert ledger[1]["rule"] == "worker_crash" and "(2 times;" in ledger[1]["message"]
+    assert len((tmp_path / "crashes-1.log").read_text().split()) == 2
+    leftovers = [p.name for p in (tmp_path / "out").rglob("*") if "tmp-" in p.name]
+    assert leftovers == []
