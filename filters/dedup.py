@@ -114,10 +114,16 @@ class NearDuplicateIndex:
     entries match when they have the same number of hashes and every position is within
     `threshold` bits (the reported distance is the largest of those).
 
-    Multi-index hashing on the first hash: its 64 bits are cut into threshold + 1 bands; two hashes
-    within `threshold` bits agree exactly on at least one band (pigeonhole), so only entries sharing
-    a band value are compared. Use `check_and_add` in input order: a duplicate is reported and not
-    added, so kept items are the only representatives and the first occurrence always wins.
+    Multi-index hashing: 64 bits are cut into threshold + 1 bands; two hashes within `threshold`
+    bits agree exactly on at least one band (pigeonhole). Band tables are kept per (number of
+    hashes, position), so a match of an n-hash query shares a band value with it at EVERY position.
+    A single hash compares only the entries sharing one of its band values (the first in-threshold
+    entry of each bucket is that bucket's earliest). A tuple takes, position by position, the
+    entries sharing a band value there and intersects those sets, starting from the position with
+    the fewest bucket entries (so many samples sharing one image, a logo or a reference picture,
+    cost no more than their other images' buckets); the survivors are checked in insertion order.
+    Use `check_and_add` in input order: a duplicate is reported and not added, so kept items are the
+    only representatives and the first occurrence always wins.
     """
 
     def __init__(self, threshold: int = 6, bits: int = 64):
@@ -128,7 +134,8 @@ class NearDuplicateIndex:
         n_bands = threshold + 1
         edges = [round(i * bits / n_bands) for i in range(n_bands + 1)]
         self._bands = [(lo, (1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:])]
-        self._tables: list[dict[int, list[int]]] = [defaultdict(list) for _ in self._bands]
+        # (number of hashes, position) -> one {band value: [entry positions, in insertion order]} per band
+        self._tables: dict[tuple[int, int], list[dict[int, list[int]]]] = {}
         self._keys: list[Hashable] = []
         self._hashes: list[tuple[int, ...]] = []
         self.comparisons = 0  # full Hamming checks made, to see the banding at work
@@ -148,8 +155,12 @@ class NearDuplicateIndex:
         pos = len(self._keys)
         self._keys.append(key)
         self._hashes.append(t)
-        for table, (shift, mask) in zip(self._tables, self._bands):
-            table[(t[0] >> shift) & mask].append(pos)
+        for i, x in enumerate(t):
+            tables = self._tables.get((len(t), i))
+            if tables is None:
+                tables = self._tables[(len(t), i)] = [defaultdict(list) for _ in self._bands]
+            for table, (shift, mask) in zip(tables, self._bands):
+                table[(x >> shift) & mask].append(pos)
 
     def _distance(self, a: tuple[int, ...], b: tuple[int, ...]) -> int | None:
         """Largest per-position distance, or None as soon as one position is over the threshold."""
@@ -166,9 +177,10 @@ class NearDuplicateIndex:
     def query(self, h: int | tuple[int, ...]) -> tuple[Hashable, int] | None:
         """(key, distance) of the earliest-added entry within the threshold, or None."""
         t = self._as_tuple(h)
-        if len(t) == 1:
+        n = len(t)
+        if n == 1:
             best = None  # fast path: the first in-threshold entry of each bucket is that bucket's earliest
-            for table, (shift, mask) in zip(self._tables, self._bands):
+            for table, (shift, mask) in zip(self._tables.get((1, 0), ()), self._bands):
                 for pos in table.get((t[0] >> shift) & mask, ()):
                     if best is not None and pos >= best:
                         break  # bucket lists are in insertion order
@@ -177,11 +189,31 @@ class NearDuplicateIndex:
                         best = pos
                         break
             return None if best is None else (self._keys[best], self._distance(t, self._hashes[best]))
-        # several hashes: a bucket's first entry near on the first image may differ on another one,
-        # so walk every candidate of every bucket in insertion order
-        candidates = set()
-        for table, (shift, mask) in zip(self._tables, self._bands):
-            candidates.update(table.get((t[0] >> shift) & mask, ()))
+        # several hashes: a bucket's first entry may be near on one image and far on another, so the
+        # candidates are every entry sharing a band value at every position (a match always does).
+        per_position = []
+        for i, x in enumerate(t):
+            tables = self._tables.get((n, i))
+            if tables is None:
+                return None  # no entry with n hashes yet
+            buckets = [b for table, (shift, mask) in zip(tables, self._bands)
+                       if (b := table.get((x >> shift) & mask))]
+            if not buckets:
+                return None
+            per_position.append((sum(map(len, buckets)), i, buckets))
+        per_position.sort(key=lambda e: (e[0], e[1]))
+        _, _, buckets = per_position[0]
+        candidates = set().union(*buckets)
+        for size, i, buckets in per_position[1:]:
+            if size <= len(candidates):
+                candidates.intersection_update(*[set().union(*buckets)])
+            else:  # its buckets are the bigger side: keep the candidates sharing a band value there
+                keys = [((t[i] >> shift) & mask, shift, mask) for shift, mask in self._bands]
+                hashes = self._hashes
+                candidates = {c for c in candidates
+                              if any((hashes[c][i] >> shift) & mask == k for k, shift, mask in keys)}
+            if not candidates:
+                return None
         for pos in sorted(candidates):
             self.comparisons += 1
             d = self._distance(t, self._hashes[pos])

@@ -175,22 +175,81 @@ def test_index_matches_multi_image_entries_position_by_position():
     assert idx2.query((a, b ^ 0b1)) == ("real", 1)
 
 
-def test_multi_image_index_agrees_with_brute_force():
-    rng = random.Random(11)
-    idx = NearDuplicateIndex(threshold=5)
+def brute_force_multi(entries, h, threshold):
+    """(key, distance) of the earliest entry with as many hashes as `h`, each position within threshold."""
+    for key, e in entries:
+        if len(e) == len(h) and all(hamming(x, y) <= threshold for x, y in zip(e, h)):
+            return key, max(hamming(x, y) for x, y in zip(e, h))
+    return None
+
+
+def near(rng, h, max_bits):
+    return flip(h, rng.sample(range(64), rng.randint(0, max_bits)))
+
+
+@pytest.mark.parametrize("threshold", [0, 5, 9])
+def test_multi_image_index_agrees_with_brute_force(threshold):
+    rng = random.Random(11 + threshold)
+    templates = [rng.getrandbits(64) for _ in range(4)]  # logos / reference images many samples share
+    idx = NearDuplicateIndex(threshold=threshold)
     entries = []
-    for i in range(400):
+    for i in range(800):
         n = rng.choice([1, 2, 3])
-        if entries and rng.random() < 0.4:
+        r = rng.random()
+        if entries and r < 0.3:  # a near copy of a kept entry
             base = rng.choice(entries)[1]
-            h = tuple(x ^ sum(1 << rng.randrange(64) for _ in range(rng.randrange(0, 8))) for x in base)
+            h = tuple(near(rng, x, threshold + 2) for x in base)
+        elif r < 0.7:  # some positions hold a (possibly re-encoded) shared image
+            h = tuple(near(rng, rng.choice(templates), 2) if rng.random() < 0.6 else rng.getrandbits(64)
+                      for _ in range(n))
         else:
             h = tuple(rng.getrandbits(64) for _ in range(n))
-        want = next((k for k, e in entries if len(e) == len(h) and max(hamming(x, y) for x, y in zip(e, h)) <= 5), None)
+        want = brute_force_multi(entries, h, threshold)
+        assert idx.query(h) == want, i
         got = idx.check_and_add(i, h)
-        assert (got[0] if got else None) == want, i
+        assert got == want, i
         if got is None:
             entries.append((i, h))
+    assert len(idx) == len(entries)
+
+
+def test_multi_image_index_shared_first_image_stays_near_linear():
+    # Many samples share their first image (a template) and differ in the second: candidates must
+    # come from the second image's bands too, not from every entry sharing the first.
+    rng = random.Random(3)
+    template = rng.getrandbits(64)
+    n = 3000
+    idx = NearDuplicateIndex(threshold=6)
+    entries = []
+    for i in range(n):
+        h = (template, rng.getrandbits(64))
+        assert idx.check_and_add(i, h) is None  # random second images: nothing to drop
+        entries.append((i, h))
+    # 7 bands of ~9 bits: about 7 * i / 2**9 candidates at the i-th entry (~20 per entry overall),
+    # where walking the first image's buckets cost i (1500 per entry)
+    assert idx.comparisons < 40 * n, idx.comparisons
+
+    queries = []
+    for _ in range(300):
+        _, (a, b) = rng.choice(entries)
+        queries.append((near(rng, a, 8), near(rng, b, 8)))      # in or just over the threshold
+    queries += [(template, rng.getrandbits(64)) for _ in range(100)]
+    queries += [(rng.getrandbits(64), rng.choice(entries)[1][1]) for _ in range(50)]  # other first image
+    queries += [(template,), (template, template, template)]                        # other lengths
+    table = np.array([e for _, e in entries], dtype=np.uint64)  # brute force, vectorised: (n, 2)
+
+    def brute_force_pairs(q):
+        if len(q) != 2:
+            return brute_force_multi(entries, q, 6)
+        x = table ^ np.array(q, dtype=np.uint64)
+        dist = np.unpackbits(x.view(np.uint8).reshape(n, 2, 8), axis=-1).sum(-1)  # per-position popcount
+        hits = np.flatnonzero((dist <= 6).all(axis=1))
+        return (int(hits[0]), int(dist[hits[0]].max())) if len(hits) else None
+
+    idx.comparisons = 0
+    for q in queries:
+        assert idx.query(q) == brute_force_pairs(q), q
+    assert idx.comparisons / len(queries) < 200, idx.comparisons  # ~40 per query, not 3000
 
 
 def test_exact_key_counts_per_item_media_options():
