@@ -24,7 +24,7 @@ from .io import LEDGER_SCHEMA, MANIFEST_SCHEMA, Layout, write_table, write_text
 from .ledger import Accounting, accounting
 from .progress import progress_bar
 from .units import Unit, plan_units
-from .work import UnitProgress, index_unit, process_unit
+from .work import UnitProgress, index_current, index_unit, process_unit
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 MAX_RETRIES = 2      # a unit whose Ray worker process dies is run again this many times
@@ -61,7 +61,7 @@ def run_job(cfg: JobConfig, *, out: str | os.PathLike | None = None, address: st
     units = plan_units(cfg)
     cfg_json = cfg.to_json()
     with _executor(executor, cfg) as ex, progress_bar(progress) as bar:
-        todo = [u for u in units if not layout.index_part(u.name).exists()]
+        todo = [u for u in units if not index_current(layout.index_part(u.name))]
         task = bar.add_task("index", total=sum(u.n_records for u in todo))
         failed = ex.map("index", index_unit, [(u, (u.to_dict(), cfg_json, str(layout.root))) for u in todo],
                         lambda u, n: bar.advance(task, u.n_records))

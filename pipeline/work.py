@@ -21,8 +21,23 @@ from .stages import Prepared, context_for, encode, fallback_id, prepare
 from .units import Unit
 from .writer import ShardWriter, sanitize_key
 
+# Bump when what the index pass computes changes (v2: pHash per image of multi-image samples, per-item
+# media options in the exact key); a resumed job re-indexes parts written by another version.
+INDEX_VERSION = "2"
 INDEX_SCHEMA = pa.schema([("source", pa.string()), ("record_index", pa.int64()), ("id", pa.string()),
-                          ("key", pa.string()), ("phash", pa.list_(pa.uint64()))])
+                          ("key", pa.string()), ("phash", pa.list_(pa.uint64()))],
+                         metadata={"vlprep.index_version": INDEX_VERSION})
+
+
+def index_current(path) -> bool:
+    """Whether an index part exists and was written by this version of the index pass."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return False
+    return meta.get(b"vlprep.index_version") == INDEX_VERSION.encode()
 
 
 def _records(unit: Unit):

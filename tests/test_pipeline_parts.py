@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -319,3 +320,30 @@ def test_ray_client_connection_aborts_are_retried(monkeypatch):
     with pytest.raises(ConnectionAbortedError):
         runner._connect(plain, "10.0.0.1:6379")
     assert plain.calls == 1
+
+
+def test_index_parts_of_another_version_are_recomputed_on_resume(tmp_path):
+    # An index written before multi-image pHash / per-item options in the key (no version metadata,
+    # phash a single uint64) must not be trusted by a resumed job.
+    from pipeline.io import Layout
+    from pipeline.work import index_current
+
+    make_image(tmp_path / "a.jpg", 64, 48, seed=1)
+    rec = {"messages": [{"role": "user", "content": "<image>What?"}, {"role": "assistant", "content": "A."}],
+           "images": ["a.jpg"]}
+    (tmp_path / "c.jsonl").write_text(json.dumps(rec) + "\n" + json.dumps(rec) + "\n")
+    cfg = _yaml(tmp_path, "sources: [{path: c.jsonl, media_root: .}]\nout: out\n")
+    assert run_job(JobConfig.from_yaml(cfg), executor="local", progress=False).ok
+    layout = Layout(tmp_path / "out")
+    (part,) = sorted(layout.index_parts.glob("*.parquet"))
+    assert index_current(part)
+    old = pa.table({"source": ["c.jsonl"] * 2, "record_index": [0, 1], "id": ["x", "y"], "key": [None, None],
+                    "phash": pa.array([None, None], pa.uint64())})
+    pq.write_table(old, part)
+    assert not index_current(part)
+    for p in list(layout.shards.glob("*")) + list(layout.manifest_parts.glob("*")) + list(layout.ledger_parts.glob("*")):
+        p.unlink()
+    r = run_job(JobConfig.from_yaml(cfg), executor="local", progress=False)
+    assert r.ok and index_current(part)
+    ledger = pq.read_table(layout.ledger).to_pylist()
+    assert [x["rule"] for x in ledger] == [None, "exact_dup"]   # the stale keys (None) would have kept both
