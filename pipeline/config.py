@@ -65,7 +65,7 @@ class VideoOptions:
     total_pixels: int | None = None
     backend: str = "pyav"
     timeout_s: float = 120.0
-    fast: bool = False                 # uint8 frame resize: 5-12x cheaper, within 1 level of torchvision (not bit-exact)
+    fast: bool = False                 # uint8 frame resize: 5-12x cheaper; camera video within 1 level of exact, hard edges not (docs/video.md)
     formats: list[str] = field(default_factory=lambda: ["mp4", "avi", "mkv", "mov", "webm", "m4v", "mpeg", "mpg", "ts", "flv"])
 
 

@@ -40,7 +40,7 @@ class EncodeOptions:
     video_total_pixels: int | None = None
     video_backend: str = "pyav"
     video_timeout_s: float = 120.0
-    fast_videos: bool = False              # uint8 frame resize (within 1 level of torchvision's, not bit-exact)
+    fast_videos: bool = False              # uint8 frame resize: camera video within 1 level of exact, hard edges not (docs/video.md)
     grounding_format: str | None = None    # format of boxes in the SOURCE text; None: leave text as is
     max_length: int | None = None
     system_prompt: str | None = None       # None: the preset's default

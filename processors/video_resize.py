@@ -7,9 +7,10 @@ done with torch directly (imported lazily: processors must not import torch at i
 
 `fast=True` runs the same filter on the uint8 frames themselves (torch's AVX2 uint8 kernel, a port
 of Pillow-SIMD: fixed-point weights, the intermediate pass rounded to uint8). It is 5–12× cheaper
-and within DECISIONS.md's bar for video resize (equal to torchvision within 1 level on ≥ 99.9% of
-values), but not bit-identical: about a fifth of the values differ by one level, and a few values
-next to clipped edges by more (numbers in docs/video.md).
+and, on decoded camera video, within DECISIONS.md's bar for video resize (equal to torchvision within
+1 level on ≥ 99.9% of values), but not bit-identical: about a fifth of the values differ by one
+level, and values next to clipped edges by more — on hard-edged or upscaled synthetic content up to
+~1 % of values (numbers in docs/video.md).
 """
 from __future__ import annotations
 
