@@ -12,7 +12,7 @@ used gets `{id}~{sha1(source:index)[:8]}`), because ids are the join key of mani
 Near-duplicates are looked for among image samples without videos: two samples with the same
 number of images whose images' 64-bit pHashes (filters.dedup), position by position, are all within
 `phash_threshold` bits are near-duplicates whatever their text; filters.dedup.NearDuplicateIndex
-finds candidates by band matching on the first image, so the search is near-linear. Keep it off
+finds candidates by band matching at every image position, so the search is near-linear. Keep it off
 for VQA corpora that ask many questions about one image.
 """
 from __future__ import annotations
