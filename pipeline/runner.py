@@ -24,7 +24,7 @@ from .io import LEDGER_SCHEMA, MANIFEST_SCHEMA, Layout, write_table, write_text
 from .ledger import Accounting, accounting
 from .progress import progress_bar
 from .units import Unit, plan_units
-from .work import UnitProgress, index_current, index_unit, process_unit
+from .work import UnitProgress, index_current, index_progress_name, index_unit, process_unit
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 MAX_RETRIES = 2      # a unit whose Ray worker process dies is run again this many times
@@ -63,16 +63,20 @@ def run_job(cfg: JobConfig, *, out: str | os.PathLike | None = None, address: st
     with _executor(executor, cfg) as ex, progress_bar(progress) as bar:
         todo = [u for u in units if not index_current(layout.index_part(u.name))]
         task = bar.add_task("index", total=sum(u.n_records for u in todo))
-        failed = ex.map("index", index_unit, [(u, (u.to_dict(), cfg_json, str(layout.root))) for u in todo],
-                        lambda u, n: bar.advance(task, u.n_records))
+        index_q: dict[str, dict] = {u.name: {} for u in todo}
+        failed = _run_isolated(ex, cfg, layout, "index", index_unit, todo, index_q, cfg_json,
+                               lambda u, n: bar.advance(task, u.n_records), index_progress_name)
         if failed:
             return _result(layout, units, 0, t0, failed)
         decisions = decide(((u.name, _index_rows(layout, u)) for u in units),
                            cfg.dedup.exact, cfg.dedup.phash, cfg.dedup.phash_threshold)
+        for name, quarantined in index_q.items():   # what killed the index pass would kill the main pass
+            for idx, d in quarantined.items():
+                decisions[name].setdefault(idx, {})["quarantine"] = d["quarantine"]
         pending = [u for u in units if not layout.unit_done(u.name)]
         task = bar.add_task("encode", total=sum(u.n_records for u in pending))
-        failed = _encode_with_quarantine(ex, cfg, layout, cfg_json, pending, decisions,
-                                         lambda u, r: bar.advance(task, u.n_records))
+        failed = _run_isolated(ex, cfg, layout, "encode", process_unit, pending, decisions, cfg_json,
+                               lambda u, r: bar.advance(task, u.n_records))
     layout.remove_temporaries()   # what killed or crashed attempts left half-written (no unit runs now)
     if not failed:
         merge(layout, units)
@@ -82,27 +86,32 @@ def run_job(cfg: JobConfig, *, out: str | os.PathLike | None = None, address: st
 _MAX_QUARANTINED_PER_UNIT = 32   # beyond this a unit is reported failed: something is wrong with the setup
 
 
-def _encode_with_quarantine(ex, cfg: JobConfig, layout: Layout, cfg_json: str, units: list[Unit],
-                            decisions: dict, on_done) -> list[tuple[str, str]]:
-    """The main pass. When a unit's worker died (segfault in a decoder, OOM kill) or made no progress
-    for `ray.record_timeout_s` (then the executor kills it), the unit's progress file names the
-    record it was on: that record is quarantined (an `encode/worker_crash` or `encode/hard_timeout`
-    error row) and the unit runs again, so one bad record costs one ledger row, not its unit."""
+def _run_isolated(ex, cfg: JobConfig, layout: Layout, stage: str, fn, units: list[Unit], decisions: dict,
+                  cfg_json: str, on_done, progress_name=lambda name: name) -> list[tuple[str, str]]:
+    """Run `fn(unit, cfg_json, out, decisions[unit])` per unit (the index or the main pass). When a
+    unit's worker died (segfault in a decoder, OOM kill) or made no progress for
+    `ray.record_timeout_s` (then the executor kills it), the unit's progress file names the record it
+    was on: that record is quarantined (`decisions[unit][record]["quarantine"]`: an
+    `encode/worker_crash` or `encode/hard_timeout` error row) and the unit runs again, so one bad
+    record costs one ledger row, not its unit."""
     by_name = {u.name: u for u in units}
     timeout = float(cfg.ray.record_timeout_s or 0)
+    where = " in the dedup index pass" if stage == "index" else ""
+
+    def progress_file(name: str):
+        return layout.progress(progress_name(name))
 
     def since_progress(unit: Unit) -> float | None:
         try:
-            return time.time() - layout.progress(unit.name).stat().st_mtime
+            return time.time() - progress_file(unit.name).stat().st_mtime
         except OSError:
             return None  # not started yet
 
     def submit(batch: list[Unit]) -> list[tuple[str, str]]:
         for u in batch:  # a stale progress file (a killed run, the attempt before) must not look hung
-            layout.progress(u.name).unlink(missing_ok=True)
+            progress_file(u.name).unlink(missing_ok=True)
         jobs = [(u, (u.to_dict(), cfg_json, str(layout.root), decisions[u.name])) for u in batch]
-        return ex.map("encode", process_unit, jobs, on_done, watch=since_progress if timeout else None,
-                      watch_limit=timeout)
+        return ex.map(stage, fn, jobs, on_done, watch=since_progress if timeout else None, watch_limit=timeout)
 
     crashes: dict[tuple[str, int], int] = {}   # (unit, record) -> worker deaths seen on it
     attempts = {u.name: 1 for u in units}
@@ -112,7 +121,7 @@ def _encode_with_quarantine(ex, cfg: JobConfig, layout: Layout, cfg_json: str, u
         retry, still = [], []
         for name, message in failed:
             kind = getattr(ex, "lost", {}).get(name)        # "crash" | "timeout" | None (an error in the unit)
-            blame = UnitProgress.read(layout.progress(name)) if kind else None
+            blame = UnitProgress.read(progress_file(name)) if kind else None
             quarantined = sum("quarantine" in d for d in decisions[name].values())
             if blame is None or blame[0] < 0 or "quarantine" in decisions[name].get(blame[0], {}) \
                     or quarantined >= _MAX_QUARANTINED_PER_UNIT or attempts[name] >= max_attempts:
@@ -128,12 +137,12 @@ def _encode_with_quarantine(ex, cfg: JobConfig, layout: Layout, cfg_json: str, u
                 if crashes[(name, blame[0])] <= cfg.ray.max_retries:
                     continue
                 rule = "worker_crash"
-                why = (f"the worker process died while this record was being processed "
+                why = (f"the worker process died while this record was being processed{where} "
                        f"({crashes[(name, blame[0])]} times; {message.splitlines()[0][:300]}); "
                        f"unit {name} was re-run without it")
             else:
                 rule = "hard_timeout"
-                why = (f"no progress for {timeout:g} s on this record (ray.record_timeout_s={timeout:g}); the worker was "
+                why = (f"no progress for {timeout:g} s on this record{where} (ray.record_timeout_s={timeout:g}); the worker was "
                        f"killed and unit {name} re-run without it; raise ray.record_timeout_s if such records are "
                        f"legitimately slow")
             decisions[name][blame[0]] = {**decisions[name].get(blame[0], {}), "quarantine": (rule, why)}
@@ -236,7 +245,7 @@ class _RayExecutor:
         self.cfg = cfg
         # preflight: the work units of the `vlprep stats` pre-flight (pipeline.report.preflight_run)
         cpus = {"index": cfg.ray.index_num_cpus, "encode": cfg.ray.num_cpus, "preflight": cfg.ray.num_cpus}
-        retries = {"encode": 0}   # the main pass retries dead workers itself (_encode_with_quarantine)
+        retries = {"encode": 0, "index": 0}   # both passes retry dead workers themselves (_run_isolated)
         self.remote = {stage: ray.remote(max_retries=retries.get(stage, MAX_RETRIES))(_call).options(
                            num_cpus=n, name=f"vlprep-{stage}") for stage, n in cpus.items()}
         total = max(1.0, ray.cluster_resources().get("CPU", 1.0))

@@ -44,15 +44,26 @@ def _records(unit: Unit):
     return iter_records(unit.source, start=unit.start, stop=unit.stop, byte_offset=unit.byte_offset)
 
 
-def index_unit(unit_d: dict, cfg_json: str, out_dir: str) -> int:
-    """Write parts/index/{unit}.parquet: id, exact key and per-image pHashes per record (key null = not a candidate)."""
+def index_unit(unit_d: dict, cfg_json: str, out_dir: str, decisions: dict | None = None) -> int:
+    """Write parts/index/{unit}.parquet: id, exact key and per-image pHashes per record (key null = not a candidate).
+
+    `decisions`: records quarantined by the driver (`{"quarantine": ...}`: they killed or hung an
+    earlier attempt) get a row without a key and are not read further."""
     unit = Unit.from_dict(unit_d)
     ctx = context_for(cfg_json)
     dd = ctx.cfg.dedup
+    decisions = decisions or {}
+    layout = Layout(out_dir)
+    progress = UnitProgress(layout.progress(index_progress_name(unit.name)))
     rows = []
     for raw in _records(unit):
         row = {"source": raw.source, "record_index": raw.index, "id": fallback_id(raw.source, raw.index),
                "key": None, "phash": None}
+        if "quarantine" in (decisions.get(raw.index) or decisions.get(str(raw.index)) or {}):
+            row["id"] = _id_only(raw, unit)
+            rows.append(row)
+            continue
+        progress.at(raw.index)
         if dd.exact or dd.phash:
             r = prepare(raw, unit.source, ctx)
             if isinstance(r, Prepared):
@@ -68,8 +79,14 @@ def index_unit(unit_d: dict, cfg_json: str, out_dir: str) -> int:
         else:
             row["id"] = _id_only(raw, unit)
         rows.append(row)
-    write_table(rows_to_table(rows, INDEX_SCHEMA), Layout(out_dir).index_part(unit.name))
+    progress.at(-1)
+    write_table(rows_to_table(rows, INDEX_SCHEMA), layout.index_part(unit.name))
+    progress.done()
     return len(rows)
+
+
+def index_progress_name(unit: str) -> str:
+    return f"{unit}.index"
 
 
 def _id_only(raw, unit: Unit) -> str:

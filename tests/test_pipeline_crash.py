@@ -88,3 +88,16 @@ def test_a_record_is_blamed_only_after_it_killed_the_worker_max_retries_plus_one
     assert len((tmp_path / "crashes-1.log").read_text().split()) == 2
     leftovers = [p.name for p in (tmp_path / "out").rglob("*") if "tmp-" in p.name]
     assert leftovers == []
+
+
+def test_a_record_that_kills_the_index_pass_is_quarantined_there(tmp_path, ray_with_crash_hook):
+    # dedup is on by default, so the index pass reads every record first: a crash there must cost the
+    # record, not the job, and the main pass must not run it again
+    cfg = _corpus(tmp_path, {4: "segv-prepare"})
+    r = run_job(JobConfig.from_yaml(cfg), progress=False)
+    assert r.ok and r.accounting.balanced, r.failed
+    ledger = {x["record_index"]: x for x in pq.read_table(tmp_path / "out" / "ledger.parquet").to_pylist()}
+    assert [i for i, x in ledger.items() if x["status"] == "error"] == [4]
+    assert ledger[4]["rule"] == "worker_crash" and "index pass" in ledger[4]["message"]
+    assert len((tmp_path / "crashes-4.log").read_text().split()) == 1   # never touched again
+    assert sum(x["status"] == "kept" for x in ledger.values()) == 9
