@@ -1,13 +1,12 @@
 """A two-node local Ray cluster produces exactly the output of one node."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from corpus_factory import make_bench_corpus
 from pipeline.config import JobConfig
-from pipeline.runner import REPO_ROOT, run_job
+from pipeline.runner import run_job
+from ray_cluster import two_node_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -19,22 +18,16 @@ def _files(out):
 
 def test_two_node_cluster_matches_the_in_process_loop(tmp_path):
     import ray
-    from ray.cluster_utils import Cluster
 
     cfg_path = make_bench_corpus(tmp_path, 48, video_share=0.0, size=(120, 90), unit_size=6)
     one = run_job(JobConfig.from_yaml(cfg_path), out=tmp_path / "one", executor="local", progress=False)
     assert one.ok
 
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
-    try:
-        ray.init(address=cluster.address, logging_level="WARNING")
-        cluster.wait_for_nodes()
-        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-        two = run_job(JobConfig.from_yaml(cfg_path), out=tmp_path / "two", progress=False)
-        assert two.ok and two.units_run == 8
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    with two_node_cluster() as cluster:
+        try:
+            ray.init(address=cluster.address, logging_level="WARNING")
+            two = run_job(JobConfig.from_yaml(cfg_path), out=tmp_path / "two", progress=False)
+            assert two.ok and two.units_run == 8
+        finally:
+            ray.shutdown()
     assert _files(tmp_path / "one") == _files(tmp_path / "two")

@@ -15,7 +15,8 @@ from jobs.cli import main
 from pipeline.report import preflight_run
 from pipeline.report.evaluate import evaluate_unit
 from pipeline.report.preflight import build_preflight_report
-from pipeline.runner import MAX_RETRIES, REPO_ROOT
+from pipeline.runner import MAX_RETRIES
+from ray_cluster import two_node_cluster
 
 TIMING_LINE = re.compile(r'<p class="sub">[^<]* records in [^<]*</p>')
 
@@ -30,21 +31,8 @@ def mixed(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster():
     """Two Ray nodes of one CPU each; every test connects with `address` and disconnects again."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    c.add_node(num_cpus=1)
-    try:
-        ray.init(address=c.address, logging_level="WARNING")
-        c.wait_for_nodes()
-        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-        ray.shutdown()
+    with two_node_cluster() as c:
         yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 def _stats(out) -> tuple[str, dict]:
