@@ -131,6 +131,16 @@ def select_frames(info: VideoInfo, *, fps=None, nframes=None, min_frames=None, m
                   video_start=None, video_end=None, preset: Preset | None = None) -> tuple[np.ndarray, float]:
     """The frames `process_video` keeps for this file: the reference's index rule on constant-rate
     clips, nearest-by-presentation-time on variable-rate ones."""
+    return select_frames_from(info.num_frames, info.avg_fps, info.frame_times if info.is_vfr else None,
+                              fps=fps, nframes=nframes, min_frames=min_frames, max_frames=max_frames,
+                              video_start=video_start, video_end=video_end, preset=preset)
+
+
+def select_frames_from(num_frames: int, avg_fps: float, vfr_times=None, *, fps=None, nframes=None,
+                       min_frames=None, max_frames=None, video_start=None, video_end=None,
+                       preset: Preset | None = None) -> tuple[np.ndarray, float]:
+    """`select_frames` on container facts (the stats pre-flight's header view): `vfr_times` are
+    every frame's presentation times for a variable-rate clip, None for a constant-rate one."""
     preset = get_preset(preset)
     kw = dict(fps=fps, nframes=nframes,
               min_frames=preset.min_frames if min_frames is None else min_frames,
@@ -138,9 +148,9 @@ def select_frames(info: VideoInfo, *, fps=None, nframes=None, min_frames=None, m
               video_start=video_start, video_end=video_end)
     if fps is None and nframes is None:
         kw["fps"] = preset.fps
-    if info.is_vfr:
-        return sample_by_time(info.frame_times, **kw)
-    return sample_frame_indices(info.num_frames, info.avg_fps, **kw)
+    if vfr_times is not None:
+        return sample_by_time(np.asarray(vfr_times), **kw)
+    return sample_frame_indices(num_frames, avg_fps, **kw)
 
 
 def _single_torch_thread() -> None:

@@ -12,8 +12,6 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from processors.chatml import build_chatml
 # the encoder's own option merging (job < record) and box re-rendering, so predictions match it
 from processors.encode import EncodeOptions, _image_kwargs, _regrounded, _video_kwargs
@@ -24,8 +22,8 @@ from processors.presets import IGNORE_INDEX, Preset
 from processors.sample import MediaRef, Sample
 from processors.text import clean_sample
 from processors.tokenizer import get_tokenizer
-from processors.video import DEFAULT_FRAME_LIST_FPS
-from processors.video_sampling import sample_by_time, sample_frame_indices, video_frame_size
+from processors.video import DEFAULT_FRAME_LIST_FPS, select_frames_from
+from processors.video_sampling import video_frame_size
 
 from .media_probe import ImageFacts, error_code, facts_from_info, image_facts, video_facts
 
@@ -162,14 +160,10 @@ class Predictor:
             pred.video_fps.append(sample_fps)
         else:
             f = known or self.cache.get("video", self._source(ref, media_root))
-            fps = kw.get("fps", None if "nframes" in kw else p.fps)
-            rule = dict(fps=fps, nframes=kw.get("nframes"),
-                        min_frames=kw.get("min_frames", p.min_frames), max_frames=kw.get("max_frames", p.max_frames),
-                        video_start=kw.get("video_start"), video_end=kw.get("video_end"))
-            if f.frame_times is not None:  # variable frame rate: by presentation time, as processors.video
-                idx, sample_fps = sample_by_time(np.asarray(f.frame_times), **rule)
-            else:
-                idx, sample_fps = sample_frame_indices(f.num_frames, f.fps, **rule)
+            idx, sample_fps = select_frames_from(  # the encoder's own choice (by time on variable-rate clips)
+                f.num_frames, f.fps, f.frame_times, preset=p, fps=kw.get("fps"), nframes=kw.get("nframes"),
+                min_frames=kw.get("min_frames"), max_frames=kw.get("max_frames"),
+                video_start=kw.get("video_start"), video_end=kw.get("video_end"))
             n = len(idx)
             H, W = video_frame_size(f.height, f.width, n, **budget)
             pred.video_durations.append(f.duration)
