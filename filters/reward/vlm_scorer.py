@@ -100,7 +100,7 @@ class VLMScorer:
             self.model = cls.from_pretrained(self.model_path, dtype=self.dtype, attn_implementation=attn,
                                              **({"device_map": device} if direct else {}))
             self.model.to(device).eval()
-        except (OSError, RuntimeError, ValueError) as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        except Exception as exc:  # noqa: BLE001 - unreadable weights, OOM at load, ...: one line, not a traceback
             oom = "out of memory" in str(exc).lower()
             raise ScorerError(f"{self.model_path}: loading the checkpoint on {device} failed: {type(exc).__name__}: "
                               f"{_first_line(exc)}" + ("; give each actor a larger --num-gpus share or use a GPU "
