@@ -203,7 +203,8 @@ def check_ray_half_gpu(table: Table, out, model, dry: bool):
     # Ray puts the driver script's folder on every worker's sys.path, ahead of PYTHONPATH: bench/ holds
     # pipeline.py, which would shadow the `pipeline` package there. Present the script as the repo's.
     argv0, sys.argv[0] = sys.argv[0], str(ROOT / "gpu_check")
-    ray.init(num_gpus=1, num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_gpus=1, num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
+             logging_level="ERROR")
     try:
         report = run_ray(cfg, units, ShardLoader, num_gpus=0.5)
         ws = report.workers
@@ -265,7 +266,7 @@ def main(argv=None) -> int:
         return 2
     config = args.config or ("tiny" if dry else "qwen2-vl-2b")
     n = args.samples or (12 if dry else 512)
-    budget = args.batch_tokens if not dry else min(args.batch_tokens, 4096)
+    budget = args.batch_tokens
     table = Table()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vlprep-gpu-check-") as tmp:
@@ -287,9 +288,11 @@ def main(argv=None) -> int:
             ("packed vs padded scores", lambda: check_packed_vs_padded(table, out, model, device)),
             ("bf16 vs fp32 scores", lambda: check_bf16_vs_fp32(table, out, model, device)),
             ("fp32 logits from a bf16 lm_head", lambda: check_fp32_logits(table, device, hidden, 256 if dry else 2048)),
-            (f"peak memory at {budget} batch tokens", lambda: check_peak_memory(table, out, model, device, dry, budget)),
+            (f"peak memory at {budget} batch tokens",
+             lambda: check_peak_memory(table, out, model, device, dry, budget)),
             ("samples/s vs per-sample loop",
-             lambda: check_speed(table, out, model, samples, device, dry, budget, not args.out)),
+             lambda: check_speed(table, out, model, samples, device, dry, min(budget, 4096) if dry else budget,
+                                 not args.out)),
             ("ray --num-gpus 0.5 on one GPU", lambda: check_ray_half_gpu(table, out, model, dry)),
         ]
         for check, step in steps:

@@ -310,7 +310,7 @@ def fake_gpu_ray(request):
 
     def start(num_gpus):
         ray.shutdown()
-        ray.init(num_cpus=2, num_gpus=num_gpus, include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", num_cpus=2, num_gpus=num_gpus, include_dashboard=False, logging_level="ERROR")
         return ray
 
     yield start
@@ -386,7 +386,7 @@ def test_actor_start_up_failures_are_one_line_rc2(tmp_path, fake_gpu_ray, capsys
         _in_thread(lambda: run_ray(cfg, units, lambda o: os._exit(3), num_gpus=1.0), 300)
     # a cluster without GPUs and --device cuda: refused before any actor starts
     ray.shutdown()
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="ERROR")
     rc, lines, err = score("--scorers", "pixels", "--device", "cuda")
     assert rc == 2 and len(lines) == 1 and "the Ray cluster (local) has no GPU" in lines[0], err
     assert not (out / "scores").exists()

@@ -308,7 +308,7 @@ def run_ray(cfg: ScoreConfig, units: list[Unit], loader_factory, *, address: str
     if not todo:
         return StageReport(len(units), len(units), 0, 0, 0, 0.0, [])
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=True,
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=True,
                  **({} if address else {"num_cpus": os.cpu_count()}))
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     gpus = sum(float(r.get("GPU", 0.0)) for r in nodes)
