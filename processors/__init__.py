@@ -16,7 +16,7 @@ _EXPORTS = {
         "PlaceholderMismatchError", "SequenceTooLongError", "GroundingError", "PathEscapeError",
     ],
     "sample": ["Sample", "Message", "TextPart", "ImagePart", "VideoPart", "MediaRef", "EncodedSample"],
-    "smart_resize": ["smart_resize"],
+    "sizing": ["smart_resize"],
     "image": ["load_image", "image_size_from_header", "resize_image", "process_image", "image_target_size",
               "ImageResult"],
     "patches": ["patchify", "unpatchify", "normalize_patches"],

@@ -31,7 +31,7 @@ from typing import Iterable, Mapping, Union
 
 from .errors import GroundingError
 from .presets import QWEN25_VL, Preset, get_preset
-from .smart_resize import smart_resize
+from .sizing import smart_resize
 
 TEXT_FORMATS = ("qwen2-vl", "qwen2.5-vl", "qwen-vl")
 LABEL_STYLES = ("auto", "none")

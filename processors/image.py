@@ -23,7 +23,7 @@ from .errors import AspectRatioError, ImageDecodeError, ImageTooLargeError, Vlpr
 from .patches import patchify
 from .presets import Preset, get_preset
 from .resized_size import requested_size
-from .smart_resize import smart_resize
+from .sizing import smart_resize
 
 # Twice Pillow's default MAX_IMAGE_PIXELS (89 478 485): the size at which Pillow itself refuses to
 # open a file. About 13 400 x 13 400, far above any training resolution (the band tops out at

@@ -12,7 +12,7 @@ import numbers
 from typing import Any, Mapping
 
 from .errors import AspectRatioError, FormatError, ImageTooLargeError
-from .smart_resize import MAX_RATIO, smart_resize
+from .sizing import MAX_RATIO, smart_resize
 
 RESIZED_KEYS = ("resized_height", "resized_width")
 # qwen-vl-utils 0.0.14's default image band in tokens (min/max_pixels = tokens * factor²: 3136 …

@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import VideoTooShortError
 from .resized_size import requested_size
-from .smart_resize import smart_resize
+from .sizing import smart_resize
 
 FRAME_FACTOR = 2  # frames per temporal patch; frame counts are multiples of it
 
