@@ -210,6 +210,7 @@ def encode_sample(
         image_tokens=image_tokens, video_tokens=video_tokens,
         system_prompt=opts.system_prompt if opts.system_prompt is not None else preset.system_prompt,
         max_length=opts.max_length, add_vision_id=opts.add_vision_id,
+        video_times=[r.group_times for r in videos],
     )
     input_ids = np.asarray(chat.input_ids, dtype=np.int32)
     labels = np.asarray(chat.labels, dtype=np.int32)
@@ -250,7 +251,7 @@ def encode_sample(
             }
             for r, n in zip(images, image_tokens)
         ],
-        "videos": [_video_meta(r, n) for r, n in zip(videos, video_tokens)],
+        "videos": [_video_meta(r, n, preset.video_timestamps is not None) for r, n in zip(videos, video_tokens)],
         "boxes": box_reports,
         "n_boxes": sum(sum(1 for o in r["objects"] if o["shape"] == "box") for r in box_reports),
         "box_problems": sum(len(r["problems"]) for r in box_reports),
@@ -269,7 +270,7 @@ def encode_sample(
     )
 
 
-def _video_meta(r, tokens: int) -> dict[str, Any]:
+def _video_meta(r, tokens: int, with_times: bool = False) -> dict[str, Any]:
     def floats(xs):
         return [float(x) for x in (xs or [])]
 
@@ -285,4 +286,5 @@ def _video_meta(r, tokens: int) -> dict[str, Any]:
         "frame_indices": [int(i) for i in (r.frame_indices or [])],
         "frame_times": floats(r.frame_times),
         "timestamps": floats(r.timestamps),
+        **({"group_times": floats(r.group_times)} if with_times else {}),
     }

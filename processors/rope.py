@@ -1,4 +1,4 @@
-"""M-RoPE position ids (`get_rope_index`) for Qwen2-VL and Qwen2.5-VL, spec §11.1.
+"""M-RoPE position ids (`get_rope_index`) for Qwen2-VL, Qwen2.5-VL and Qwen3-VL, spec §11.1 + docs/qwen3_vl.md.
 
 vlprep reproduces transformers 4.x / the Qwen team's `rope2d.py` (DECISIONS.md): after any vision block
 the next text starts at (largest id so far) + 1, which also accounts for a video's temporal extent.
@@ -31,7 +31,7 @@ def temporal_ids(grid_t: int, second_per_grid_t: float | None = None, preset: Pr
     if grid_t < 0:
         raise ValueError(f"grid_t must be >= 0, got {grid_t}")
     k = np.arange(grid_t, dtype=np.int64)
-    if preset.tokens_per_second is None:
+    if preset.tokens_per_second is None or preset.rope != "qwen2.5-vl":
         return k
     s = 1.0 if second_per_grid_t is None else float(second_per_grid_t)
     if not np.isfinite(s) or s < 0:
@@ -106,6 +106,12 @@ def get_rope_index(
 
     images = _as_grid(image_grid_thw, "image_grid_thw")
     videos = _as_grid(video_grid_thw, "video_grid_thw")
+    if preset.rope == "qwen3-vl" and len(videos):
+        # Qwen3-VL: timestamps text separates a video's temporal groups, each its own [1, h, w] vision
+        # block (Qwen3VLModel.get_rope_index splits video_grid_thw the same way); no time stride.
+        videos = np.repeat(videos, videos[:, 0], axis=0)
+        videos[:, 0] = 1
+        second_per_grid_ts = None
     secs = None
     if second_per_grid_ts is not None:
         secs = np.asarray(second_per_grid_ts, dtype=np.float64).reshape(-1)
@@ -136,7 +142,7 @@ def get_rope_index(
             t, h, w = (int(x) for x in images[i_img])
             # Images: s = 0 in Qwen2.5-VL, so every temporal patch gets id 0 (t is 1 for images);
             # Qwen2-VL uses the patch index, as for video.
-            t_ids = np.zeros(t, np.int64) if preset.tokens_per_second is not None else np.arange(t, dtype=np.int64)
+            t_ids = np.arange(t, dtype=np.int64) if preset.rope == "qwen2-vl" else np.zeros(t, np.int64)
             pad, i_img = IMAGE_PAD_ID, i_img + 1
         if h % merge or w % merge:
             raise ValueError(f"grid ({t}, {h}, {w}) is not divisible by merge_size {merge}")

@@ -73,7 +73,13 @@ QWEN_VL_V1_ADDED_TOKENS: tuple[tuple[int, str, bool], ...] = tuple(
     (N_RANKS + i, tok, True) for i, tok in enumerate(_V1_NAMES)
 )
 
-TABLES = {"qwen2": QWEN2_ADDED_TOKENS, "qwen-vl": QWEN_VL_V1_ADDED_TOKENS}
+# Qwen3 (Qwen3-VL's tokenizer_config added_tokens_decoder): the Qwen2.5 table, then four more, not special.
+QWEN3_ADDED_TOKENS: tuple[tuple[int, str, bool], ...] = QWEN2_ADDED_TOKENS + tuple(
+    (N_RANKS + len(_QWEN2_NAMES) + i, tok, False)
+    for i, tok in enumerate(("<tool_response>", "</tool_response>", "<think>", "</think>"))
+)
+
+TABLES = {"qwen2": QWEN2_ADDED_TOKENS, "qwen-vl": QWEN_VL_V1_ADDED_TOKENS, "qwen3": QWEN3_ADDED_TOKENS}
 
 
 def default_ranks_path() -> Path:
@@ -330,7 +336,7 @@ def get_tokenizer(path: str | os.PathLike | None = None, *, preset=None) -> Qwen
     if preset is not None:
         from .presets import get_preset
 
-        table = "qwen-vl" if get_preset(preset).name == "qwen-vl" else "qwen2"
+        table = get_preset(preset).tokenizer_table
     key = (str(path) if path is not None else None, table)
     with _CACHE_LOCK:
         tok = _CACHE.get(key)

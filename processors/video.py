@@ -22,7 +22,15 @@ from .resized_size import requested_size
 from .video_decode import decode_decord, decode_pyav
 from .video_probe import VideoInfo, probe_video
 from .video_resize import resize_frames
-from .video_sampling import sample_by_time, sample_frame_indices, video_frame_size
+from .video_sampling import (
+    group_timestamps,
+    sample_by_time,
+    sample_frame_indices,
+    tf_frame_indices,
+    tf_sample_by_time,
+    tf_video_frame_size,
+    video_frame_size,
+)
 
 __all__ = ["VideoInfo", "VideoResult", "probe_video", "sample_frame_indices", "process_video"]
 
@@ -50,6 +58,7 @@ class VideoResult:
     rotation: int = 0
     backend: str = ""
     num_tokens: int = field(default=0)  # prod(grid_thw) / merge_size², the number of <|video_pad|>
+    group_times: list[float] = field(default_factory=list)  # seconds written before each temporal group (Qwen3-VL)
 
 
 def _load_frame(item) -> np.ndarray:
@@ -77,7 +86,9 @@ def _result(frames: np.ndarray, preset: Preset, *, indices, times, sample_fps, o
     tp = preset.temporal_patch_size
     patches, grid = patchify(frames, preset.patch_size, preset.merge_size, tp)
     times = [float(t) for t in times]
+    seconds = times if is_vfr or backend == "frames" else [int(i) / float(video_fps) for i in indices]
     return VideoResult(
+        group_times=group_timestamps(seconds, tp),
         patches=patches, grid_thw=tuple(int(g) for g in grid), second_per_grid_ts=float(tp / sample_fps),
         sample_fps=float(sample_fps), frame_indices=[int(i) for i in indices], frame_times=times,
         timestamps=times[::tp], original_size=tuple(int(v) for v in original_size),
@@ -103,8 +114,8 @@ def _process_frame_list(frames_in, preset: Preset, *, sample_fps, min_pixels, ma
     first = _load_frame(frames_in[0])
     h, w = first.shape[:2]
     n = len(frames_in)
-    n_even = n + n % preset.temporal_patch_size
-    H, W = _frame_size(h, w, n_even, preset, min_pixels, max_pixels, total_pixels, resized_height, resized_width)
+    H, W = frame_size(h, w, n, preset, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels,
+                      resized_height=resized_height, resized_width=resized_width, frame_list=True)
     out = np.empty((n, H, W, 3), dtype=np.uint8)
     explicit = resized_height is not None  # every frame goes to the requested size, whatever its own
     for i, item in enumerate(frames_in):
@@ -120,6 +131,36 @@ def _process_frame_list(frames_in, preset: Preset, *, sample_fps, min_pixels, ma
 
 def _frame_size(h, w, nframes, preset: Preset, min_pixels, max_pixels, total_pixels, resized_height=None,
                 resized_width=None):
+    return frame_size(h, w, nframes, preset, min_pixels=min_pixels, max_pixels=max_pixels,
+                      total_pixels=total_pixels, resized_height=resized_height, resized_width=resized_width)
+
+
+def frame_size(h: int, w: int, nframes: int, preset: Preset | str | None = None, *, min_pixels=None,
+               max_pixels=None, total_pixels=None, resized_height=None, resized_width=None,
+               frame_list: bool = False) -> tuple[int, int]:
+    """The (H, W) every kept frame of a clip of `nframes` frames is resized to, under the preset's
+    video rule (the one place that decides it; the stats predictor and the sample plan call it).
+
+    "qwen-vl-utils": spec §6.5 (`nframes` as sampled). "transformers": Qwen3VLVideoProcessor's one
+    band for the whole clip, `min_pixels` (default preset.video_min_pixels) to the smaller of
+    `max_pixels` / `total_pixels` (default preset.video_max_pixels) — the fine-tuning code sets
+    the processor's size.shortest_edge / longest_edge from its video_min_pixels / video_max_pixels.
+    resized_height / resized_width: qwen-vl-utils' requested size under either rule.
+    `frame_list`: the clip is a list of frames (all kept); qwen-vl-utils budgets it padded to the
+    temporal patch size (§6.6), the transformers processor as given.
+    """
+    preset = get_preset(preset)
+    if frame_list and preset.video_rule != "transformers":
+        nframes = nframes + nframes % preset.temporal_patch_size
+    if preset.video_rule == "transformers":
+        requested = requested_size(resized_height, resized_width, preset.factor)
+        if requested is not None:
+            return requested
+        caps = [v for v in (max_pixels, total_pixels) if v is not None]
+        return tf_video_frame_size(
+            h, w, nframes, factor=preset.factor, temporal_factor=preset.temporal_patch_size,
+            min_pixels=preset.video_min_pixels if min_pixels is None else min_pixels,
+            max_pixels=min(caps) if caps else preset.video_max_pixels)
     return video_frame_size(
         h, w, nframes, factor=preset.factor, min_pixels=min_pixels, max_pixels=max_pixels,
         total_pixels=total_pixels, video_min_pixels=preset.video_min_pixels,
@@ -148,6 +189,10 @@ def select_frames_from(num_frames: int, avg_fps: float, vfr_times=None, *, fps=N
               video_start=video_start, video_end=video_end)
     if fps is None and nframes is None:
         kw["fps"] = preset.fps
+    if preset.video_rule == "transformers":
+        if vfr_times is not None:
+            return tf_sample_by_time(np.asarray(vfr_times), **kw)
+        return tf_frame_indices(num_frames, avg_fps, **kw)
     if vfr_times is not None:
         return sample_by_time(np.asarray(vfr_times), **kw)
     return sample_frame_indices(num_frames, avg_fps, **kw)
