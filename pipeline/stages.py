@@ -153,10 +153,13 @@ def _boxes_binder(ctx: Context, image_sizes):
     fmt = ctx.cfg.grounding_format or ctx.preset.grounding
 
     def boxes(sample: Sample):
-        from .grounding_boxes import boxes_per_image
+        from processors.plan import boxes_per_image, plan_image
 
-        return boxes_per_image(sample, fmt, image_sizes, ctx.preset, ctx.cfg.image.min_pixels,
-                               ctx.cfg.image.max_pixels)
+        def resized(i: int):  # the encoder's sample plan: the size it re-grounds against
+            h, w = image_sizes[i]
+            return plan_image(h, w, sample.images[i], ctx.preset, ctx.encode_options).resized_size
+
+        return boxes_per_image(sample, fmt, image_sizes, resized)
 
     return boxes
 

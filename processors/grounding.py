@@ -155,6 +155,11 @@ def _fmt_name(fmt: str | Preset) -> str:
     return name
 
 
+def uses_resized_size(fmt: str | Preset) -> bool:
+    """Whether `fmt` writes coordinates on the resized (model-input) image, so decoding needs its size."""
+    return _fmt_name(fmt) == "qwen2.5-vl"
+
+
 def _sizes(original_size, resized_size, preset: Preset | None = None) -> tuple[int, int, int, int]:
     """(H, W, H', W'); the resized size defaults to smart_resize with the preset's image band."""
     h, w = (int(v) for v in original_size)

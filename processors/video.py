@@ -23,7 +23,6 @@ from .video_decode import decode_decord, decode_pyav
 from .video_probe import VideoInfo, probe_video
 from .video_resize import resize_frames
 from .video_sampling import (
-    group_timestamps,
     sample_by_time,
     sample_frame_indices,
     tf_frame_indices,
@@ -58,7 +57,6 @@ class VideoResult:
     rotation: int = 0
     backend: str = ""
     num_tokens: int = field(default=0)  # prod(grid_thw) / merge_size², the number of <|video_pad|>
-    group_times: list[float] = field(default_factory=list)  # seconds written before each temporal group (Qwen3-VL)
 
 
 def _load_frame(item) -> np.ndarray:
@@ -86,9 +84,7 @@ def _result(frames: np.ndarray, preset: Preset, *, indices, times, sample_fps, o
     tp = preset.temporal_patch_size
     patches, grid = patchify(frames, preset.patch_size, preset.merge_size, tp)
     times = [float(t) for t in times]
-    seconds = times if is_vfr or backend == "frames" else [int(i) / float(video_fps) for i in indices]
     return VideoResult(
-        group_times=group_timestamps(seconds, tp),
         patches=patches, grid_thw=tuple(int(g) for g in grid), second_per_grid_ts=float(tp / sample_fps),
         sample_fps=float(sample_fps), frame_indices=[int(i) for i in indices], frame_times=times,
         timestamps=times[::tp], original_size=tuple(int(v) for v in original_size),
@@ -127,12 +123,6 @@ def _process_frame_list(frames_in, preset: Preset, *, sample_fps, min_pixels, ma
     times = np.arange(n) / rate
     return _result(out, preset, indices=range(n), times=times, sample_fps=rate, original_size=(h, w),
                    duration=n / rate, video_fps=rate, backend="frames")
-
-
-def _frame_size(h, w, nframes, preset: Preset, min_pixels, max_pixels, total_pixels, resized_height=None,
-                resized_width=None):
-    return frame_size(h, w, nframes, preset, min_pixels=min_pixels, max_pixels=max_pixels,
-                      total_pixels=total_pixels, resized_height=resized_height, resized_width=resized_width)
 
 
 def frame_size(h: int, w: int, nframes: int, preset: Preset | str | None = None, *, min_pixels=None,
@@ -323,7 +313,8 @@ def process_video(
                               video_start=video_start, video_end=video_end, preset=preset)
     n = len(idx)
     h, w = info.display_size
-    H, W = _frame_size(h, w, n, preset, min_pixels, max_pixels, total_pixels, resized_height, resized_width)
+    H, W = frame_size(h, w, n, preset, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels,
+                      resized_height=resized_height, resized_width=resized_width)
     out = np.empty((n, H, W, 3), dtype=np.uint8)
     slots: dict[int, list[int]] = {}
     for k, i in enumerate(idx.tolist()):

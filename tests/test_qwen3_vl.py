@@ -163,7 +163,15 @@ def test_video_sampling_equals_the_video_processor(golden):
     assert r.frame_indices == golden["video/frames_indices"].tolist()
     assert r.grid_thw == tuple(golden["video/video_grid_thw"][0])
     assert np.array_equal(r.patches, golden["video/pixel_values_videos_u8"])
-    assert r.group_times == pytest.approx([0.3, 1.5, 2.4])
+    # the sample plan from the header alone says the same frames, grid and group times
+    from processors.encode import EncodeOptions
+    from processors.plan import VideoHeader, plan_video
+    from processors.video import probe_video
+
+    plan = plan_video(VideoHeader.from_info(probe_video(str(GOLDEN / "qwen3_vl_clip.mp4"))), MediaRef("video"), Q3,
+                      EncodeOptions())
+    assert list(plan.frame_indices) == r.frame_indices and plan.grid_thw == r.grid_thw
+    assert list(plan.group_times) == pytest.approx([0.3, 1.5, 2.4])
 
 
 # ------------------------------------------------------------------ position ids
