@@ -221,12 +221,13 @@ def check_media(sample: Sample, src: SourceFile, ctx: Context) -> Prepared:
 def encode(prepared: Prepared, src: SourceFile, ctx: Context) -> EncodedSample | Outcome:
     from filters.base import FilterContext
     from processors.encode import encode_sample
+    from processors.tokenizer import special_ids
 
     s = prepared.sample
     try:
         enc = encode_sample(s, ctx.preset, media_root=src.media_root, options=ctx.encode_options,
                             tokenizer=ctx.tokenizer, video_infos=prepared.video_infos)
-        check_placeholders(enc, ctx.preset)
+        check_placeholders(enc, ctx.preset, special_ids(ctx.tokenizer, ctx.preset))
     except Exception as exc:
         return Outcome.error(s.id, s.source, s.record_index, "encode", exc)
 
@@ -247,12 +248,15 @@ class PlaceholderGuardError(ValueError):
     code = "placeholder_mismatch"
 
 
-def check_placeholders(enc: EncodedSample, preset: Preset) -> None:
-    """The shard contract: pad-token counts equal Σ prod(grid_thw) / merge² per modality."""
+def check_placeholders(enc: EncodedSample, preset: Preset, token_ids=None) -> None:
+    """The shard contract: pad-token counts equal Σ prod(grid_thw) / merge² per modality.
+    `token_ids`: the tokenizer's SpecialIds (default: the Qwen2/Qwen3 ids)."""
     if not preset.is_mrope:
         return
     m2 = preset.merge_size ** 2
-    for pad, grid, what in ((IMAGE_PAD_ID, enc.image_grid_thw, "image"), (VIDEO_PAD_ID, enc.video_grid_thw, "video")):
+    image_pad, video_pad = (IMAGE_PAD_ID, VIDEO_PAD_ID) if token_ids is None else (token_ids.image_pad,
+                                                                                   token_ids.video_pad)
+    for pad, grid, what in ((image_pad, enc.image_grid_thw, "image"), (video_pad, enc.video_grid_thw, "video")):
         want = int(np.prod(np.asarray(grid).reshape(-1, 3), axis=1).sum()) // m2
         have = int((enc.input_ids == pad).sum())
         if want != have:

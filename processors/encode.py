@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import FormatError, VlprepError
 from .media import resolve_media_path
-from .presets import IGNORE_INDEX, IMAGE_PAD_ID, VIDEO_PAD_ID, Preset, get_preset
+from .presets import IGNORE_INDEX, Preset, get_preset
 from .plan import (
     VideoHeader,
     check_pixels,
@@ -158,11 +158,12 @@ def encode_sample(
     """
     from .chatml import build_chatml
     from .rope import get_rope_index
-    from .tokenizer import get_tokenizer
+    from .tokenizer import get_tokenizer, special_ids
 
     preset = get_preset(preset)
     opts = options or EncodeOptions()
     tokenizer = tokenizer or get_tokenizer(preset=preset)
+    ids = special_ids(tokenizer, preset)  # from the tokenizer in use; a missing token is a clear error
 
     images, image_plans = _encode_images(sample, preset, media_root, opts)
     videos, video_plans = _encode_videos(sample, preset, media_root, opts, video_infos)
@@ -177,7 +178,7 @@ def encode_sample(
     video_grid = np.asarray([r.grid_thw for r in videos], dtype=np.int32).reshape(-1, 3)
     second_per_grid_ts = np.asarray([r.second_per_grid_ts for r in videos], dtype=np.float32)
     position_ids, delta = get_rope_index(
-        input_ids, image_grid, video_grid, second_per_grid_ts if len(videos) else None, preset
+        input_ids, image_grid, video_grid, second_per_grid_ts if len(videos) else None, preset, token_ids=ids
     )
 
     arrays = [r.patches for r in images] + [r.patches for r in videos]
@@ -188,8 +189,8 @@ def encode_sample(
     else:
         pixel_values = np.zeros((0, preset.patch_dim), dtype=np.uint8)
 
-    n_image = int((input_ids == IMAGE_PAD_ID).sum()) if preset.is_mrope else sum(image_tokens)
-    n_video = int((input_ids == VIDEO_PAD_ID).sum())
+    n_image = int((input_ids == ids.image_pad).sum()) if preset.is_mrope else sum(image_tokens)
+    n_video = int((input_ids == ids.video_pad).sum()) if preset.is_mrope else 0
     meta = {
         "id": sample.id,
         "source": sample.source,
