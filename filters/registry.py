@@ -81,7 +81,7 @@ SPECS: dict[str, RuleSpec] = {s.key: s for s in [
     _number("image_min_pixels", None, image_rules.min_pixels, "height x width, smallest image"),
     _number("image_max_pixels", None, image_rules.max_pixels, "height x width, largest image"),
     _number("max_visual_tokens", None, image_rules.max_visual_tokens,
-            "sum over images of (H/28)(W/28) after the preset's smart_resize"),
+            "sum over images of (H/f)(W/f) after the preset's smart_resize (f = patch x merge: 28, or 32 for qwen3-vl)"),
     *[_number(k, None, (lambda k: lambda v: video_rules.video_rule(k, v))(k), f"{doc}, worst video")
       for k, doc in [
           ("video_min_duration", "duration in seconds"),

@@ -18,7 +18,7 @@ example:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path, help="a .json (list of records) or .jsonl file")
     p.add_argument("--media-root", type=Path, default=None, help="folder the records' media paths are relative to (default: the file's folder)")
-    p.add_argument("--preset", default="qwen2.5-vl", help="qwen2.5-vl (default), qwen2-vl or qwen-vl")
+    p.add_argument("--preset", default="qwen2.5-vl", help="qwen2.5-vl (default), qwen2-vl, qwen-vl, qwen3-vl (also qwen3-vl-tf5, qwen3-vl-qvu)")
     p.add_argument("--format", default="auto", help="input format: auto, llava, sharegpt, llamafactory, qwen, openai")
     p.add_argument("--grounding-format", default=None, help="format of boxes in the source text (qwen2-vl, qwen2.5-vl, qwen-vl), re-rendered for the preset")
     p.add_argument("--limit", type=int, default=10, help="encode at most this many records (default 10)")

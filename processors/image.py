@@ -55,12 +55,13 @@ class ImageResult:
     grid_thw: tuple[int, int, int]
     original_size: tuple[int, int]  # (h, w) after EXIF orientation
     resized_size: tuple[int, int]  # (H, W)
+    merge_size: int = 2            # the preset's: patches merged merge_size x merge_size into one token
 
     @property
     def num_tokens(self) -> int:
-        """LLM tokens this image expands to (patches merged 2x2)."""
+        """LLM tokens this image expands to (patches merged merge_size x merge_size)."""
         t, h, w = self.grid_thw
-        return t * h * w // 4
+        return t * h * w // (self.merge_size ** 2)
 
 
 # ---------------------------------------------------------------- opening and the pixel limit
@@ -327,14 +328,14 @@ def process_image(
     if preset.fixed_size is not None:
         # Qwen-VL v1: the vision tower patchifies a fixed 448x448 square itself.
         gh, gw = resized[0] // preset.patch_size, resized[1] // preset.patch_size
-        return ImageResult(np.array(pixels[None]), (1, gh, gw), original, resized)
+        return ImageResult(np.array(pixels[None]), (1, gh, gw), original, resized, preset.merge_size)
     patches, grid = patchify(
         pixels[None],
         patch_size=preset.patch_size,
         merge_size=preset.merge_size,
         temporal_patch_size=preset.temporal_patch_size,
     )
-    return ImageResult(patches, grid, original, resized)
+    return ImageResult(patches, grid, original, resized, preset.merge_size)
 
 
 def _processor_resize(pixels: np.ndarray, preset, min_pixels, max_pixels, name) -> np.ndarray:
