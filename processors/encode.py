@@ -19,15 +19,14 @@ from .presets import IGNORE_INDEX, Preset, get_preset
 from .plan import (
     VideoHeader,
     check_pixels,
-    image_for_each_message,
     image_options,
     plan_image,
     plan_sample,
     plan_video,
-    regrounded,
     video_options,
 )
-from .sample import EncodedSample, ImagePart, MediaRef, Message, Sample, TextPart
+from .sample import EncodedSample, MediaRef, Sample
+
 
 @dataclass(frozen=True)
 class EncodeOptions:
@@ -70,11 +69,6 @@ def _media_source(ref: MediaRef, media_root):
     if ref.path is None:
         raise FormatError(f"{ref.kind} reference has neither a path nor data")
     return resolve_media_path(ref.path, media_root)
-
-
-# the job's options merged with a record's per-item options: processors.plan owns the rule
-_image_kwargs = image_options
-_video_kwargs = video_options
 
 
 def _encode_images(sample: Sample, preset: Preset, media_root, opts: EncodeOptions):
@@ -137,11 +131,6 @@ def process_video_checks(preset: Preset, kw: dict) -> None:
     requested_size(kw.get("resized_height"), kw.get("resized_width"), preset.factor)
 
 
-# kept for callers of the old private names
-_image_for_each_message = image_for_each_message
-_regrounded = regrounded
-
-
 def encode_sample(
     sample: Sample,
     preset: Preset | str | None = None,
@@ -156,7 +145,6 @@ def encode_sample(
     `video_infos`: per `sample.videos` entry, the `VideoInfo` the caller already probed for that file
     (other entries, e.g. None or dicts for frame lists, are ignored); saves a second probe.
     """
-    from .chatml import build_chatml
     from .rope import get_rope_index
     from .tokenizer import get_tokenizer, special_ids
 

@@ -1,6 +1,6 @@
 """A small corpus of records that exercises what the sample plan decides (sizes, per-item options,
 frames, boxes, system turns), for tests/test_plan_refactor.py and its generator
-tests/reference/gen_encode_digests.py. Only public APIs that existed before the plan refactor
+tests/reference/once_encode_digests.py. Only public APIs that existed before the plan refactor
 (`parse_record`, `encode_sample`, `EncodeOptions`) are used, so the generator can run on old code."""
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The sample-plan refactor (issue #13) changed no byte for the three earlier presets: `encode_sample`
 on tests/encode_cases.py (boxes in two formats, per-item bands, a resized_height/width request, a tiny
 image, videos with fps / nframes / max_pixels, a frame list, text only) hashes to the digests that
-tests/reference/gen_encode_digests.py wrote with the code before the refactor (main @ 5bd7df6).
+tests/reference/once_encode_digests.py wrote with the code before the refactor (main @ 5bd7df6).
 The same comparison on the whole demo corpus through `vlprep prepare` (shards, manifest, ledger byte
 for byte; docs/qwen3_vl.md "The plan refactor") was made once; this is its small, repeatable form."""
 from __future__ import annotations

@@ -221,7 +221,6 @@ def test_position_ids_random_sequences(hf_model):
     """Random text runs around images and multi-group videos of several sizes."""
     from processors.chatml import build_chatml
     from processors.rope import get_rope_index
-    from processors.sample import EncodedSample  # noqa: F401
 
     rng = np.random.default_rng(13)
     for _ in range(20):

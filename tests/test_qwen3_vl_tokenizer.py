@@ -13,7 +13,7 @@ from processors.errors import VlprepError
 from processors.presets import IGNORE_INDEX, get_preset
 from processors.sample import ImagePart, MediaRef, Message, Sample, TextPart, VideoPart
 from processors.tokenizer import get_tokenizer, special_ids
-from test_qwen3_vl import GOLDEN, hf_model, hf_rope  # noqa: F401  (fixture)
+from test_qwen3_vl import GOLDEN, hf_model  # noqa: F401  (fixture)
 
 # Special ids as public Qwen3.5 configs show them (vision_start 248053, video 248057, …); the rest of
 # this tiny vocabulary is the 256 byte-level symbols.
@@ -63,11 +63,6 @@ def test_special_ids_come_from_the_tokenizer_folder(tmp_path, hf_model):  # noqa
     assert tok.decode(sup) == "A bar.<|im_end|>\n"
     # position ids: transformers' get_rope_index reads only the token types, so it is the reference here
     import torch
-
-    class E:
-        input_ids = seq
-        image_grid_thw = enc.image_grid_thw
-        video_grid_thw = enc.video_grid_thw
 
     ids_t = torch.tensor(seq, dtype=torch.long)[None]
     types = torch.zeros_like(ids_t, dtype=torch.int32)

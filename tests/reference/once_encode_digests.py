@@ -1,8 +1,8 @@
 """Digests of `encode_sample` on tests/encode_cases.py for the three pre-Qwen3 presets, written with the
-code BEFORE the sample-plan refactor (issue #13), so tests/test_plan_refactor.py proves the refactor
+code BEFORE the sample-plan refactor (issue #13; not a `make reference` generator: it runs once, on old code), so tests/test_plan_refactor.py proves the refactor
 changed no byte. Run from a checkout of that code:
 
-    PYTHONPATH=<old checkout>:tests python tests/reference/gen_encode_digests.py
+    PYTHONPATH=<old checkout>:tests python tests/reference/once_encode_digests.py
 
 (`processors` is imported from the old checkout; the cases and media come from this tests/ folder.)
 Writes tests/golden/encode_digests.json.
