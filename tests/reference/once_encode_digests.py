@@ -1,6 +1,6 @@
 """Digests of `encode_sample` on tests/encode_cases.py for the three pre-Qwen3 presets, written with the
-code BEFORE the sample-plan refactor (issue #13; not a `make reference` generator: it runs once, on old code), so tests/test_plan_refactor.py proves the refactor
-changed no byte. Run from a checkout of that code:
+code BEFORE the sample-plan refactor (issue #13), so tests/test_plan_refactor.py proves the refactor
+changed no byte. Not a `make reference` generator (those are gen_*.py): it runs once, on old code:
 
     PYTHONPATH=<old checkout>:tests python tests/reference/once_encode_digests.py
 
