@@ -101,7 +101,7 @@ def _encode_videos(sample: Sample, preset: Preset, media_root, opts: EncodeOptio
             src = [f if isinstance(f, (bytes, bytearray)) else resolve_media_path(f, media_root) for f in ref.frames]
         else:
             src = _media_source(ref, media_root)
-        kw = video_options(ref, opts)
+        kw = video_options(ref, opts, preset)
         info = video_infos[i] if video_infos is not None and i < len(video_infos) else None
         try:
             is_file = ref.frames is None and ref.data is None

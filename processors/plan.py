@@ -44,9 +44,10 @@ def image_options(ref: MediaRef, opts) -> dict[str, Any]:
     return kw
 
 
-def video_options(ref: MediaRef, opts) -> dict[str, Any]:
+def video_options(ref: MediaRef, opts, preset: Preset | None = None) -> dict[str, Any]:
     """`process_video` keyword arguments for one video: the job's video settings, then the item's own
-    (an item's nframes replaces any fps)."""
+    (an item's nframes replaces any fps). The frame resize is the preset's reference one
+    (`video_resize`; "transformers" = the uint8 path, `fast`) unless the job asks for `fast_videos`."""
     kw: dict[str, Any] = {
         "fps": opts.video_fps,
         "min_frames": opts.video_min_frames,
@@ -56,7 +57,7 @@ def video_options(ref: MediaRef, opts) -> dict[str, Any]:
         "total_pixels": opts.video_total_pixels,
         "backend": opts.video_backend,
         "timeout_s": opts.video_timeout_s,
-        "fast": opts.fast_videos or None,
+        "fast": opts.fast_videos or (preset is not None and preset.video_resize == "transformers") or None,
     }
     for key in VIDEO_OPTION_KEYS:
         if ref.options.get(key) is not None:
@@ -141,7 +142,7 @@ def plan_video(header, ref: MediaRef, preset: Preset | str | None, opts, *, fram
     preset = get_preset(preset)
     if not preset.supports_video:
         raise VlprepError(f"preset {preset.name} has no video support")
-    kw = video_options(ref, opts)
+    kw = video_options(ref, opts, preset)
     size_kw = {k: kw.get(k) for k in ("min_pixels", "max_pixels", "total_pixels", "resized_height", "resized_width")}
     h, w = int(header.height), int(header.width)
     if frame_list is not None:

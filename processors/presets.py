@@ -58,6 +58,9 @@ class Preset:
     # [min_frames, min(max_frames, total)], np.linspace indices, ONE pixel band for the whole clip:
     # video_min_pixels .. video_max_pixels over t_bar * H * W, as its size.shortest/longest_edge).
     video_rule: str = "qwen-vl-utils"
+    # The frame resize of the reference pipeline: "qwen-vl-utils" (torchvision v1 on float32) or
+    # "transformers" (the video processor's uint8 bicubic+antialias on CPU, vlprep's `fast_videos`).
+    video_resize: str = "qwen-vl-utils"
     # None: one <|vision_start|><|video_pad|>*n<|vision_end|> block per video (Qwen2/2.5-VL).
     # "4.57": "<{t:.1f} seconds>" + one vision block per temporal group (transformers 4.57, which the
     # Qwen3-VL fine-tuning code pins); "5.x": the same inside one extra outer vision_start/vision_end
@@ -130,6 +133,7 @@ QWEN3_VL = Preset(
     grounding="qwen3-vl",
     system_prompt=None,
     video_rule="transformers",
+    video_resize="transformers",
     video_timestamps="4.57",
     rope="qwen3-vl",
     tokenizer_table="qwen3",
@@ -138,7 +142,7 @@ QWEN3_VL = Preset(
 QWEN3_VL_TF5 = replace(QWEN3_VL, name="qwen3-vl-tf5", video_timestamps="5.x")
 # The same with qwen-vl-utils 0.0.14 frame sampling and budgets (image_patch_size=16: its token
 # budgets times 32²), as a user who runs qwen-vl-utils before the processor gets them.
-QWEN3_VL_QVU = replace(QWEN3_VL, name="qwen3-vl-qvu", video_rule="qwen-vl-utils",
+QWEN3_VL_QVU = replace(QWEN3_VL, name="qwen3-vl-qvu", video_rule="qwen-vl-utils", video_resize="qwen-vl-utils",
                        video_min_pixels=128 * 32 * 32, video_max_pixels=768 * 32 * 32,
                        video_total_pixels=int(128000 * 32 * 32 * 0.9))
 

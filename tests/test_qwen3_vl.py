@@ -126,8 +126,8 @@ CASES = ["image", "multi_image", "video", "mixed", "video_vision_id"]
 def test_ids_labels_equal_processor_and_template(golden, tmp_path, case, layout):
     preset = Q3 if layout == "457" else Q3_TF5
     sample = _samples(tmp_path)[case]
-    # fast_videos: the uint8 resize, which is what transformers' video processor does on CPU
-    opts = EncodeOptions(fast_videos=True, add_vision_id=case == "video_vision_id")
+    # the preset's own frame resize is the video processor's uint8 path (no fast_videos needed)
+    opts = EncodeOptions(add_vision_id=case == "video_vision_id")
     enc = encode_sample(sample, preset, options=opts)
     key = f"ids_{layout}" if f"{case}/ids_{layout}" in golden else "ids_5x"  # image-only: one layout
     expected = golden[f"{case}/{key}"]
