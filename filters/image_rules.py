@@ -14,22 +14,20 @@ def image_sizes(sample: Sample, ctx: FilterContext) -> list[tuple[int, int]]:
 
 
 def image_tokens(sample: Sample, ctx: FilterContext) -> list[int]:
-    """Visual tokens per image: the sample plan's (`processors.plan.plan_image` under ctx.preset, whose
-    band is the job's, and the per-image options a record may carry), exactly as the encoder."""
-    return [plan_image(h, w, ref, ctx.preset, _NO_JOB_OPTIONS).tokens
-            for (h, w), ref in zip(image_sizes(sample, ctx), sample.images)]
+    """Visual tokens per image: the sample plan's (`processors.plan.plan_image` with ctx.preset, the job's
+    encode options and the per-image options a record may carry), exactly as the encoder."""
+    opts = ctx.encode_options if ctx.encode_options is not None else _PRESET_BAND_ONLY
+    return [plan_image(h, w, ref, ctx.preset, opts).tokens for (h, w), ref in zip(image_sizes(sample, ctx), sample.images)]
 
 
-class _JobBandInPreset:
-    """The encode options the filters plan with: none beyond the preset, which already carries the
-    job's image band (pipeline.stages.context_for); a requested size above the default pixel limit
-    is refused here as the encoder would refuse it."""
+class _PresetBandOnly:
+    """Encode options that add nothing to the preset (a FilterContext without the job's options)."""
 
     min_pixels = max_pixels = max_image_pixels = None
     fast_images = False
 
 
-_NO_JOB_OPTIONS = _JobBandInPreset()
+_PRESET_BAND_ONLY = _PresetBandOnly()
 
 
 def min_side(limit: float) -> Threshold:

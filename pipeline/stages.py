@@ -62,8 +62,9 @@ def context_for(cfg_json: str) -> Context:
     from processors.tokenizer import get_tokenizer
 
     cfg = JobConfig.from_dict(json.loads(cfg_json))
-    # The job's image band is part of the preset every stage sees, so the filters' token arithmetic
-    # (max_visual_tokens) uses the same band as the encoder.
+    # The job's image band is part of the preset every stage sees (ctx.preset.max_pixels is the job's),
+    # and in its EncodeOptions, which the filters' token and box rules plan with (processors.plan
+    # merges them with each item's options, as the encoder does).
     preset = get_preset(cfg.preset)
     band = {k: v for k, v in (("min_pixels", cfg.image.min_pixels), ("max_pixels", cfg.image.max_pixels)) if v}
     preset = preset.with_overrides(**band) if band else preset
@@ -107,7 +108,7 @@ def prepare(raw: RawRecord, src: SourceFile, ctx: Context, new_id: str | None = 
     except Exception as exc:
         return Outcome.error(sid, raw.source, raw.index, "clean", exc)
 
-    verdict = _run(ctx.filters, sample, FilterContext(preset=ctx.preset), "raw")
+    verdict = _run(ctx.filters, sample, FilterContext(preset=ctx.preset, encode_options=ctx.encode_options), "raw")
     if isinstance(verdict, Outcome) or verdict is not None:
         return _verdict_outcome(verdict, sample)
 
@@ -116,7 +117,7 @@ def prepare(raw: RawRecord, src: SourceFile, ctx: Context, new_id: str | None = 
     except Exception as exc:
         return Outcome.error(sid, raw.source, raw.index, "clean", exc)
 
-    fctx = FilterContext(preset=ctx.preset, image_sizes=prepared.image_sizes,
+    fctx = FilterContext(preset=ctx.preset, encode_options=ctx.encode_options, image_sizes=prepared.image_sizes,
                          video_infos=prepared.video_infos, boxes=_boxes_binder(ctx, prepared.image_sizes))
     verdict = _run(ctx.filters, sample, fctx, "media")
     if verdict is not None:
@@ -231,8 +232,8 @@ def encode(prepared: Prepared, src: SourceFile, ctx: Context) -> EncodedSample |
     except Exception as exc:
         return Outcome.error(s.id, s.source, s.record_index, "encode", exc)
 
-    fctx = FilterContext(preset=ctx.preset, image_sizes=prepared.image_sizes, video_infos=prepared.video_infos,
-                         encoded=enc, boxes=_boxes_binder(ctx, prepared.image_sizes))
+    fctx = FilterContext(preset=ctx.preset, encode_options=ctx.encode_options, image_sizes=prepared.image_sizes,
+                         video_infos=prepared.video_infos, encoded=enc, boxes=_boxes_binder(ctx, prepared.image_sizes))
     verdict = _run(ctx.filters, s, fctx, "encoded")
     if verdict is not None:
         return _verdict_outcome(verdict, s)
