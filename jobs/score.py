@@ -25,7 +25,7 @@ examples:
 
 def add_arguments(p) -> None:
     p.add_argument("out_dir", help="output directory of `vlprep prepare`")
-    p.add_argument("--model", help="local Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint folder (enables the vlm scorer)")
+    p.add_argument("--model", help="local Qwen2-VL / Qwen2.5-VL checkpoint folder (enables the vlm scorer)")
     p.add_argument("--scorers", help="comma list of text,pixels,vlm (default: text,pixels, plus vlm with --model)")
     p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per batch (default 16384)")
     p.add_argument("--max-padding", type=float, default=0.10, help="padding cap per batch (default 0.10)")

@@ -16,20 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import VideoDecodeError, VlprepError
+from .video_sampling import tf_frame_indices, tf_sample_by_time, tf_video_frame_size  # Qwen3-VL's rule
 from .patches import patchify
 from .presets import Preset, get_preset
 from .resized_size import requested_size
 from .video_decode import decode_decord, decode_pyav
 from .video_probe import VideoInfo, probe_video
 from .video_resize import resize_frames
-from .video_sampling import (
-    sample_by_time,
-    sample_frame_indices,
-    tf_frame_indices,
-    tf_sample_by_time,
-    tf_video_frame_size,
-    video_frame_size,
-)
+from .video_sampling import sample_by_time, sample_frame_indices, video_frame_size
 
 __all__ = ["VideoInfo", "VideoResult", "probe_video", "sample_frame_indices", "process_video"]
 

@@ -84,7 +84,7 @@ class VLMScorer:
 
         cfg = transformers.AutoConfig.from_pretrained(self.model_path)
         if cfg.model_type not in _FAMILIES:
-            raise ScorerError(f"{self.model_path}: model_type {cfg.model_type!r} is not a Qwen2-VL / Qwen2.5-VL / Qwen3-VL "
+            raise ScorerError(f"{self.model_path}: model_type {cfg.model_type!r} is not a Qwen2-VL / Qwen2.5-VL "
                               f"checkpoint (expected one of {sorted(_FAMILIES)})")
         self.model_type = cfg.model_type
         cls = getattr(transformers, _FAMILIES[cfg.model_type])

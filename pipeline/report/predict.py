@@ -20,7 +20,7 @@ from processors.sample import MediaRef, Sample
 from processors.text import clean_sample
 from processors.tokenizer import get_tokenizer
 
-from .media_probe import ImageFacts, error_code, facts_from_info, image_facts, video_facts  # noqa: F401
+from .media_probe import ImageFacts, error_code, facts_from_info, image_facts, video_facts
 
 
 @dataclass
@@ -37,14 +37,14 @@ class Prediction:
     n_supervised_tokens: int | None = None
     image_sizes: list[tuple[int, int]] = field(default_factory=list)
     image_resized: list[tuple[int, int]] = field(default_factory=list)
+    image_plans: list = field(default_factory=list, repr=False)   # processors.plan entries (not packed)
+    video_plans: list = field(default_factory=list, repr=False)
     video_sizes: list[tuple[int, int]] = field(default_factory=list)
     video_resized: list[tuple[int, int]] = field(default_factory=list)
     video_durations: list[float] = field(default_factory=list)
     video_fps: list[float] = field(default_factory=list)
     video_sample_fps: list[float] = field(default_factory=list)
     video_frames: list[int] = field(default_factory=list)
-    image_plans: list = field(default_factory=list, repr=False)   # processors.plan entries
-    video_plans: list = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
