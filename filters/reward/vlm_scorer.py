@@ -27,9 +27,9 @@ from processors.presets import IGNORE_INDEX
 from .batching import HostBatch, has_vision
 from .protocol import ScorerError, compute_dtype
 
-_FAMILIES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-             "qwen3_vl": "Qwen3VLForConditionalGeneration"}
-_PRESET_OF = {"qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "qwen3-vl"}
+_FAMILIES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+_PRESET_OF = {"qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl"}
+_FAMILIES["qwen3_vl"], _PRESET_OF["qwen3_vl"] = "Qwen3VLForConditionalGeneration", "qwen3-vl"
 # Where reward / sequence-classification checkpoints keep a scalar head.
 _HEAD_KEYS = ("score.weight", "v_head.summary.weight", "reward_head.weight")
 # Bound on the float32 [rows, vocab] logits buffer of one lm_head call (1 GiB GPU, 128 MiB CPU).
