@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from jobs.cli import positive_int
+
 HELP = "encode records of a json/jsonl file in-process and print tokens, grids and the ChatML text"
 DESCRIPTION = """Encode records of one json/jsonl file without Ray and print, per record, its token counts,
 image/video grids and (with --show-text) the decoded ChatML. Useful to check a format, a preset or a
@@ -21,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="qwen2.5-vl", help="qwen2.5-vl (default), qwen2-vl or qwen-vl")
     p.add_argument("--format", default="auto", help="input format: auto, llava, sharegpt, llamafactory, qwen, openai")
     p.add_argument("--grounding-format", default=None, help="format of boxes in the source text (qwen2-vl, qwen2.5-vl, qwen-vl), re-rendered for the preset")
-    p.add_argument("--limit", type=int, default=10, help="encode at most this many records (default 10)")
+    p.add_argument("--limit", type=positive_int, default=10, help="encode at most this many records (default 10)")
     p.add_argument("--show-text", action="store_true", help="print the decoded ChatML of each record")
 
 

@@ -6,6 +6,9 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from jobs.cli import positive_int
+
+INTERRUPTED = "the units already scored are kept in OUT/scores; run the same command again to resume"
 HELP = "score prepared shards with models (text, pixels, vlm) on GPUs or CPU; writes OUT/scores/{unit}.parquet"
 DESCRIPTION = """Score every kept sample of a prepared output directory without decoding any media again.
 
@@ -27,7 +30,7 @@ def add_arguments(p) -> None:
     p.add_argument("out_dir", help="output directory of `vlprep prepare`")
     p.add_argument("--model", help="local Qwen2-VL / Qwen2.5-VL checkpoint folder (enables the vlm scorer)")
     p.add_argument("--scorers", help="comma list of text,pixels,vlm (default: text,pixels, plus vlm with --model)")
-    p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per batch (default 16384)")
+    p.add_argument("--batch-tokens", type=positive_int, default=16384, help="padded tokens per batch (default 16384)")
     p.add_argument("--max-padding", type=float, default=0.10, help="padding cap per batch (default 0.10)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
     p.add_argument("--pack", choices=("auto", "on", "off"), default="auto",
@@ -36,7 +39,7 @@ def add_arguments(p) -> None:
                    help="auto: Ray when --address is given or more than one GPU is visible, else in-process")
     p.add_argument("--address", help="Ray cluster address (e.g. auto, ray://host:10001)")
     p.add_argument("--num-gpus", type=float, default=1.0, help="GPUs per Ray actor; fractions share a GPU")
-    p.add_argument("--workers", type=int, help="Ray CPU actors when the cluster has no GPU (default 1)")
+    p.add_argument("--workers", type=positive_int, help="Ray CPU actors when the cluster has no GPU (default 1)")
     p.add_argument("--text-model", help="sentence-transformers folder for the text scorer (default: bundled)")
     p.add_argument("--no-visual-gain", dest="visual_gain", action="store_false",
                    help="vlm: skip the text-only pass (no vlm.text_only_logprob / vlm.visual_gain; ~2x faster)")

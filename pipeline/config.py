@@ -105,6 +105,7 @@ class JobConfig:
     filters: dict[str, Any] = field(default_factory=dict)    # mapping for filters.build_filters
     dedup: DedupOptions = field(default_factory=DedupOptions)
     unit_size: int = 256               # records per work unit (one shard per unit)
+    max_error_share: float | None = None  # the job fails (exit 1) when more records than this share are errors
     ray: RayOptions = field(default_factory=RayOptions)
     base_dir: str = "."                # where relative paths are resolved (the YAML's folder)
 
@@ -334,6 +335,8 @@ KEYS: dict[str, Key] = {
     "dedup.phash": Key("bool", "drop near-duplicate images"),
     "dedup.phash_threshold": Key("int", "max Hamming distance of near-duplicates", ge=0, le=32),
     "unit_size": Key("int", "records per work unit", ge=1),
+    "max_error_share": Key("number", "share of error records above which the job fails; null: never",
+                           null=True, ge=0, le=1),
     "ray.address": Key("str", "auto or ray://host:port; null: an embedded local Ray", null=True),
     "ray.num_cpus": Key("number", "CPUs per encode task", gt=0),
     "ray.index_num_cpus": Key("number", "CPUs per index task", gt=0),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -48,7 +49,14 @@ def test_pyproject_core_has_no_torch_ray_or_plots_and_torch_is_never_pinned():
 
 def test_core_install_imports_processors_and_loader_and_encodes_without_torch(tmp_path):
     bin_ = _venv(tmp_path / "core")
-    subprocess.run([str(bin_ / "pip"), "install", "-q", str(ROOT)], check=True, env=_pip_env(),
+    src = tmp_path / "src"   # a copy: a non-editable build leaves build/ in the tree it builds
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "processors", "filters", "pipeline", "jobs"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / name, src / name)
+    subprocess.run([str(bin_ / "pip"), "install", "-q", str(src)], check=True, env=_pip_env(),
                    cwd=tmp_path, timeout=600)
     from PIL import Image
 
