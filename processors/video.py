@@ -110,8 +110,8 @@ def _process_frame_list(frames_in, preset: Preset, *, sample_fps, min_pixels, ma
     for i, item in enumerate(frames_in):
         rgb = first if i == 0 else _load_frame(item)
         if rgb.shape[:2] != (h, w) and not explicit:
-            raise VlprepError(f"frame {i} of a frame-list video is {rgb.shape[0]}x{rgb.shape[1]}, frame 0 is "
-                              f"{h}x{w}; all frames of one video must have the same size")
+            raise VlprepError(f"frame {i} of a frame-list video is {rgb.shape[1]}x{rgb.shape[0]} (WxH), frame 0 is "
+                              f"{w}x{h}; all frames of one video must have the same size")
         out[i] = resize_frames(rgb, H, W, fast=fast)
     times = np.arange(n) / rate
     return _result(out, preset, indices=range(n), times=times, sample_fps=rate, original_size=(h, w),

@@ -238,7 +238,7 @@ def test_bad_requests_name_the_option_and_value(photo, clip, opts, exc, msg):
 
 
 def test_request_above_the_image_pixel_limit(photo):
-    with pytest.raises(ImageTooLargeError, match=r"resized_height=1000, resized_width=1000 give 1008x1008 = "
+    with pytest.raises(ImageTooLargeError, match=r"resized_height=1000, resized_width=1000 give 1008x1008 \(WxH\) = "
                                                  r"1,016,064 pixels, above the image pixel limit of 1,000,000"):
         process_image(photo, QWEN25_VL, resized_height=1000, resized_width=1000, max_image_pixels=1_000_000)
     assert process_image(photo, QWEN25_VL, resized_height=980, resized_width=980,
