@@ -272,8 +272,9 @@ class Key:
               "str": lambda v: isinstance(v, str),
               "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
               "mapping": lambda v: isinstance(v, dict)}[self.type](value)
-        if ok and self.choices is not None:
-            ok = value in self.choices
+        if ok and self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{key} {value!r} is not one of {list(self.choices)}"
+                              + (" or null" if self.null else "") + f" ({self.doc})")
         if ok and self.type in ("int", "number"):
             ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
                   and (self.le is None or value <= self.le))

@@ -73,7 +73,7 @@ def test_requested_size_is_transformers_smart_resize_with_the_default_band(hf_sm
         hf_smart_resize(*expected, 28, *HUB)  # what the model's processor does with it next
     except ValueError:  # 41x8200 → 28x8204, ratio 293: refused up front, naming the request
         with pytest.raises(AspectRatioError, match=f"resized_height={rh}, resized_width={rw} give "
-                                                   f"{expected[0]}x{expected[1]}, aspect ratio"):
+                                                   rf"{expected[1]}x{expected[0]} \(WxH\), aspect ratio"):
             requested_size(rh, rw)
         return
     assert requested_size(rh, rw) == expected
