@@ -46,6 +46,36 @@ def add_arguments(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="re-score units that already have scores")
 
 
+def tqdm(*args, **kwargs):
+    from tqdm import tqdm as bar
+
+    return bar(*args, **kwargs)
+
+
+class ProgressLines:
+    """Progress for a log file (stderr not a terminal): a plain line every `every` seconds and at the
+    end, instead of a bar's carriage returns."""
+
+    def __init__(self, total: int, every: float = 30.0, file=None):
+        self.total, self.every, self.file = total, every, file or sys.stderr
+        self.n, self.postfix, self.t0 = 0, "", time.perf_counter()
+        self.last = self.t0
+
+    def update(self, n: int) -> None:
+        self.n += n
+        now = time.perf_counter()
+        if now - self.last >= self.every or self.n >= self.total:
+            self.last = now
+            print(f"scored {self.n}/{self.total} samples ({self.n / max(self.total, 1):.0%}) in "
+                  f"{now - self.t0:.0f}s, {self.postfix}", file=self.file, flush=True)
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = text
+
+    def close(self) -> None:
+        pass
+
+
 def units_from_manifest(out_dir: Path):
     """(units in manifest order, preset name) from OUT/manifest.parquet."""
     import pyarrow.parquet as pq
@@ -76,8 +106,6 @@ def _use_ray(args) -> bool:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from filters.reward.protocol import ScorerError
     from filters.reward.stage import ScoreConfig, pending, run_local, run_ray
     from pipeline.loader import ShardLoader  # filters never import pipeline: the job hands the reader in
@@ -99,14 +127,15 @@ def run(args) -> int:
           f"{len(units) - len(todo)} already scored")
     if not todo:
         return 0
-    bar = tqdm(total=total, unit="sample", dynamic_ncols=True, file=sys.stderr)
+    bar = ProgressLines(total) if not sys.stderr.isatty() else tqdm(total=total, unit="sample", dynamic_ncols=True,
+                                                                   file=sys.stderr)
     t0 = time.perf_counter()
     tokens = [0]
 
     def progress(n_samples: int, n_tokens: int) -> None:
         tokens[0] += n_tokens
-        bar.update(n_samples)
         bar.set_postfix_str(f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s")
+        bar.update(n_samples)
 
     try:
         if _use_ray(args):
