@@ -47,7 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _RayTokenNotice:
+    """Drops Ray's "Token authentication is enabled for this Ray cluster" notice, which an embedded
+    local Ray prints on every command (Ray's own default; nothing for the user to do)."""
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled for this Ray cluster")
+
+
+def _quiet_ray() -> None:
+    import logging
+
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _RayTokenNotice) for f in logger.filters):
+        logger.addFilter(_RayTokenNotice())
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_ray()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

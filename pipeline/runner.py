@@ -364,9 +364,6 @@ class _executor:
             if addr:
                 _connect(ray, addr)
             else:
-                # Ray's own default for a new local cluster (token auth on), said explicitly: it then starts
-                # without its "Token authentication is enabled" warning on every command
-                os.environ.setdefault("RAY_AUTH_MODE", "token")
                 # address="local": always a fresh embedded instance, never a cluster that happens
                 # to run on this machine (`ray start`, another job's test cluster)
                 ray.init(address="local", num_cpus=self.cfg.ray.workers or os.cpu_count(), include_dashboard=False,

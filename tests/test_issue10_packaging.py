@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+
 
 
 def _venv(path: Path) -> Path:
@@ -47,6 +47,7 @@ def test_pyproject_core_has_no_torch_ray_or_plots_and_torch_is_never_pinned():
     assert '-c constraints.txt -e ".[all,test]"' in (ROOT / "Makefile").read_text()
 
 
+@pytest.mark.slow
 def test_core_install_imports_processors_and_loader_and_encodes_without_torch(tmp_path):
     bin_ = _venv(tmp_path / "core")
     src = tmp_path / "src"   # a copy: a non-editable build leaves build/ in the tree it builds
@@ -84,6 +85,7 @@ print("grid", enc.image_grid_thw.tolist())
     assert "r1" in r.stdout and "ok" in r.stdout
 
 
+@pytest.mark.slow
 def test_all_extras_without_constraints_keep_the_installed_torch(tmp_path):
     bin_ = _venv(tmp_path / "gpu")
     # the training environment's torch: another version than this repo's constraints.txt pin
@@ -101,3 +103,31 @@ def test_all_extras_without_constraints_keep_the_installed_torch(tmp_path):
     install = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
     assert "ray" in install and "matplotlib" in install and "transformers" in install   # the extras resolved
     assert "torch" not in install, f"pip would replace the installed torch 2.6.0+cu124 by {install.get('torch')}"
+
+
+def test_processors_and_the_loader_import_with_torch_ray_and_plots_blocked():
+    """The same as the core venv, in-process and fast: the heavy packages cannot be imported."""
+    script = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("torch", "ray", "matplotlib", "decord", "sentence_transformers", "transformers",
+                                  "tqdm", "webdataset"):
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+import processors, pipeline.loader
+from pipeline.loader import ShardLoader, collate
+from processors import encode_sample, get_preset, get_tokenizer, parse_record
+rec = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+enc = encode_sample(parse_record(rec, source="x", index=0), get_preset("qwen2.5-vl"), media_root=".")
+print(len(enc.input_ids))
+"""
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_licence_is_an_spdx_string_so_setuptools_does_not_warn():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == "Apache-2.0"
+    assert any(r.startswith("setuptools>=77") for r in meta["build-system"]["requires"])

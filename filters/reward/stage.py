@@ -239,10 +239,6 @@ def run_ray(cfg: ScoreConfig, units: list[Unit], loader_factory, *, address: str
     if not todo:
         return StageReport(len(units), len(units), 0, 0, 0, 0.0, [])
     if not ray.is_initialized():
-        if not address:
-            # Ray's own default for a new local cluster (token auth on), said explicitly: it then starts
-            # without its "Token authentication is enabled" warning on every command
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=address, include_dashboard=False, log_to_driver=True,
                  **({} if address else {"num_cpus": os.cpu_count()}))
     gpus = float(ray.cluster_resources().get("GPU", 0.0))

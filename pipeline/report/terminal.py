@@ -78,8 +78,9 @@ def print_report(stats: dict, console: Console | None = None) -> None:
         c.print(t)
     for name, sc in stats.get("scores", {}).items():
         lower = sc.get("keep_if") == "<="
-        t = Table(title=escape(f"score {name}: keep if {'≤' if lower else '≥'} decile"
-                               + (" (lower is better)" if lower else "")), title_justify="left")
+        c.print(escape(f"score {name}: keep if {'≤' if lower else '≥'} decile" + (" (lower is better)" if lower else "")),
+                style="italic", soft_wrap=True)
+        t = Table()
         for col in ("decile", "threshold", "kept", "share", "tokens"):
             t.add_column(col, justify="right")
         for d in sc["threshold_at_decile"]:
