@@ -239,3 +239,24 @@ def test_stats_of_a_selection_counts_only_selected_samples_and_lower_is_better_k
     text = capsys.readouterr().out
     assert "score pixels.blank: keep if ≤ decile (lower is better)" in text
     assert "score text.qa_relevance: keep if ≥ decile" in text
+
+
+def test_score_progress_in_a_log_is_plain_lines_not_a_bar(tmp_path, capsys):
+    cfg = _corpus(tmp_path, n=3)
+    out = tmp_path / "out"
+    assert _prepare(cfg, out) == 0
+    capsys.readouterr()
+    assert main(["score", str(out), "--scorers", "pixels", "--device", "cpu"]) == 0   # stderr: not a terminal
+    err = capsys.readouterr().err
+    assert "\r" not in err and "scored 3/3 samples (100%)" in err, err
+
+
+@pytest.mark.slow
+def test_prepare_on_the_embedded_ray_prints_no_token_notice(tmp_path):
+    cfg = _corpus(tmp_path, n=4)
+    r = subprocess.run([PY, "-m", "jobs.cli", "prepare", str(cfg), "--out", str(tmp_path / "out"), "--workers", "1",
+                        "--no-progress"], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "Token authentication" not in r.stderr, r.stderr
+    assert "inputs 4 == kept 4" in r.stdout
