@@ -1,6 +1,7 @@
 """`vlprep score OUT`: run scorers over the prepared shards -> OUT/scores/{unit}.parquet."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import OrderedDict
@@ -121,6 +122,12 @@ def run(args) -> int:
     except (ScorerError, FileNotFoundError, ValueError) as exc:
         print(f"vlprep score: {exc}", file=sys.stderr)
         return 2
+    if not sys.stderr.isatty():   # a log file: no library progress bars (model loading) either
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        if {"text", "vlm"} & set(scorers):
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
     todo = pending(cfg, units)
     total = sum(u.expected or 0 for u in todo)
     print(f"scoring {len(todo)} of {len(units)} units ({total} samples) with {', '.join(scorers)}; "

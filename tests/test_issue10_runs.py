@@ -246,9 +246,18 @@ def test_score_progress_in_a_log_is_plain_lines_not_a_bar(tmp_path, capsys):
     out = tmp_path / "out"
     assert _prepare(cfg, out) == 0
     capsys.readouterr()
-    assert main(["score", str(out), "--scorers", "pixels", "--device", "cpu"]) == 0   # stderr: not a terminal
+    had = os.environ.get("TQDM_DISABLE")
+    try:
+        assert main(["score", str(out), "--scorers", "text,pixels", "--device", "cpu"]) == 0   # stderr: not a terminal
+    finally:   # what the command set for its own process
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.enable_progress_bar()
+        if had is None:
+            os.environ.pop("TQDM_DISABLE", None)
     err = capsys.readouterr().err
     assert "\r" not in err and "scored 3/3 samples (100%)" in err, err
+    assert "Loading weights" not in err and "it/s]" not in err, err     # nor the model loader's bar
 
 
 @pytest.mark.slow
