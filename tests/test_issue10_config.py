@@ -69,6 +69,7 @@ def test_the_keys_table_covers_every_config_field_and_nothing_else():
 
 def test_the_defaults_and_typical_values_pass():
     JobConfig.from_dict(BASE)
+    JobConfig.from_dict({**BASE, "filters": None, "cleaning": None, "image": None})   # empty YAML sections
     JobConfig.from_dict({**BASE, "video": {"fps": 1, "max_frames": 64, "min_pixels": 784}, "ray": {"workers": 2},
                          "grounding_format": "qwen2vl", "max_error_share": 0.2})
 
