@@ -180,14 +180,20 @@ def _check_out(layout: Layout, cfg: JobConfig, overwrite: bool) -> None:
             raise ConfigError(f"{root} holds the output of a different job configuration ({layout.job}; differs in "
                               f"{'; '.join(diff)}); resume needs the same config: pass --overwrite to start again, "
                               f"or another --out")
-    elif (root / "shards").exists() or (root / "parts").exists():
+    elif _holds_files(root / "shards") or _holds_files(root / "parts"):
         raise ConfigError(f"{root} has shards/parts but no job.json; pass --overwrite to start again")
 
 
+def _holds_files(folder: Path) -> bool:
+    return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+
+
 def _start_out(layout: Layout, cfg: JobConfig) -> None:
+    # job.json before the folders: an OUT interrupted here is never "parts but no job.json"
+    layout.root.mkdir(parents=True, exist_ok=True)
+    write_text(cfg.to_json(), layout.job)
     layout.mkdirs()
     layout.remove_temporaries()
-    write_text(cfg.to_json(), layout.job)
 
 
 def config_diff(before: dict, now: dict, prefix: str = "") -> list[str]:

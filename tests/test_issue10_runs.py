@@ -72,9 +72,10 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_same_command_resumes(tmp_path)
     cmd = [PY, "-m", "jobs.cli", "prepare", str(cfg), "--out", str(out), "--executor", "local", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not list((out / "parts").glob("*ledger*")) and time.time() < deadline and p.poll() is None:
+    deadline = time.time() + 600
+    while not list((out / "parts").rglob("*.parquet")) and time.time() < deadline and p.poll() is None:
         time.sleep(0.05)
+    assert p.poll() is None, "the job ended before it could be interrupted"
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
@@ -269,3 +270,17 @@ def test_prepare_on_the_embedded_ray_prints_no_token_notice(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Token authentication" not in r.stderr, r.stderr
     assert "inputs 4 == kept 4" in r.stdout
+
+
+def test_folders_left_by_a_run_stopped_before_job_json_do_not_block_the_rerun(tmp_path):
+    cfg = _corpus(tmp_path)
+    out = tmp_path / "out"
+    for d in ("shards", "parts/ledger", "parts/index"):
+        (out / d).mkdir(parents=True)
+    assert _prepare(cfg, out) == 0
+    (out / "job.json").unlink()
+    with pytest.raises(Exception, match="has shards/parts but no job.json"):   # real output stays protected
+        from pipeline.config import JobConfig
+        from pipeline.runner import run_job
+
+        run_job(JobConfig.from_yaml(cfg), out=out, executor="local", progress=False)
