@@ -157,7 +157,9 @@ def _single_torch_thread() -> None:
     """Run this thread's torch ops on one core: the decoder holds the other. With torch's OpenMP
     backend the setting is per calling thread for threads that already used torch, but it also
     becomes the default of threads that start using torch later — `_decode_and_resize` restores it."""
-    import torch
+    from .video_resize import require_torch
+
+    torch = require_torch()
 
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
@@ -172,7 +174,9 @@ def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int,
     how many slots of `out` were filled."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import torch
+    from .video_resize import require_torch
+
+    torch = require_torch()
 
     caller_threads = torch.get_num_threads()  # also pins this thread's own setting before the worker's
 

@@ -113,7 +113,7 @@ class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name.split(".")[0] in ("torch", "ray", "matplotlib", "decord", "sentence_transformers", "transformers",
                                   "tqdm", "webdataset"):
-            raise ImportError("blocked " + name)
+            raise ModuleNotFoundError("blocked " + name, name=name)  # as a package not installed
 sys.meta_path.insert(0, Block())
 import processors, pipeline.loader
 from pipeline.loader import ShardLoader, collate
@@ -121,10 +121,17 @@ from processors import encode_sample, get_preset, get_tokenizer, parse_record
 rec = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 enc = encode_sample(parse_record(rec, source="x", index=0), get_preset("qwen2.5-vl"), media_root=".")
 print(len(enc.input_ids))
+import numpy as np
+from processors.video_resize import resize_frames
+try:
+    resize_frames(np.zeros((2, 56, 56, 3), np.uint8), 28, 28)
+except ModuleNotFoundError as exc:
+    print("VIDEO:", exc)
 """
     r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
+    assert "VIDEO: resizing video frames needs torch" in r.stdout and "vlprep[torch]" in r.stdout, r.stdout
 
 
 def test_the_licence_is_an_spdx_string_so_setuptools_does_not_warn():
