@@ -35,11 +35,12 @@ from .sources import RawRecord, SourceFile
 STAGE_RESOURCES = {"index": "ray.index_num_cpus", "encode": "ray.num_cpus"}
 
 
-def fallback_id(source: str, index: int) -> str:
-    """The id of a record that could not be parsed (formats.sample_id's rule for a record without one)."""
+def fallback_id(source: str, index: int, record=None) -> str:
+    """The id of a record that could not be parsed: its own `id` when the raw record has one,
+    else formats.sample_id's rule for a record without one."""
     from processors.formats import sample_id
 
-    return sample_id(source, index, None)
+    return sample_id(source, index, record if isinstance(record, dict) else None)
 
 
 @dataclass
@@ -89,7 +90,7 @@ class Prepared:
 def prepare(raw: RawRecord, src: SourceFile, ctx: Context, new_id: str | None = None) -> Prepared | Outcome:
     from filters.base import FilterContext
 
-    fid = fallback_id(raw.source, raw.index)
+    fid = fallback_id(raw.source, raw.index, raw.record)
     if raw.error is not None:
         return Outcome.error(fid, raw.source, raw.index, "read", raw.error_type or "read", raw.error)
     try:

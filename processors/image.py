@@ -82,7 +82,7 @@ def _check_pixel_limit(size: tuple[int, int], name: str, max_image_pixels: int |
     pixels = width * height
     if pixels > max_image_pixels:
         raise ImageTooLargeError(
-            f"{name}: {width}x{height} = {pixels:,} pixels is above the decompression-bomb limit of "
+            f"{name}: {width}x{height} (WxH) = {pixels:,} pixels is above the decompression-bomb limit of "
             f"{max_image_pixels:,} pixels (checked from the header, nothing decoded); if the file is "
             f"genuine, raise max_image_pixels (per call, or the job's image.max_image_pixels)"
         )
@@ -120,12 +120,28 @@ def open_image(src, *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) 
             f"PIL.Image.MAX_IMAGE_PIXELS to open it"
         ) from exc
     except UnidentifiedImageError as exc:
-        head = (src[:8] if not isinstance(fp, str) else _read_head(fp)).hex(" ")
+        raw = src[:16] if not isinstance(fp, str) else _read_head(fp, 16)
+        head = raw[:8].hex(" ")
+        known = _format_from_magic(raw)
+        if known:
+            raise ImageDecodeError(f"{name}: truncated or corrupt {known} file (its header says {known}, but the "
+                                   f"image data cannot be read; first bytes: {head})") from exc
         raise ImageDecodeError(f"{name}: not a recognised image format (first bytes: {head})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"{name}: cannot read the image header: {exc}") from exc
     _check_pixel_limit(im.size, name, max_image_pixels)
     return im
+
+
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+          (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _format_from_magic(head: bytes) -> str | None:
+    """The image format a file's first bytes announce (None: no known signature)."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), None)
 
 
 def _read_head(path: str, n: int = 8) -> bytes:
@@ -219,7 +235,7 @@ def resize_image(img: Image.Image, height: int, width: int, *, fast: bool = Fals
     box-reduced first. Otherwise fast equals exact.
     """
     if height <= 0 or width <= 0:
-        raise ValueError(f"target size must be positive, got {height}x{width}")
+        raise ValueError(f"target size must be positive, got {width}x{height} (WxH)")
     box = None
     if fast:
         box = _draft_for(img, width, height)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from .errors import UserInputError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -162,5 +164,5 @@ def get_preset(name_or_preset: "str | Preset | None" = None) -> Preset:
                "qwen3vl": "qwen3-vl"}
     key = aliases.get(key, key)
     if key not in PRESETS:
-        raise ValueError(f"unknown preset {name_or_preset!r}; choose one of {sorted(PRESETS)}")
+        raise UserInputError(f"unknown preset {name_or_preset!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[key]

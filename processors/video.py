@@ -111,8 +111,8 @@ def _process_frame_list(frames_in, preset: Preset, *, sample_fps, min_pixels, ma
     for i, item in enumerate(frames_in):
         rgb = first if i == 0 else _load_frame(item)
         if rgb.shape[:2] != (h, w) and not explicit:
-            raise VlprepError(f"frame {i} of a frame-list video is {rgb.shape[0]}x{rgb.shape[1]}, frame 0 is "
-                              f"{h}x{w}; all frames of one video must have the same size")
+            raise VlprepError(f"frame {i} of a frame-list video is {rgb.shape[1]}x{rgb.shape[0]} (WxH), frame 0 is "
+                              f"{w}x{h}; all frames of one video must have the same size")
         out[i] = resize_frames(rgb, H, W, fast=fast)
     times = np.arange(n) / rate
     return _result(out, preset, indices=range(n), times=times, sample_fps=rate, original_size=(h, w),
@@ -186,7 +186,9 @@ def _single_torch_thread() -> None:
     """Run this thread's torch ops on one core: the decoder holds the other. With torch's OpenMP
     backend the setting is per calling thread for threads that already used torch, but it also
     becomes the default of threads that start using torch later — `_decode_and_resize` restores it."""
-    import torch
+    from .video_resize import require_torch
+
+    torch = require_torch()
 
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
@@ -201,7 +203,9 @@ def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int,
     how many slots of `out` were filled."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import torch
+    from .video_resize import require_torch
+
+    torch = require_torch()
 
     caller_threads = torch.get_num_threads()  # also pins this thread's own setting before the worker's
 

@@ -73,7 +73,7 @@ def test_requested_size_is_transformers_smart_resize_with_the_default_band(hf_sm
         hf_smart_resize(*expected, 28, *HUB)  # what the model's processor does with it next
     except ValueError:  # 41x8200 → 28x8204, ratio 293: refused up front, naming the request
         with pytest.raises(AspectRatioError, match=f"resized_height={rh}, resized_width={rw} give "
-                                                   f"{expected[0]}x{expected[1]}, aspect ratio"):
+                                                   rf"{expected[1]}x{expected[0]} \(WxH\), aspect ratio"):
             requested_size(rh, rw)
         return
     assert requested_size(rh, rw) == expected
@@ -238,7 +238,7 @@ def test_bad_requests_name_the_option_and_value(photo, clip, opts, exc, msg):
 
 
 def test_request_above_the_image_pixel_limit(photo):
-    with pytest.raises(ImageTooLargeError, match=r"resized_height=1000, resized_width=1000 give 1008x1008 = "
+    with pytest.raises(ImageTooLargeError, match=r"resized_height=1000, resized_width=1000 give 1008x1008 \(WxH\) = "
                                                  r"1,016,064 pixels, above the image pixel limit of 1,000,000"):
         process_image(photo, QWEN25_VL, resized_height=1000, resized_width=1000, max_image_pixels=1_000_000)
     assert process_image(photo, QWEN25_VL, resized_height=980, resized_width=980,
