@@ -253,7 +253,6 @@ def _prepared(root: Path, units: int) -> Path:
     (["--num-gpus", "1.5"], "--num-gpus 1.5: each Ray actor scores on one GPU"),
     (["--num-gpus", "2"], "--num-gpus 2: each Ray actor scores on one GPU"),
     (["--num-gpus", "0"], "--num-gpus 0:"),
-    (["--workers", "0"], "--workers 0: give at least 1"),
     (["--max-padding", "1.5"], "--max-padding is a share"),
     (["--device", "gpu0"], "--device 'gpu0' is not a device"),
 ])
