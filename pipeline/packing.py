@@ -229,3 +229,106 @@ class PackedCollator:
         out["use_cache"] = False     # with a cache, transformers ignores the packed boundaries
         out.ids = [s["id"] for s in samples]
         return out
+
+
+# -- the offline pack plan (`vlprep pack`) ----------------------------------------------------------
+
+PLAN_FILE = "packing/plan.parquet"
+
+
+def manifest_digest(table) -> str:
+    """sha1 over a manifest's (id, shard, n_tokens) rows in order: what a pack plan was built from."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for col in ("id", "shard", "n_tokens"):
+        for v in table.column(col).to_pylist():
+            h.update(str(v).encode())
+            h.update(b"\0")
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+def build_plan(table, max_tokens: int, window: int = 256):
+    """Pack plan rows for a manifest table (columns id, shard, n_tokens; rows in stored order).
+
+    Packs never cross a shard or a window of `window` consecutive samples of it, so the dataset
+    replays a plan while streaming shards with at most one window of samples in memory.
+    Returns (pyarrow table: shard, id, window, pack (-1: longer than max_tokens), n_tokens; PackStats).
+    """
+    import pyarrow as pa
+
+    if window < 1:
+        raise ValueError(f"window must be ≥ 1 (got {window})")
+    ids = table.column("id").to_pylist()
+    shards = table.column("shard").to_pylist()
+    ntok = table.column("n_tokens").to_pylist()
+    by_shard: dict[str, list[int]] = {}
+    for i, s in enumerate(shards):
+        by_shard.setdefault(s, []).append(i)
+    stats = PackStats(max_tokens)
+    window_of, pack_of = [0] * len(ids), [-1] * len(ids)
+    next_pack = 0
+    for shard in sorted(by_shard):
+        rows = by_shard[shard]
+        for w0 in range(0, len(rows), window):
+            chunk = rows[w0:w0 + window]
+            packs, too_long = plan_packs([ntok[r] for r in chunk], max_tokens)
+            for r in chunk:
+                window_of[r] = w0 // window
+            for p in packs:
+                for k in p:
+                    pack_of[chunk[k]] = next_pack
+                stats.add(ntok[chunk[k]] for k in p)
+                next_pack += 1
+            stats.too_long.extend(ids[chunk[k]] for k in too_long)
+    out = pa.table({"shard": shards, "id": ids, "window": pa.array(window_of, pa.int64()),
+                    "pack": pa.array(pack_of, pa.int64()), "n_tokens": pa.array(ntok, pa.int64())})
+    return out, stats
+
+
+class PackPlan:
+    """A pack plan read back: metadata (source, digest, max_tokens, window) and per-shard rows."""
+
+    def __init__(self, path, meta: dict):
+        self.path = path
+        self.source, self.digest = meta["source"], meta["digest"]
+        self.max_tokens, self.window = int(meta["max_tokens"]), int(meta["window"])
+
+    def rows(self, shard: str) -> list[tuple[str, int, int, int]]:
+        """(id, window, pack, n_tokens) of one shard's samples, in stored order."""
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(self.path, columns=["id", "window", "pack", "n_tokens"], filters=[("shard", "==", shard)])
+        return list(zip(*(t.column(c).to_pylist() for c in ("id", "window", "pack", "n_tokens"))))
+
+
+def write_plan(out_dir, plan_table, *, source: str, digest: str, max_tokens: int, window: int) -> "Path":
+    import json
+    from pathlib import Path
+
+    from .io import write_table
+
+    meta = {"source": source, "digest": digest, "max_tokens": max_tokens, "window": window, "version": 1}
+    t = plan_table.replace_schema_metadata({b"vlprep.pack_plan": json.dumps(meta, sort_keys=True).encode()})
+    path = Path(out_dir) / PLAN_FILE
+    write_table(t, path)
+    return path
+
+
+def read_plan(out_dir) -> PackPlan:
+    import json
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    path = Path(out_dir) / PLAN_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no pack plan at {path}; run `vlprep pack {out_dir} --max-tokens N` first")
+    raw = (pq.read_schema(path).metadata or {}).get(b"vlprep.pack_plan")
+    if raw is None:
+        raise ValueError(f"{path} has no vlprep pack-plan metadata; re-run `vlprep pack`")
+    meta = json.loads(raw)
+    if meta.get("version") != 1:
+        raise ValueError(f"{path} is pack plan version {meta.get('version')}, this vlprep reads version 1; re-run `vlprep pack`")
+    return PackPlan(path, meta)
