@@ -33,19 +33,25 @@ def tiny_sample(sid: str, n_text: int, rng: np.random.Generator, image: bool = F
 
 
 def make_out(root, n: int, per_shard: int = 100, seed: int = 0, lengths=(8, 64), image_every: int = 0,
-             preset: str = "qwen2.5-vl") -> Path:
-    """OUT with n samples (ids s000000…) in ceil(n / per_shard) shards; lengths: uniform text length range."""
+             preset: str = "qwen2.5-vl", templates: int = 509) -> Path:
+    """OUT with n samples (ids s000000…) in ceil(n / per_shard) shards; lengths: uniform text length range.
+    Beyond `templates` samples the arrays repeat (sample i reuses sample i % templates's arrays under its
+    own id), which keeps a 50 000-sample OUT cheap to generate."""
     root = Path(root)
     rng = np.random.default_rng(seed)
+    pool: dict[int, EncodedSample] = {}
     rows = []
     for u0 in range(0, n, per_shard):
         unit = f"u{u0 // per_shard:05d}"
         with ShardWriter(root / "shards" / f"{unit}.tar") as w:
             for i in range(u0, min(n, u0 + per_shard)):
                 sid = f"s{i:06d}"
-                e = tiny_sample(sid, int(rng.integers(lengths[0], lengths[1] + 1)), rng,
-                                image=bool(image_every) and i % image_every == 0)
-                w.write(sid, e, e.meta)
+                t = i % templates
+                if t not in pool:
+                    pool[t] = tiny_sample(sid, int(rng.integers(lengths[0], lengths[1] + 1)), rng,
+                                          image=bool(image_every) and i % image_every == 0)
+                e = pool[t]
+                w.write(sid, e, {"id": sid})
                 L = len(e.input_ids)
                 rows.append(dict(id=sid, source="gen.jsonl", record_index=i, unit=unit, shard=f"shards/{unit}.tar",
                                  key=sid, preset=preset, n_tokens=L, n_text_tokens=L - 4 * len(e.image_grid_thw),
