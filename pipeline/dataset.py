@@ -131,7 +131,7 @@ class ShardDataset(IterableDataset):
                                      f"re-run `vlprep prepare` on {self.root} to rebuild it")
         self.plan = None
         if pack_plan:
-            self.plan = read_plan(self.root)
+            self.plan = read_plan(self.root, self.selection)
             digest = manifest_digest(table)
             if self.plan.source != ("selection" if selection else "manifest") or self.plan.digest != digest:
                 raise ShardDataError(

@@ -233,7 +233,11 @@ class PackedCollator:
 
 # -- the offline pack plan (`vlprep pack`) ----------------------------------------------------------
 
-PLAN_FILE = "packing/plan.parquet"
+def plan_path(out_dir, selection: bool = False):
+    """Where `vlprep pack` writes the plan: next to the manifest it was built from."""
+    from pathlib import Path
+
+    return Path(out_dir) / ("selection/packs.parquet" if selection else "packs.parquet")
 
 
 def manifest_digest(table) -> str:
@@ -305,26 +309,25 @@ class PackPlan:
 
 def write_plan(out_dir, plan_table, *, source: str, digest: str, max_tokens: int, window: int) -> "Path":
     import json
-    from pathlib import Path
 
     from .io import write_table
 
     meta = {"source": source, "digest": digest, "max_tokens": max_tokens, "window": window, "version": 1}
     t = plan_table.replace_schema_metadata({b"vlprep.pack_plan": json.dumps(meta, sort_keys=True).encode()})
-    path = Path(out_dir) / PLAN_FILE
+    path = plan_path(out_dir, source == "selection")
     write_table(t, path)
     return path
 
 
-def read_plan(out_dir) -> PackPlan:
+def read_plan(out_dir, selection: bool = False) -> PackPlan:
     import json
-    from pathlib import Path
 
     import pyarrow.parquet as pq
 
-    path = Path(out_dir) / PLAN_FILE
+    path = plan_path(out_dir, selection)
     if not path.exists():
-        raise FileNotFoundError(f"no pack plan at {path}; run `vlprep pack {out_dir} --max-tokens N` first")
+        raise FileNotFoundError(f"no pack plan at {path}; run `vlprep pack {out_dir} --max-tokens N"
+                                f"{' --selection' if selection else ''}` first")
     raw = (pq.read_schema(path).metadata or {}).get(b"vlprep.pack_plan")
     if raw is None:
         raise ValueError(f"{path} has no vlprep pack-plan metadata; re-run `vlprep pack`")
