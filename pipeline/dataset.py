@@ -363,3 +363,24 @@ class StatefulLoader(DataLoader):
             ds._next = (logical + 1) % self.num_workers
             yield item
         ds.set_epoch(ds.epoch + 1)
+
+
+def sample_from_webdataset(row: dict) -> dict:
+    """A row decoded by `webdataset.WebDataset(urls).decode()` or `ray.data.read_webdataset(urls)`
+    → the sample dict of `ShardLoader.iter_shard` (id, the 7 arrays, meta), ready for
+    PaddedCollator / PackedCollator. (Today's members are plain .npy + .json; both libraries decode
+    them by extension.)"""
+    from .loader import ARRAYS
+
+    missing = [f"{name}.npy" for name in ARRAYS if f"{name}.npy" not in row]
+    if missing:
+        raise KeyError(f"row {row.get('__key__')!r} from {row.get('__url__', '?')} lacks {missing}: not a "
+                       f"vlprep shard of this format")
+    if any(isinstance(row[f"{name}.npy"], (bytes, bytearray)) for name in ARRAYS):
+        raise ValueError(f"row {row.get('__key__')!r} from {row.get('__url__', '?')} is not decoded: use "
+                         f"webdataset.WebDataset(urls).decode() (ray.data.read_webdataset decodes by default)")
+    meta = row.get("meta.json") or {}
+    out = {name: np.asarray(row[f"{name}.npy"]) for name in ARRAYS}
+    out["meta"] = meta
+    out["id"] = meta.get("id", row.get("__key__"))
+    return out
