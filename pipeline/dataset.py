@@ -384,3 +384,24 @@ def sample_from_webdataset(row: dict) -> dict:
     out["meta"] = meta
     out["id"] = meta.get("id", row.get("__key__"))
     return out
+
+
+def to_device(batch: dict, device, preset=None, dtype=None, non_blocking: bool = True) -> dict:
+    """Move a batch to `device`; uint8 pixel rows (a dataset built with normalize=False) are
+    normalised there (pipeline.loader.normalize_pixels), so the host ships 1 byte per value, not 4."""
+    from .loader import normalize_pixels
+
+    out = type(batch)()
+    if hasattr(batch, "ids"):
+        out.ids = batch.ids
+    for k, v in batch.items():
+        if not isinstance(v, torch.Tensor):
+            out[k] = v
+            continue
+        v = v.to(device, non_blocking=non_blocking)
+        if k in ("pixel_values", "pixel_values_videos") and v.dtype == torch.uint8:
+            v = normalize_pixels(v, preset, dtype)
+        elif v.is_floating_point() and dtype is not None and k != "second_per_grid_ts":
+            v = v.to(dtype)
+        out[k] = v
+    return out
