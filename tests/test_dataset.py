@@ -178,3 +178,33 @@ def test_memory_bounded_on_50k_samples(tmp_path):
             peak = max(peak, _rss())
     assert n == 50_000
     assert corpus > 150e6 and peak - base < 32e6, (corpus, base, peak)
+
+
+def test_uint8_batches_normalised_on_the_device_equal_float_batches(out):
+    import torch
+
+    from pipeline.dataset import to_device
+
+    for mode in (dict(batch_size=4), dict(max_tokens=256)):
+        a = next(iter(ShardDataset(out, shuffle=False, **mode)))
+        b = next(iter(ShardDataset(out, shuffle=False, normalize=False, **mode)))
+        assert b["pixel_values"].dtype == torch.uint8 and a["pixel_values"].dtype == torch.float32
+        moved = to_device(b, "cpu")
+        assert moved.ids == a.ids and set(moved) == set(a)
+        for k, v in a.items():
+            assert torch.equal(moved[k], v) if isinstance(v, torch.Tensor) else moved[k] == v, k
+
+
+def test_rank_and_world_from_torch_distributed(out, tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        ds = ShardDataset(out)
+        assert (ds.rank, ds.world_size) == (0, 1)
+        with pytest.raises(ValueError, match="disagree with torch.distributed"):
+            ShardDataset(out, rank=1, world_size=2)
+    finally:
+        dist.destroy_process_group()
+    with pytest.raises(ValueError, match="rank must be in"):
+        ShardDataset(out, rank=2, world_size=2)
