@@ -14,7 +14,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
 
 
 def test_training_doc_runs(tmp_path, monkeypatch, capsys):
-    out = make_out(tmp_path / "prepared", 400, per_shard=50, image_every=5)
+    out = make_out(tmp_path / "prepared", 150, per_shard=25, image_every=5)
     monkeypatch.setenv("OUT", str(out))
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
     assert len(blocks) == 4
@@ -28,6 +28,6 @@ def test_training_doc_runs(tmp_path, monkeypatch, capsys):
     state, rest = ns["state"], ns["rest"]
     assert state["epoch"] == 1 and sum(state["consumed"]) == 2
     # what the resumed loader returned is exactly what epoch 1 had left
-    full = [b.ids for b in ns["ShardDataset"](out, seed=0, max_tokens=2048, buffer_size=64, epoch=1).loader(num_workers=2)]
+    full = [b.ids for b in ns["ShardDataset"](out, seed=0, max_tokens=512, buffer_size=64, epoch=1).loader(num_workers=2)]
     assert rest == full[2:]
     assert ns["batch"]["input_ids"].shape[0] == 1
