@@ -99,3 +99,18 @@ def test_pack_collate_layout():
     assert p["pixel_values"].shape[0] == n_img and p["pixel_values_videos"].shape[0] == 48 + 24
     np.testing.assert_array_equal(p["pixel_values"][16:], samples[1]["pixel_values"][:24])
     np.testing.assert_array_equal(p["pixel_values_videos"][:48], samples[1]["pixel_values"][24:])
+
+
+def test_normalize_pixels_matches_the_numpy_reference_normalisation():
+    from pipeline.loader import normalize_pixels
+    from processors.patches import normalize_patches
+    from processors.presets import QWEN25_VL
+
+    rows = np.random.default_rng(0).integers(0, 256, (300, 1176)).astype(np.uint8)
+    got = normalize_pixels(torch.from_numpy(rows), QWEN25_VL).numpy()
+    ref = normalize_patches(rows, QWEN25_VL.image_mean, QWEN25_VL.image_std)
+    assert got.dtype == np.float32 and np.abs(got - ref).max() <= 1e-6
+    x = torch.from_numpy(rows).to(torch.float32) * (1.0 / 255.0)      # the out-of-place float32 arithmetic
+    mean, std = torch.tensor(QWEN25_VL.image_mean), torch.tensor(QWEN25_VL.image_std)
+    want = ((x.view(300, 3, 392) - mean[None, :, None]) / std[None, :, None]).view(300, -1)
+    assert torch.equal(torch.from_numpy(got), want)
