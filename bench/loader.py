@@ -134,6 +134,18 @@ def vlprep(out: Path, workers: int, epochs: int, **mode) -> tuple[float, int, in
     return time.perf_counter() - t0, n, tokens
 
 
+def reader_alone(out: Path) -> tuple[float, int, int]:
+    """The shard reader by itself (tar members → numpy), the ceiling for any loader on top of it."""
+    from pipeline.loader import ShardLoader
+
+    t0 = time.perf_counter()
+    n = tokens = 0
+    for s in ShardLoader(out):
+        n += 1
+        tokens += len(s["input_ids"])
+    return time.perf_counter() - t0, n, tokens
+
+
 def waste(lengths: list[int], max_tokens: int, batch_size: int, seed: int = 0) -> list[tuple[str, float]]:
     """Share of padding per layout on a shuffled stream of `lengths`."""
     from pipeline.packing import OnlinePacker, plan_packs
@@ -186,6 +198,8 @@ def main(argv=None) -> int:
             rows = []
             t, n, tok = online(recs, repeat, media)
             rows.append(("online: files → HF processor, per sample (1 process)", t, n, tok))
+            t, n, tok = reader_alone(out)
+            rows.append(("(ceiling) ShardLoader.iter_shard alone, in process", t, n, tok))
             for workers in (1, 2):
                 for label, mode in (("padded b=4, float pixels", dict(batch_size=4)),
                                     ("padded b=4, uint8 pixels", dict(batch_size=4, normalize=False)),

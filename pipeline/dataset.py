@@ -71,16 +71,29 @@ def dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]
     return rank, world_size
 
 
-def buffer_shuffle(items, size: int, rng: np.random.Generator) -> Iterator:
-    """Shuffle a stream through a buffer of `size` items (deterministic for a given rng state)."""
+def sample_bytes(x) -> int:
+    """Array bytes held by a sample (or a list of samples)."""
+    if isinstance(x, list):
+        return sum(sample_bytes(s) for s in x)
+    return sum(v.nbytes for v in x.values() if isinstance(v, np.ndarray))
+
+
+def buffer_shuffle(items, size: int, rng: np.random.Generator, max_bytes: int | None = None) -> Iterator:
+    """Shuffle a stream through a buffer of at most `size` items and `max_bytes` array bytes
+    (deterministic for a given rng state and stream): when the buffer is full, a random item
+    leaves it for each one that enters."""
     buf: list = []
+    held = 0
     for x in items:
-        if len(buf) < size:
-            buf.append(x)
-            continue
-        j = int(rng.integers(size))
-        buf[j], x = x, buf[j]
-        yield x
+        nb = sample_bytes(x) if max_bytes else 0
+        while buf and (len(buf) >= size or (max_bytes and held + nb > max_bytes)):
+            j = int(rng.integers(len(buf)))
+            buf[j], buf[-1] = buf[-1], buf[j]
+            out = buf.pop()
+            held -= sample_bytes(out) if max_bytes else 0
+            yield out
+        buf.append(x)
+        held += nb
     rng.shuffle(buf)
     yield from buf
 
@@ -90,7 +103,8 @@ class ShardDataset(IterableDataset):
 
     Parameters
     - out_dir: the `vlprep prepare` output directory.
-    - seed, shuffle, buffer_size: the per-epoch shuffle (shard order + a buffer of samples).
+    - seed, shuffle, buffer_size, buffer_bytes: the per-epoch shuffle (shard order + a buffer of at
+      most buffer_size samples and buffer_bytes of their arrays, default 256 MiB per reader).
     - rank, world_size: taken from torch.distributed when it is initialised.
     - selection: train on `OUT/selection/manifest.parquet` (what `vlprep select` kept).
     - batch_size: padded batches of this many samples (PaddedCollator).
@@ -102,6 +116,7 @@ class ShardDataset(IterableDataset):
     """
 
     def __init__(self, out_dir: str | os.PathLike, *, seed: int = 0, shuffle: bool = True, buffer_size: int = 256,
+                 buffer_bytes: int = 256 << 20,
                  rank: int | None = None, world_size: int | None = None, selection: bool = False,
                  batch_size: int | None = None, max_tokens: int | None = None, pack_plan: bool = False,
                  open_packs: int = 8, preset=None, device="cpu", dtype=None, normalize: bool = True,
@@ -110,6 +125,7 @@ class ShardDataset(IterableDataset):
         self.loader_ = ShardLoader(self.root)          # raises when OUT/shards is missing
         self.rank, self.world_size = dist_rank_world(rank, world_size)
         self.seed, self.shuffle, self.buffer_size = int(seed), bool(shuffle), max(1, int(buffer_size))
+        self.buffer_bytes = int(buffer_bytes) if buffer_bytes else None
         if batch_size is not None and (max_tokens is not None or pack_plan):
             raise ValueError("give batch_size (padded batches) or max_tokens / pack_plan (packed rows), not both")
         self.batch_size, self.max_tokens, self.open_packs = batch_size, max_tokens, open_packs
@@ -212,11 +228,11 @@ class ShardDataset(IterableDataset):
         if self.plan is not None:
             groups = self._plan_groups(g, G)
             if self.shuffle:
-                groups = buffer_shuffle(groups, max(1, self.buffer_size // 16), rng)
+                groups = buffer_shuffle(groups, max(1, self.buffer_size // 16), rng, self.buffer_bytes)
         else:
             samples = self._samples(g, G)
             if self.shuffle:
-                samples = buffer_shuffle(samples, self.buffer_size, rng)
+                samples = buffer_shuffle(samples, self.buffer_size, rng, self.buffer_bytes)
             if self.max_tokens is not None:
                 packer = OnlinePacker(self.max_tokens, self.open_packs)
                 self.too_long = packer.stats.too_long

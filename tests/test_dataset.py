@@ -208,3 +208,25 @@ def test_rank_and_world_from_torch_distributed(out, tmp_path):
         dist.destroy_process_group()
     with pytest.raises(ValueError, match="rank must be in"):
         ShardDataset(out, rank=2, world_size=2)
+
+
+def test_shuffle_buffer_is_bounded_in_samples_and_bytes():
+    from pipeline.dataset import buffer_shuffle
+
+    produced = []
+
+    def stream():
+        for i in range(200):
+            produced.append(i)
+            yield {"id": str(i), "x": np.zeros(1000 if i % 2 else 10, np.uint8)}
+
+    out, held_max, bytes_max = [], 0, 0
+    for s in buffer_shuffle(stream(), 50, np.random.default_rng(0), max_bytes=5000):
+        out.append(s)
+        held = set(produced) - {int(x["id"]) for x in out}          # still in the buffer
+        held_max = max(held_max, len(held))
+        bytes_max = max(bytes_max, sum(1000 if i % 2 else 10 for i in held))
+    assert sorted(int(s["id"]) for s in out) == list(range(200))
+    assert held_max <= 51 and bytes_max <= 5000 + 1000, (held_max, bytes_max)   # the buffer + the sample just read
+    again = [s["id"] for s in buffer_shuffle(stream(), 50, np.random.default_rng(0), max_bytes=5000)]
+    assert again == [s["id"] for s in out] and again != [str(i) for i in range(200)]
