@@ -14,6 +14,7 @@ import torch
 
 from pipeline.loader import to_model_inputs
 from pipeline.packing import PackedCollator, pack_collate
+from test_qwen3_vl_scorer import tiny_qwen3_vl  # noqa: F401  (fixture)
 from test_reward_fixtures import encode_frames, photo, tiny_config
 
 
@@ -114,3 +115,25 @@ def test_normalize_pixels_matches_the_numpy_reference_normalisation():
     mean, std = torch.tensor(QWEN25_VL.image_mean), torch.tensor(QWEN25_VL.image_std)
     want = ((x.view(300, 3, 392) - mean[None, :, None]) / std[None, :, None]).view(300, -1)
     assert torch.equal(torch.from_numpy(got), want)
+
+
+@pytest.mark.parametrize("name", ["qwen3-vl"])
+def test_packed_loss_equals_one_by_one_qwen3_vl(tiny_qwen3_vl, tmp_path, name):
+    """Qwen3-VL reads the same 4-row packed position ids (transformers 5.x Qwen3VLTextModel)."""
+    import transformers
+
+    from processors.presets import get_preset
+    from test_qwen3_vl_scorer import _samples as qwen3_samples
+
+    preset = get_preset(name)
+    samples = qwen3_samples(tmp_path, preset)
+    model = transformers.Qwen3VLForConditionalGeneration.from_pretrained(
+        tiny_qwen3_vl, dtype=torch.float32, attn_implementation="sdpa").eval()
+    losses, weights = [], []
+    with torch.no_grad():
+        for s in samples:
+            losses.append(float(model(**to_model_inputs(s, preset), use_cache=False).loss))
+            weights.append(int((s["labels"][1:] != -100).sum()))
+        packed = float(model(**PackedCollator(preset)(samples)).loss)
+    expected = float(np.dot(losses, weights) / sum(weights))
+    assert abs(packed - expected) <= 1e-5, (packed, expected)
