@@ -176,35 +176,53 @@ def to_model_inputs(sample_or_batch: dict | list[dict], preset=None, device="cpu
     (no images → no pixel_values/image_grid_thw) are left out, as the HF processor does.
     qwen-vl: pixel_values [k, 3, 448, 448]; position_ids [1, B, L] → [B, L].
     """
+    batch = collate(sample_or_batch if isinstance(sample_or_batch, list) else [sample_or_batch], pad_id)
+    return batch_to_model_inputs(batch, preset, device, dtype)
+
+
+def batch_to_model_inputs(batch: dict, preset=None, device="cpu", dtype=None, normalize: bool = True) -> dict:
+    """torch tensors from a numpy batch (`collate`'s padded one or `packing.pack_collate`'s packed
+    row): the one place pixel rows are normalised. `normalize=False` keeps pixels uint8 (normalise
+    later on the training device with `normalize_pixels`)."""
     import torch
 
     preset = get_preset(preset)
-    batch = collate(sample_or_batch if isinstance(sample_or_batch, list) else [sample_or_batch], pad_id)
-    dtype = dtype or torch.float32
     out = {}
     for k in ("input_ids", "attention_mask", "labels"):
-        out[k] = torch.from_numpy(batch[k]).to(device)
+        if k in batch:
+            out[k] = torch.from_numpy(batch[k]).to(device)
     pos = torch.from_numpy(batch["position_ids"]).to(device)
     out["position_ids"] = pos if preset.is_mrope else pos[0]
-    mean = torch.tensor(preset.image_mean, device=device, dtype=torch.float32)
-    std = torch.tensor(preset.image_std, device=device, dtype=torch.float32)
     for pv_key, grid_key in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
         rows = batch[pv_key]
         if rows.shape[0] == 0:
             continue
-        x = torch.from_numpy(np.ascontiguousarray(rows)).to(device).to(torch.float32) * (1.0 / 255.0)
-        if rows.ndim == 2:
-            per = preset.temporal_patch_size * preset.patch_size ** 2
-            x = (x.view(x.shape[0], 3, per) - mean[None, :, None]) / std[None, :, None]
-            x = x.view(rows.shape[0], -1)
-        else:   # qwen-vl: [k, H, W, 3] -> [k, 3, H, W]
-            x = ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
-        out[pv_key] = x.to(dtype)
+        x = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
+        out[pv_key] = normalize_pixels(x, preset, dtype) if normalize else x
         if preset.is_mrope:
             out[grid_key] = torch.from_numpy(batch[grid_key].astype(np.int64)).to(device)
     if preset.is_mrope and out.get("pixel_values_videos") is not None:
         out["second_per_grid_ts"] = torch.from_numpy(batch["second_per_grid_ts"].astype(np.float32)).to(device)
     return out
+
+
+def normalize_pixels(rows, preset=None, dtype=None):
+    """uint8 pixel rows (torch, any device) → normalised float (`dtype`, default float32):
+    1/255, then (x - mean) / std per channel. [N, 3·tp·p·p] rows, or qwen-vl's [k, H, W, 3] → [k, 3, H, W]."""
+    import torch
+
+    preset = get_preset(preset)
+    dtype = dtype or torch.float32
+    mean = torch.tensor(preset.image_mean, device=rows.device, dtype=torch.float32)
+    std = torch.tensor(preset.image_std, device=rows.device, dtype=torch.float32)
+    # in place on one float32 buffer: the same float32 operations as out-of-place, 3x faster on CPU
+    x = rows.to(torch.float32).mul_(1.0 / 255.0)
+    if rows.ndim == 2:
+        per = preset.temporal_patch_size * preset.patch_size ** 2
+        x.view(x.shape[0], 3, per).sub_(mean[None, :, None]).div_(std[None, :, None])
+    else:   # qwen-vl: [k, H, W, 3] -> [k, 3, H, W]
+        x = x.sub_(mean).div_(std).permute(0, 3, 1, 2).contiguous()
+    return x.to(dtype)
 
 
 def iter_batches(samples: Iterable[dict], max_tokens: int, max_samples: int | None = None) -> Iterator[list[dict]]:
