@@ -13,6 +13,7 @@ Scorers (columns are `{scorer}.{signal}`, float64, one row per sample; see docs/
   text    question/answer relevance, informativeness, lexical diversity (bundled MiniLM, offline)
   pixels  blank share, luminance std, sharpness, brightness, clipping (from the uint8 patches, on device)
   vlm     answer mean log-prob, text-only log-prob, visual gain [, reward] (needs --model PATH)
+  category  coarse/fine category labels (strings) + confidences, zero-shot against a taxonomy (--taxonomy)
 
 Finished units are skipped, so an interrupted run resumes; adding a scorer later adds its columns.
 
@@ -26,7 +27,7 @@ examples:
 def add_arguments(p) -> None:
     p.add_argument("out_dir", help="output directory of `vlprep prepare`")
     p.add_argument("--model", help="local Qwen2-VL / Qwen2.5-VL checkpoint folder (enables the vlm scorer)")
-    p.add_argument("--scorers", help="comma list of text,pixels,vlm (default: text,pixels, plus vlm with --model)")
+    p.add_argument("--scorers", help="comma list of text,pixels,vlm,category (default: text,pixels, plus vlm with --model)")
     p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per batch (default 16384)")
     p.add_argument("--max-padding", type=float, default=0.10, help="padding cap per batch (default 0.10)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
@@ -37,6 +38,7 @@ def add_arguments(p) -> None:
     p.add_argument("--address", help="Ray cluster address (e.g. auto, ray://host:10001)")
     p.add_argument("--num-gpus", type=float, default=1.0, help="GPUs per Ray actor; fractions share a GPU")
     p.add_argument("--workers", type=int, help="Ray CPU actors when the cluster has no GPU (default 1)")
+    p.add_argument("--taxonomy", help="category scorer: taxonomy YAML (default: the bundled one, docs/curation.md)")
     p.add_argument("--text-model", help="sentence-transformers folder for the text scorer (default: bundled)")
     p.add_argument("--no-visual-gain", dest="visual_gain", action="store_false",
                    help="vlm: skip the text-only pass (no vlm.text_only_logprob / vlm.visual_gain; ~2x faster)")
@@ -86,7 +88,12 @@ def run(args) -> int:
         units, preset = units_from_manifest(out)
         cfg = ScoreConfig(str(out), tuple(scorers), model=args.model, preset=preset, batch_tokens=args.batch_tokens,
                           max_padding=args.max_padding, device=args.device, pack=args.pack,
-                          text_model=args.text_model, overwrite=args.overwrite, visual_gain=args.visual_gain)
+                          text_model=args.text_model, overwrite=args.overwrite, visual_gain=args.visual_gain,
+                          taxonomy=args.taxonomy)
+        if "category" in cfg.scorers:  # a bad taxonomy file fails here, not inside a worker
+            from filters.reward.taxonomy import load_taxonomy
+
+            load_taxonomy(cfg.taxonomy)
     except (ScorerError, FileNotFoundError, ValueError) as exc:
         print(f"vlprep score: {exc}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ from processors.presets import get_preset
 from .batching import HostBatch, plan_batches, plan_packs
 from .protocol import ScorerError, compute_dtype, resolve_device
 
-SCORER_NAMES = ("text", "pixels", "vlm")
+SCORER_NAMES = ("text", "pixels", "vlm", "category")
 DEFAULT_SCORERS = ("text", "pixels")
 
 
@@ -44,6 +44,7 @@ class ScoreConfig:
     text_model: str | None = None  # sentence model folder; None = the bundled all-MiniLM-L6-v2
     overwrite: bool = False
     visual_gain: bool = True       # vlm: the second, text-only pass
+    taxonomy: str | None = None    # category: taxonomy YAML; None = filters/reward/taxonomy_default.yaml
 
     def __post_init__(self):
         self.scorers = tuple(self.scorers)
@@ -88,6 +89,10 @@ def make_scorer(name: str, cfg: ScoreConfig):
         from .pixel_scorer import PixelScorer
 
         return PixelScorer()
+    if name == "category":
+        from .category_scorer import CategoryScorer
+
+        return CategoryScorer(cfg.taxonomy, cfg.text_model)
     from .vlm_scorer import VLMScorer
 
     return VLMScorer(cfg.model, pack=cfg.pack, visual_gain=cfg.visual_gain)
@@ -111,6 +116,7 @@ def base_columns(name: str, visual_gain: bool = True) -> list[str]:
         "text": ["text.qa_relevance", "text.informativeness", "text.lexical_diversity"],
         "pixels": ["pixels.blank", "pixels.luma_std", "pixels.sharpness", "pixels.brightness", "pixels.clipped"],
         "vlm": ["vlm.mean_logprob", "vlm.text_only_logprob", "vlm.visual_gain"],
+        "category": ["category.coarse", "category.fine", "category.confidence", "category.coarse_confidence"],
     }[name]
 
 
@@ -174,7 +180,11 @@ class ScoreWorker:
             batch = HostBatch([samples[i] for i in group], self.preset, self.device, self.dtype)
             for scorer in todo:
                 for name, values in scorer.score(batch).items():
-                    cols.setdefault(name, np.full(len(samples), np.nan))[group] = values
+                    values = np.asarray(values)
+                    if name not in cols:  # label columns (category.coarse ...) are strings, the rest float64
+                        cols[name] = (np.full(len(samples), None, dtype=object) if values.dtype == object
+                                      else np.full(len(samples), np.nan))
+                    cols[name][group] = values
             real = int(lengths[group].sum())
             res.tokens += real
             res.padded_tokens += real if self.pack else int(lengths[group].max()) * len(group)
@@ -182,7 +192,8 @@ class ScoreWorker:
             if progress is not None:
                 progress(len(group), real)
         table = pa.table({"id": pa.array([s["id"] for s in samples], pa.string()),
-                          **{k: pa.array(v, pa.float64()) for k, v in cols.items()}})
+                          **{k: pa.array(v, pa.string() if v.dtype == object else pa.float64())
+                             for k, v in cols.items()}})
         if have and path.exists():  # merge with the columns a previous run wrote
             old = pq.read_table(path)
             if old.column("id").to_pylist() != table.column("id").to_pylist():
