@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "score": "jobs.score",
     "select": "jobs.select",
     "stats": "jobs.stats",
+    "verify": "jobs.verify",
 }
 
 

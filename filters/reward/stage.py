@@ -27,7 +27,8 @@ from processors.presets import get_preset
 from .batching import HostBatch, plan_batches, plan_packs
 from .protocol import ScorerError, compute_dtype, resolve_device
 
-SCORER_NAMES = ("text", "pixels", "vlm", "category")
+SCORER_NAMES = ("text", "pixels", "vlm", "category", "verify")
+MODEL_SCORERS = ("vlm", "verify")  # need --model
 DEFAULT_SCORERS = ("text", "pixels")
 
 
@@ -45,14 +46,18 @@ class ScoreConfig:
     overwrite: bool = False
     visual_gain: bool = True       # vlm: the second, text-only pass
     taxonomy: str | None = None    # category: taxonomy YAML; None = filters/reward/taxonomy_default.yaml
+    max_new_tokens: int = 128      # verify: greedy answer length
+    iou_threshold: float = 0.5     # verify: box answers match at IoU >= this
 
     def __post_init__(self):
         self.scorers = tuple(self.scorers)
         unknown = [s for s in self.scorers if s not in SCORER_NAMES]
         if unknown:
             raise ScorerError(f"unknown scorer(s) {unknown}; choose from {list(SCORER_NAMES)}")
-        if "vlm" in self.scorers and not self.model:
-            raise ScorerError("the vlm scorer needs --model PATH (a local Qwen2-VL / Qwen2.5-VL checkpoint folder)")
+        if any(s in MODEL_SCORERS for s in self.scorers) and not self.model:
+            first = next(s for s in self.scorers if s in MODEL_SCORERS)
+            raise ScorerError(f"the {first} scorer needs --model PATH "
+                              "(a local Qwen2-VL / Qwen2.5-VL checkpoint folder)")
         if self.batch_tokens <= 0:
             raise ScorerError(f"--batch-tokens must be positive, got {self.batch_tokens}")
 
@@ -93,6 +98,10 @@ def make_scorer(name: str, cfg: ScoreConfig):
         from .category_scorer import CategoryScorer
 
         return CategoryScorer(cfg.taxonomy, cfg.text_model)
+    if name == "verify":
+        from .verify import VerifyScorer
+
+        return VerifyScorer(cfg.model, max_new_tokens=cfg.max_new_tokens, iou_threshold=cfg.iou_threshold)
     from .vlm_scorer import VLMScorer
 
     return VLMScorer(cfg.model, pack=cfg.pack, visual_gain=cfg.visual_gain)
@@ -117,6 +126,7 @@ def base_columns(name: str, visual_gain: bool = True) -> list[str]:
         "pixels": ["pixels.blank", "pixels.luma_std", "pixels.sharpness", "pixels.brightness", "pixels.clipped"],
         "vlm": ["vlm.mean_logprob", "vlm.text_only_logprob", "vlm.visual_gain"],
         "category": ["category.coarse", "category.fine", "category.confidence", "category.coarse_confidence"],
+        "verify": ["verify.match", "verify.value", "verify.kind", "verify.answer"],
     }[name]
 
 
