@@ -14,6 +14,9 @@ Scorers (columns are `{scorer}.{signal}`, float64, one row per sample; see docs/
   pixels  blank share, luminance std, sharpness, brightness, clipping (from the uint8 patches, on device)
   vlm     answer mean log-prob, text-only log-prob, visual gain [, reward] (needs --model PATH)
   category  coarse/fine category labels (strings) + confidences, zero-shot against a taxonomy (--taxonomy)
+  vlm_category  the same labels from a checkpoint: log-prob of each category name (needs --model)
+  grounding  box_margin / box_rank: the given box vs perturbed boxes (needs --model)
+  query   question log-prob and its visual relevance (needs --model)
 
 Finished units are skipped, so an interrupted run resumes; adding a scorer later adds its columns.
 
@@ -27,7 +30,7 @@ examples:
 def add_arguments(p) -> None:
     p.add_argument("out_dir", help="output directory of `vlprep prepare`")
     p.add_argument("--model", help="local Qwen2-VL / Qwen2.5-VL checkpoint folder (enables the vlm scorer)")
-    p.add_argument("--scorers", help="comma list of text,pixels,vlm,category (default: text,pixels, plus vlm with --model)")
+    p.add_argument("--scorers", help="comma list of text,pixels,vlm,category,vlm_category,grounding,query (default: text,pixels, plus vlm with --model)")
     p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per batch (default 16384)")
     p.add_argument("--max-padding", type=float, default=0.10, help="padding cap per batch (default 0.10)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
@@ -90,7 +93,7 @@ def run(args) -> int:
                           max_padding=args.max_padding, device=args.device, pack=args.pack,
                           text_model=args.text_model, overwrite=args.overwrite, visual_gain=args.visual_gain,
                           taxonomy=args.taxonomy)
-        if "category" in cfg.scorers:  # a bad taxonomy file fails here, not inside a worker
+        if {"category", "vlm_category"} & set(cfg.scorers):  # a bad taxonomy file fails here, not inside a worker
             from filters.reward.taxonomy import load_taxonomy
 
             load_taxonomy(cfg.taxonomy)

@@ -27,8 +27,8 @@ from processors.presets import get_preset
 from .batching import HostBatch, plan_batches, plan_packs
 from .protocol import ScorerError, compute_dtype, resolve_device
 
-SCORER_NAMES = ("text", "pixels", "vlm", "category", "verify")
-MODEL_SCORERS = ("vlm", "verify")  # need --model
+SCORER_NAMES = ("text", "pixels", "vlm", "category", "verify", "vlm_category", "grounding", "query")
+MODEL_SCORERS = ("vlm", "verify", "vlm_category", "grounding", "query")  # need --model
 DEFAULT_SCORERS = ("text", "pixels")
 
 
@@ -98,6 +98,15 @@ def make_scorer(name: str, cfg: ScoreConfig):
         from .category_scorer import CategoryScorer
 
         return CategoryScorer(cfg.taxonomy, cfg.text_model)
+    if name == "vlm_category":
+        from .vlm_category import VLMCategoryScorer
+
+        return VLMCategoryScorer(cfg.model, cfg.taxonomy, batch_tokens=cfg.batch_tokens)
+    if name in ("grounding", "query"):
+        from .grounding_scorer import GroundingScorer
+        from .query_scorer import QueryScorer
+
+        return (GroundingScorer if name == "grounding" else QueryScorer)(cfg.model, batch_tokens=cfg.batch_tokens)
     if name == "verify":
         from .verify import VerifyScorer
 
@@ -127,6 +136,10 @@ def base_columns(name: str, visual_gain: bool = True) -> list[str]:
         "vlm": ["vlm.mean_logprob", "vlm.text_only_logprob", "vlm.visual_gain"],
         "category": ["category.coarse", "category.fine", "category.confidence", "category.coarse_confidence"],
         "verify": ["verify.match", "verify.value", "verify.kind", "verify.answer"],
+        "vlm_category": ["vlm_category.coarse", "vlm_category.fine", "vlm_category.confidence",
+                         "vlm_category.coarse_confidence"],
+        "grounding": ["grounding.box_margin", "grounding.box_rank"],
+        "query": ["query.logprob", "query.visual_relevance"],
     }[name]
 
 

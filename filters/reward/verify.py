@@ -30,15 +30,11 @@ from processors.presets import (ENDOFTEXT_ID, IGNORE_INDEX, IM_END_ID, IMAGE_PAD
 
 from .answer_check import check_answer
 from .batching import HostBatch
+from .candidates import truncate
 from .text_scorer import conversation_turns
 from .vlm_scorer import VLMScorer
 
 COLUMNS = ["verify.match", "verify.value", "verify.kind", "verify.answer"]
-
-
-def _rows(grids) -> np.ndarray:
-    g = np.asarray(grids).reshape(-1, 3)
-    return np.prod(g, axis=1).astype(np.int64) if len(g) else np.zeros(0, np.int64)
 
 
 def split_prompt(sample: dict) -> tuple[dict, np.ndarray] | None:
@@ -50,31 +46,7 @@ def split_prompt(sample: dict) -> tuple[dict, np.ndarray] | None:
     first = int(sup[0])
     ends = np.flatnonzero(ids[first:] == IM_END_ID)
     ref = ids[first:first + int(ends[0])] if len(ends) else ids[first:]
-    p_ids = ids[:first]
-    img_rows, vid_rows = _rows(sample["image_grid_thw"]), _rows(sample["video_grid_thw"])
-    n_img = _count_blocks(int((p_ids == IMAGE_PAD_ID).sum()), img_rows)
-    n_vid = _count_blocks(int((p_ids == VIDEO_PAD_ID).sum()), vid_rows)
-    pv = np.asarray(sample["pixel_values"])
-    all_img = int(img_rows.sum())
-    pixels = np.concatenate([pv[:int(img_rows[:n_img].sum())], pv[all_img:all_img + int(vid_rows[:n_vid].sum())]])
-    prompt = {
-        "id": sample["id"], "input_ids": p_ids, "labels": np.full(len(p_ids), IGNORE_INDEX, np.int64),
-        "position_ids": np.asarray(sample["position_ids"])[..., :first], "pixel_values": pixels,
-        "image_grid_thw": np.asarray(sample["image_grid_thw"]).reshape(-1, 3)[:n_img],
-        "video_grid_thw": np.asarray(sample["video_grid_thw"]).reshape(-1, 3)[:n_vid],
-        "second_per_grid_ts": np.asarray(sample["second_per_grid_ts"]).reshape(-1)[:n_vid],
-        "meta": sample.get("meta", {}),
-    }
-    return prompt, ref
-
-
-def _count_blocks(pad_tokens: int, rows: np.ndarray) -> int:
-    """How many leading vision items (merge 2x2: rows / 4 tokens each) `pad_tokens` placeholders hold."""
-    cum = np.concatenate([[0], np.cumsum(rows // 4)])
-    k = int(np.searchsorted(cum, pad_tokens))
-    if k >= len(cum) or cum[k] != pad_tokens:
-        raise ValueError(f"prompt holds {pad_tokens} vision placeholders, not a whole number of items {cum.tolist()}")
-    return k
+    return truncate(sample, first), ref
 
 
 def unused_ids(model, tokenizer) -> list[int] | None:
