@@ -37,12 +37,13 @@ BOX_PATTERNS = {
     "qwen2-vl": re.compile(r"<\|box_start\|>\(" + _NUM + "," + _NUM + r"\),\(" + _NUM + "," + _NUM + r"\)<\|box_end\|>"),
     "qwen-vl": re.compile(r"<box>\(" + _NUM + "," + _NUM + r"\),\(" + _NUM + "," + _NUM + r"\)</box>"),
 }
+BOX_PATTERNS["qwen3-vl"] = BOX_PATTERNS["qwen2.5-vl"]  # the same JSON, relative 0-1000
 
 
 def box_limits(fmt: str, image_grid_thw) -> tuple[int, int] | None:
-    """(max x, max y) a coordinate of `fmt` may take: 1000 (qwen2-vl), 999 (qwen-vl), the first
+    """(max x, max y) a coordinate of `fmt` may take: 1000 (qwen2-vl, qwen3-vl), 999 (qwen-vl), the first
     image's resized width/height - 1 (qwen2.5-vl: grid * patch 14)."""
-    if fmt == "qwen2-vl":
+    if fmt in ("qwen2-vl", "qwen3-vl"):
         return 1000, 1000
     if fmt == "qwen-vl":
         return 999, 999
