@@ -7,6 +7,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from jobs.cli import positive_int
+
 HELP = "answer each sample with a checkpoint and check the reference (rejection sampling); adds verify.* scores"
 DESCRIPTION = """Verify reference answers with a model (greedy generation from the prepared shards).
 
@@ -25,9 +27,9 @@ examples:
 def add_arguments(p) -> None:
     p.add_argument("out_dir", help="output directory of `vlprep prepare`")
     p.add_argument("--model", required=True, help="local Qwen2-VL / Qwen2.5-VL checkpoint folder")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="greedy answer length (default 128)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128, help="greedy answer length (default 128)")
     p.add_argument("--iou", type=float, default=0.5, help="box answers match at IoU >= this (default 0.5)")
-    p.add_argument("--batch-tokens", type=int, default=16384, help="padded prompt tokens per batch (default 16384)")
+    p.add_argument("--batch-tokens", type=positive_int, default=16384, help="padded prompt tokens per batch (default 16384)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
     p.add_argument("--address", help="Ray cluster address: one actor per --num-gpus share of every GPU")
     p.add_argument("--num-gpus", type=float, default=1.0, help="GPUs per Ray actor")
@@ -44,8 +46,6 @@ def run(args) -> int:
 
     out = Path(args.out_dir)
     try:
-        if args.max_new_tokens <= 0:
-            raise ValueError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
         if not 0 < args.iou <= 1:
             raise ValueError(f"--iou must be in (0, 1], got {args.iou}")
         units, preset = units_from_manifest(out)
