@@ -103,10 +103,10 @@ class CandidateScorer:
     name = "candidates"
     pack = False
 
-    def __init__(self, model_path: str, *, batch_tokens: int = 16384, tokenizer=None):
+    def __init__(self, model_path: str, *, batch_tokens: int = 16384, tokenizer=None, dtype: str = "auto"):
         from .vlm_scorer import VLMScorer
 
-        self.vlm = VLMScorer(model_path, pack="off", visual_gain=False)
+        self.vlm = VLMScorer(model_path, pack="off", visual_gain=False, dtype=dtype)
         self.batch_tokens = batch_tokens
         self.tokenizer = tokenizer
 

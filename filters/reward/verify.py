@@ -60,8 +60,8 @@ class VerifyScorer:
     name = "verify"
 
     def __init__(self, model_path: str, *, max_new_tokens: int = 128, iou_threshold: float = 0.5,
-                 tokenizer=None):
-        self.vlm = VLMScorer(model_path, pack="off", visual_gain=False)  # owns loading the checkpoint
+                 tokenizer=None, dtype: str = "auto"):
+        self.vlm = VLMScorer(model_path, pack="off", visual_gain=False, dtype=dtype)  # owns loading the checkpoint
         self.max_new_tokens = max_new_tokens
         self.iou_threshold = iou_threshold
         self.tokenizer = tokenizer
