@@ -87,6 +87,13 @@ def print_report(stats: dict, console: Console | None = None) -> None:
             t.add_row(f"p{d['decile']}", fmt(d["threshold"]), fmt(d["kept"]), f"{d['kept_share']:.0%}",
                       fmt(d["kept_tokens"]))
         c.print(t)
+    for name, block in stats.get("categories", {}).items():
+        t = Table(title=f"per {name}", title_justify="left")
+        for col in ("label", "samples", "tokens"):
+            t.add_column(col, justify="left" if col == "label" else "right")
+        for label, r in block.items():
+            t.add_row(label, fmt(r["samples"]), fmt(r["tokens"]))
+        c.print(t)
     if stats.get("timing"):
         tm = stats["timing"]
         where = f"; {tm['executor']}, {fmt(tm.get('workers'))} workers" if tm.get("executor") else ""
