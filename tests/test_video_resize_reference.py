@@ -1,0 +1,116 @@
+"""Issue #14: both video resize modes equal their reference bit for bit, on golden files written by
+the real references (`make reference`: torchvision 0.28, transformers 5.24, qwen-vl-utils 0.0.14 in
+a separate venv; tests/reference/gen_video_resize.py). torchvision is not needed here.
+
+* "qwen-vl-utils" mode  == torchvision.transforms.functional.resize (v1) == qwen_vl_utils.fetch_video
+* "transformers" mode   == torchvision.transforms.v2.functional.resize on CPU == transformers'
+                           Qwen2VLVideoProcessor resize
+"""
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from processors.patches import patchify
+from processors.video import process_video, probe_video
+from processors.video_decode import decode_pyav
+from processors.video_resize import RESIZE_MODES, resize_frames, resize_mode
+
+GOLDEN = Path(__file__).parent / "golden"
+G = np.load(GOLDEN / "video_resize.npz")
+CASES = [str(c) for c in G["cases"]]
+CLIPS = [str(c) for c in G["clips"]]
+FILES = {"h264": "clip_h264.mp4", "vp9": "clip_vp9.webm"}
+
+
+def digest(a: np.ndarray) -> str:  # the generator's rule: sha256 of dtype, shape and bytes
+    a = np.ascontiguousarray(a)
+    return hashlib.sha256(f"{a.dtype}{a.shape}".encode() + a.tobytes()).hexdigest()
+
+
+def _explain(got: np.ndarray, want: np.ndarray) -> str:
+    d = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    return f"{(d > 0).mean() * 100:.3f} % of values differ, max {d.max()}"
+
+
+def test_goldens_cover_what_the_issue_asks():
+    assert {"edges_up", "checker_1px_down", "noise_down", "noise_up_odd", "gradient_smooth_up",
+            "text_like_down", "extreme_aspect", "lines_down_big_odd"} <= set(CASES)
+    shapes = [G[f"{c}/input"].shape for c in CASES]
+    outs = [G[f"{c}/qwen-vl-utils"].shape for c in CASES]
+    assert any(o[1] * o[2] > s[1] * s[2] for s, o in zip(shapes, outs))  # upscales
+    assert any(o[1] * o[2] < s[1] * s[2] for s, o in zip(shapes, outs))  # downscales
+    assert any(s[1] % 2 and s[2] % 2 for s in shapes)                     # odd sizes
+    assert set(CLIPS) == {"h264", "vp9"}
+    versions = " ".join(str(v) for v in G["versions"])
+    assert "torchvision=0.28" in versions and "transformers=5.24" in versions
+
+
+@pytest.mark.parametrize("mode", RESIZE_MODES)
+@pytest.mark.parametrize("case", CASES)
+def test_mode_equals_its_reference(case, mode):
+    frames, want = G[f"{case}/input"], G[f"{case}/{mode}"]
+    got = resize_frames(frames, want.shape[1], want.shape[2], mode=mode)
+    assert got.dtype == np.uint8 and got.shape == want.shape
+    assert np.array_equal(got, want), f"{case}, {mode}: {_explain(got, want)}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_references_differ(case):
+    # Why the mode matters: the two references are different functions (pinned so the docs stay true;
+    # on a stepped gradient with exact sub-sampling they happen to agree).
+    a, b = G[f"{case}/qwen-vl-utils"], G[f"{case}/transformers"]
+    if case == "gradient_steps_down":
+        assert np.array_equal(a, b)
+    else:
+        assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode", RESIZE_MODES)
+def test_single_frame_and_layout(mode):
+    # [h, w, 3] input, and a non-contiguous (sliced) stack: same values as the stacked golden.
+    case = "edges_up"
+    frames, want = G[f"{case}/input"], G[f"{case}/{mode}"]
+    H, W = want.shape[1:3]
+    assert np.array_equal(resize_frames(frames[1], H, W, mode=mode), want[1])
+    wide = np.concatenate([frames, frames], axis=2)[:, :, : frames.shape[2]]
+    assert not wide.flags.c_contiguous
+    assert np.array_equal(resize_frames(wide, H, W, mode=mode), want)
+
+
+@pytest.mark.parametrize("clip", ["h264", "vp9"])
+@pytest.mark.parametrize("mode", RESIZE_MODES)
+def test_process_video_equals_the_reference_pipeline(clip, mode):
+    """End to end on a real encode: qwen_vl_utils.fetch_video's frames (qwen-vl-utils mode) and
+    transformers' video processor resize of the same decoded frames (transformers mode)."""
+    path = GOLDEN / FILES[clip]
+    idx, (H, W) = G[f"clip_{clip}/indices"], tuple(int(v) for v in G[f"clip_{clip}/size"])
+    # 1. same frames decoded (vlprep's PyAV decode vs the reference's decord)
+    info = probe_video(path)
+    decoded = np.stack([f for _, f in decode_pyav(info, idx)])
+    assert digest(decoded) == str(G[f"clip_{clip}/decoded_sha256"]), "decoded frames differ from decord's"
+    # 2. the resize of those frames
+    resized = resize_frames(decoded, H, W, mode=mode)
+    crop = G[f"clip_{clip}/{mode}_crop"]
+    assert np.array_equal(resized[:, :32, :32], crop), _explain(resized[:, :32, :32], crop)
+    assert digest(resized) == str(G[f"clip_{clip}/{mode}_sha256"])
+    # 3. the public API: same indices, rate, size, and patches of exactly those frames
+    r = process_video(path, "qwen2.5-vl", resize=mode)
+    assert r.frame_indices == idx.tolist() and r.resized_size == (H, W)
+    assert r.sample_fps == pytest.approx(float(G[f"clip_{clip}/sample_fps"]), rel=1e-9)
+    assert np.array_equal(r.patches, patchify(resized, 14, 2, 2)[0])
+
+
+def test_mode_names_and_the_deprecated_flag():
+    assert resize_mode() == "qwen-vl-utils"
+    assert resize_mode(fast=True) == "transformers" and resize_mode(fast=False) == "qwen-vl-utils"
+    assert resize_mode("transformers", fast=True) == "transformers"
+    with pytest.raises(ValueError, match="contradicts"):
+        resize_mode("qwen-vl-utils", fast=True)
+    with pytest.raises(ValueError, match=r"one of \['qwen-vl-utils', 'transformers'\]"):
+        resize_mode("fast")
+    f = G["noise_down/input"]
+    assert np.array_equal(resize_frames(f, 84, 168, fast=True), G["noise_down/transformers"])
+    with pytest.raises(ValueError, match="must be one of"):
+        resize_frames(f, 84, 168, mode="bicubic")
