@@ -65,7 +65,8 @@ class VideoOptions:
     total_pixels: int | None = None
     backend: str = "pyav"
     timeout_s: float = 120.0
-    fast: bool = False                 # uint8 frame resize: 5-12x cheaper; camera video within 1 level of exact, hard edges not (docs/video.md)
+    resize: str | None = None          # the reference frames are resized bit-exactly to: qwen-vl-utils (None: the default) | transformers (docs/video.md)
+    fast: bool = False                 # deprecated: `fast: true` = `resize: transformers`
     formats: list[str] = field(default_factory=lambda: ["mp4", "avi", "mkv", "mov", "webm", "m4v", "mpeg", "mpg", "ts", "flv"])
 
 
@@ -162,12 +163,22 @@ class JobConfig:
             except TypeError as exc:
                 raise ConfigError(f"cleaning: {exc} (valid: nfc, control, html_entities, whitespace, "
                                   f"max_blank_lines)") from None
+        self.video_resize()
         if self.ray.num_cpus <= 0:
             raise ConfigError(f"ray.num_cpus must be > 0, got {self.ray.num_cpus}")
         if self.ray.max_retries < 0 or self.ray.record_timeout_s < 0:
             raise ConfigError("ray.max_retries and ray.record_timeout_s must be >= 0")
 
     # -- helpers --------------------------------------------------------------------------------
+    def video_resize(self) -> str:
+        """The video resize reference this job uses (`video.resize`, or the deprecated `video.fast`)."""
+        from processors.video_resize import resize_mode
+
+        try:
+            return resize_mode(self.video.resize, self.video.fast or None)
+        except ValueError as exc:
+            raise ConfigError(f"video.resize: {exc}") from None
+
     def resolve_path(self, p: str | Path) -> Path:
         p = Path(p).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
@@ -192,7 +203,7 @@ class JobConfig:
             "video_total_pixels": self.video.total_pixels,
             "video_backend": self.video.backend,
             "video_timeout_s": self.video.timeout_s,
-            "fast_videos": self.video.fast,
+            "video_resize": self.video_resize(),
             "grounding_format": self.grounding_format,
             "system_prompt": self.system_prompt,
         }

@@ -40,7 +40,8 @@ class EncodeOptions:
     video_total_pixels: int | None = None
     video_backend: str = "pyav"
     video_timeout_s: float = 120.0
-    fast_videos: bool = False              # uint8 frame resize: camera video within 1 level of exact, hard edges not (docs/video.md)
+    video_resize: str | None = None        # qwen-vl-utils (None: the default) | transformers: the reference the frame resize equals (docs/video.md)
+    fast_videos: bool = False              # deprecated: True = video_resize "transformers"
     grounding_format: str | None = None    # format of boxes in the SOURCE text; None: leave text as is
     max_length: int | None = None
     system_prompt: str | None = None       # None: the preset's default
@@ -87,6 +88,7 @@ def _video_kwargs(ref: MediaRef, opts: EncodeOptions) -> dict[str, Any]:
         "total_pixels": opts.video_total_pixels,
         "backend": opts.video_backend,
         "timeout_s": opts.video_timeout_s,
+        "resize": opts.video_resize,
         "fast": opts.fast_videos or None,
     }
     for key in _VIDEO_OPTION_KEYS:

@@ -114,3 +114,62 @@ def test_mode_names_and_the_deprecated_flag():
     assert np.array_equal(resize_frames(f, 84, 168, fast=True), G["noise_down/transformers"])
     with pytest.raises(ValueError, match="must be one of"):
         resize_frames(f, 84, 168, mode="bicubic")
+
+
+# --- the job option and what the report records ------------------------------------------------
+
+def _cfg(tmp_path, overrides):
+    from pipeline.config import JobConfig
+
+    p = tmp_path / "job.yaml"
+    p.write_text("sources: [a.jsonl]\n")
+    return JobConfig.from_yaml(p, overrides)
+
+
+@pytest.mark.parametrize("overrides,want", [
+    ([], "qwen-vl-utils"),
+    (["video.resize=transformers"], "transformers"),
+    (["video.resize=qwen-vl-utils"], "qwen-vl-utils"),
+    (["video.fast=true"], "transformers"),                     # deprecated alias
+    (["video.fast=true", "video.resize=transformers"], "transformers"),
+])
+def test_job_option_video_resize(tmp_path, overrides, want):
+    from processors.encode import EncodeOptions
+
+    cfg = _cfg(tmp_path, overrides)
+    assert cfg.video_resize() == want
+    assert EncodeOptions.from_dict(cfg.encode_options()).video_resize == want
+
+
+@pytest.mark.parametrize("overrides,msg", [
+    (["video.resize=fast"], r"video.resize: .*one of \['qwen-vl-utils', 'transformers'\], got 'fast'"),
+    (["video.fast=true", "video.resize=qwen-vl-utils"], r"video.resize: .*contradicts.*drop `fast`"),
+])
+def test_job_option_video_resize_errors(tmp_path, overrides, msg):
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match=msg):
+        _cfg(tmp_path, overrides)
+
+
+@pytest.mark.parametrize("mode", RESIZE_MODES)
+def test_encode_sample_uses_the_job_mode(mode):
+    from processors.encode import EncodeOptions, encode_sample
+    from processors.sample import MediaRef, Message, Sample, TextPart, VideoPart
+
+    sample = Sample(id="v", messages=[Message("user", [VideoPart(0), TextPart("what happens?")]),
+                                      Message("assistant", [TextPart("a block moves")])],
+                    videos=[MediaRef("video", FILES["h264"])])
+    enc = encode_sample(sample, "qwen2.5-vl", media_root=GOLDEN, options=EncodeOptions(video_resize=mode))
+    want = process_video(GOLDEN / FILES["h264"], "qwen2.5-vl", resize=mode).patches
+    assert np.array_equal(enc.pixel_values, want)  # no images: pixel_values are the video's patches
+
+
+@pytest.mark.parametrize("overrides,want", [([], "qwen-vl-utils"), (["video.fast=true"], "transformers"),
+                                            (["video.resize=transformers"], "transformers")])
+def test_report_records_the_reference(tmp_path, overrides, want):
+    from pipeline.report.prepared import video_resize_reference
+
+    (tmp_path / "job.json").write_text(_cfg(tmp_path, overrides).to_json())
+    assert video_resize_reference(tmp_path) == want
+    assert video_resize_reference(tmp_path / "missing") is None

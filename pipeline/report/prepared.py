@@ -37,6 +37,7 @@ def build_prepared_report(out: str | Path, *, examples: int = EXAMPLES) -> Repor
     stats["tokens"] = token_stats(manifest, series)
     stats["images"] = image_stats(manifest, series, presets)
     stats["videos"] = video_stats(manifest, series)
+    stats["videos"]["resize"] = video_resize_reference(out)
     stats["boxes"] = box_stats(manifest, series)
     stats["sources"] = source_stats(manifest, ledger)
     scores = read_scores(out)
@@ -157,6 +158,20 @@ def video_stats(manifest, series: dict) -> dict:
         "original": size_block(series["videos.original_hw"]),
         "resized": size_block(series["videos.resized_hw"]),
     }
+
+
+def video_resize_reference(out: Path) -> str | None:
+    """Which reference the run's video frames were resized bit-exactly to ("qwen-vl-utils" or
+    "transformers", docs/video.md), from OUT/job.json; None without one."""
+    import json
+
+    from processors.video_resize import resize_mode
+
+    try:
+        video = json.loads((Path(out) / "job.json").read_text()).get("video") or {}
+        return resize_mode(video.get("resize"), video.get("fast") or None)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def box_stats(manifest, series: dict) -> dict:
