@@ -33,18 +33,26 @@ DATA = ROOT / "bench" / "_data"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-# name, width, height, fps, seconds, gop, x264 preset, what it stresses. The ultrafast encodes have
-# no B-frames (every frame is a reference); the veryfast ones are what phones / YouTube / default
-# x264 produce: 3 B-frames with B-pyramid, about half of all frames never referenced.
+# name, file suffix, codec, width, height, fps, seconds, gop, encoder options, what it stresses.
+# Generated once with PyAV's encoders into bench/_data/ (not checked in). x264 `veryfast`/`superfast`
+# and x265 `ultrafast` give 3 B-frames (what phones / YouTube / default encoders produce: about half
+# of all frames are never referenced); FFmpeg's mpeg4 with 2 B-frames in AVI (DivX/Xvid style).
 CLIPS = [
-    ("10min_240p", 424, 240, 30, 600, 250, "ultrafast", "long clip, 768 frames capped"),
-    ("20s_720p_gop600", 1280, 720, 30, 20, 600, "ultrafast", "long GOP: one keyframe"),
-    ("5s_1080p60", 1920, 1080, 60, 5, 120, "ultrafast", "short, high resolution"),
-    ("10min_240p_bf", 424, 240, 30, 600, 250, "veryfast", "long clip, B-frames"),
-    ("20s_720p_gop600_bf", 1280, 720, 30, 20, 600, "veryfast", "long GOP, B-frames"),
-    ("5s_1080p60_bf", 1920, 1080, 60, 5, 120, "veryfast", "short, high resolution, B-frames"),
+    ("10min_240p_bf", "mp4", "libx264", 424, 240, 30, 600, 250, {"preset": "veryfast"}, "long clip, 768 frames capped"),
+    ("20s_720p_gop600_bf", "mp4", "libx264", 1280, 720, 30, 20, 600, {"preset": "veryfast"}, "long GOP: one keyframe"),
+    ("5s_1080p60_bf", "mp4", "libx264", 1920, 1080, 60, 5, 120, {"preset": "veryfast"}, "short, 1080p60"),
+    ("5s_4k_h264", "mp4", "libx264", 3840, 2160, 30, 5, 60, {"preset": "superfast"}, "4K H.264, B-frames"),
+    ("10s_720p_vp9", "webm", "libvpx-vp9", 1280, 720, 30, 10, 120,
+     {"deadline": "realtime", "cpu-used": "8"}, "VP9 WebM"),
+    ("10s_720p_hevc", "mp4", "libx265", 1280, 720, 30, 10, 120,
+     {"preset": "ultrafast", "x265-params": "log-level=error"}, "HEVC, B-frames"),
+    ("60s_480p_mpeg4_bf", "avi", "mpeg4", 640, 480, 25, 60, 250, {"bf": "2", "b": "3M"}, "MPEG-4 AVI, B-frames"),
 ]
-METHODS = ["vlprep", "vlprep-fast", "decord-ref", "pyav-full"]
+METHODS = ["vlprep", "vlprep-transformers", "qwen-vl-utils", "floor"]
+# qwen-vl-utils itself runs in the reference venv (`make reference` builds .venv-ref; VLPREP_REF_PYTHON
+# names another); without one the row is `decord-ref`, the same steps re-done here (decord get_batch →
+# torch.tensor(...).permute → float32 bicubic+antialias resize of the whole stack).
+REF_PYTHON = os.environ.get("VLPREP_REF_PYTHON") or str(ROOT / ".venv-ref" / "bin" / "python")
 
 
 def _frame_fn(width, height):
@@ -69,13 +77,15 @@ def generate() -> dict[str, Path]:
 
     DATA.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, w, h, fps, sec, gop, preset, _ in CLIPS:
-        p = DATA / f"{name}.mp4"
+    for name, ext, codec, w, h, fps, sec, gop, opts, _ in CLIPS:
+        p = DATA / f"{name}.{ext}"
         if not p.exists():
             t = time.perf_counter()
-            tmp = p.with_suffix(".tmp.mp4")
-            make_clip(tmp, width=w, height=h, fps=fps, num_frames=fps * sec, gop=gop,
-                      options={"preset": preset, "sc_threshold": "0"}, frame_fn=_frame_fn(w, h))
+            tmp = p.with_name(f"{name}.tmp.{ext}")
+            if codec == "libx264":
+                opts = {**opts, "sc_threshold": "0"}  # keep the GOP length as set
+            make_clip(tmp, codec=codec, width=w, height=h, fps=fps, num_frames=fps * sec, gop=gop,
+                      options=opts, frame_fn=_frame_fn(w, h))
             tmp.rename(p)
             print(f"generated {p.name} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         paths[name] = p
@@ -89,26 +99,46 @@ def _resize_stack_and_patchify(frames, H, W):
     return patchify(resize_frames(frames, H, W))
 
 
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def child(method: str, path: str) -> dict:
     import numpy as np
 
     import torch  # noqa: F401  (imported before the timer for every method alike)
-    import av
-    import decord
 
+    if method == "qwen-vl-utils":  # runs in the reference venv: the real fetch_video
+        os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
+        sys.path.insert(0, str(ROOT / "tests" / "reference"))
+        import _torchvision  # noqa: F401  (torchvision's Python transforms on CPU torch)
+        import decord  # noqa: F401
+        from qwen_vl_utils import fetch_video
+    from processors.patches import patchify
     from processors.presets import QWEN25_VL
-    from processors.video import process_video, probe_video
+    from processors.video import process_video, probe_video, select_frames
+    from processors.video_decode import decode_pyav
+    from processors.video_resize import resize_frames
     from processors.video_sampling import sample_frame_indices, video_frame_size
 
     if method == "baseline":
         return {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    extra = {}
+    cpu0 = _cpu()
     t0 = time.perf_counter()
-    if method in ("vlprep", "vlprep-fast"):
-        r = process_video(path, QWEN25_VL, fast=method == "vlprep-fast")
+    if method in ("vlprep", "vlprep-transformers"):
+        r = process_video(path, QWEN25_VL, resize="transformers" if method == "vlprep-transformers" else None)
         grid, n, (H, W), dur = r.grid_thw, len(r.frame_indices), r.resized_size, r.duration
         first = r.patches[:4].copy()
+    elif method == "qwen-vl-utils":
+        video, sample_fps = fetch_video({"video": path}, return_video_sample_fps=True)
+        frames = video.to(torch.uint8).permute(0, 2, 3, 1).numpy()  # as ms-swift hands it on (lossless)
+        patches, grid = patchify(frames)
+        n, (H, W), dur, first = len(frames), frames.shape[1:3], float("nan"), patches[:4].copy()
     elif method == "decord-ref":
+        import decord
+
         vr = decord.VideoReader(path, ctx=decord.cpu(0))
         total, fps = len(vr), vr.get_avg_fps()
         idx, _ = sample_frame_indices(total, fps)
@@ -116,70 +146,107 @@ def child(method: str, path: str) -> dict:
         H, W = video_frame_size(frames.shape[1], frames.shape[2], len(idx))
         patches, grid = _resize_stack_and_patchify(frames, H, W)
         n, dur, first = len(idx), total / fps, patches[:4].copy()
-    elif method == "pyav-full":
-        info = probe_video(path)  # frame count and rate, as vlprep gets them
-        idx, _ = sample_frame_indices(info.num_frames, info.avg_fps)
-        want = set(idx.tolist())
-        kept = []
-        with av.open(path) as c:
-            s = c.streams.video[0]
-            s.thread_type = "AUTO"
-            for i, f in enumerate(c.decode(s)):
-                if i in want:
-                    kept.append(f.to_ndarray(format="rgb24"))
-        frames = np.stack(kept)
+    elif method == "floor":
+        # The decode floor: probe + decode just the sampled frames to RGB, nothing else. Then, outside
+        # the wall time, what each resize mode costs on those frames (one thread, CPU s).
+        info = probe_video(path)
+        idx, _ = select_frames(info, preset=QWEN25_VL)
+        frames = np.stack([f for _, f in decode_pyav(info, idx)])
+        wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
         H, W = video_frame_size(frames.shape[1], frames.shape[2], len(idx))
-        patches, grid = _resize_stack_and_patchify(frames, H, W)
-        n, dur, first = len(idx), info.duration, patches[:4].copy()
+        torch.set_num_threads(1)
+        for mode, key in (("qwen-vl-utils", "resize_float_cpu"), ("transformers", "resize_uint8_cpu")):
+            c = _cpu()
+            resize_frames(frames, H, W, mode=mode)
+            extra[key] = _cpu() - c
+        grid, n, dur, first = (len(idx), H // 14, W // 14), len(idx), info.duration, frames[:1, :4].copy()
     else:
         raise SystemExit(f"unknown method {method}")
-    wall = time.perf_counter() - t0
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    if method != "floor":
+        wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
     return {
-        "wall": wall, "cpu": cpu, "duration": dur, "n": n, "grid": list(grid), "size": [H, W],
+        "wall": wall, "cpu": cpu, "duration": dur, "n": n, "grid": list(grid), "size": [int(H), int(W)],
         "kept_mb": n * H * W * 3 / 2**20, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "first_rows_sum": int(first.astype(np.int64).sum()),
+        "first_rows_sum": int(first.astype(np.int64).sum()), **extra,
     }
 
 
+def _python_for(method: str) -> str:
+    return REF_PYTHON if method == "qwen-vl-utils" else sys.executable
+
+
 def run_case(method: str, path: Path | None) -> dict:
-    cmd = [sys.executable, __file__, "--child", method, str(path or "")]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=300)
+    cmd = [_python_for(method), __file__, "--child", method, str(path or "")]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    if out.returncode:
+        raise SystemExit(f"{method} on {path}: exit {out.returncode}\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=2, help="rounds, alternating method order; best wall each")
+    ap.add_argument("--clips", default="", help="comma-separated clip names (default: all)")
+    args = ap.parse_args()
     t_all = time.perf_counter()
     paths = generate()
-    base = run_case("baseline", None)
-    rows = []
-    for name, *_rest in CLIPS:
-        # Two rounds in opposite order, best wall time of each: the machine is shared, so load
+    methods = list(METHODS)
+    ref = "qwen-vl-utils"
+    if not Path(REF_PYTHON).exists():
+        print(f"(no reference venv at {REF_PYTHON}: `make reference` builds it; using decord-ref)", file=sys.stderr)
+        ref = "decord-ref"
+        methods[methods.index("qwen-vl-utils")] = ref
+    base = {m: run_case("baseline", None) if _python_for(m) == sys.executable else None for m in methods}
+    for m in methods:
+        if base[m] is None:
+            base[m] = json.loads(subprocess.run([_python_for(m), __file__, "--child", "baseline", ""], capture_output=True,
+                                                text=True, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT))
+                                                ).stdout.strip().splitlines()[-1])
+    names = [c[0] for c in CLIPS if not args.clips or c[0] in args.clips.split(",")]
+    rows, verdicts = [], []
+    for name in names:
+        # Rounds in alternating order, best wall time of each: the machine is shared, so load
         # drifts during a run; this keeps a drift from favouring whichever method ran first.
-        res = {}
-        for order in (METHODS, METHODS[::-1]):
-            for m in order:
+        res: dict[str, dict] = {}
+        for k in range(args.rounds):
+            for m in (methods if k % 2 == 0 else methods[::-1]):
                 r = run_case(m, paths[name])
                 if m not in res or r["wall"] < res[m]["wall"]:
                     r["rss_mb"] = max(r["rss_mb"], res.get(m, r)["rss_mb"])
                     res[m] = r
-        ref = res["vlprep"]
-        for m in METHODS[1:]:  # same frames, same output: the comparison is like for like
-            assert res[m]["grid"] == ref["grid"] and res[m]["n"] == ref["n"], (name, m, res[m], ref)
-        for m in METHODS:
+        v = res["vlprep"]
+        for m in methods[1:]:  # same frames, same size: the comparison is like for like
+            assert res[m]["grid"] == v["grid"] and res[m]["n"] == v["n"], (name, m, res[m], v)
+        fl = res["floor"]
+        for m in methods:
             r = res[m]
-            rows.append((name, m, r["n"], "x".join(map(str, r["size"])), r["duration"] / r["wall"], r["wall"], r["cpu"],
-                         r["rss_mb"], r["rss_mb"] - base["rss_mb"], r["kept_mb"],
-                         res["vlprep"]["wall"] and r["wall"] / res["vlprep"]["wall"]))
-    print(f"baseline process (imports only): peak RSS {base['rss_mb']:.0f} MB; "
-          f"cpu cores: {os.cpu_count()}; load average at the end: {os.getloadavg()[0]:.1f}")
-    print("| clip | method | frames | H×W | video s / wall s | wall s | CPU s | peak RSS MB | RSS − baseline MB "
-          "| kept frames MB | wall vs vlprep |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, m, n, hw, tput, wall, cpu, rss, over, kept, rel in rows:
-        print(f"| {name} | {m} | {n} | {hw} | {tput:.1f} | {wall:.2f} | {cpu:.2f} | {rss:.0f} | {over:.0f} | {kept:.0f} "
-              f"| {rel:.2f}× |")
+            rows.append((name, m, r["n"], "x".join(map(str, r["size"])), r["wall"], r["cpu"], r["rss_mb"],
+                         r["rss_mb"] - base[m]["rss_mb"], res[ref]["wall"] / r["wall"], r["wall"] / fl["wall"],
+                         r.get("resize_float_cpu"), r.get("resize_uint8_cpu")))
+        t = res["vlprep-transformers"]
+        verdicts.append((name, res[ref]["wall"] / v["wall"], res[ref]["wall"] / t["wall"], t["wall"] / fl["wall"],
+                         max(v["rss_mb"] - base["vlprep"]["rss_mb"], t["rss_mb"] - base["vlprep"]["rss_mb"])
+                         <= res[ref]["rss_mb"] - base[ref]["rss_mb"]))
+    print(f"baseline processes (imports only): peak RSS " + ", ".join(
+        f"{m} {base[m]['rss_mb']:.0f} MB" for m in methods) + f"; cpu cores: {os.cpu_count()}; "
+        f"load average at the end: {os.getloadavg()[0]:.1f}; rounds: {args.rounds}")
+    print(f"| clip | method | frames | H×W | wall s | CPU s | peak RSS MB | RSS − baseline MB | {ref} wall / wall "
+          f"| wall / floor wall | float resize CPU s | uint8 resize CPU s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    f = lambda x: "" if x is None else f"{x:.2f}"  # noqa: E731
+    for name, m, n, hw, wall, cpu, rss, over, speed, floor, rf, ru in rows:
+        print(f"| {name} | {m} | {n} | {hw} | {wall:.2f} | {cpu:.2f} | {rss:.0f} | {over:.0f} | {speed:.2f}× "
+              f"| {floor:.2f}× | {f(rf)} | {f(ru)} |")
+    print(f"\ntargets: default ≥ 1.5× and transformers ≥ 2× {ref}'s wall; transformers ≤ 1.3× the floor; "
+          f"peak RSS above baseline ≤ {ref}'s")
+    print("| clip | default speed-up | transformers speed-up | transformers / floor | memory ≤ ref |")
+    print("|---|---|---|---|---|")
+    for name, a, b, c, mem in verdicts:
+        ok = lambda cond, x: f"{x:.2f}×" + ("" if cond else " ✗")  # noqa: E731
+        print(f"| {name} | {ok(a >= 1.5, a)} | {ok(b >= 2, b)} | {ok(c <= 1.3, c)} | {'yes' if mem else 'no ✗'} |")
     print(f"\n(total bench time {time.perf_counter() - t_all:.0f} s)")
 
 
