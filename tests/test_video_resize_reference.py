@@ -204,3 +204,31 @@ def test_caller_resizes_when_the_worker_is_behind(monkeypatch, mode):
     resized = real(decoded, *r.resized_size, mode=mode)
     assert digest(resized) == str(G[f"clip_h264/{mode}_sha256"])
     assert np.array_equal(r.patches, patchify(resized)[0])
+
+
+# --- MPEG-4 Part 2 B-VOPs are skipped like H.264 non-reference frames (issue #14 scope 3) ---------
+
+def test_mpeg4_avi_bframes_skipped_and_exact(tmp_path, monkeypatch):
+    import av
+    from video_factory import full_decode, make_clip
+
+    from processors import video_decode
+    from processors.video import select_frames
+
+    path = make_clip(tmp_path / "bf.avi", codec="mpeg4", num_frames=150, gop=60, width=160, height=96,
+                     options={"bf": "2"})
+    info = probe_video(path)
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        assert video_decode._nonref_skip_safe(s, info)
+        s.codec_context.skip_frame = "NONREF"
+        assert sum(1 for _ in c.decode(s)) <= 100  # about 2 of 3 frames are B-VOPs: really skipped
+    full, _ = full_decode(path)
+    monkeypatch.setattr(video_decode, "_stop_skipping", lambda cc: pytest.fail("fell back to plain decoding"))
+    for req in [{"fps": 2}, {"fps": 7}, {"nframes": 4}, {"nframes": 120},
+                {"video_start": 1.1, "video_end": 3.3}, {"fps": 5, "video_start": 2.5}]:
+        idx, _ = select_frames(info, preset="qwen2.5-vl", **req)
+        got = dict(decode_pyav(info, idx))
+        assert sorted(got) == sorted(set(idx.tolist()))
+        for i, f in got.items():
+            assert np.array_equal(f, full[i]), (req, i)
