@@ -1,22 +1,25 @@
-"""Video benchmark: vlprep's process_video vs two decode-everything references, same run.
+"""Video benchmark: vlprep's process_video in both resize modes vs qwen-vl-utils, and the decode floor.
 
-    python bench/video.py            # generates clips into bench/_data/ once, then measures
+    python bench/video.py [--rounds 2] [--clips a,b]   # generates clips into bench/_data/ once
 
 Each case runs in a fresh subprocess so that its peak RSS (ru_maxrss) is its own; the timer covers
 the work only (probe/open, sampling, decode, resize, patchify), not interpreter start or imports.
-All three produce the same frame indices, sizes and patches layout (qwen-vl-utils 0.0.14 rules):
+All produce the same frame indices, sizes and patch layout (qwen-vl-utils 0.0.14 rules):
 
-  vlprep       probe (demux only) → decode just the needed GOP spans / seek → RGB+resize kept frames
-               (the resize of one batch runs on a second thread while the next frames decode)
-  vlprep-fast  the same with `fast=True`: uint8 resize (within 1 level of the float resize, not exact)
-  decord-ref   qwen-vl-utils' path: decord.VideoReader + get_batch(indices) → resize the whole stack
-  pyav-full    decode every frame with PyAV, keep the sampled ones → resize the whole stack
+  vlprep               the default, resize="qwen-vl-utils" (float32 path, bit-exact to torchvision v1):
+                       probe (demux only) → decode just the needed GOP spans / seek, skipping
+                       non-reference frames → RGB + resize of kept frames on two threads → patchify
+  vlprep-transformers  the same with resize="transformers" (uint8 path, bit-exact to torchvision v2)
+  qwen-vl-utils        the real `qwen_vl_utils.fetch_video` (decord reader) in the reference venv
+                       (.venv-ref from `make reference`, or $VLPREP_REF_PYTHON), then `.to(uint8)` and
+                       patchify; without a reference venv: `decord-ref`, the same steps re-done here
+  floor                probe + decode of just the sampled frames to RGB (vlprep's decoder), nothing
+                       else; after the timer it also measures what each resize mode costs on those
+                       frames (one thread, CPU s): the float resize is what the default mode's
+                       reference prescribes on top of the floor
 
-Clips come in two encodes: x264 ultrafast (no B-frames) and x264 veryfast (`_bf`: 3 B-frames,
-B-pyramid, like most real-world H.264), so the table shows what skipping non-reference frames gains.
 CPU s is user + system time of all the process's threads: what the work costs when every core is
-busy anyway (a prepare job runs one worker per core). Throughput is seconds of video per wall second (best of two rounds run in opposite order); "kept MB" is the resized uint8 frames that must be
-held (the lower bound for any method); a baseline row shows the RSS of a process that only imports.
+busy anyway (a prepare job runs one worker per core), and the number to trust on a loaded machine.
 """
 from __future__ import annotations
 
@@ -151,15 +154,18 @@ def child(method: str, path: str) -> dict:
         # the wall time, what each resize mode costs on those frames (one thread, CPU s).
         info = probe_video(path)
         idx, _ = select_frames(info, preset=QWEN25_VL)
-        frames = np.stack([f for _, f in decode_pyav(info, idx)])
+        frames = [f for _, f in decode_pyav(info, idx)]
         wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
-        H, W = video_frame_size(frames.shape[1], frames.shape[2], len(idx))
+        extra["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the resizes below
+        H, W = video_frame_size(frames[0].shape[0], frames[0].shape[1], len(idx))
         torch.set_num_threads(1)
         for mode, key in (("qwen-vl-utils", "resize_float_cpu"), ("transformers", "resize_uint8_cpu")):
             c = _cpu()
-            resize_frames(frames, H, W, mode=mode)
+            for k in range(0, len(frames), 8):  # vlprep's batches
+                resize_frames(np.stack(frames[k:k + 8]), H, W, mode=mode)
             extra[key] = _cpu() - c
-        grid, n, dur, first = (len(idx), H // 14, W // 14), len(idx), info.duration, frames[:1, :4].copy()
+        n = len(idx)
+        grid, dur, first = (n // 2 + n % 2, H // 14, W // 14), info.duration, frames[0][:4].copy()
     else:
         raise SystemExit(f"unknown method {method}")
     if method != "floor":
@@ -229,7 +235,9 @@ def main() -> None:
         t = res["vlprep-transformers"]
         verdicts.append((name, res[ref]["wall"] / v["wall"], res[ref]["wall"] / t["wall"], t["wall"] / fl["wall"],
                          max(v["rss_mb"] - base["vlprep"]["rss_mb"], t["rss_mb"] - base["vlprep"]["rss_mb"])
-                         <= res[ref]["rss_mb"] - base[ref]["rss_mb"]))
+                         <= res[ref]["rss_mb"] - base[ref]["rss_mb"],
+                         res[ref]["cpu"] / v["cpu"], res[ref]["cpu"] / t["cpu"], t["cpu"] / fl["cpu"],
+                         v["cpu"] - fl["cpu"] - fl["resize_float_cpu"]))
     print(f"baseline processes (imports only): peak RSS " + ", ".join(
         f"{m} {base[m]['rss_mb']:.0f} MB" for m in methods) + f"; cpu cores: {os.cpu_count()}; "
         f"load average at the end: {os.getloadavg()[0]:.1f}; rounds: {args.rounds}")
@@ -242,11 +250,17 @@ def main() -> None:
               f"| {floor:.2f}× | {f(rf)} | {f(ru)} |")
     print(f"\ntargets: default ≥ 1.5× and transformers ≥ 2× {ref}'s wall; transformers ≤ 1.3× the floor; "
           f"peak RSS above baseline ≤ {ref}'s")
-    print("| clip | default speed-up | transformers speed-up | transformers / floor | memory ≤ ref |")
-    print("|---|---|---|---|---|")
-    for name, a, b, c, mem in verdicts:
+    print("(wall on this machine depends on its load; the CPU-s columns are the same ratios in CPU seconds, "
+          "and 'default − floor − float resize' is what the default mode spends beyond the decode floor and the "
+          "float resize its reference prescribes)")
+    print("| clip | default speed-up (wall) | transformers speed-up (wall) | transformers / floor (wall) "
+          "| memory ≤ ref | default speed-up (CPU) | transformers speed-up (CPU) | transformers / floor (CPU) "
+          "| default − floor − float resize, CPU s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, a, b, c, mem, ac, bc, cc, rest in verdicts:
         ok = lambda cond, x: f"{x:.2f}×" + ("" if cond else " ✗")  # noqa: E731
-        print(f"| {name} | {ok(a >= 1.5, a)} | {ok(b >= 2, b)} | {ok(c <= 1.3, c)} | {'yes' if mem else 'no ✗'} |")
+        print(f"| {name} | {ok(a >= 1.5, a)} | {ok(b >= 2, b)} | {ok(c <= 1.3, c)} | {'yes' if mem else 'no ✗'} "
+              f"| {ok(ac >= 1.5, ac)} | {ok(bc >= 2, bc)} | {ok(cc <= 1.3, cc)} | {rest:.2f} |")
     print(f"\n(total bench time {time.perf_counter() - t_all:.0f} s)")
 
 
