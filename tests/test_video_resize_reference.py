@@ -232,3 +232,32 @@ def test_mpeg4_avi_bframes_skipped_and_exact(tmp_path, monkeypatch):
         assert sorted(got) == sorted(set(idx.tolist()))
         for i, f in got.items():
             assert np.array_equal(f, full[i]), (req, i)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64])
+@pytest.mark.parametrize("case", CASES)
+def test_float_mode_strip_path_equals_the_reference(monkeypatch, case, rows):
+    # The float mode runs its horizontal pass on row strips for large frames; force that path on
+    # every golden case (any strip height) and it must still equal torchvision v1.
+    import processors.video_resize as vr
+
+    monkeypatch.setattr(vr, "_STRIP_MIN_PIXELS", 0)
+    monkeypatch.setattr(vr, "_STRIP_ROWS", rows)
+    frames, want = G[f"{case}/input"], G[f"{case}/qwen-vl-utils"]
+    got = resize_frames(frames, want.shape[1], want.shape[2], mode="qwen-vl-utils")
+    assert np.array_equal(got, want), f"{case}, strips of {rows}: {_explain(got, want)}"
+
+
+def test_float_mode_strip_path_on_large_frames():
+    # 4K and 1080p frames (the sizes the strip path is for) against the literal v1 steps
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(14)
+    for (h, w), (H, W) in [((2160, 3840), (560, 1008)), ((1080, 1920), (532, 952)), ((721, 1283), (728, 1288))]:
+        x = rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+        x[:, h // 3:h // 2, :] = 255  # a hard edge too
+        t = torch.from_numpy(x).permute(0, 3, 1, 2)
+        want = F.interpolate(t.to(torch.float32), size=(H, W), mode="bicubic", antialias=True,
+                             align_corners=False).clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        assert np.array_equal(resize_frames(x, H, W), want), (h, w)
