@@ -261,3 +261,18 @@ def test_float_mode_strip_path_on_large_frames():
         want = F.interpolate(t.to(torch.float32), size=(H, W), mode="bicubic", antialias=True,
                              align_corners=False).clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         assert np.array_equal(resize_frames(x, H, W), want), (h, w)
+
+
+def test_decoder_threads_per_resolution():
+    import dataclasses
+
+    from processors.video_decode import decoder_threads
+
+    info = probe_video(GOLDEN / FILES["h264"])  # 360x200: one thread
+    assert decoder_threads(info) == 1
+    assert decoder_threads(dataclasses.replace(info, width=1280, height=720)) == 0
+    assert decoder_threads(dataclasses.replace(info, width=3840, height=2160)) == 0
+    idx = G["clip_h264/indices"]
+    one = dict(decode_pyav(info, idx))              # the rule: 1 thread here
+    auto = dict(decode_pyav(info, idx, threads=0))  # FFmpeg's count
+    assert sorted(one) == sorted(auto) and all(np.array_equal(one[i], auto[i]) for i in one)
