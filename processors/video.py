@@ -168,16 +168,15 @@ def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int,
     """Resize decoded frames into `out` in small batches on a worker thread while this thread keeps
     decoding (FFmpeg and torch both release the GIL, so the two overlap on two cores). At most
     `_RESIZE_IN_FLIGHT` batches are handed to the worker at once (plus the one being filled: at most
-    3 batches of full-size frames alive): memory stays bounded by the kept, resized frames. When the
-    worker is that far behind (the resize costs more than the decode: high resolutions, the float
-    mode), this thread resizes the batch itself instead of waiting, so both cores resize. Both
-    threads run torch on one thread each. Returns how many slots of `out` were filled."""
+    3 batches of full-size frames alive): memory stays bounded by the kept, resized frames. Returns
+    how many slots of `out` were filled. (Letting this thread resize a batch itself when the worker
+    is behind, instead of waiting, was measured for issue #14: no gain on 240p–4K clips and more
+    system time on the 10-min 240p one, so it waits.)"""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
     caller_threads = torch.get_num_threads()  # also pins this thread's own setting before the worker's
-    _single_torch_thread()  # this thread resizes too (below); set back in `finally`
 
     def resize_into(batch: list[tuple[int, np.ndarray]]) -> int:
         _single_torch_thread()
@@ -202,12 +201,9 @@ def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int,
                 pending.append((i, rgb))
                 batch_bytes += rgb.nbytes
                 if len(pending) >= _RESIZE_BATCH or batch_bytes >= _RESIZE_BATCH_BYTES:
-                    while in_flight and in_flight[0][0].done():
-                        filled += in_flight.pop(0)[0].result()
                     if len(in_flight) >= _RESIZE_IN_FLIGHT:
-                        filled += resize_frames_into(pending)  # the worker is behind: help, don't wait
-                    else:
-                        in_flight.append((pool.submit(resize_into, pending), pending))
+                        filled += in_flight.pop(0)[0].result()
+                    in_flight.append((pool.submit(resize_into, pending), pending))
                     pending, batch_bytes = [], 0
             # Decoding is done: this thread takes the batches the worker has not started, so both
             # cores work until the end.

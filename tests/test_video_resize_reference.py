@@ -175,37 +175,6 @@ def test_report_records_the_reference(tmp_path, overrides, want):
     assert video_resize_reference(tmp_path / "missing") is None
 
 
-@pytest.mark.parametrize("mode", RESIZE_MODES)
-def test_caller_resizes_when_the_worker_is_behind(monkeypatch, mode):
-    # The decoding thread takes a batch itself when the resize worker has a full queue (resize-bound
-    # clips): same output, both threads did resize work.
-    import threading
-    import time
-
-    import processors.video as video
-
-    real, seen = video.resize_frames, []
-
-    def slow_on_worker(frames, H, W, **kw):
-        name = threading.current_thread().name
-        seen.append(name)
-        if name.startswith("vlprep-resize"):
-            time.sleep(0.05)
-        return real(frames, H, W, **kw)
-
-    monkeypatch.setattr(video, "_RESIZE_BATCH", 1)
-    monkeypatch.setattr(video, "_RESIZE_IN_FLIGHT", 1)
-    monkeypatch.setattr(video, "resize_frames", slow_on_worker)
-    path = GOLDEN / FILES["h264"]
-    r = process_video(path, "qwen2.5-vl", resize=mode)
-    assert any(n.startswith("vlprep-resize") for n in seen) and threading.main_thread().name in seen
-    info = probe_video(path)
-    decoded = np.stack([f for _, f in decode_pyav(info, G["clip_h264/indices"])])
-    resized = real(decoded, *r.resized_size, mode=mode)
-    assert digest(resized) == str(G[f"clip_h264/{mode}_sha256"])
-    assert np.array_equal(r.patches, patchify(resized)[0])
-
-
 # --- MPEG-4 Part 2 B-VOPs are skipped like H.264 non-reference frames (issue #14 scope 3) ---------
 
 def test_mpeg4_avi_bframes_skipped_and_exact(tmp_path, monkeypatch):
