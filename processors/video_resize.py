@@ -32,15 +32,29 @@ _STRIP_MIN_PIXELS = 500_000
 _STRIP_ROWS = 256
 
 
-def resize_mode(resize: str | None = None, fast: bool | None = None) -> str:
-    """The mode for a `resize=` value and the deprecated `fast=` flag (True → "transformers")."""
+
+def require_torch():
+    """torch, or one line saying how to get it: the core install (`pip install vlprep`) leaves torch
+    to the training environment, and only video resizing needs it."""
+    try:
+        import torch
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError("resizing video frames needs torch (any version >= 2.1, e.g. your training "
+                                  "environment's): pip install torch, or pip install 'vlprep[torch]'",
+                                  name="torch") from exc
+    return torch
+
+
+def resize_mode(resize: str | None = None, fast: bool | None = None, default: str = DEFAULT_RESIZE) -> str:
+    """The mode for a `resize=` value and the deprecated `fast=` flag (True → "transformers");
+    neither: `default` (a preset's `video_resize`)."""
     if resize is not None and resize not in RESIZE_MODES:
         raise ValueError(f"video resize must be one of {list(RESIZE_MODES)}, got {resize!r}")
     if fast is not None and resize is not None and (resize == TRANSFORMERS) != bool(fast):
         raise ValueError(f"fast={fast} (deprecated) contradicts resize={resize!r}; drop `fast`")
     if resize is not None:
         return resize
-    return TRANSFORMERS if fast else DEFAULT_RESIZE
+    return TRANSFORMERS if fast else default
 
 
 def resize_frames(frames: np.ndarray, height: int, width: int, *, mode: str = DEFAULT_RESIZE,
@@ -60,7 +74,7 @@ def resize_frames(frames: np.ndarray, height: int, width: int, *, mode: str = DE
     if x.shape[1] == height and x.shape[2] == width:
         out = x.copy()  # torchvision returns the input unchanged when the size already matches
     else:
-        import torch
+        torch = require_torch()
         import torch.nn.functional as F
 
         x = np.ascontiguousarray(x)
