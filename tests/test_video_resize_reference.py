@@ -132,6 +132,8 @@ def _cfg(tmp_path, overrides):
     (["video.resize=qwen-vl-utils"], "qwen-vl-utils"),
     (["video.fast=true"], "transformers"),                     # deprecated alias
     (["video.fast=true", "video.resize=transformers"], "transformers"),
+    (["preset=qwen3-vl"], "transformers"),                          # the preset's reference
+    (["preset=qwen3-vl", "video.resize=qwen-vl-utils"], "qwen-vl-utils"),
 ])
 def test_job_option_video_resize(tmp_path, overrides, want):
     from processors.encode import EncodeOptions
@@ -142,7 +144,7 @@ def test_job_option_video_resize(tmp_path, overrides, want):
 
 
 @pytest.mark.parametrize("overrides,msg", [
-    (["video.resize=fast"], r"video.resize: .*one of \['qwen-vl-utils', 'transformers'\], got 'fast'"),
+    (["video.resize=fast"], r"video.resize 'fast' is not one of \['qwen-vl-utils', 'transformers'\]"),
     (["video.fast=true", "video.resize=qwen-vl-utils"], r"video.resize: .*contradicts.*drop `fast`"),
 ])
 def test_job_option_video_resize_errors(tmp_path, overrides, msg):
@@ -166,7 +168,8 @@ def test_encode_sample_uses_the_job_mode(mode):
 
 
 @pytest.mark.parametrize("overrides,want", [([], "qwen-vl-utils"), (["video.fast=true"], "transformers"),
-                                            (["video.resize=transformers"], "transformers")])
+                                            (["video.resize=transformers"], "transformers"),
+                                            (["preset=qwen3-vl"], "transformers")])
 def test_report_records_the_reference(tmp_path, overrides, want):
     from pipeline.report.prepared import video_resize_reference
 

@@ -165,11 +165,14 @@ def video_resize_reference(out: Path) -> str | None:
     "transformers", docs/video.md), from OUT/job.json; None without one."""
     import json
 
+    from processors.presets import get_preset
     from processors.video_resize import resize_mode
 
     try:
-        video = json.loads((Path(out) / "job.json").read_text()).get("video") or {}
-        return resize_mode(video.get("resize"), video.get("fast") or None)
+        job = json.loads((Path(out) / "job.json").read_text())
+        video = job.get("video") or {}
+        return resize_mode(video.get("resize"), video.get("fast") or None,
+                           default=get_preset(job.get("preset")).video_resize)
     except (OSError, ValueError, AttributeError):
         return None
 
