@@ -38,6 +38,7 @@ def build_prepared_report(out: str | Path, *, examples: int = EXAMPLES) -> Repor
     stats["tokens"] = token_stats(manifest, series)
     stats["images"] = image_stats(manifest, series, presets)
     stats["videos"] = video_stats(manifest, series)
+    stats["videos"]["resize"] = video_resize_reference(out)
     stats["boxes"] = box_stats(manifest, series)
     stats["sources"] = source_stats(manifest, ledger)
     scores = read_scores(out)
@@ -159,6 +160,23 @@ def video_stats(manifest, series: dict) -> dict:
         "original": size_block(series["videos.original_hw"]),
         "resized": size_block(series["videos.resized_hw"]),
     }
+
+
+def video_resize_reference(out: Path) -> str | None:
+    """Which reference the run's video frames were resized bit-exactly to ("qwen-vl-utils" or
+    "transformers", docs/video.md), from OUT/job.json; None without one."""
+    import json
+
+    from processors.presets import get_preset
+    from processors.video_resize import resize_mode
+
+    try:
+        job = json.loads((Path(out) / "job.json").read_text())
+        video = job.get("video") or {}
+        return resize_mode(video.get("resize"), video.get("fast") or None,
+                           default=get_preset(job.get("preset")).video_resize)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def box_stats(manifest, series: dict) -> dict:

@@ -69,6 +69,8 @@ def print_report(stats: dict, console: Console | None = None) -> None:
     t = _dist_table("media", media)
     if t:
         c.print(t)
+    if stats.get("videos", {}).get("total") and stats["videos"].get("resize"):
+        c.print(f"video frames resized as {stats['videos']['resize']} (bit-exact to that reference, docs/video.md)")
     if len(stats.get("sources", [])) > 1:
         t = Table(title="per source", title_justify="left")
         for col in ("source", "inputs", "kept", "dropped", "error", "tokens"):
