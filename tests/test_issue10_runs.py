@@ -192,7 +192,7 @@ def test_an_image_cut_inside_its_header_is_called_truncated(tmp_path):
 def test_sizes_in_messages_are_width_x_height_and_say_so():
     from filters.base import FilterContext, build_filters
     from processors.formats import parse_record
-    from processors.smart_resize import smart_resize
+    from processors import smart_resize
 
     rule = [r for r in build_filters({"box_in_image": 0}) if getattr(r, "name", "") == "box_in_image"][0]
     s = parse_record({"images": ["a.jpg"], "messages": [{"role": "user", "content": "<image>Where?"},
