@@ -77,6 +77,11 @@ class DedupOptions:
 
 
 @dataclass
+class StorageOptions:
+    codec: str = "png"                 # pixel members, each pixel once, lossless: png|webp|zstd-delta|zstd|npy (docs/storage.md)
+
+
+@dataclass
 class RayOptions:
     address: str | None = None         # None: an embedded local Ray; "auto" or "ray://host:port"
     num_cpus: float = 1.0              # CPUs declared by each encode task (a unit)
@@ -103,6 +108,7 @@ class JobConfig:
     dedup: DedupOptions = field(default_factory=DedupOptions)
     unit_size: int = 256               # records per work unit (one shard per unit)
     ray: RayOptions = field(default_factory=RayOptions)
+    storage: StorageOptions = field(default_factory=StorageOptions)
     base_dir: str = "."                # where relative paths are resolved (the YAML's folder)
 
     # -- construction ---------------------------------------------------------------------------
@@ -162,6 +168,12 @@ class JobConfig:
             except TypeError as exc:
                 raise ConfigError(f"cleaning: {exc} (valid: nfc, control, html_entities, whitespace, "
                                   f"max_blank_lines)") from None
+        from .storage import check_codec
+
+        try:
+            check_codec(self.storage.codec)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.ray.num_cpus <= 0:
             raise ConfigError(f"ray.num_cpus must be > 0, got {self.ray.num_cpus}")
         if self.ray.max_retries < 0 or self.ray.record_timeout_s < 0:
@@ -246,6 +258,7 @@ _SECTIONS = {
     (JobConfig, "video"): VideoOptions,
     (JobConfig, "dedup"): DedupOptions,
     (JobConfig, "ray"): RayOptions,
+    (JobConfig, "storage"): StorageOptions,
 }
 
 

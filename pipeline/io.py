@@ -42,6 +42,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("video_frames", pa.list_(pa.int64())),
     ("video_sizes", pa.list_(pa.list_(pa.int64()))),
     ("video_resized", pa.list_(pa.list_(pa.int64()))),
+    ("sample_bytes", pa.int64()),        # bytes the sample takes in its shard (tar headers included)
 ])
 
 LEDGER_SCHEMA = pa.schema([

@@ -5,7 +5,9 @@
     inputs = to_model_inputs(sample, "qwen2.5-vl", device="cuda")
     batch = to_model_inputs([s1, s2, s3], "qwen2.5-vl")  # padded, pixel_values concatenated
 
-Shards hold pixels as uint8 patches; normalisation (1/255, CLIP mean/std) happens here, on the
+Shards hold each pixel once, losslessly compressed (pipeline/storage.py, shard format 2; format-1
+shards with raw `pixel_values.npy` members are read too); the loader rebuilds the exact uint8
+`pixel_values` rows. Normalisation (1/255, CLIP mean/std) happens in `to_model_inputs`, on the
 requested device, after the uint8 copy (4x less host→device traffic than float32). Names follow
 the Hugging Face processor: input_ids, attention_mask, labels, position_ids, pixel_values,
 image_grid_thw, pixel_values_videos, video_grid_thw, second_per_grid_ts.
@@ -23,6 +25,8 @@ import numpy as np
 
 from processors.presets import ENDOFTEXT_ID, IGNORE_INDEX, get_preset
 from processors.sample import EncodedSample
+
+from .storage import DESCRIPTOR, V1_MEMBER, StorageError, read_pixels
 
 ARRAYS = EncodedSample.ARRAY_FIELDS
 PAD_ID = ENDOFTEXT_ID  # 151643, the Qwen2 tokenizer's pad token
@@ -55,27 +59,45 @@ class ShardLoader:
         return self.manifest.column("id").to_pylist()
 
     # -- reading ---------------------------------------------------------------------------------
-    def iter_shard(self, shard: str) -> Iterator[dict]:
-        """Samples of one shard in stored order: {"id", 7 arrays, "meta"}."""
-        with tarfile.open(self._path(shard), "r:") as tar:
-            key, members = None, {}
-            for m in tar:
-                if not m.isfile():
-                    continue
-                k, _, rest = m.name.partition(".")
-                if k != key and key is not None:
-                    yield _assemble(key, members)
-                    members = {}
-                key = k
-                members[rest] = tar.extractfile(m).read()
-            if key is not None:
-                yield _assemble(key, members)
+    def iter_shard(self, shard: str, *, pixels: str = "rows") -> Iterator[dict]:
+        """Samples of one shard in stored order: {"id", 7 arrays, "meta"}.
+
+        `pixels="frames"`: no `pixel_values`; a `stored_pixels` (storage.StoredPixels: the distinct
+        frames and the patch geometry) instead, for consumers that rebuild the rows on their device
+        (`to_model_inputs` does). A damaged shard raises StorageError naming the shard and sample."""
+        for key, members in self._iter_members(shard):
+            yield _assemble(key, members, shard, pixels)
+
+    def _iter_members(self, shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+        path = self._path(shard)
+        key = None
+        try:
+            with tarfile.open(path, "r:") as tar:
+                members: dict[str, bytes] = {}
+                for m in tar:
+                    if not m.isfile():
+                        continue
+                    k, _, rest = m.name.partition(".")
+                    if k != key and key is not None:
+                        yield key, members
+                        members = {}
+                    key = k
+                    data = tar.extractfile(m).read()
+                    if len(data) != m.size:
+                        raise tarfile.ReadError(f"member {m.name} is cut short ({len(data)} of {m.size} bytes)")
+                    members[rest] = data
+                if key is not None:
+                    yield key, members
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            at = f", sample {key!r}" if key is not None else ""
+            raise StorageError(f"{shard}{at}: the shard is truncated or corrupt ({exc}); "
+                               f"re-run `vlprep prepare` for its unit (delete the shard first)") from None
 
     def __iter__(self) -> Iterator[dict]:
         for shard in self.shards():
             yield from self.iter_shard(shard)
 
-    def get(self, sample_id: str) -> dict:
+    def get(self, sample_id: str, *, pixels: str = "rows") -> dict:
         """One sample by id (looked up in the manifest, then read by offset from its shard)."""
         ids = self.manifest.column("id").to_pylist()
         try:
@@ -93,16 +115,23 @@ class ShardLoader:
             for rest, (offset, size) in index[key].items():
                 f.seek(offset)
                 members[rest] = f.read(size)
-        return _assemble(key, members)
+                if len(members[rest]) != size:
+                    raise StorageError(f"{shard}, sample {key!r}: member {key}.{rest} is cut short "
+                                       f"({len(members[rest])} of {size} bytes); the shard is truncated")
+        return _assemble(key, members, shard, pixels)
 
     def _shard_index(self, shard: str) -> dict[str, dict[str, tuple[int, int]]]:
         if shard not in self._index:
             idx: dict[str, dict[str, tuple[int, int]]] = {}
-            with tarfile.open(self._path(shard), "r:") as tar:
-                for m in tar:
-                    if m.isfile():
-                        k, _, rest = m.name.partition(".")
-                        idx.setdefault(k, {})[rest] = (m.offset_data, m.size)
+            try:
+                with tarfile.open(self._path(shard), "r:") as tar:
+                    for m in tar:
+                        if m.isfile():
+                            k, _, rest = m.name.partition(".")
+                            idx.setdefault(k, {})[rest] = (m.offset_data, m.size)
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                raise StorageError(f"{shard}: the shard is truncated or corrupt ({exc}); re-run "
+                                   f"`vlprep prepare` for its unit (delete the shard first)") from None
             self._index[shard] = idx
         return self._index[shard]
 
@@ -113,24 +142,55 @@ class ShardLoader:
         return p
 
 
-def _assemble(key: str, members: dict[str, bytes]) -> dict:
+PIXEL_MODES = ("rows", "frames")
+
+
+def _assemble(key: str, members: dict[str, bytes], shard: str = "?", pixels: str = "rows") -> dict:
+    if pixels not in PIXEL_MODES:
+        raise ValueError(f"pixels={pixels!r}: use one of {PIXEL_MODES}")
+    where = f"{shard}, sample {key!r}"
     out: dict = {}
+    v1 = V1_MEMBER in members
+    if not v1 and DESCRIPTOR not in members:
+        raise StorageError(f"{where}: neither {key}.{DESCRIPTOR} (shard format 2) nor {key}.{V1_MEMBER} "
+                           f"(format 1) is in the shard; it is truncated or not a `vlprep prepare` shard")
     for name in ARRAYS:
+        if name == "pixel_values" and not v1:
+            continue
         blob = members.get(f"{name}.npy")
         if blob is None:
-            raise ValueError(f"sample {key!r}: member {key}.{name}.npy missing from the shard")
-        out[name] = np.load(io.BytesIO(blob), allow_pickle=False)
-    meta = json.loads(members.get("meta.json", b"{}"))
+            raise StorageError(f"{where}: member {key}.{name}.npy missing from the shard")
+        try:
+            out[name] = np.load(io.BytesIO(blob), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise StorageError(f"{where}: member {key}.{name}.npy is corrupt ({exc})") from None
+    if not v1:
+        stored = read_pixels(members, where)
+        if pixels == "frames":
+            out["stored_pixels"] = stored
+        else:
+            out["pixel_values"] = stored.pixel_values()
+    try:
+        meta = json.loads(members.get("meta.json", b"{}"))
+    except ValueError as exc:
+        raise StorageError(f"{where}: member {key}.meta.json is corrupt ({exc})") from None
     out["meta"] = meta
     out["id"] = meta.get("id", key)
     return out
+
+
+def pixel_values_of(sample: dict) -> np.ndarray:
+    """A loaded sample's uint8 pixel_values, rebuilt from its stored frames when read with pixels="frames"."""
+    if "pixel_values" in sample:
+        return sample["pixel_values"]
+    return sample["stored_pixels"].pixel_values()
 
 
 # -- model inputs ----------------------------------------------------------------------------------
 
 def split_pixel_rows(sample: dict) -> tuple[np.ndarray, np.ndarray]:
     """(image rows, video rows) of a sample's pixel_values: images come first, in placeholder order."""
-    pv = sample["pixel_values"]
+    pv = pixel_values_of(sample)
     n_img = int(np.prod(np.asarray(sample["image_grid_thw"]).reshape(-1, 3), axis=1).sum())
     if pv.ndim != 2:                      # qwen-vl: [k, 448, 448, 3], images only
         return pv, pv[:0]

@@ -99,3 +99,25 @@ def normalize_patches(
         cols = slice(ch * per_channel, (ch + 1) * per_channel)
         np.take(table[ch], patches[:, cols], out=out[:, cols])
     return out
+
+
+def stored_frames(
+    patches: np.ndarray,
+    grid_thw: tuple[int, int, int],
+    patch_size: int = 14,
+    merge_size: int = 2,
+    temporal_patch_size: int = 2,
+) -> np.ndarray:
+    """The distinct frames behind patch rows: `unpatchify`, then the copies `patchify` made dropped.
+
+    `patchify` pads the frame count to a multiple of `temporal_patch_size` by repeating the last
+    frame (an image becomes tp identical frames, an odd video gets one repeat), so trailing frames of
+    the last temporal group that equal the frame before them carry nothing: they are dropped here and
+    `patchify(stored_frames(x, g, ...), ...)` gives back exactly `x` (the padding is rebuilt).
+    """
+    frames = unpatchify(patches, grid_thw, patch_size, merge_size, temporal_patch_size)
+    n = len(frames)
+    first_of_last_group = n - temporal_patch_size
+    while n - 1 > first_of_last_group and np.array_equal(frames[n - 1], frames[n - 2]):
+        n -= 1
+    return frames[:n]
