@@ -37,6 +37,7 @@ DEFAULT_CODEC = "png"
 DESCRIPTOR = "pixels.json"          # member suffix of the per-sample pixel descriptor
 V1_MEMBER = "pixel_values.npy"      # format 1: raw patch rows
 WEBP_MAX_SIDE = 16383
+_STEM = {"image": "img", "video": "vid"}
 _EXT = {"png": "png", "webp": "webp", "zstd-delta": "updelta.zst", "zstd": "npy.zst", "npy": "npy"}
 _CODEC_OF_EXT = {v: k for k, v in _EXT.items()}
 ZSTD_LEVEL = 3
@@ -135,6 +136,13 @@ def decode_frame(ext: str, data: bytes, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def _ext_of(name: str) -> str:
+    for ext in sorted(_CODEC_OF_EXT, key=len, reverse=True):
+        if name.endswith("." + ext):
+            return ext
+    return name.rpartition(".")[2]
+
+
 def _zstd():
     import pyarrow as pa
 
@@ -211,7 +219,8 @@ def pixel_members(key: str, pixel_values: np.ndarray, image_grid_thw, video_grid
         names, crcs = [], []
         for j, frame in enumerate(frames):
             ext, data = encode_frame(frame, codec)
-            stem = f"img{i:03d}" if kind == "image" else f"vid{i:03d}.f{j:04d}"
+            # an image is one frame; several only when its rows' temporal copies differ (not encoder output)
+            stem = f"img{i:03d}" if kind == "image" and len(frames) == 1 else f"{_STEM[kind]}{i:03d}.f{j:04d}"
             names.append(f"{stem}.{ext}")
             crcs.append(zlib.crc32(data))
             members.append((f"{key}.{stem}.{ext}", data))
@@ -267,8 +276,7 @@ def read_pixels(members: dict[str, bytes], where: str) -> StoredPixels:
                 if zlib.crc32(data) != int(crc):
                     raise StorageError(f"member {name} is corrupt (crc32 mismatch, {len(data)} bytes)")
                 try:
-                    frames[j] = decode_frame(name.split(".", 2)[-1] if it["kind"] == "video" else name.split(".", 1)[1],
-                                             data, (h, w))
+                    frames[j] = decode_frame(_ext_of(name), data, (h, w))
                 except StorageError as exc:
                     raise StorageError(f"member {name}: {exc}") from None
                 except Exception as exc:    # a decoder's own error on damaged bytes
