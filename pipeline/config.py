@@ -78,7 +78,7 @@ class DedupOptions:
 
 @dataclass
 class StorageOptions:
-    codec: str = "png"                 # pixel members, each pixel once, lossless: png|webp|zstd-delta|zstd|npy (docs/storage.md)
+    codec: str = "zstd-delta"          # pixel members, each pixel once, lossless: zstd-delta|webp|png|zstd|npy (docs/storage.md)
 
 
 @dataclass

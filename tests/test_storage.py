@@ -178,7 +178,7 @@ def _damage(shard: Path, member_suffix: str, how: str) -> None:
 def test_corrupt_pixel_member_is_an_error_naming_shard_sample_and_member(tmp_path, media, codec):
     items = _encoded(media, QWEN25_VL)[:2]
     shard = _write(tmp_path, items, codec)
-    ext = {"png": "png", "webp": "webp", "zstd-delta": "updelta.zst", "zstd": "npy.zst", "npy": "npy"}[codec]
+    ext = {"png": "png", "webp": "webp", "zstd-delta": "delta.zst", "zstd": "npy.zst", "npy": "npy"}[codec]
     _damage(shard, f"multi.img001.{ext}", "flip")
     loader = ShardLoader(tmp_path)
     with pytest.raises(StorageError, match=rf"shards/u0.tar, sample 'multi': member img001.{ext} is corrupt"):
@@ -212,6 +212,6 @@ def test_storage_codec_config_key(tmp_path):
 
     cfg = JobConfig.from_dict({"sources": ["x.jsonl"], "storage": {"codec": "webp"}})
     assert cfg.storage.codec == "webp" and '"codec": "webp"' in cfg.to_json()
-    assert JobConfig.from_dict({"sources": ["x.jsonl"]}).storage.codec == "png"
+    assert JobConfig.from_dict({"sources": ["x.jsonl"]}).storage.codec == "zstd-delta"
     with pytest.raises(ConfigError, match=r"storage.codec 'jpeg' is not one of \['png', 'webp'"):
         JobConfig.from_dict({"sources": ["x.jsonl"], "storage": {"codec": "jpeg"}})
