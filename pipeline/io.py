@@ -43,6 +43,7 @@ MANIFEST_SCHEMA = pa.schema([
     ("video_sizes", pa.list_(pa.list_(pa.int64()))),
     ("video_resized", pa.list_(pa.list_(pa.int64()))),
     ("sample_bytes", pa.int64()),        # bytes the sample takes in its shard (tar headers included)
+    ("media_bytes", pa.int64()),         # bytes of its media files as read (bytes in)
 ])
 
 LEDGER_SCHEMA = pa.schema([

@@ -16,6 +16,7 @@ import pyarrow as pa
 from .dedup import exact_key, image_phashes, phash_eligible
 from .io import LEDGER_SCHEMA, MANIFEST_SCHEMA, Layout, rows_to_table, write_table
 from .ledger import Outcome, ledger_row, manifest_row
+from .sizes import media_bytes
 from .sources import iter_records
 from .stages import Prepared, context_for, encode, fallback_id, prepare
 from .units import Unit
@@ -195,5 +196,6 @@ def _one(raw, unit: Unit, ctx, dec: dict, writer: ShardWriter, shard_rel: str, m
         nbytes = writer.write(key, enc, meta)
     except Exception as exc:
         return Outcome.error(s.id, s.source, s.record_index, "write", exc)
-    manifest.append(manifest_row(unit.name, shard_rel, key, meta, enc.pixel_values.shape[0], nbytes))
+    manifest.append(manifest_row(unit.name, shard_rel, key, meta, enc.pixel_values.shape[0], nbytes,
+                                 media_bytes(r.media)))
     return Outcome(s.id, s.source, s.record_index, "kept")
