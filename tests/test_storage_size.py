@@ -88,7 +88,7 @@ def test_generated_photo_corpus_prediction(tmp_path):
         Image.fromarray(photo_like(w, h, 500 + i)).save(media / f"p{i:02d}.jpg", quality=int(80 + i % 3 * 7))
         rows.append({"id": f"p{i:02d}", "image": f"p{i:02d}.jpg", "conversations": [
             {"from": "human", "value": "<image>\nDescribe the photo."},
-            {"from": "gpt", "value": "Soft colour fields with fine grain." * (1 + i % 3)}]})
+            {"from": "gpt", "value": f"Photo {i}: soft colour fields with a fine grain."}]})
     (tmp_path / "photos.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "job.yaml").write_text("sources:\n  - path: photos.jsonl\n    media_root: media\nunit_size: 8\n")
     result, pre = _prepare_and_predict(tmp_path / "job.yaml", tmp_path / "out")
