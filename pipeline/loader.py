@@ -197,10 +197,11 @@ def split_pixel_rows(sample: dict) -> tuple[np.ndarray, np.ndarray]:
     return pv[:n_img], pv[n_img:]
 
 
-def collate(samples: list[dict], pad_id: int = PAD_ID, side: str = "right") -> dict[str, np.ndarray]:
+def collate(samples: list[dict], pad_id: int = PAD_ID, side: str = "right", *,
+            pixels: bool = True) -> dict[str, np.ndarray]:
     """Pad a list of loaded samples into one batch (numpy): ids with `pad_id`, labels with -100,
     position ids with 1 (as transformers does where attention_mask is 0); pixel rows and grids of all
-    samples concatenated in batch order."""
+    samples concatenated in batch order (`pixels=False`: grids only, no pixel_values keys)."""
     if not samples:
         raise ValueError("collate needs at least one sample")
     lengths = [int(s["input_ids"].shape[0]) for s in samples]
@@ -216,15 +217,53 @@ def collate(samples: list[dict], pad_id: int = PAD_ID, side: str = "right") -> d
         labels[b, sl] = s["labels"]
         mask[b, sl] = 1
         pos[:, b, sl] = s["position_ids"]
-    imgs, vids = zip(*(split_pixel_rows(s) for s in samples))
-    return {
+    out = {
         "input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": pos,
-        "pixel_values": np.concatenate(imgs, axis=0),
         "image_grid_thw": np.concatenate([np.asarray(s["image_grid_thw"]).reshape(-1, 3) for s in samples]),
-        "pixel_values_videos": np.concatenate(vids, axis=0),
         "video_grid_thw": np.concatenate([np.asarray(s["video_grid_thw"]).reshape(-1, 3) for s in samples]),
         "second_per_grid_ts": np.concatenate([np.asarray(s["second_per_grid_ts"]).reshape(-1) for s in samples]),
     }
+    if pixels:
+        imgs, vids = zip(*(split_pixel_rows(s) for s in samples))
+        out["pixel_values"] = np.concatenate(imgs, axis=0)
+        out["pixel_values_videos"] = np.concatenate(vids, axis=0)
+    return out
+
+
+def _device_rows(samples: list[dict], kind: str, device):
+    """uint8 pixel rows of one kind ("image" / "video") of a batch, on `device`. Samples read with
+    pixels="frames" send only their stored frames and are patchified there (torch reshape/permute:
+    the same index arithmetic as processors.patches.patchify, so the rows are bit-identical)."""
+    import torch
+
+    parts = []
+    for s in samples:
+        sp = s.get("stored_pixels")
+        if sp is None:
+            img, vid = split_pixel_rows(s)
+            parts.append(torch.from_numpy(np.ascontiguousarray(img if kind == "image" else vid)).to(device))
+            continue
+        for k, frames in sp.items:
+            if k == kind:
+                parts.append(_torch_patchify(torch.from_numpy(frames).to(device), sp.geometry))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+
+def _torch_patchify(frames, g):
+    """processors.patches.patchify in torch (frames [T, H, W, 3] uint8 on any device)."""
+    import torch
+
+    if g.fixed_size is not None:          # qwen-vl: whole frames are the pixel values
+        return frames
+    t, h, w, c = frames.shape
+    p, m, tp = g.patch_size, g.merge_size, g.temporal_patch_size
+    if t % tp:
+        frames = torch.cat([frames, frames[-1:].expand(tp - t % tp, h, w, c)], dim=0)
+    gt, gh, gw = frames.shape[0] // tp, h // p, w // p
+    x = frames.reshape(gt, tp, gh // m, m, p, gw // m, m, p, c).permute(0, 2, 5, 3, 6, 8, 1, 4, 7)
+    return x.reshape(gt * gh * gw, c * tp * p * p)
 
 
 def to_model_inputs(sample_or_batch: dict | list[dict], preset=None, device="cpu", dtype=None,
@@ -239,7 +278,9 @@ def to_model_inputs(sample_or_batch: dict | list[dict], preset=None, device="cpu
     import torch
 
     preset = get_preset(preset)
-    batch = collate(sample_or_batch if isinstance(sample_or_batch, list) else [sample_or_batch], pad_id)
+    samples = sample_or_batch if isinstance(sample_or_batch, list) else [sample_or_batch]
+    on_device = any("stored_pixels" in s for s in samples)   # read with pixels="frames": rebuild there
+    batch = collate(samples, pad_id, pixels=not on_device)
     dtype = dtype or torch.float32
     out = {}
     for k in ("input_ids", "attention_mask", "labels"):
@@ -248,11 +289,19 @@ def to_model_inputs(sample_or_batch: dict | list[dict], preset=None, device="cpu
     out["position_ids"] = pos if preset.is_mrope else pos[0]
     mean = torch.tensor(preset.image_mean, device=device, dtype=torch.float32)
     std = torch.tensor(preset.image_std, device=device, dtype=torch.float32)
-    for pv_key, grid_key in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
-        rows = batch[pv_key]
-        if rows.shape[0] == 0:
-            continue
-        x = torch.from_numpy(np.ascontiguousarray(rows)).to(device).to(torch.float32) * (1.0 / 255.0)
+    for pv_key, grid_key, kind in (("pixel_values", "image_grid_thw", "image"),
+                                   ("pixel_values_videos", "video_grid_thw", "video")):
+        if on_device:
+            rows = _device_rows(samples, kind, device)
+            if rows is None or rows.shape[0] == 0:
+                continue
+            u8 = rows
+        else:
+            rows = batch[pv_key]
+            if rows.shape[0] == 0:
+                continue
+            u8 = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
+        x = u8.to(torch.float32) * (1.0 / 255.0)
         if rows.ndim == 2:
             per = preset.temporal_patch_size * preset.patch_size ** 2
             x = (x.view(x.shape[0], 3, per) - mean[None, :, None]) / std[None, :, None]

@@ -148,19 +148,25 @@ def test_format_1_shards_still_load(tmp_path, media):
     assert np.array_equal(loader.get("video")["pixel_values"], items[3][1].pixel_values)
 
 
-def test_frames_mode_and_to_model_inputs_match_rows_mode(tmp_path, media):
+@pytest.mark.parametrize("preset", [QWEN25_VL, QWEN_VL, P16], ids=lambda p: p.name)
+def test_frames_mode_rebuilt_by_to_model_inputs_matches_rows_mode(tmp_path, media, preset):
+    """pixels="frames" sends only the stored frames; to_model_inputs patchifies them with torch on the
+    device: every tensor equal to the host-rebuilt rows' (and a batch mixing both modes too)."""
     import torch
 
-    items = _encoded(media, QWEN25_VL)
-    _write(tmp_path, items, "zstd-delta")
+    items = _encoded(media, preset)
+    _write(tmp_path, items, "zstd-delta", preset)
     loader = ShardLoader(tmp_path)
     rows = list(loader.iter_shard("shards/u0.tar"))
     frames = list(loader.iter_shard("shards/u0.tar", pixels="frames"))
     assert "pixel_values" not in frames[0] and frames[0]["stored_pixels"].items[0][1].shape[0] == 1
-    a, b = to_model_inputs(rows, QWEN25_VL), to_model_inputs(frames, QWEN25_VL)
-    assert a.keys() == b.keys()
+    mixed = [frames[0], rows[1], *frames[2:]]
+    a, b, c = (to_model_inputs(x, preset) for x in (rows, frames, mixed))
+    assert a.keys() == b.keys() == c.keys() and "pixel_values" in a
     for k in a:
-        assert torch.equal(a[k], b[k]), k
+        assert torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]), k
+    one = to_model_inputs(frames[1], preset)     # a single sample too
+    assert torch.equal(one["pixel_values"], to_model_inputs(rows[1], preset)["pixel_values"])
 
 
 def _damage(shard: Path, member_suffix: str, how: str) -> None:
