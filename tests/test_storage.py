@@ -221,3 +221,25 @@ def test_storage_codec_config_key(tmp_path):
     assert JobConfig.from_dict({"sources": ["x.jsonl"]}).storage.codec == "zstd-delta"
     with pytest.raises(ConfigError, match=r"storage.codec 'jpeg' is not one of \['png', 'webp'"):
         JobConfig.from_dict({"sources": ["x.jsonl"], "storage": {"codec": "jpeg"}})
+
+
+def test_manifest_and_job_json_name_the_format_and_codec(tmp_path, media):
+    from pipeline.io import read_manifest
+    from pipeline.storage import FORMAT_VERSION
+
+    assert MANIFEST_SCHEMA.metadata[b"vlprep.shard_format"] == str(FORMAT_VERSION).encode()
+    (media / "rec.jsonl").write_text(json.dumps({"id": "r0", "image": "img0.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A gradient."}]}) + "\n")
+    (tmp_path / "job.yaml").write_text(f"sources:\n  - path: {media / 'rec.jsonl'}\nstorage:\n  codec: webp\n")
+    from pipeline.config import JobConfig
+    from pipeline.runner import run_job
+
+    r = run_job(JobConfig.from_yaml(tmp_path / "job.yaml"), out=tmp_path / "out", executor="local", progress=False)
+    assert r.ok and r.accounting.kept == 1
+    assert read_manifest(tmp_path / "out").schema.metadata[b"vlprep.shard_format"] == b"2"
+    assert json.loads((tmp_path / "out" / "job.json").read_text())["storage"] == {"codec": "webp"}
+    shard = next((tmp_path / "out" / "shards").glob("*.tar"))
+    assert "r0.img000.webp" in _members(shard)
+    s = ShardLoader(tmp_path / "out").get("r0")
+    e = encode_sample(_sample("r0"), QWEN25_VL, media_root=media)
+    assert np.array_equal(s["pixel_values"], e.pixel_values)
