@@ -252,18 +252,11 @@ def _device_rows(samples: list[dict], kind: str, device):
 
 
 def _torch_patchify(frames, g):
-    """processors.patches.patchify in torch (frames [T, H, W, 3] uint8 on any device)."""
-    import torch
-
     if g.fixed_size is not None:          # qwen-vl: whole frames are the pixel values
         return frames
-    t, h, w, c = frames.shape
-    p, m, tp = g.patch_size, g.merge_size, g.temporal_patch_size
-    if t % tp:
-        frames = torch.cat([frames, frames[-1:].expand(tp - t % tp, h, w, c)], dim=0)
-    gt, gh, gw = frames.shape[0] // tp, h // p, w // p
-    x = frames.reshape(gt, tp, gh // m, m, p, gw // m, m, p, c).permute(0, 2, 5, 3, 6, 8, 1, 4, 7)
-    return x.reshape(gt * gh * gw, c * tp * p * p)
+    from processors.patches import patchify_torch
+
+    return patchify_torch(frames, g.patch_size, g.merge_size, g.temporal_patch_size)
 
 
 def to_model_inputs(sample_or_batch: dict | list[dict], preset=None, device="cpu", dtype=None,

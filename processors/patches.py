@@ -121,3 +121,22 @@ def stored_frames(
     while n - 1 > first_of_last_group and np.array_equal(frames[n - 1], frames[n - 2]):
         n -= 1
     return frames[:n]
+
+
+def patchify_torch(frames, patch_size: int = 14, merge_size: int = 2, temporal_patch_size: int = 2):
+    """`patchify` for a torch uint8 tensor [T, H, W, 3] on any device (a consumer rebuilding rows from
+    stored frames where they are used): the same padding and index order, so the rows are identical.
+    Returns only the rows (the grid is the caller's)."""
+    import torch
+
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames [T, H, W, 3], got shape {tuple(frames.shape)}")
+    t, h, w, c = frames.shape
+    p, m, tp = patch_size, merge_size, temporal_patch_size
+    if h % (p * m) or w % (p * m):
+        raise ValueError(f"frame size {h}x{w} is not a multiple of {p * m}")
+    if t % tp:
+        frames = torch.cat([frames, frames[-1:].expand(tp - t % tp, h, w, c)], dim=0)
+    gt, gh, gw = frames.shape[0] // tp, h // p, w // p
+    x = frames.reshape(gt, tp, gh // m, m, p, gw // m, m, p, c).permute(0, 2, 5, 3, 6, 8, 1, 4, 7)
+    return x.reshape(gt * gh * gw, c * tp * p * p)

@@ -243,3 +243,26 @@ def test_manifest_and_job_json_name_the_format_and_codec(tmp_path, media):
     s = ShardLoader(tmp_path / "out").get("r0")
     e = encode_sample(_sample("r0"), QWEN25_VL, media_root=media)
     assert np.array_equal(s["pixel_values"], e.pixel_values)
+
+
+def test_scorer_batches_from_frames_equal_batches_from_rows(tmp_path, media):
+    """The score stage reads pixels="frames" and patchifies on the device: the same uint8 rows and
+    normalised pixel_values as from host-rebuilt rows, images then videos across the batch."""
+    import torch
+
+    from filters.reward.batching import HostBatch, text_only_sample
+
+    items = _encoded(media, QWEN25_VL)
+    _write(tmp_path, items, "zstd-delta")
+    loader = ShardLoader(tmp_path)
+    rows = list(loader.iter_shard("shards/u0.tar"))
+    frames = list(loader.iter_shard("shards/u0.tar", pixels="frames"))
+    a, b = HostBatch(rows, QWEN25_VL), HostBatch(frames, QWEN25_VL)
+    assert torch.equal(a.uint8_patches(), b.uint8_patches())
+    assert a.pixel_items() == b.pixel_items()
+    for x, y in zip(a.normalized_patches(), b.normalized_patches()):
+        assert torch.equal(x, y)
+    t = text_only_sample(frames[1])
+    assert t["pixel_values"].shape == (0, QWEN25_VL.patch_dim)
+    mixed = HostBatch([t, frames[0]], QWEN25_VL)
+    assert torch.equal(mixed.uint8_patches(), HostBatch([text_only_sample(rows[1]), rows[0]], QWEN25_VL).uint8_patches())
