@@ -66,6 +66,6 @@ def render_summary(result, console: Console | None = None) -> None:
 
     line = bytes_line(result.out_dir)
     if line:
-        console.print(line)
+        console.print(line, soft_wrap=True)
     for unit, msg in result.failed:
         console.print(f"[red]unit {unit} failed[/]: {msg}")

@@ -63,7 +63,8 @@ def test_demo_corpus_prediction_and_summary(tmp_path, capsys):
     build_demo_corpus(tmp_path / "demo")
     (tmp_path / "demo" / "demo.yaml").write_text(DEMO_YAML)
     result, pre = _prepare_and_predict(tmp_path / "demo" / "demo.yaml", tmp_path / "out")
-    _check(result, pre, tmp_path / "out")
+    err = _check(result, pre, tmp_path / "out")
+    print(f"demo corpus size prediction error {err:+.2%}")
     st = pre.stats["storage"]
     assert st["predicted"] and st["codec"] == "zstd-delta" and st["calibration"]["image .jpg"]["items"] >= 1
     assert pre.stats["headline"]["shard_bytes_out_predicted"] == st["sample_bytes_out"]
@@ -72,9 +73,12 @@ def test_demo_corpus_prediction_and_summary(tmp_path, capsys):
     assert rep["headline"]["shard_bytes_out"] == shard_files_bytes(tmp_path / "out")
     assert rep["storage"]["media_bytes_in"] == sum(pq.read_table(tmp_path / "out" / "manifest.parquet")
                                                    .column("media_bytes").to_pylist())
+    capsys.readouterr()
     render_summary(result)
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("bytes:")]
     assert line and "media in" in line[0] and "shards out" in line[0]
+    with capsys.disabled():
+        print(f"\ndemo corpus size prediction error {err:+.2%}; {line[0]}")
 
 
 def test_generated_photo_corpus_prediction(tmp_path):
