@@ -16,13 +16,13 @@ truncated or corrupt member is an error naming the shard, the sample and the mem
 
 Codecs (chosen by measurement, docs/storage.md; `storage.codec` in the job config), all lossless:
     zstd-delta  (default) green subtracted from red/blue, each row minus the row above (uint8 wrap),
-                zstd level 1, no header: ~1/4 of format 1 on photos and the fastest compressed decode
-                (the only one that keeps one loader core above 100 samples/s at ~1 000 tokens)
+                zstd level 1, no header: the only candidate with both <= 1/4 of format 1 on photos
+                and >= 100 loader samples/s per core at ~1 000 tokens
     webp        Pillow lossless WebP (method 0): the smallest on photos and video, decodes ~3x
                 slower; a frame over WebP's 16383-pixel side limit is written as PNG
     png         Pillow PNG, zlib level 6: any viewer opens it, webdataset decodes it; slowest write
-    zstd        the raw frame as .npy, zstd level 3 (`zstd -d` + numpy.load open it): best on
-                flat documents/screenshots, ~1/2 of format 1 on photos
+    zstd        the raw frame as .npy, zstd level 3 (`zstd -d` + numpy.load open it): decodes
+                fastest on flat documents/screenshots, ~1/2 of format 1 on photos
     npy         the raw frame as .npy, uncompressed (each pixel once, no compression)
 """
 from __future__ import annotations
