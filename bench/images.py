@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from processors.image import process_image  # noqa: E402
 from processors.patches import unpatchify  # noqa: E402
-from processors.smart_resize import smart_resize  # noqa: E402
+from processors.sizing import smart_resize  # noqa: E402
 
 DATA = ROOT / "bench" / "_data"
 DEMO = ROOT.parent / "shared" / "corpus" / "llamafactory_demo" / "mllm_demo_data"

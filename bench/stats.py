@@ -59,7 +59,7 @@ def reference(path: Path, limit: int, workers: int) -> tuple[int, float, int]:
     """Decode every referenced image of the first `limit` records; returns (records, seconds, tokens)."""
     from PIL import Image
 
-    from processors.smart_resize import smart_resize
+    from processors.sizing import smart_resize
 
     recs = []
     with open(path) as f:

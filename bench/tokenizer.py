@@ -27,7 +27,7 @@ from PIL import Image  # noqa: E402
 from processors.chatml import build_chatml  # noqa: E402
 from processors.formats import parse_record  # noqa: E402
 from processors.sample import TextPart  # noqa: E402
-from processors.smart_resize import smart_resize  # noqa: E402
+from processors.sizing import smart_resize  # noqa: E402
 from processors.tokenizer import get_tokenizer  # noqa: E402
 
 

@@ -36,6 +36,7 @@ class FilterContext:
     `image_sizes`: (height, width) per Sample.images entry, from headers (EXIF-oriented).
     `video_infos`: per Sample.videos entry, a dict or an object (e.g. processors.video.VideoInfo)
     with duration, avg_fps, num_frames, width, height.
+    `encode_options`: the job's EncodeOptions, for the token rule's sample plan.
     `boxes`: per image, the list of boxes in original pixels; either the list itself or a callable
     `(sample) -> list[list[Box]]` (the pipeline binds the grounding parser here, so samples
     without a box rule never pay for parsing).
@@ -46,6 +47,9 @@ class FilterContext:
     video_infos: list[Any] | None = None
     encoded: EncodedSample | None = None
     boxes: list[list[Box]] | Callable[[Sample], list[list[Box]]] | None = None
+    # the job's processors.encode.EncodeOptions (image band, limits): the sample plan merges them
+    # with each item's options exactly as the encoder does; None plans with the preset's band alone
+    encode_options: Any = None
 
     def get_boxes(self, sample: Sample) -> list[list[Box]] | None:
         if callable(self.boxes):

@@ -45,7 +45,7 @@ class BoxInImage:
             for box in boxes:
                 over = box_overshoot(box, h, w)
                 if over > worst:
-                    worst, where = over, f"box {tuple(box)} on {h}x{w} image {i}"
+                    worst, where = over, f"box {tuple(box)} on {w}x{h} (WxH) image {i}"
         if worst > self.tolerance:
             return Verdict(False, self.name, worst, f"{where} reaches {worst:g} px outside (tolerance {self.tolerance:g})")
         return Verdict(True, self.name, worst)

@@ -2,8 +2,7 @@
 the visual tokens an image will cost under the preset's smart_resize (or the size its record asks for)."""
 from __future__ import annotations
 
-from processors.image import image_target_size
-from processors.resized_size import image_size_options
+from processors.plan import plan_image
 from processors.sample import Sample
 
 from .base import FilterContext, Threshold, media_facts
@@ -15,18 +14,20 @@ def image_sizes(sample: Sample, ctx: FilterContext) -> list[tuple[int, int]]:
 
 
 def image_tokens(sample: Sample, ctx: FilterContext) -> list[int]:
-    """Visual tokens per image under ctx.preset (Preset.visual_tokens of image_target_size), honouring
-    the per-image options a record may carry (min_pixels, max_pixels, or resized_height and
-    resized_width), exactly as the encoder does."""
-    preset = ctx.preset
-    sizes = image_sizes(sample, ctx)
-    if preset.image_tokens_fixed is not None:
-        return [preset.image_tokens_fixed] * len(sizes)
-    tokens = []
-    for (h, w), ref in zip(sizes, sample.images):
-        rh, rw = image_target_size(h, w, preset, **image_size_options(ref.options))
-        tokens.append(preset.visual_tokens(preset.grid_thw(rh, rw)))
-    return tokens
+    """Visual tokens per image: the sample plan's (`processors.plan.plan_image` with ctx.preset, the job's
+    encode options and the per-image options a record may carry), exactly as the encoder."""
+    opts = ctx.encode_options if ctx.encode_options is not None else _PRESET_BAND_ONLY
+    return [plan_image(h, w, ref, ctx.preset, opts).tokens for (h, w), ref in zip(image_sizes(sample, ctx), sample.images)]
+
+
+class _PresetBandOnly:
+    """Encode options that add nothing to the preset (a FilterContext without the job's options)."""
+
+    min_pixels = max_pixels = max_image_pixels = None
+    fast_images = False
+
+
+_PRESET_BAND_ONLY = _PresetBandOnly()
 
 
 def min_side(limit: float) -> Threshold:

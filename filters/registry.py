@@ -57,10 +57,10 @@ SPECS: dict[str, RuleSpec] = {s.key: s for s in [
           ("turn_max_chars", "characters of the longest user/assistant turn"),
           ("turn_max_words", "whitespace words of the longest user/assistant turn"),
       ]],
-    _params("char_repetition", {"n": 10, "max_ratio": 0.5, "roles": ["assistant"], "min_chars": 100},
+    _params("char_repetition", {"n": 10, "max_ratio": repetition.CHAR_MAX_RATIO, "roles": ["assistant"], "min_chars": 100},
             lambda **p: repetition.char_repetition(**p),
             "share of characters inside character n-grams that occur more than once"),
-    _params("word_repetition", {"n": 5, "max_ratio": 0.3, "roles": ["assistant"], "min_chars": 100},
+    _params("word_repetition", {"n": 5, "max_ratio": repetition.WORD_MAX_RATIO, "roles": ["assistant"], "min_chars": 100},
             lambda **p: repetition.word_repetition(**p),
             "share of word characters inside word n-grams that occur more than once (Gopher)"),
     _params("truncated_answer", {"min_chars": 200, "min_tail_chars": 40},
@@ -81,7 +81,7 @@ SPECS: dict[str, RuleSpec] = {s.key: s for s in [
     _number("image_min_pixels", None, image_rules.min_pixels, "height x width, smallest image"),
     _number("image_max_pixels", None, image_rules.max_pixels, "height x width, largest image"),
     _number("max_visual_tokens", None, image_rules.max_visual_tokens,
-            "sum over images of (H/28)(W/28) after the preset's smart_resize"),
+            "sum over images of (H/f)(W/f) after the preset's smart_resize (f = patch x merge: 28, or 32 for qwen3-vl)"),
     *[_number(k, None, (lambda k: lambda v: video_rules.video_rule(k, v))(k), f"{doc}, worst video")
       for k, doc in [
           ("video_min_duration", "duration in seconds"),

@@ -89,9 +89,16 @@ class RepetitionFilter:
         return Verdict(True, self.name, ratio)
 
 
-def char_repetition(n: int = 10, max_ratio: float = 0.5, roles=("assistant",), min_chars: int = 100) -> RepetitionFilter:
+# Defaults calibrated in docs/filters.md (bench/repetition_calibration.py): clean answers whose
+# structure repeats by nature (comparisons, lists, tables, receipts, grounding JSON) stay below them,
+# generation loops, one-token runs and cycling key-mashing go above.
+CHAR_MAX_RATIO = 0.8
+WORD_MAX_RATIO = 0.6
+
+
+def char_repetition(n: int = 10, max_ratio: float = CHAR_MAX_RATIO, roles=("assistant",), min_chars: int = 100) -> RepetitionFilter:
     return RepetitionFilter("char_repetition", "char", int(n), float(max_ratio), tuple(roles), int(min_chars))
 
 
-def word_repetition(n: int = 5, max_ratio: float = 0.3, roles=("assistant",), min_chars: int = 100) -> RepetitionFilter:
+def word_repetition(n: int = 5, max_ratio: float = WORD_MAX_RATIO, roles=("assistant",), min_chars: int = 100) -> RepetitionFilter:
     return RepetitionFilter("word_repetition", "word", int(n), float(max_ratio), tuple(roles), int(min_chars))

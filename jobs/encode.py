@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from jobs.cli import positive_int
+
 HELP = "encode records of a json/jsonl file in-process and print tokens, grids and the ChatML text"
 DESCRIPTION = """Encode records of one json/jsonl file without Ray and print, per record, its token counts,
 image/video grids and (with --show-text) the decoded ChatML. Useful to check a format, a preset or a
@@ -18,10 +20,10 @@ example:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path, help="a .json (list of records) or .jsonl file")
     p.add_argument("--media-root", type=Path, default=None, help="folder the records' media paths are relative to (default: the file's folder)")
-    p.add_argument("--preset", default="qwen2.5-vl", help="qwen2.5-vl (default), qwen2-vl or qwen-vl")
+    p.add_argument("--preset", default="qwen2.5-vl", help="qwen2.5-vl (default), qwen2-vl, qwen-vl, qwen3-vl (also qwen3-vl-tf5, qwen3-vl-qvu)")
     p.add_argument("--format", default="auto", help="input format: auto, llava, sharegpt, llamafactory, qwen, openai")
     p.add_argument("--grounding-format", default=None, help="format of boxes in the source text (qwen2-vl, qwen2.5-vl, qwen-vl), re-rendered for the preset")
-    p.add_argument("--limit", type=int, default=10, help="encode at most this many records (default 10)")
+    p.add_argument("--limit", type=positive_int, default=10, help="encode at most this many records (default 10)")
     p.add_argument("--show-text", action="store_true", help="print the decoded ChatML of each record")
 
 
@@ -41,6 +43,7 @@ def _records(path: Path):
 
 def run(args) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from processors import EncodeOptions, encode_sample, get_preset, get_tokenizer, parse_record
@@ -51,7 +54,7 @@ def run(args) -> int:
     media_root = args.media_root or args.file.parent
     options = EncodeOptions(grounding_format=args.grounding_format)
     console = Console()
-    table = Table(title=f"{args.file.name} · preset {preset.name}")
+    table = Table(title=escape(f"{args.file.name} · preset {preset.name}"))
     for col in ("#", "id", "tokens", "text", "image", "video", "supervised", "grids", "status"):
         table.add_column(col, justify="right" if col in ("#", "tokens", "text", "image", "video", "supervised") else "left")
     failures = 0
@@ -70,21 +73,19 @@ def run(args) -> int:
         except VlprepError as exc:
             failures += 1
             code = getattr(exc, "code", type(exc).__name__)
-            table.add_row(str(i), "-", "", "", "", "", "", "", f"[red]{code}")
+            table.add_row(str(i), "-", "", "", "", "", "", "", f"[red]{escape(code)}")
             errors.append(f"#{i} {code}: {exc}")
             continue
         m = enc.meta
         grids = " ".join("x".join(map(str, g)) for g in enc.image_grid_thw.tolist() + enc.video_grid_thw.tolist())
-        table.add_row(str(i), enc.id, str(m["n_tokens"]), str(m["n_text_tokens"]), str(m["n_image_tokens"]),
+        table.add_row(str(i), escape(enc.id), str(m["n_tokens"]), str(m["n_text_tokens"]), str(m["n_image_tokens"]),
                       str(m["n_video_tokens"]), str(m["n_supervised_tokens"]), grids, "[green]ok")
         if args.show_text:
-            text = tokenizer.decode(enc.input_ids.tolist())
-            for pad in ("<|image_pad|>", "<|video_pad|>", "<imgpad>"):
-                k = text.count(pad)
-                if k:
-                    text = text.replace(pad * k, f"{pad}×{k}") if pad * k in text else text
-            console.print(f"[bold]{enc.id}[/bold]\n{text}")
+            from jobs.inspect import readable_text
+
+            console.rule(escape(f"{enc.id}"))
+            console.print(readable_text(tokenizer.decode(enc.input_ids.tolist())), markup=False, highlight=False)
     console.print(table)
     for line in errors:
-        console.print(f"[red]{line}", soft_wrap=True)
+        console.print(f"[red]{escape(line)}", soft_wrap=True)
     return 1 if failures and failures == min(args.limit, n + 1) else 0

@@ -16,7 +16,13 @@ examples:
   vlprep inspect prepared/ --id llava-000123 --json
 """
 
-_PAD_RUN = re.compile(r"(<\|(?:image|video)_pad\|>)(?:\1)+")
+_PAD_RUN = re.compile(r"(<\|(?:image|video)_pad\|>|<imgpad>)(?:\1)+")
+
+
+def readable_text(text: str) -> str:
+    """Decoded ChatML with every run of pad tokens shortened to one marker and its count
+    (`<|image_pad|>×256`): the one renderer of `vlprep inspect` and `vlprep encode --show-text`."""
+    return _PAD_RUN.sub(lambda m: f"{m.group(1)}×{len(m.group(0)) // len(m.group(1))}", text)
 
 
 def add_arguments(p) -> None:
@@ -28,7 +34,7 @@ def add_arguments(p) -> None:
 def describe(sample: dict, tokenizer) -> dict:
     ids = sample["input_ids"].tolist()
     labels = sample["labels"]
-    text = _PAD_RUN.sub(lambda m: f"{m.group(1)}×{len(m.group(0)) // len(m.group(1))}", tokenizer.decode(ids))
+    text = readable_text(tokenizer.decode(ids))
     supervised = tokenizer.decode([i for i, lab in zip(ids, labels.tolist()) if lab != -100])
     meta = sample["meta"]
     return {
@@ -56,7 +62,13 @@ def run(args) -> int:
             print(f"vlprep inspect: {args.out} has no kept samples (see ledger.parquet)", file=sys.stderr)
             return 1
         sample = loader.get(args.id or ids[0])
-    except (FileNotFoundError, KeyError) as exc:
+    except KeyError as exc:
+        rows = ledger_rows(args.out, args.id) if args.id else []
+        if not rows:
+            print(f"vlprep inspect: {exc}", file=sys.stderr)
+            return 1
+        return print_ledger_rows(rows, args.json)
+    except FileNotFoundError as exc:
         print(f"vlprep inspect: {exc}", file=sys.stderr)
         return 1
     preset = sample["meta"].get("preset")
@@ -65,10 +77,12 @@ def run(args) -> int:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     con = Console()
-    con.rule(f"sample {info['id']}  ({sample['meta'].get('source')} #{sample['meta'].get('record_index')}, {preset})")
+    con.rule(escape(f"sample {info['id']}  ({sample['meta'].get('source')} #{sample['meta'].get('record_index')}, "
+                    f"{preset})"))
     con.print(info["text"], markup=False, highlight=False)
     con.rule("supervised")
     con.print(info["supervised_text"], markup=False, highlight=False)
@@ -82,4 +96,30 @@ def run(args) -> int:
     con.print("tokens:", info["tokens"])
     con.print("image_grid_thw:", info["image_grid_thw"], " video_grid_thw:", info["video_grid_thw"],
               " second_per_grid_ts:", info["second_per_grid_ts"])
+    return 0
+
+
+def ledger_rows(out, sample_id: str) -> list[dict]:
+    """The ledger rows of `sample_id` (a dropped or failed record has no shard sample, only these)."""
+    from pathlib import Path
+
+    from pipeline.io import read_ledger
+
+    if not (Path(out) / "ledger.parquet").exists():
+        return []
+    ledger = read_ledger(Path(out))
+    ids = ledger.column("id").to_pylist()
+    return [ledger.slice(i, 1).to_pylist()[0] for i, x in enumerate(ids) if x == sample_id]
+
+
+def print_ledger_rows(rows: list[dict], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
+        return 0
+    for r in rows:
+        print(f"sample {r['id']} is not in the shards: {r['status']} at {r['stage']}/{r['rule'] or '-'} "
+              f"({r['source']} #{r['record_index']})")
+        for k, v in r.items():
+            if k not in ("id",) and v is not None and v != "":
+                print(f"  {k:>12}: {v}")
     return 0

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import sys
 
+from jobs.cli import positive_int
+
+INTERRUPTED = ("the work units already finished are kept in OUT; run the same command again to resume "
+               "(or add --overwrite to start over)")
+
 HELP = "read a raw corpus, clean + filter it, encode every kept sample into shards + manifest + ledger"
 DESCRIPTION = """\
 Read the sources of CONFIG.yaml, clean and filter every record, encode the kept samples into
@@ -26,7 +31,7 @@ def add_arguments(p) -> None:
                    help="override a config key, value parsed as YAML (repeatable), e.g. --set video.fps=1")
     p.add_argument("--out", help="output directory (default: `out` in the config)")
     p.add_argument("--address", help="Ray cluster to use: auto | ray://host:port (default: embedded local Ray)")
-    p.add_argument("--workers", type=int, help="CPUs of the embedded local Ray (default: all)")
+    p.add_argument("--workers", type=positive_int, help="CPUs of the embedded local Ray (default: all)")
     p.add_argument("--overwrite", action="store_true", help="delete previous outputs in OUT and start again")
     p.add_argument("--executor", choices=("ray", "local", "process"), default="ray",
                    help="ray (default); local = in-process loop, for debugging")
@@ -34,17 +39,13 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from pipeline.config import ConfigError, JobConfig
+    from pipeline.config import JobConfig
     from pipeline.progress import render_summary
     from pipeline.runner import run_job
 
-    try:
-        cfg = JobConfig.from_yaml(args.config, args.overrides)
-        result = run_job(cfg, out=args.out, address=args.address, workers=args.workers,
-                         overwrite=args.overwrite, executor=args.executor,
-                         progress=not args.no_progress and sys.stderr.isatty())
-    except ConfigError as exc:
-        print(f"vlprep prepare: {exc}", file=sys.stderr)
-        return 2
+    cfg = JobConfig.from_yaml(args.config, args.overrides)   # ConfigError: one line, exit 2 (jobs.cli)
+    result = run_job(cfg, out=args.out, address=args.address, workers=args.workers,
+                     overwrite=args.overwrite, executor=args.executor,
+                     progress=not args.no_progress and sys.stderr.isatty())
     render_summary(result)
     return 0 if result.ok else 1

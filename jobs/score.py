@@ -1,11 +1,15 @@
 """`vlprep score OUT`: run scorers over the prepared shards -> OUT/scores/{unit}.parquet."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
 
+from jobs.cli import positive_int
+
+INTERRUPTED = "the units already scored are kept in OUT/scores; run the same command again to resume"
 HELP = "score prepared shards with models (text, pixels, vlm) on GPUs or CPU; writes OUT/scores/{unit}.parquet"
 DESCRIPTION = """Score every kept sample of a prepared output directory without decoding any media again.
 
@@ -27,7 +31,7 @@ def add_arguments(p) -> None:
     p.add_argument("out_dir", help="output directory of `vlprep prepare`")
     p.add_argument("--model", help="local Qwen2-VL / Qwen2.5-VL checkpoint folder (enables the vlm scorer)")
     p.add_argument("--scorers", help="comma list of text,pixels,vlm (default: text,pixels, plus vlm with --model)")
-    p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per batch (default 16384)")
+    p.add_argument("--batch-tokens", type=positive_int, default=16384, help="padded tokens per batch (default 16384)")
     p.add_argument("--max-padding", type=float, default=0.10, help="padding cap per batch (default 0.10)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
     p.add_argument("--pack", choices=("auto", "on", "off"), default="auto",
@@ -36,11 +40,41 @@ def add_arguments(p) -> None:
                    help="auto: Ray when --address is given or more than one GPU is visible, else in-process")
     p.add_argument("--address", help="Ray cluster address (e.g. auto, ray://host:10001)")
     p.add_argument("--num-gpus", type=float, default=1.0, help="GPUs per Ray actor; fractions share a GPU")
-    p.add_argument("--workers", type=int, help="Ray CPU actors when the cluster has no GPU (default 1)")
+    p.add_argument("--workers", type=positive_int, help="Ray CPU actors when the cluster has no GPU (default 1)")
     p.add_argument("--text-model", help="sentence-transformers folder for the text scorer (default: bundled)")
     p.add_argument("--no-visual-gain", dest="visual_gain", action="store_false",
                    help="vlm: skip the text-only pass (no vlm.text_only_logprob / vlm.visual_gain; ~2x faster)")
     p.add_argument("--overwrite", action="store_true", help="re-score units that already have scores")
+
+
+def tqdm(*args, **kwargs):
+    from tqdm import tqdm as bar
+
+    return bar(*args, **kwargs)
+
+
+class ProgressLines:
+    """Progress for a log file (stderr not a terminal): a plain line every `every` seconds and at the
+    end, instead of a bar's carriage returns."""
+
+    def __init__(self, total: int, every: float = 30.0, file=None):
+        self.total, self.every, self.file = total, every, file or sys.stderr
+        self.n, self.postfix, self.t0 = 0, "", time.perf_counter()
+        self.last = self.t0
+
+    def update(self, n: int) -> None:
+        self.n += n
+        now = time.perf_counter()
+        if now - self.last >= self.every or self.n >= self.total:
+            self.last = now
+            print(f"scored {self.n}/{self.total} samples ({self.n / max(self.total, 1):.0%}) in "
+                  f"{now - self.t0:.0f}s, {self.postfix}", file=self.file, flush=True)
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = text
+
+    def close(self) -> None:
+        pass
 
 
 def units_from_manifest(out_dir: Path):
@@ -73,8 +107,6 @@ def _use_ray(args) -> bool:
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
     from filters.reward.protocol import ScorerError
     from filters.reward.stage import ScoreConfig, pending, run_local, run_ray
     from pipeline.loader import ShardLoader  # filters never import pipeline: the job hands the reader in
@@ -90,20 +122,27 @@ def run(args) -> int:
     except (ScorerError, FileNotFoundError, ValueError) as exc:
         print(f"vlprep score: {exc}", file=sys.stderr)
         return 2
+    if not sys.stderr.isatty():   # a log file: no library progress bars (model loading) either
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        if {"text", "vlm"} & set(scorers):
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
     todo = pending(cfg, units)
     total = sum(u.expected or 0 for u in todo)
     print(f"scoring {len(todo)} of {len(units)} units ({total} samples) with {', '.join(scorers)}; "
           f"{len(units) - len(todo)} already scored")
     if not todo:
         return 0
-    bar = tqdm(total=total, unit="sample", dynamic_ncols=True, file=sys.stderr)
+    bar = ProgressLines(total) if not sys.stderr.isatty() else tqdm(total=total, unit="sample", dynamic_ncols=True,
+                                                                   file=sys.stderr)
     t0 = time.perf_counter()
     tokens = [0]
 
     def progress(n_samples: int, n_tokens: int) -> None:
         tokens[0] += n_tokens
-        bar.update(n_samples)
         bar.set_postfix_str(f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s")
+        bar.update(n_samples)
 
     try:
         if _use_ray(args):

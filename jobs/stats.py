@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+from jobs.cli import positive_int
+
 EXECUTORS = ("ray", "threads", "local")
 HELP = "report samples, tokens, media, drops and scores (raw corpus pre-flight or prepared OUT dir)"
 DESCRIPTION = """\
@@ -45,10 +47,10 @@ def add_arguments(p) -> None:
                    help="ray (default): work units as Ray tasks; threads: a thread pool in this process; "
                         "local: work units one after another in this process")
     g.add_argument("--address", help="Ray cluster to use: auto | ray://host:port (default: embedded local Ray)")
-    g.add_argument("--workers", type=int,
+    g.add_argument("--workers", type=positive_int,
                    help="ray: CPUs of the embedded local Ray (default: all); threads: threads reading media "
                         "headers (default: 4 x CPUs, max 32); local: ignored")
-    g.add_argument("--limit", type=int, help="only the first N records")
+    g.add_argument("--limit", type=positive_int, help="only the first N records")
     g.add_argument("--fast", action="store_true",
                    help="header facts cached per file and the job's filters/format checks skipped "
                         "(token predictions unchanged; use on corpora that reference files many times)")
@@ -74,6 +76,7 @@ def _out_dir(args, path: Path | None) -> Path:
 
 def run(args) -> int:
     from pipeline.report import ReportInputError, build_report
+    from processors.errors import UserInputError
     from pipeline.report.html import render_compare, render_report
 
     if bool(args.compare) == bool(args.path):
@@ -95,6 +98,8 @@ def run(args) -> int:
             out = _out_dir(args, path)
             figs = None if args.no_html else _figs(lambda f: f.all_figures(report))
             html_text = None if args.no_html else render_report(doc, figs)
+    except UserInputError:
+        raise   # a config key, a preset name: one line, exit 2, as every command (jobs.cli)
     except (ReportInputError, ValueError, FileNotFoundError) as exc:
         print(f"vlprep stats: {exc}", file=sys.stderr)
         return 1

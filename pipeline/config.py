@@ -15,12 +15,17 @@ from typing import Any
 
 import yaml
 
+from processors.errors import UserInputError
+from processors.video import BACKENDS
+
+from .storage import CODECS
+
 SOURCE_KINDS = ("json", "jsonl", "parquet", "webdataset", "folder")
 SOURCE_FORMATS = ("auto", "llava", "sharegpt", "llamafactory", "qwen", "openai")
 _KIND_BY_SUFFIX = {".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".tar": "webdataset"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """The job configuration is invalid; the message names the key and the valid choices."""
 
 
@@ -107,6 +112,7 @@ class JobConfig:
     filters: dict[str, Any] = field(default_factory=dict)    # mapping for filters.build_filters
     dedup: DedupOptions = field(default_factory=DedupOptions)
     unit_size: int = 256               # records per work unit (one shard per unit)
+    max_error_share: float | None = None  # the job fails (exit 1) when more records than this share are errors
     ray: RayOptions = field(default_factory=RayOptions)
     storage: StorageOptions = field(default_factory=StorageOptions)
     base_dir: str = "."                # where relative paths are resolved (the YAML's folder)
@@ -135,25 +141,22 @@ class JobConfig:
         return cls.from_dict(data, base_dir=path.resolve().parent)
 
     def validate(self) -> None:
-        from processors.presets import get_preset
-
+        """Every key against its line of KEYS (type, range, choices), then the checks across keys."""
         if not self.sources:
             raise ConfigError("`sources` is empty: list at least one {path, kind, format, media_root}")
-        for i, s in enumerate(self.sources):
-            if s.kind is not None and s.kind not in SOURCE_KINDS:
-                raise ConfigError(f"sources[{i}].kind {s.kind!r} is not one of {list(SOURCE_KINDS)}")
-            if s.format not in SOURCE_FORMATS:
-                raise ConfigError(f"sources[{i}].format {s.format!r} is not one of {list(SOURCE_FORMATS)}")
-        try:
-            get_preset(self.preset)
-        except ValueError as exc:
-            raise ConfigError(f"preset: {exc}") from None
-        if int(self.unit_size) < 1:
-            raise ConfigError(f"unit_size must be >= 1, got {self.unit_size}")
-        if self.max_length is not None and int(self.max_length) < 1:
-            raise ConfigError(f"max_length must be >= 1 or null, got {self.max_length}")
-        if not 0 <= int(self.dedup.phash_threshold) <= 32:
-            raise ConfigError(f"dedup.phash_threshold must be in 0..32, got {self.dedup.phash_threshold}")
+        for key, rule in KEYS.items():
+            if key.startswith("sources[]."):
+                for i, s in enumerate(self.sources):
+                    rule.check(f"sources[{i}].{key[10:]}", getattr(s, key[10:]))
+            else:
+                rule.check(key, _get(self, key))
+        for sec in ("image", "video"):
+            lo, hi = _get(self, f"{sec}.min_pixels"), _get(self, f"{sec}.max_pixels")
+            if lo is not None and hi is not None and lo > hi:
+                raise ConfigError(f"{sec}.min_pixels ({lo}) is above {sec}.max_pixels ({hi}): min must be <= max")
+        lo, hi = self.video.min_frames, self.video.max_frames
+        if lo is not None and hi is not None and lo > hi:
+            raise ConfigError(f"video.min_frames ({lo}) is above video.max_frames ({hi}): min must be <= max")
         try:
             from filters.base import build_filters
 
@@ -168,16 +171,6 @@ class JobConfig:
             except TypeError as exc:
                 raise ConfigError(f"cleaning: {exc} (valid: nfc, control, html_entities, whitespace, "
                                   f"max_blank_lines)") from None
-        from .storage import check_codec
-
-        try:
-            check_codec(self.storage.codec)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        if self.ray.num_cpus <= 0:
-            raise ConfigError(f"ray.num_cpus must be > 0, got {self.ray.num_cpus}")
-        if self.ray.max_retries < 0 or self.ray.record_timeout_s < 0:
-            raise ConfigError("ray.max_retries and ray.record_timeout_s must be >= 0")
 
     # -- helpers --------------------------------------------------------------------------------
     def resolve_path(self, p: str | Path) -> Path:
@@ -250,6 +243,126 @@ def _required(f) -> bool:
     from dataclasses import MISSING
 
     return f.default is MISSING and f.default_factory is MISSING
+
+
+_MIN_PIXELS = 28 * 28   # one merged 2x2 patch of 14 px: the smallest image any preset encodes
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key's rule: its type, whether null is allowed, its range or choices, and its doc."""
+
+    type: str                      # int | number | bool | str | list[str] | mapping
+    doc: str
+    null: bool = False
+    ge: float | None = None        # value >= ge
+    gt: float | None = None        # value > gt
+    le: float | None = None        # value <= le
+    choices: tuple | None = None
+    via: Any = None                # the owner's own check (raises ValueError), e.g. processors.get_preset
+
+    def allowed(self) -> str:
+        what = {"int": "a whole number", "number": "a number", "bool": "true or false", "str": "a string",
+                "list[str]": "a list of strings", "mapping": "a mapping"}[self.type]
+        if self.choices:
+            what = "one of " + ", ".join(map(str, self.choices))
+        bounds = [f">= {self.ge:g}" if self.ge is not None else "", f"> {self.gt:g}" if self.gt is not None else "",
+                  f"<= {self.le:g}" if self.le is not None else ""]
+        bounds = " and ".join(b for b in bounds if b)
+        return what + (f" {bounds}" if bounds else "") + (" or null" if self.null else "")
+
+    def check(self, key: str, value: Any) -> None:
+        if value is None and self.null:
+            return
+        ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v,
+              "bool": lambda v: isinstance(v, bool),
+              "str": lambda v: isinstance(v, str),
+              "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+              "mapping": lambda v: isinstance(v, dict)}[self.type](value)
+        if ok and self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{key} {value!r} is not one of {list(self.choices)}"
+                              + (" or null" if self.null else "") + f" ({self.doc})")
+        if ok and self.type in ("int", "number"):
+            ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                  and (self.le is None or value <= self.le))
+        if not ok:
+            raise ConfigError(f"{key} = {value!r} is not allowed: must be {self.allowed()} ({self.doc})")
+        if self.via is not None:
+            try:
+                self.via(value)
+            except ValueError as exc:
+                raise ConfigError(f"{key} = {value!r} is not allowed: {exc}") from None
+
+
+def _preset(name: str) -> None:
+    from processors.presets import get_preset
+
+    get_preset(name)
+
+
+def _grounding(name: str) -> None:
+    from processors.grounding import _fmt_name
+
+    _fmt_name(name)
+
+
+# Every config key, one line each: a new key is a new field above plus its line here (a test walks
+# them all with a wrong type and an out-of-range value). `sources[].x` applies to every source.
+KEYS: dict[str, Key] = {
+    "sources[].path": Key("str", "file, folder or glob, relative to the config's folder"),
+    "sources[].kind": Key("str", "source kind; null: from the suffix", null=True, choices=SOURCE_KINDS),
+    "sources[].format": Key("str", "record format", choices=SOURCE_FORMATS),
+    "sources[].media_root": Key("str", "folder the records' media paths are relative to", null=True),
+    "sources[].instruction": Key("str", "user turn of caption sources", null=True),
+    "sources[].caption_key": Key("str", "caption key of a webdataset/folder .json sidecar"),
+    "out": Key("str", "output directory", null=True),
+    "preset": Key("str", "model preset", via=_preset),
+    "tokenizer": Key("str", "a local Hugging Face tokenizer folder; null: the bundled ranks", null=True),
+    "system_prompt": Key("str", "system turn; null: the preset's", null=True),
+    "max_length": Key("int", "longer samples are dropped", null=True, ge=1),
+    "grounding_format": Key("str", "box format of the source text; null: text left as is", null=True,
+                            via=_grounding),
+    "image.min_pixels": Key("int", "image pixel band; null: the preset's", null=True, ge=_MIN_PIXELS),
+    "image.max_pixels": Key("int", "image pixel band; null: the preset's", null=True, ge=_MIN_PIXELS),
+    "image.max_image_pixels": Key("int", "decompression-bomb guard", null=True, ge=_MIN_PIXELS),
+    "image.fast": Key("bool", "JPEG draft decode when downscaling"),
+    "image.formats": Key("list[str]", "accepted image formats"),
+    "video.fps": Key("number", "frames sampled per second; null: the preset's", null=True, gt=0),
+    "video.min_frames": Key("int", "fewest sampled frames; null: the preset's", null=True, ge=1),
+    "video.max_frames": Key("int", "most sampled frames; null: the preset's", null=True, ge=1),
+    "video.min_pixels": Key("int", "frame pixel band; null: the preset's", null=True, ge=_MIN_PIXELS),
+    "video.max_pixels": Key("int", "frame pixel band; null: the preset's", null=True, ge=_MIN_PIXELS),
+    "video.total_pixels": Key("int", "pixel budget of a whole video; null: the preset's", null=True, ge=_MIN_PIXELS),
+    "video.backend": Key("str", "video decoder", choices=BACKENDS),
+    "video.timeout_s": Key("number", "seconds one video may take to decode", gt=0),
+    "video.fast": Key("bool", "uint8 frame resize"),
+    "video.formats": Key("list[str]", "accepted video containers"),
+    "cleaning": Key("mapping", "keyword arguments of processors.text.clean_sample", null=True),
+    "filters": Key("mapping", "filter rules, see docs/filters.md", null=True),
+    "dedup.exact": Key("bool", "drop exact duplicates"),
+    "dedup.phash": Key("bool", "drop near-duplicate images"),
+    "dedup.phash_threshold": Key("int", "max Hamming distance of near-duplicates", ge=0, le=32),
+    "unit_size": Key("int", "records per work unit", ge=1),
+    "max_error_share": Key("number", "share of error records above which the job fails; null: never",
+                           null=True, ge=0, le=1),
+    "ray.address": Key("str", "auto or ray://host:port; null: an embedded local Ray", null=True),
+    "ray.num_cpus": Key("number", "CPUs per encode task", gt=0),
+    "ray.index_num_cpus": Key("number", "CPUs per index task", gt=0),
+    "ray.concurrency": Key("int", "max units in flight; null: 2 x cluster CPUs", null=True, ge=1),
+    "ray.workers": Key("int", "CPUs of the embedded local Ray; null: all", null=True, ge=1),
+    "ray.max_retries": Key("int", "re-runs of a unit whose worker died", ge=0),
+    "ray.record_timeout_s": Key("number", "seconds without progress on one record; 0: never", ge=0),
+    "storage.codec": Key("str", "lossless pixel codec of the shards (docs/storage.md)", choices=CODECS),
+    "base_dir": Key("str", "where relative paths are resolved"),
+}
+
+
+def _get(cfg: "JobConfig", key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 _SECTIONS = {

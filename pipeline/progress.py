@@ -5,6 +5,7 @@ import sys
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 from rich.table import Table
@@ -47,7 +48,7 @@ def render_summary(result, console: Console | None = None) -> None:
     """The end-of-job table: totals, then every drop/error reason with its count."""
     console = console or Console()
     a = result.accounting
-    t = Table(title=f"vlprep prepare → {result.out_dir}", show_lines=False)
+    t = Table(title=escape(f"vlprep prepare → {result.out_dir}"), show_lines=False)
     t.add_column("status")
     t.add_column("stage")
     t.add_column("rule / error type")
@@ -55,7 +56,7 @@ def render_summary(result, console: Console | None = None) -> None:
     t.add_row("[green]kept[/]", "", "", str(a.kept))
     for (status, stage, rule), n in sorted(a.reasons.items(), key=lambda kv: (kv[0][0], -kv[1], kv[0])):
         color = "yellow" if status == "dropped" else "red"
-        t.add_row(f"[{color}]{status}[/]", stage or "", rule or "", str(n))
+        t.add_row(f"[{color}]{status}[/]", escape(stage or ""), escape(rule or ""), str(n))
     console.print(t)
     check = "[green]OK[/]" if a.balanced else "[red]MISMATCH[/]"
     console.print(f"inputs {a.inputs} == kept {a.kept} + dropped {a.dropped} + errors {a.errors}: {check}")
@@ -68,4 +69,6 @@ def render_summary(result, console: Console | None = None) -> None:
     if line:
         console.print(line, soft_wrap=True)
     for unit, msg in result.failed:
-        console.print(f"[red]unit {unit} failed[/]: {msg}")
+        console.print(f"[red]unit {escape(unit)} failed[/]: {escape(msg)}")
+    for w in getattr(result, "warnings", []):
+        console.print(f"[yellow]warning[/]: {escape(w)}")

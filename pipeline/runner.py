@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import setup_checks
 from .config import ConfigError, JobConfig
 from .dedup import decide
 from .io import LEDGER_SCHEMA, MANIFEST_SCHEMA, Layout, write_table, write_text
@@ -40,10 +41,12 @@ class JobResult:
     units_skipped: int
     seconds: float
     failed: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)   # a broken setup (pipeline.setup_checks)
+    error_share_exceeded: bool = False
 
     @property
     def ok(self) -> bool:
-        return not self.failed and self.accounting.balanced
+        return not self.failed and self.accounting.balanced and not self.error_share_exceeded
 
 
 def run_job(cfg: JobConfig, *, out: str | os.PathLike | None = None, address: str | None = None,
@@ -57,17 +60,21 @@ def run_job(cfg: JobConfig, *, out: str | os.PathLike | None = None, address: st
     if workers is not None:
         cfg.ray.workers = int(workers)
     layout = Layout(cfg.out_dir())
-    _prepare_out(layout, cfg, overwrite)
-    units = plan_units(cfg)
+    units = plan_units(cfg)              # sources that match nothing fail here, before OUT is touched
+    _check_out(layout, cfg, overwrite)
+    warnings = setup_checks.before_run(cfg, units)
+    for w in warnings:
+        warn(w)
     cfg_json = cfg.to_json()
     with _executor(executor, cfg) as ex, progress_bar(progress) as bar:
+        _start_out(layout, cfg)          # job.json only once the job really runs
         todo = [u for u in units if not index_current(layout.index_part(u.name))]
         task = bar.add_task("index", total=sum(u.n_records for u in todo))
         index_q: dict[str, dict] = {u.name: {} for u in todo}
         failed = _run_isolated(ex, cfg, layout, "index", index_unit, todo, index_q, cfg_json,
                                lambda u, n: bar.advance(task, u.n_records), index_progress_name)
         if failed:
-            return _result(layout, units, 0, t0, failed)
+            return _result(layout, units, 0, t0, failed, cfg, warnings)
         decisions = decide(((u.name, _index_rows(layout, u)) for u in units),
                            cfg.dedup.exact, cfg.dedup.phash, cfg.dedup.phash_threshold)
         for name, quarantined in index_q.items():   # what killed the index pass would kill the main pass
@@ -80,7 +87,7 @@ def run_job(cfg: JobConfig, *, out: str | os.PathLike | None = None, address: st
     layout.remove_temporaries()   # what killed or crashed attempts left half-written (no unit runs now)
     if not failed:
         merge(layout, units)
-    return _result(layout, units, len(pending), t0, failed)
+    return _result(layout, units, len(pending), t0, failed, cfg, warnings)
 
 
 _MAX_QUARANTINED_PER_UNIT = 32   # beyond this a unit is reported failed: something is wrong with the setup
@@ -156,7 +163,8 @@ def _index_rows(layout: Layout, unit: Unit) -> list[dict]:
     return pq.read_table(layout.index_part(unit.name)).to_pylist()
 
 
-def _prepare_out(layout: Layout, cfg: JobConfig, overwrite: bool) -> None:
+def _check_out(layout: Layout, cfg: JobConfig, overwrite: bool) -> None:
+    """Refuse an OUT holding another job's output (naming the keys that differ); --overwrite clears it."""
     root = layout.root
     if overwrite:
         for name in _DERIVED:
@@ -167,19 +175,46 @@ def _prepare_out(layout: Layout, cfg: JobConfig, overwrite: bool) -> None:
                 p.unlink()
     elif layout.job.exists():
         before = json.loads(layout.job.read_text())
-        if _fingerprint(before) != _fingerprint(cfg.to_dict()):
-            raise ConfigError(f"{root} holds the output of a different job configuration ({layout.job}); "
-                              f"resume needs the same config: pass --overwrite to start again, or another --out")
-    elif (root / "shards").exists() or (root / "parts").exists():
+        diff = config_diff(_fingerprint(before), _fingerprint(cfg.to_dict()))
+        if diff:
+            raise ConfigError(f"{root} holds the output of a different job configuration ({layout.job}; differs in "
+                              f"{'; '.join(diff)}); resume needs the same config: pass --overwrite to start again, "
+                              f"or another --out")
+    elif _holds_files(root / "shards") or _holds_files(root / "parts"):
         raise ConfigError(f"{root} has shards/parts but no job.json; pass --overwrite to start again")
+
+
+def _holds_files(folder: Path) -> bool:
+    return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+
+
+def _start_out(layout: Layout, cfg: JobConfig) -> None:
+    # job.json before the folders: an OUT interrupted here is never "parts but no job.json"
+    layout.root.mkdir(parents=True, exist_ok=True)
+    write_text(cfg.to_json(), layout.job)
     layout.mkdirs()
     layout.remove_temporaries()
-    write_text(cfg.to_json(), layout.job)
+
+
+def config_diff(before: dict, now: dict, prefix: str = "") -> list[str]:
+    """`key: old -> new` for every leaf that differs (lists of sections by index: sources.0.path)."""
+    out = []
+    for k in sorted(set(before) | set(now), key=str):
+        a, b = before.get(k, "<absent>"), now.get(k, "<absent>")
+        key = f"{prefix}{k}"
+        if isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and all(isinstance(x, dict) for x in a + b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                out += config_diff(x, y, f"{key}.{i}.")
+        elif isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{key}.")
+        elif a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
 
 
 def _fingerprint(d: dict) -> dict:
     # where and how wide it runs may change between a run and its resume; what it computes may not
-    return {k: v for k, v in d.items() if k not in ("ray", "out")}
+    return {k: v for k, v in d.items() if k not in ("ray", "out", "max_error_share")}
 
 
 def merge(layout: Layout, units: list[Unit]) -> None:
@@ -192,13 +227,26 @@ def merge(layout: Layout, units: list[Unit]) -> None:
         write_table(table.combine_chunks(), final)
 
 
-def _result(layout: Layout, units: list[Unit], run: int, t0: float, failed) -> JobResult:
+def _result(layout: Layout, units: list[Unit], run: int, t0: float, failed, cfg: JobConfig,
+            warnings: list[str]) -> JobResult:
     expected = sum(u.n_records for u in units)
+    over = False
     if layout.ledger.exists() and not failed:
-        acc = accounting(pq.read_table(layout.ledger), expected)
+        ledger = pq.read_table(layout.ledger)
+        acc = accounting(ledger, expected)
+        warnings = warnings + setup_checks.after_run(ledger, cfg.max_error_share)
+        over = setup_checks.over_error_share(ledger, cfg.max_error_share)
     else:
         acc = Accounting(expected, 0, 0, 0, __import__("collections").Counter())
-    return JobResult(layout.root, acc, len(units), run, len(units) - run, time.perf_counter() - t0, failed)
+    return JobResult(layout.root, acc, len(units), run, len(units) - run, time.perf_counter() - t0, failed,
+                     warnings, over)
+
+
+def warn(message: str) -> None:
+    """A setup warning, on stderr as soon as it is known (the summary repeats it)."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)
 
 
 # -- executors ---------------------------------------------------------------------------------

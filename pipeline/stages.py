@@ -35,11 +35,12 @@ from .sources import RawRecord, SourceFile
 STAGE_RESOURCES = {"index": "ray.index_num_cpus", "encode": "ray.num_cpus"}
 
 
-def fallback_id(source: str, index: int) -> str:
-    """The id of a record that could not be parsed (formats.sample_id's rule for a record without one)."""
+def fallback_id(source: str, index: int, record=None) -> str:
+    """The id of a record that could not be parsed: its own `id` when the raw record has one,
+    else formats.sample_id's rule for a record without one."""
     from processors.formats import sample_id
 
-    return sample_id(source, index, None)
+    return sample_id(source, index, record if isinstance(record, dict) else None)
 
 
 @dataclass
@@ -62,8 +63,9 @@ def context_for(cfg_json: str) -> Context:
     from processors.tokenizer import get_tokenizer
 
     cfg = JobConfig.from_dict(json.loads(cfg_json))
-    # The job's image band is part of the preset every stage sees, so the filters' token arithmetic
-    # (max_visual_tokens) uses the same band as the encoder.
+    # The job's image band is part of the preset every stage sees (ctx.preset.max_pixels is the job's),
+    # and in its EncodeOptions, which the filters' token and box rules plan with (processors.plan
+    # merges them with each item's options, as the encoder does).
     preset = get_preset(cfg.preset)
     band = {k: v for k, v in (("min_pixels", cfg.image.min_pixels), ("max_pixels", cfg.image.max_pixels)) if v}
     preset = preset.with_overrides(**band) if band else preset
@@ -88,7 +90,7 @@ class Prepared:
 def prepare(raw: RawRecord, src: SourceFile, ctx: Context, new_id: str | None = None) -> Prepared | Outcome:
     from filters.base import FilterContext
 
-    fid = fallback_id(raw.source, raw.index)
+    fid = fallback_id(raw.source, raw.index, raw.record)
     if raw.error is not None:
         return Outcome.error(fid, raw.source, raw.index, "read", raw.error_type or "read", raw.error)
     try:
@@ -107,7 +109,7 @@ def prepare(raw: RawRecord, src: SourceFile, ctx: Context, new_id: str | None = 
     except Exception as exc:
         return Outcome.error(sid, raw.source, raw.index, "clean", exc)
 
-    verdict = _run(ctx.filters, sample, FilterContext(preset=ctx.preset), "raw")
+    verdict = _run(ctx.filters, sample, FilterContext(preset=ctx.preset, encode_options=ctx.encode_options), "raw")
     if isinstance(verdict, Outcome) or verdict is not None:
         return _verdict_outcome(verdict, sample)
 
@@ -116,7 +118,7 @@ def prepare(raw: RawRecord, src: SourceFile, ctx: Context, new_id: str | None = 
     except Exception as exc:
         return Outcome.error(sid, raw.source, raw.index, "clean", exc)
 
-    fctx = FilterContext(preset=ctx.preset, image_sizes=prepared.image_sizes,
+    fctx = FilterContext(preset=ctx.preset, encode_options=ctx.encode_options, image_sizes=prepared.image_sizes,
                          video_infos=prepared.video_infos, boxes=_boxes_binder(ctx, prepared.image_sizes))
     verdict = _run(ctx.filters, sample, fctx, "media")
     if verdict is not None:
@@ -153,10 +155,13 @@ def _boxes_binder(ctx: Context, image_sizes):
     fmt = ctx.cfg.grounding_format or ctx.preset.grounding
 
     def boxes(sample: Sample):
-        from .grounding_boxes import boxes_per_image
+        from processors.plan import boxes_per_image, plan_image
 
-        return boxes_per_image(sample, fmt, image_sizes, ctx.preset, ctx.cfg.image.min_pixels,
-                               ctx.cfg.image.max_pixels)
+        def resized(i: int):  # the encoder's sample plan: the size it re-grounds against
+            h, w = image_sizes[i]
+            return plan_image(h, w, sample.images[i], ctx.preset, ctx.encode_options).resized_size
+
+        return boxes_per_image(sample, fmt, image_sizes, resized)
 
     return boxes
 
@@ -218,17 +223,18 @@ def check_media(sample: Sample, src: SourceFile, ctx: Context) -> Prepared:
 def encode(prepared: Prepared, src: SourceFile, ctx: Context) -> EncodedSample | Outcome:
     from filters.base import FilterContext
     from processors.encode import encode_sample
+    from processors.tokenizer import special_ids
 
     s = prepared.sample
     try:
         enc = encode_sample(s, ctx.preset, media_root=src.media_root, options=ctx.encode_options,
                             tokenizer=ctx.tokenizer, video_infos=prepared.video_infos)
-        check_placeholders(enc, ctx.preset)
+        check_placeholders(enc, ctx.preset, special_ids(ctx.tokenizer, ctx.preset))
     except Exception as exc:
         return Outcome.error(s.id, s.source, s.record_index, "encode", exc)
 
-    fctx = FilterContext(preset=ctx.preset, image_sizes=prepared.image_sizes, video_infos=prepared.video_infos,
-                         encoded=enc, boxes=_boxes_binder(ctx, prepared.image_sizes))
+    fctx = FilterContext(preset=ctx.preset, encode_options=ctx.encode_options, image_sizes=prepared.image_sizes,
+                         video_infos=prepared.video_infos, encoded=enc, boxes=_boxes_binder(ctx, prepared.image_sizes))
     verdict = _run(ctx.filters, s, fctx, "encoded")
     if verdict is not None:
         return _verdict_outcome(verdict, s)
@@ -244,12 +250,15 @@ class PlaceholderGuardError(ValueError):
     code = "placeholder_mismatch"
 
 
-def check_placeholders(enc: EncodedSample, preset: Preset) -> None:
-    """The shard contract: pad-token counts equal Σ prod(grid_thw) / merge² per modality."""
+def check_placeholders(enc: EncodedSample, preset: Preset, token_ids=None) -> None:
+    """The shard contract: pad-token counts equal Σ prod(grid_thw) / merge² per modality.
+    `token_ids`: the tokenizer's SpecialIds (default: the Qwen2/Qwen3 ids)."""
     if not preset.is_mrope:
         return
     m2 = preset.merge_size ** 2
-    for pad, grid, what in ((IMAGE_PAD_ID, enc.image_grid_thw, "image"), (VIDEO_PAD_ID, enc.video_grid_thw, "video")):
+    image_pad, video_pad = (IMAGE_PAD_ID, VIDEO_PAD_ID) if token_ids is None else (token_ids.image_pad,
+                                                                                   token_ids.video_pad)
+    for pad, grid, what in ((image_pad, enc.image_grid_thw, "image"), (video_pad, enc.video_grid_thw, "video")):
         want = int(np.prod(np.asarray(grid).reshape(-1, 3), axis=1).sum()) // m2
         have = int((enc.input_ids == pad).sum())
         if want != have:

@@ -100,7 +100,7 @@ def _id_only(raw, unit: Unit) -> str:
 
         return parse_record(raw.record, source=raw.source, index=raw.index, fmt=unit.source.format).id
     except Exception:
-        return fallback_id(raw.source, raw.index)
+        return fallback_id(raw.source, raw.index, raw.record)
 
 
 class UnitProgress:

@@ -9,18 +9,18 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "presets": ["Preset", "get_preset", "PRESETS", "QWEN25_VL", "QWEN2_VL", "QWEN_VL", "DEFAULT_PRESET"],
+    "presets": ["Preset", "get_preset", "PRESETS", "QWEN25_VL", "QWEN2_VL", "QWEN_VL", "QWEN3_VL", "DEFAULT_PRESET"],
     "errors": [
         "VlprepError", "MediaError", "ImageDecodeError", "ImageTooLargeError", "AspectRatioError",
         "VideoDecodeError", "VideoTimeoutError", "VideoTooShortError", "FormatError",
         "PlaceholderMismatchError", "SequenceTooLongError", "GroundingError", "PathEscapeError",
     ],
     "sample": ["Sample", "Message", "TextPart", "ImagePart", "VideoPart", "MediaRef", "EncodedSample"],
-    "smart_resize": ["smart_resize"],
+    "sizing": ["smart_resize"],
     "image": ["load_image", "image_size_from_header", "resize_image", "process_image", "image_target_size",
               "ImageResult"],
     "patches": ["patchify", "unpatchify", "normalize_patches"],
-    "tokenizer": ["get_tokenizer", "QwenTokenizer"],
+    "tokenizer": ["get_tokenizer", "QwenTokenizer", "special_ids", "SpecialIds"],
     "chatml": ["build_chatml", "ChatMLResult"],
     "formats": ["parse_record", "sample_id", "detect_format"],
     "grounding": ["Box", "Point", "Quad", "parse_grounding", "convert_grounding_text", "convert_objects",
@@ -28,6 +28,7 @@ _EXPORTS = {
     "rope": ["get_rope_index", "temporal_ids", "video_timestamps"],
     "video": ["probe_video", "sample_frame_indices", "process_video", "VideoInfo", "VideoResult"],
     "encode": ["encode_sample", "EncodeOptions"],
+    "plan": ["plan_image", "plan_video", "plan_sample", "ImagePlan", "VideoPlan", "VideoHeader", "SamplePlan"],
     "media": ["resolve_media_path"],
     "text": ["clean_text", "clean_text_report", "clean_sample"],
 }

@@ -113,6 +113,7 @@ def build_chatml(
     max_length: int | None = None,
     add_vision_id: bool = False,
     add_generation_prompt: bool = False,
+    video_times: "list[list[float]] | None" = None,
 ) -> ChatMLResult:
     """Render `sample` as ChatML ids and labels.
 
@@ -120,6 +121,9 @@ def build_chatml(
     placeholder order. system_prompt: default = preset.system_prompt, inserted when the first
     message is not a system message; None inserts nothing. qwen-vl: images render as
     `Picture k: <img>` + 256 `<imgpad>` + `</img>\\n` (k counts from 1 over the conversation).
+    video_times[i]: for presets with `video_timestamps` (Qwen3-VL), the seconds of video i's temporal
+    groups; the video renders as `<{t:.1f} seconds>` + a vision block of video_tokens[i] / groups pads
+    per group (inside one more vision_start / vision_end pair for the "5.x" layout).
     Raises PlaceholderMismatchError, FormatError, SequenceTooLongError.
     """
     preset = get_preset(preset)
@@ -137,7 +141,11 @@ def build_chatml(
     tid = tokenizer.token_to_id
     im_start = np.array([tid("<|im_start|>")], np.int32)
     im_end = np.array([tid("<|im_end|>")], np.int32)
-    v1 = preset.name == "qwen-vl"
+    v1 = preset.fixed_size is not None
+    if preset.video_timestamps is not None and sample.videos and (
+            video_times is None or len(video_times) != len(sample.videos)):
+        raise PlaceholderMismatchError(f"{where}: preset {preset.name} writes timestamps before each temporal group; "
+                                       f"give video_times for each of the {len(sample.videos)} video(s)")
     if v1:
         img_open, img_pad, img_close = (tid(t) for t in ("<img>", "<imgpad>", "</img>"))
     else:
@@ -173,7 +181,23 @@ def build_chatml(
                 n_vid += 1
                 if add_vision_id:
                     b.add_text(f"Video {n_vid}: ", supervised)
-                b.add_ids(block(v_start, video_pad, n, v_end), False, "<|vision_start|><|video_pad|><|vision_end|>")
+                if preset.video_timestamps is None:
+                    b.add_ids(block(v_start, video_pad, n, v_end), False, "<|vision_start|><|video_pad|><|vision_end|>")
+                    continue
+                times = video_times[p.index]
+                if not times or n % len(times):
+                    raise PlaceholderMismatchError(f"{where}: video {p.index} has {n} tokens, not a multiple of its "
+                                                   f"{len(times)} temporal group(s)")
+                per = n // len(times)
+                outer = preset.video_timestamps == "5.x"
+                if outer:
+                    b.add_ids(np.array([v_start], np.int32), False, "<|vision_start|>")
+                for t in times:
+                    # the timestamp joins the surrounding text run: the BPE sees it as the processor's text
+                    b.add_text(f"<{t:.1f} seconds>", supervised)
+                    b.add_ids(block(v_start, video_pad, per, v_end), False, "<|vision_start|><|video_pad|><|vision_end|>")
+                if outer:
+                    b.add_ids(np.array([v_end], np.int32), False, "<|vision_end|>")
             else:
                 raise FormatError(f"{where}: unknown message part {p!r}")
         b.add_ids(im_end, supervised, "<|im_end|>")

@@ -6,6 +6,11 @@ message that says which input, which limit and what to do.
 from __future__ import annotations
 
 
+class UserInputError(ValueError):
+    """A setting the user gave (a command-line option, a config key, a preset name) is invalid: the
+    command stops before any work with this one-line message (exit 2), never a traceback."""
+
+
 class VlprepError(ValueError):
     code = "invalid"
 

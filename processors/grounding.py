@@ -9,6 +9,9 @@ Formats (DECISIONS.md rows "grounding, ..."):
                <points x1=".." y1=".." alt="..">phrase</points>. Absolute pixels on the RESIZED image
                (H', W') = smart_resize(H, W, 28, band): encode clamp(round(x * W' / W), 0, W' - 1),
                decode int(x' / W' * W) (the cookbook's rule).
+  "qwen3-vl"   the Qwen2.5-VL JSON forms (bbox_2d / point_2d, <points>), coordinates relative 0-1000 on
+               the ORIGINAL image as in qwen2-vl (the Qwen3-VL cookbooks: x' / 1000 * W); encode
+               clamp(round(x / W * 1000), 0, 1000). Independent of the resize, so no band is needed.
   "qwen-vl"    <ref>phrase</ref><box>(x1,y1),(x2,y2)</box>...; encode clamp(int(x / W * 1000), 0, 999),
                decode x' / 1000 * W (the inverse of the encoding; §12.1 notes the sources disagree).
   "pixel"      no text form: structured records [{"bbox": [x1, y1, x2, y2], "label": ...},
@@ -31,9 +34,10 @@ from typing import Iterable, Mapping, Union
 
 from .errors import GroundingError
 from .presets import QWEN25_VL, Preset, get_preset
-from .smart_resize import smart_resize
+from .sizing import smart_resize
 
-TEXT_FORMATS = ("qwen2-vl", "qwen2.5-vl", "qwen-vl")
+TEXT_FORMATS = ("qwen2-vl", "qwen2.5-vl", "qwen-vl", "qwen3-vl")
+JSON_FORMATS = ("qwen2.5-vl", "qwen3-vl")  # bbox_2d / point_2d JSON and <points> XML
 LABEL_STYLES = ("auto", "none")
 
 
@@ -141,13 +145,19 @@ def _fmt_name(fmt: str | Preset) -> str:
     if isinstance(fmt, Preset):
         return fmt.grounding
     name = str(fmt).strip().lower()
-    aliases = {"qwen25-vl": "qwen2.5-vl", "qwen2.5vl": "qwen2.5-vl", "qwen2vl": "qwen2-vl", "qwenvl": "qwen-vl"}
+    aliases = {"qwen25-vl": "qwen2.5-vl", "qwen2.5vl": "qwen2.5-vl", "qwen2vl": "qwen2-vl", "qwenvl": "qwen-vl",
+               "qwen3vl": "qwen3-vl"}
     name = aliases.get(name, name)
     if name == "pixel":
         return name
     if name not in TEXT_FORMATS:
         raise GroundingError(f"unknown grounding format {fmt!r}; choose one of {list(TEXT_FORMATS) + ['pixel']}")
     return name
+
+
+def uses_resized_size(fmt: str | Preset) -> bool:
+    """Whether `fmt` writes coordinates on the resized (model-input) image, so decoding needs its size."""
+    return _fmt_name(fmt) == "qwen2.5-vl"
 
 
 def _sizes(original_size, resized_size, preset: Preset | None = None) -> tuple[int, int, int, int]:
@@ -165,7 +175,7 @@ def _sizes(original_size, resized_size, preset: Preset | None = None) -> tuple[i
 
 def encode_coord(value: float, fmt: str, size: int, resized: int | None = None) -> int:
     """One original-pixel coordinate along an axis of `size` pixels, written in `fmt` (official rules)."""
-    if fmt == "qwen2-vl":
+    if fmt in ("qwen2-vl", "qwen3-vl"):
         return min(max(round(value / size * 1000), 0), 1000)
     if fmt == "qwen2.5-vl":
         return min(max(round(value * resized / size), 0), resized - 1)
@@ -176,7 +186,7 @@ def encode_coord(value: float, fmt: str, size: int, resized: int | None = None) 
 
 def decode_coord(value: float, fmt: str, size: int, resized: int | None = None) -> float:
     """A coordinate as written in `fmt` back to original-image pixels."""
-    if fmt in ("qwen2-vl", "qwen-vl"):
+    if fmt in ("qwen2-vl", "qwen-vl", "qwen3-vl"):
         return value / 1000 * size
     if fmt == "qwen2.5-vl":
         return int(value / resized * size)
@@ -365,7 +375,7 @@ def _decode_json_at(text: str, i: int, limit: int) -> tuple[object, int, bool] |
     return None
 
 
-def _as_objects(value, dims) -> tuple[list[GroundingObject], list[tuple]] | None:
+def _as_objects(value, dims, fmt: str = "qwen2.5-vl") -> tuple[list[GroundingObject], list[tuple]] | None:
     """Decoded objects + raw coordinates if `value` is a grounding dict or a list of them; else None."""
     items = value if isinstance(value, list) else [value]
     if not items:
@@ -392,7 +402,7 @@ def _as_objects(value, dims) -> tuple[list[GroundingObject], list[tuple]] | None
         label = None if label is None else str(label)
         raw = tuple(coords)
         raws.append(raw)
-        objects.append(_make(shape, _decode_raw(raw, "qwen2.5-vl", dims), label))
+        objects.append(_make(shape, _decode_raw(raw, fmt, dims), label))
     return objects, raws
 
 
@@ -412,7 +422,7 @@ def _json_style(value) -> str:
     return "json" if isinstance(value, list) else "json_object"
 
 
-def _json_spans(text: str, dims) -> list[GroundingSpan]:
+def _json_spans(text: str, dims, fmt: str = "qwen2.5-vl") -> list[GroundingSpan]:
     spans: list[GroundingSpan] = []
     fences = []
     for m in _FENCE_RE.finditer(text):
@@ -431,7 +441,7 @@ def _json_spans(text: str, dims) -> list[GroundingSpan]:
         if dec is None:
             continue
         value, end, truncated = dec
-        parsed = _as_objects(value, dims)
+        parsed = _as_objects(value, dims, fmt)
         if parsed is None:
             continue
         if text[end:body_end].strip() and not truncated:
@@ -460,7 +470,7 @@ def _json_spans(text: str, dims) -> list[GroundingSpan]:
             continue
         phrase = m.group("phrase").strip()
         label = phrase or attrs.get("alt") or None
-        objects = [_make("point", _decode_raw(r, "qwen2.5-vl", dims), label) for r in raws]
+        objects = [_make("point", _decode_raw(r, fmt, dims), label) for r in raws]
         spans.append(GroundingSpan(m.start(), m.end(), objects, [_intify(r) for r in raws], "points_xml"))
         taken.append((m.start(), m.end()))
     # bare JSON outside fences and XML (skipped outright when no key could be present)
@@ -476,7 +486,7 @@ def _json_spans(text: str, dims) -> list[GroundingSpan]:
             continue
         nxt = min((a for a, _ in taken if a > j), default=n)
         dec = _decode_json_at(text, j, nxt)
-        parsed = _as_objects(dec[0], dims) if dec is not None else None
+        parsed = _as_objects(dec[0], dims, fmt) if dec is not None else None
         if parsed is None:
             i = j + 1
             continue
@@ -490,8 +500,8 @@ def _json_spans(text: str, dims) -> list[GroundingSpan]:
 def _parse(text: str, fmt: str, dims) -> tuple[list[GroundingSpan], list[GroundingProblem]]:
     if fmt == "pixel":
         raise GroundingError("the 'pixel' format has no text form; pass structured boxes through objects_from_pixels")
-    if fmt == "qwen2.5-vl":
-        spans = _json_spans(text, dims)
+    if fmt in JSON_FORMATS:
+        spans = _json_spans(text, dims, fmt)
         problems = [GroundingProblem("truncated", "truncated JSON: only its complete elements were kept", k)
                     for k, s in enumerate(spans) if s.truncated]
         return spans, problems
@@ -551,7 +561,7 @@ def _supported(obj: GroundingObject, fmt: str) -> bool:
 
 
 def _render_encoded(objects, encoded, fmt: str, label_style: str) -> str:
-    if fmt == "qwen2.5-vl":
+    if fmt in JSON_FORMATS:
         items = []
         for obj, enc in zip(objects, encoded):
             d = {("bbox_2d" if isinstance(obj, Box) else "point_2d"): list(enc)}
@@ -676,7 +686,7 @@ def convert_grounding_text(
         pieces.append(text[cursor:span.start])
         if encoded is None or identity:
             pieces.append(text[span.start:span.end])
-        elif dst == "qwen2.5-vl":
+        elif dst in JSON_FORMATS:
             body = _render_encoded(span.objects, encoded, dst, label_style)
             if span.style == "json_object":
                 body = body[1:-1]  # the one element of the canonical list

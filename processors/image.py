@@ -23,7 +23,7 @@ from .errors import AspectRatioError, ImageDecodeError, ImageTooLargeError, Vlpr
 from .patches import patchify
 from .presets import Preset, get_preset
 from .resized_size import requested_size
-from .smart_resize import smart_resize
+from .sizing import smart_resize
 
 # Twice Pillow's default MAX_IMAGE_PIXELS (89 478 485): the size at which Pillow itself refuses to
 # open a file. About 13 400 x 13 400, far above any training resolution (the band tops out at
@@ -55,12 +55,13 @@ class ImageResult:
     grid_thw: tuple[int, int, int]
     original_size: tuple[int, int]  # (h, w) after EXIF orientation
     resized_size: tuple[int, int]  # (H, W)
+    merge_size: int = 2            # the preset's: patches merged merge_size x merge_size into one token
 
     @property
     def num_tokens(self) -> int:
-        """LLM tokens this image expands to (patches merged 2x2)."""
+        """LLM tokens this image expands to (patches merged merge_size x merge_size)."""
         t, h, w = self.grid_thw
-        return t * h * w // 4
+        return t * h * w // (self.merge_size ** 2)
 
 
 # ---------------------------------------------------------------- opening and the pixel limit
@@ -81,7 +82,7 @@ def _check_pixel_limit(size: tuple[int, int], name: str, max_image_pixels: int |
     pixels = width * height
     if pixels > max_image_pixels:
         raise ImageTooLargeError(
-            f"{name}: {width}x{height} = {pixels:,} pixels is above the decompression-bomb limit of "
+            f"{name}: {width}x{height} (WxH) = {pixels:,} pixels is above the decompression-bomb limit of "
             f"{max_image_pixels:,} pixels (checked from the header, nothing decoded); if the file is "
             f"genuine, raise max_image_pixels (per call, or the job's image.max_image_pixels)"
         )
@@ -119,12 +120,28 @@ def open_image(src, *, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) 
             f"PIL.Image.MAX_IMAGE_PIXELS to open it"
         ) from exc
     except UnidentifiedImageError as exc:
-        head = (src[:8] if not isinstance(fp, str) else _read_head(fp)).hex(" ")
+        raw = src[:16] if not isinstance(fp, str) else _read_head(fp, 16)
+        head = raw[:8].hex(" ")
+        known = _format_from_magic(raw)
+        if known:
+            raise ImageDecodeError(f"{name}: truncated or corrupt {known} file (its header says {known}, but the "
+                                   f"image data cannot be read; first bytes: {head})") from exc
         raise ImageDecodeError(f"{name}: not a recognised image format (first bytes: {head})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"{name}: cannot read the image header: {exc}") from exc
     _check_pixel_limit(im.size, name, max_image_pixels)
     return im
+
+
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+          (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _format_from_magic(head: bytes) -> str | None:
+    """The image format a file's first bytes announce (None: no known signature)."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), None)
 
 
 def _read_head(path: str, n: int = 8) -> bytes:
@@ -218,7 +235,7 @@ def resize_image(img: Image.Image, height: int, width: int, *, fast: bool = Fals
     box-reduced first. Otherwise fast equals exact.
     """
     if height <= 0 or width <= 0:
-        raise ValueError(f"target size must be positive, got {height}x{width}")
+        raise ValueError(f"target size must be positive, got {width}x{height} (WxH)")
     box = None
     if fast:
         box = _draft_for(img, width, height)
@@ -327,14 +344,14 @@ def process_image(
     if preset.fixed_size is not None:
         # Qwen-VL v1: the vision tower patchifies a fixed 448x448 square itself.
         gh, gw = resized[0] // preset.patch_size, resized[1] // preset.patch_size
-        return ImageResult(np.array(pixels[None]), (1, gh, gw), original, resized)
+        return ImageResult(np.array(pixels[None]), (1, gh, gw), original, resized, preset.merge_size)
     patches, grid = patchify(
         pixels[None],
         patch_size=preset.patch_size,
         merge_size=preset.merge_size,
         temporal_patch_size=preset.temporal_patch_size,
     )
-    return ImageResult(patches, grid, original, resized)
+    return ImageResult(patches, grid, original, resized, preset.merge_size)
 
 
 def _processor_resize(pixels: np.ndarray, preset, min_pixels, max_pixels, name) -> np.ndarray:

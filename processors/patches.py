@@ -26,7 +26,7 @@ def patchify(
     if t == 0:
         raise ValueError("expected at least one frame, got 0")
     if h % (p * m) or w % (p * m):
-        raise ValueError(f"frame size {h}x{w} is not a multiple of {p * m}")
+        raise ValueError(f"frame size {w}x{h} (WxH) is not a multiple of {p * m}")
     gt, gh, gw = -(-t // tp), h // p, w // p
     # out axes: [gt, gh/m, gw/m, m(h), m(w), C, tp, p(y), p(x)]
     out = np.empty((gt, gh // m, gw // m, m, m, c, tp, p, p), dtype=frames.dtype)

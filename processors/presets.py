@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from .errors import UserInputError
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -52,7 +54,26 @@ class Preset:
     fixed_size: tuple[int, int] | None = None
     image_tokens_fixed: int | None = None
     supports_video: bool = True
-    system_prompt: str = "You are a helpful assistant."
+    system_prompt: str | None = "You are a helpful assistant."
+    # How frames are picked and sized: "qwen-vl-utils" (0.0.14, spec §6: per-frame band, clip budget
+    # spread over frames) or "transformers" (Qwen3VLVideoProcessor: fps-based count clamped to
+    # [min_frames, min(max_frames, total)], np.linspace indices, ONE pixel band for the whole clip:
+    # video_min_pixels .. video_max_pixels over t_bar * H * W, as its size.shortest/longest_edge).
+    video_rule: str = "qwen-vl-utils"
+    # The frame resize of the reference pipeline: "qwen-vl-utils" (torchvision v1 on float32) or
+    # "transformers" (the video processor's uint8 bicubic+antialias on CPU, vlprep's `fast_videos`).
+    video_resize: str = "qwen-vl-utils"
+    # None: one <|vision_start|><|video_pad|>*n<|vision_end|> block per video (Qwen2/2.5-VL).
+    # "4.57": "<{t:.1f} seconds>" + one vision block per temporal group (transformers 4.57, which the
+    # Qwen3-VL fine-tuning code pins); "5.x": the same inside one extra outer vision_start/vision_end
+    # pair (transformers >= 5 keeps the template's own pair around the groups).
+    video_timestamps: str | None = None
+    # Position ids: "qwen2-vl" (temporal id = patch index), "qwen2.5-vl" (absolute time via
+    # tokens_per_second), "qwen3-vl" (each temporal group its own [1, h, w] grid, no time stride),
+    # "1d" (qwen-vl: plain positions).
+    rope: str = "qwen2.5-vl"
+    # Added-token table of the built-in tokenizer (processors.tokenizer.TABLES).
+    tokenizer_table: str = "qwen2"
 
     @property
     def factor(self) -> int:
@@ -85,7 +106,7 @@ class Preset:
 
 
 QWEN25_VL = Preset(name="qwen2.5-vl")
-QWEN2_VL = Preset(name="qwen2-vl", tokens_per_second=None, grounding="qwen2-vl")
+QWEN2_VL = Preset(name="qwen2-vl", tokens_per_second=None, grounding="qwen2-vl", rope="qwen2-vl")
 QWEN_VL = Preset(
     name="qwen-vl",
     tokens_per_second=None,
@@ -93,21 +114,55 @@ QWEN_VL = Preset(
     fixed_size=(448, 448),
     image_tokens_fixed=256,
     supports_video=False,
+    rope="1d",
+    tokenizer_table="qwen-vl",
 )
+# Qwen3-VL (docs/qwen3_vl.md): the released checkpoints' preprocessor_config.json /
+# video_preprocessor_config.json: patch 16, merge 2, mean = std = 0.5, image size
+# {shortest_edge: 65536, longest_edge: 16777216}, video size {shortest_edge: 4096,
+# longest_edge: 25165824} over the whole clip, fps 2, min_frames 4, max_frames 768.
+QWEN3_VL = Preset(
+    name="qwen3-vl",
+    patch_size=16,
+    image_mean=(0.5, 0.5, 0.5),
+    image_std=(0.5, 0.5, 0.5),
+    min_pixels=65_536,
+    max_pixels=16_777_216,
+    video_min_pixels=4_096,
+    video_max_pixels=25_165_824,
+    video_total_pixels=25_165_824,
+    tokens_per_second=None,
+    grounding="qwen3-vl",
+    system_prompt=None,
+    video_rule="transformers",
+    video_resize="transformers",
+    video_timestamps="4.57",
+    rope="qwen3-vl",
+    tokenizer_table="qwen3",
+)
+# The same with transformers 5.x's token layout around the timestamps (one outer vision pair).
+QWEN3_VL_TF5 = replace(QWEN3_VL, name="qwen3-vl-tf5", video_timestamps="5.x")
+# The same with qwen-vl-utils 0.0.14 frame sampling and budgets (image_patch_size=16: its token
+# budgets times 32²), as a user who runs qwen-vl-utils before the processor gets them.
+QWEN3_VL_QVU = replace(QWEN3_VL, name="qwen3-vl-qvu", video_rule="qwen-vl-utils", video_resize="qwen-vl-utils",
+                       video_min_pixels=128 * 32 * 32, video_max_pixels=768 * 32 * 32,
+                       video_total_pixels=int(128000 * 32 * 32 * 0.9))
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (QWEN25_VL, QWEN2_VL, QWEN_VL)}
+PRESETS: dict[str, Preset] = {p.name: p for p in (QWEN25_VL, QWEN2_VL, QWEN_VL, QWEN3_VL, QWEN3_VL_TF5, QWEN3_VL_QVU)}
 DEFAULT_PRESET = QWEN25_VL
 
 
 def get_preset(name_or_preset: "str | Preset | None" = None) -> Preset:
-    """Look a preset up by name (`qwen2.5-vl`, `qwen2-vl`, `qwen-vl`); a Preset passes through."""
+    """Look a preset up by name (`qwen2.5-vl`, `qwen2-vl`, `qwen-vl`, `qwen3-vl`, `qwen3-vl-tf5`,
+    `qwen3-vl-qvu`); a Preset passes through."""
     if name_or_preset is None:
         return DEFAULT_PRESET
     if isinstance(name_or_preset, Preset):
         return name_or_preset
     key = str(name_or_preset).strip().lower().replace("_", "-")
-    aliases = {"qwen25-vl": "qwen2.5-vl", "qwen2.5vl": "qwen2.5-vl", "qwen2vl": "qwen2-vl", "qwenvl": "qwen-vl"}
+    aliases = {"qwen25-vl": "qwen2.5-vl", "qwen2.5vl": "qwen2.5-vl", "qwen2vl": "qwen2-vl", "qwenvl": "qwen-vl",
+               "qwen3vl": "qwen3-vl"}
     key = aliases.get(key, key)
     if key not in PRESETS:
-        raise ValueError(f"unknown preset {name_or_preset!r}; choose one of {sorted(PRESETS)}")
+        raise UserInputError(f"unknown preset {name_or_preset!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[key]

@@ -12,7 +12,7 @@ import numbers
 from typing import Any, Mapping
 
 from .errors import AspectRatioError, FormatError, ImageTooLargeError
-from .smart_resize import MAX_RATIO, smart_resize
+from .sizing import MAX_RATIO, smart_resize
 
 RESIZED_KEYS = ("resized_height", "resized_width")
 # qwen-vl-utils 0.0.14's default image band in tokens (min/max_pixels = tokens * factor²: 3136 …
@@ -64,11 +64,11 @@ def requested_size(resized_height: Any = None, resized_width: Any = None, factor
     H, W = smart_resize(h, w, factor, REQUESTED_MIN_TOKENS * factor ** 2, REQUESTED_MAX_TOKENS * factor ** 2)
     if max(H, W) / min(H, W) > MAX_RATIO:
         # e.g. 41x8200 rounds to 28x8204: the model's processor, which smart-resizes it again, refuses it
-        raise AspectRatioError(f"resized_height={h}, resized_width={w} give {H}x{W}, aspect ratio "
+        raise AspectRatioError(f"resized_height={h}, resized_width={w} give {W}x{H} (WxH), aspect ratio "
                                f"{max(H, W) / min(H, W):.1f}, above {MAX_RATIO}, which the model refuses; "
                                f"fix the size the record asks for")
     if max_image_pixels is not None and H * W > max_image_pixels:
-        raise ImageTooLargeError(f"resized_height={h}, resized_width={w} give {H}x{W} = {H * W:,} pixels, above "
+        raise ImageTooLargeError(f"resized_height={h}, resized_width={w} give {W}x{H} (WxH) = {H * W:,} pixels, above "
                                  f"the image pixel limit of {max_image_pixels:,} (image.max_image_pixels)")
     return H, W
 

@@ -1,4 +1,4 @@
-"""M-RoPE position ids (`get_rope_index`) for Qwen2-VL and Qwen2.5-VL, spec §11.1.
+"""M-RoPE position ids (`get_rope_index`) for Qwen2-VL, Qwen2.5-VL and Qwen3-VL, spec §11.1 + docs/qwen3_vl.md.
 
 vlprep reproduces transformers 4.x / the Qwen team's `rope2d.py` (DECISIONS.md): after any vision block
 the next text starts at (largest id so far) + 1, which also accounts for a video's temporal extent.
@@ -31,7 +31,7 @@ def temporal_ids(grid_t: int, second_per_grid_t: float | None = None, preset: Pr
     if grid_t < 0:
         raise ValueError(f"grid_t must be >= 0, got {grid_t}")
     k = np.arange(grid_t, dtype=np.int64)
-    if preset.tokens_per_second is None:
+    if preset.tokens_per_second is None or preset.rope != "qwen2.5-vl":
         return k
     s = 1.0 if second_per_grid_t is None else float(second_per_grid_t)
     if not np.isfinite(s) or s < 0:
@@ -72,15 +72,16 @@ def _as_grid(grid, name: str) -> np.ndarray:
     return arr
 
 
-def _vision_items(ids: np.ndarray) -> list[tuple[int, bool]]:
+def _vision_items(ids: np.ndarray, vision_start=VISION_START_ID, image_pad=IMAGE_PAD_ID,
+                  video_pad=VIDEO_PAD_ID) -> list[tuple[int, bool]]:
     """(index of the first pad, is_video) for each pad run directly preceded by <|vision_start|>.
 
     Only such pads open a vision block (§11.1 requirement); a stray pad elsewhere is ordinary text.
     """
-    starts = np.flatnonzero(ids[:-1] == VISION_START_ID) + 1
+    starts = np.flatnonzero(ids[:-1] == vision_start) + 1
     nxt = ids[starts]
-    keep = (nxt == IMAGE_PAD_ID) | (nxt == VIDEO_PAD_ID)
-    return [(int(i), bool(v)) for i, v in zip(starts[keep], nxt[keep] == VIDEO_PAD_ID)]
+    keep = (nxt == image_pad) | (nxt == video_pad)
+    return [(int(i), bool(v)) for i, v in zip(starts[keep], nxt[keep] == video_pad)]
 
 
 def get_rope_index(
@@ -89,10 +90,12 @@ def get_rope_index(
     video_grid_thw=None,
     second_per_grid_ts=None,
     preset: Preset | str = QWEN25_VL,
+    token_ids=None,
 ) -> tuple[np.ndarray, int]:
     """Position ids int32 [3, L] (int32 [1, L] for qwen-vl) and the rope delta for one unpadded sequence.
 
     delta = (max position + 1) - L; generation continues at cache_position + delta on all axes.
+    `token_ids`: the tokenizer's `processors.tokenizer.SpecialIds` (default: the Qwen2/Qwen3 ids).
     Raises PlaceholderMismatchError when the vision blocks in `input_ids` do not match the grids
     (count, or a pad run of the wrong length): a mismatch is an error, never silently fixed.
     """
@@ -106,13 +109,21 @@ def get_rope_index(
 
     images = _as_grid(image_grid_thw, "image_grid_thw")
     videos = _as_grid(video_grid_thw, "video_grid_thw")
+    if preset.rope == "qwen3-vl" and len(videos):
+        # Qwen3-VL: timestamps text separates a video's temporal groups, each its own [1, h, w] vision
+        # block (Qwen3VLModel.get_rope_index splits video_grid_thw the same way); no time stride.
+        videos = np.repeat(videos, videos[:, 0], axis=0)
+        videos[:, 0] = 1
+        second_per_grid_ts = None
     secs = None
     if second_per_grid_ts is not None:
         secs = np.asarray(second_per_grid_ts, dtype=np.float64).reshape(-1)
         if secs.size != len(videos):
             raise ValueError(f"{len(videos)} video grids but {secs.size} second_per_grid_ts values")
 
-    items = _vision_items(ids) if n else []
+    v_start, image_pad, video_pad = ((VISION_START_ID, IMAGE_PAD_ID, VIDEO_PAD_ID) if token_ids is None else
+                                     (token_ids.vision_start, token_ids.image_pad, token_ids.video_pad))
+    items = _vision_items(ids, v_start, image_pad, video_pad) if n else []
     n_img = sum(1 for _, v in items if not v)
     n_vid = len(items) - n_img
     if n_img != len(images) or n_vid != len(videos):
@@ -131,13 +142,13 @@ def get_rope_index(
             t, h, w = (int(x) for x in videos[i_vid])
             s = None if secs is None else float(secs[i_vid])
             t_ids = temporal_ids(t, s, preset)
-            pad, i_vid = VIDEO_PAD_ID, i_vid + 1
+            pad, i_vid = video_pad, i_vid + 1
         else:
             t, h, w = (int(x) for x in images[i_img])
             # Images: s = 0 in Qwen2.5-VL, so every temporal patch gets id 0 (t is 1 for images);
             # Qwen2-VL uses the patch index, as for video.
-            t_ids = np.zeros(t, np.int64) if preset.tokens_per_second is not None else np.arange(t, dtype=np.int64)
-            pad, i_img = IMAGE_PAD_ID, i_img + 1
+            t_ids = np.arange(t, dtype=np.int64) if preset.rope == "qwen2-vl" else np.zeros(t, np.int64)
+            pad, i_img = image_pad, i_img + 1
         if h % merge or w % merge:
             raise ValueError(f"grid ({t}, {h}, {w}) is not divisible by merge_size {merge}")
         gh, gw = h // merge, w // merge

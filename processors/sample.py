@@ -119,7 +119,7 @@ class EncodedSample:
     """Model-ready tensors for one sample, named as the Hugging Face processor names them.
 
     input_ids int32 [L]; labels int32 [L] (-100 where unsupervised); position_ids int32 [3, L]
-    (M-RoPE; [1, L] plain positions for qwen-vl); pixel_values uint8 [N, 1176] (all images then
+    (M-RoPE; [1, L] plain positions for qwen-vl); pixel_values uint8 [N, 3·tp·p²] (1176; 1536 for qwen3-vl; all images then
     all videos, in placeholder order; qwen-vl: uint8 [k, 448, 448, 3]); image_grid_thw /
     video_grid_thw int32 [k, 3]; second_per_grid_ts float32 [v]; rope_delta int.
     meta: json-serialisable facts (sizes before/after resize, durations, frame indices and

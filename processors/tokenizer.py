@@ -22,6 +22,7 @@ import re
 import threading
 import unicodedata
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 # Spec §10 pre-tokenisation regex. `\p{N}` takes ONE digit, so numbers (and bbox coordinates) are
@@ -73,7 +74,13 @@ QWEN_VL_V1_ADDED_TOKENS: tuple[tuple[int, str, bool], ...] = tuple(
     (N_RANKS + i, tok, True) for i, tok in enumerate(_V1_NAMES)
 )
 
-TABLES = {"qwen2": QWEN2_ADDED_TOKENS, "qwen-vl": QWEN_VL_V1_ADDED_TOKENS}
+# Qwen3 (Qwen3-VL's tokenizer_config added_tokens_decoder): the Qwen2.5 table, then four more, not special.
+QWEN3_ADDED_TOKENS: tuple[tuple[int, str, bool], ...] = QWEN2_ADDED_TOKENS + tuple(
+    (N_RANKS + len(_QWEN2_NAMES) + i, tok, False)
+    for i, tok in enumerate(("<tool_response>", "</tool_response>", "<think>", "</think>"))
+)
+
+TABLES = {"qwen2": QWEN2_ADDED_TOKENS, "qwen-vl": QWEN_VL_V1_ADDED_TOKENS, "qwen3": QWEN3_ADDED_TOKENS}
 
 
 def default_ranks_path() -> Path:
@@ -330,7 +337,7 @@ def get_tokenizer(path: str | os.PathLike | None = None, *, preset=None) -> Qwen
     if preset is not None:
         from .presets import get_preset
 
-        table = "qwen-vl" if get_preset(preset).name == "qwen-vl" else "qwen2"
+        table = get_preset(preset).tokenizer_table
     key = (str(path) if path is not None else None, table)
     with _CACHE_LOCK:
         tok = _CACHE.get(key)
@@ -341,3 +348,43 @@ def get_tokenizer(path: str | os.PathLike | None = None, *, preset=None) -> Qwen
                 tok = QwenTokenizer(added_tokens=TABLES[table], name=table)
             _CACHE[key] = tok
     return tok
+
+
+# ---------------------------------------------------------------- the ids a preset needs
+
+VISION_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+V1_TOKENS = ("<|im_start|>", "<|im_end|>", "<img>", "</img>", "<imgpad>")
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """The special-token ids of the tokenizer in use (Qwen2 / Qwen3 vocabularies: 151652 …; Qwen3.5 /
+    Qwen3.6's ~248k vocabulary: others). Position ids and placeholder checks use these, never
+    hard-coded Qwen2 ids."""
+
+    im_start: int
+    im_end: int
+    vision_start: int = -1
+    vision_end: int = -1
+    image_pad: int = -1
+    video_pad: int = -1
+
+
+def special_ids(tokenizer, preset=None) -> SpecialIds:
+    """Look the preset's special tokens up in `tokenizer`; a missing one is a one-line error naming it."""
+    from .errors import VlprepError
+    from .presets import get_preset
+
+    preset = get_preset(preset)
+    names = V1_TOKENS if preset.fixed_size is not None else VISION_TOKENS
+    ids = {}
+    for name in names:
+        try:
+            ids[name] = int(tokenizer.token_to_id(name))
+        except (KeyError, ValueError):
+            raise VlprepError(
+                f"tokenizer {getattr(tokenizer, 'name', tokenizer)!r} has no {name} token, which preset {preset.name} "
+                f"needs; point `tokenizer:` at the model's own Hugging Face tokenizer folder") from None
+    if preset.fixed_size is not None:
+        return SpecialIds(ids["<|im_start|>"], ids["<|im_end|>"], ids["<img>"], ids["</img>"], ids["<imgpad>"])
+    return SpecialIds(*(ids[n] for n in VISION_TOKENS))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import VideoDecodeError, VlprepError
+from .video_sampling import tf_frame_indices, tf_sample_by_time, tf_video_frame_size  # Qwen3-VL's rule
 from .patches import patchify
 from .presets import Preset, get_preset
 from .resized_size import requested_size
@@ -103,23 +104,47 @@ def _process_frame_list(frames_in, preset: Preset, *, sample_fps, min_pixels, ma
     first = _load_frame(frames_in[0])
     h, w = first.shape[:2]
     n = len(frames_in)
-    n_even = n + n % preset.temporal_patch_size
-    H, W = _frame_size(h, w, n_even, preset, min_pixels, max_pixels, total_pixels, resized_height, resized_width)
+    H, W = frame_size(h, w, n, preset, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels,
+                      resized_height=resized_height, resized_width=resized_width, frame_list=True)
     out = np.empty((n, H, W, 3), dtype=np.uint8)
     explicit = resized_height is not None  # every frame goes to the requested size, whatever its own
     for i, item in enumerate(frames_in):
         rgb = first if i == 0 else _load_frame(item)
         if rgb.shape[:2] != (h, w) and not explicit:
-            raise VlprepError(f"frame {i} of a frame-list video is {rgb.shape[0]}x{rgb.shape[1]}, frame 0 is "
-                              f"{h}x{w}; all frames of one video must have the same size")
+            raise VlprepError(f"frame {i} of a frame-list video is {rgb.shape[1]}x{rgb.shape[0]} (WxH), frame 0 is "
+                              f"{w}x{h}; all frames of one video must have the same size")
         out[i] = resize_frames(rgb, H, W, fast=fast)
     times = np.arange(n) / rate
     return _result(out, preset, indices=range(n), times=times, sample_fps=rate, original_size=(h, w),
                    duration=n / rate, video_fps=rate, backend="frames")
 
 
-def _frame_size(h, w, nframes, preset: Preset, min_pixels, max_pixels, total_pixels, resized_height=None,
-                resized_width=None):
+def frame_size(h: int, w: int, nframes: int, preset: Preset | str | None = None, *, min_pixels=None,
+               max_pixels=None, total_pixels=None, resized_height=None, resized_width=None,
+               frame_list: bool = False) -> tuple[int, int]:
+    """The (H, W) every kept frame of a clip of `nframes` frames is resized to, under the preset's
+    video rule (the one place that decides it; the stats predictor and the sample plan call it).
+
+    "qwen-vl-utils": spec §6.5 (`nframes` as sampled). "transformers": Qwen3VLVideoProcessor's one
+    band for the whole clip, `min_pixels` (default preset.video_min_pixels) to the smaller of
+    `max_pixels` / `total_pixels` (default preset.video_max_pixels) — the fine-tuning code sets
+    the processor's size.shortest_edge / longest_edge from its video_min_pixels / video_max_pixels.
+    resized_height / resized_width: qwen-vl-utils' requested size under either rule.
+    `frame_list`: the clip is a list of frames (all kept); qwen-vl-utils budgets it padded to the
+    temporal patch size (§6.6), the transformers processor as given.
+    """
+    preset = get_preset(preset)
+    if frame_list and preset.video_rule != "transformers":
+        nframes = nframes + nframes % preset.temporal_patch_size
+    if preset.video_rule == "transformers":
+        requested = requested_size(resized_height, resized_width, preset.factor)
+        if requested is not None:
+            return requested
+        caps = [v for v in (max_pixels, total_pixels) if v is not None]
+        return tf_video_frame_size(
+            h, w, nframes, factor=preset.factor, temporal_factor=preset.temporal_patch_size,
+            min_pixels=preset.video_min_pixels if min_pixels is None else min_pixels,
+            max_pixels=min(caps) if caps else preset.video_max_pixels)
     return video_frame_size(
         h, w, nframes, factor=preset.factor, min_pixels=min_pixels, max_pixels=max_pixels,
         total_pixels=total_pixels, video_min_pixels=preset.video_min_pixels,
@@ -148,6 +173,10 @@ def select_frames_from(num_frames: int, avg_fps: float, vfr_times=None, *, fps=N
               video_start=video_start, video_end=video_end)
     if fps is None and nframes is None:
         kw["fps"] = preset.fps
+    if preset.video_rule == "transformers":
+        if vfr_times is not None:
+            return tf_sample_by_time(np.asarray(vfr_times), **kw)
+        return tf_frame_indices(num_frames, avg_fps, **kw)
     if vfr_times is not None:
         return sample_by_time(np.asarray(vfr_times), **kw)
     return sample_frame_indices(num_frames, avg_fps, **kw)
@@ -157,7 +186,9 @@ def _single_torch_thread() -> None:
     """Run this thread's torch ops on one core: the decoder holds the other. With torch's OpenMP
     backend the setting is per calling thread for threads that already used torch, but it also
     becomes the default of threads that start using torch later — `_decode_and_resize` restores it."""
-    import torch
+    from .video_resize import require_torch
+
+    torch = require_torch()
 
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
@@ -172,7 +203,9 @@ def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int,
     how many slots of `out` were filled."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import torch
+    from .video_resize import require_torch
+
+    torch = require_torch()
 
     caller_threads = torch.get_num_threads()  # also pins this thread's own setting before the worker's
 
@@ -278,7 +311,8 @@ def process_video(
                               video_start=video_start, video_end=video_end, preset=preset)
     n = len(idx)
     h, w = info.display_size
-    H, W = _frame_size(h, w, n, preset, min_pixels, max_pixels, total_pixels, resized_height, resized_width)
+    H, W = frame_size(h, w, n, preset, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels,
+                      resized_height=resized_height, resized_width=resized_width)
     out = np.empty((n, H, W, 3), dtype=np.uint8)
     slots: dict[int, list[int]] = {}
     for k, i in enumerate(idx.tolist()):

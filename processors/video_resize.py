@@ -17,6 +17,18 @@ from __future__ import annotations
 import numpy as np
 
 
+def require_torch():
+    """torch, or one line saying how to get it: the core install (`pip install vlprep`) leaves torch
+    to the training environment, and only video resizing needs it."""
+    try:
+        import torch
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError("resizing video frames needs torch (any version >= 2.1, e.g. your training "
+                                  "environment's): pip install torch, or pip install 'vlprep[torch]'",
+                                  name="torch") from exc
+    return torch
+
+
 def resize_frames(frames: np.ndarray, height: int, width: int, *, fast: bool = False) -> np.ndarray:
     """uint8 [T, h, w, 3] (or [h, w, 3]) -> uint8 [T, H, W, 3] (or [H, W, 3])."""
     single = frames.ndim == 3
@@ -26,7 +38,7 @@ def resize_frames(frames: np.ndarray, height: int, width: int, *, fast: bool = F
     if x.shape[1] == height and x.shape[2] == width:
         out = x.copy()  # torchvision returns the input unchanged when the size already matches
     else:
-        import torch
+        torch = require_torch()
         import torch.nn.functional as F
 
         x = np.ascontiguousarray(x)

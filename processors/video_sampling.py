@@ -9,9 +9,9 @@ import math
 
 import numpy as np
 
-from .errors import VideoTooShortError
+from .errors import AspectRatioError, VideoTooShortError
 from .resized_size import requested_size
-from .smart_resize import smart_resize
+from .sizing import MAX_RATIO, smart_resize
 
 FRAME_FACTOR = 2  # frames per temporal patch; frame counts are multiples of it
 
@@ -185,3 +185,106 @@ def video_frame_size(height: int, width: int, nframes: int, *, factor: int = 28,
         video_min_pixels=video_min_pixels, video_max_pixels=video_max_pixels,
         video_total_pixels=video_total_pixels)
     return smart_resize(height, width, factor, min_px, max_px)
+
+
+# ---------------------------------------------------------------- transformers' Qwen3VLVideoProcessor
+# (preset.video_rule == "transformers"; docs/qwen3_vl.md). Pure numbers, like the rules above.
+
+
+def tf_nframes(total_frames: int, video_fps: float, *, fps: float | None = 2.0, nframes: int | None = None,
+               min_frames: int = 4, max_frames: int = 768) -> int:
+    """Qwen3VLVideoProcessor.sample_frames' count: int(total / video_fps * fps) clamped to
+    [min_frames, min(max_frames, total)]; an explicit `nframes` is taken as given (within the clip)."""
+    if fps is not None and nframes is not None:
+        raise ValueError("give either fps or nframes, not both")
+    if nframes is not None:
+        n = int(nframes)
+    else:
+        n = int(total_frames / video_fps * (2.0 if fps is None else float(fps)))
+        n = min(max(n, min_frames), max_frames, total_frames)
+    if not 2 <= n <= total_frames:
+        raise VideoTooShortError(
+            f"{n} frame(s) to sample from a clip (or window) of {total_frames} frame(s); a video needs at "
+            f"least 2 frames" + (f", and nframes={nframes} must not exceed the frame count" if nframes is not None else ""))
+    return n
+
+
+def tf_frame_indices(total_frames: int, video_fps: float, *, fps: float | None = 2.0, nframes: int | None = None,
+                     min_frames: int = 4, max_frames: int = 768, video_start: float | None = None,
+                     video_end: float | None = None) -> tuple[np.ndarray, float]:
+    """(absolute frame indices, sample_fps): `np.linspace(0, total - 1, n).round()` as
+    Qwen3VLVideoProcessor.sample_frames (float64 linspace, half-to-even rounding). video_start /
+    video_end (a qwen-vl-utils option the processor does not have) narrow the clip to spec §6.2's
+    window first; the indices stay absolute, so timestamps are seconds from the clip's start."""
+    if total_frames <= 0:
+        raise VideoTooShortError(f"video has no frames (total_frames={total_frames})")
+    if not video_fps or video_fps <= 0 or not math.isfinite(video_fps):
+        raise ValueError(f"video_fps must be a positive number, got {video_fps!r}")
+    start, end, count = frame_window(total_frames, video_fps, video_start, video_end)
+    n = tf_nframes(count, video_fps, fps=fps, nframes=nframes, min_frames=min_frames, max_frames=max_frames)
+    idx = start + np.linspace(0, count - 1, n).round().astype(np.int64)
+    return idx, float(n / count * video_fps)
+
+
+def tf_sample_by_time(frame_times: np.ndarray, *, fps: float | None = 2.0, nframes: int | None = None,
+                      min_frames: int = 4, max_frames: int = 768, video_start: float | None = None,
+                      video_end: float | None = None) -> tuple[np.ndarray, float]:
+    """Variable-frame-rate clips under the transformers rule: the count from `tf_nframes` with the
+    clip's effective rate, each target time on a uniform grid picking the nearest frame (as
+    `sample_by_time` does for the qwen-vl-utils rule)."""
+    t = np.asarray(frame_times, dtype=np.float64)
+    if len(t) < 2:
+        raise VideoTooShortError(f"video has {len(t)} frame(s); a video needs at least 2 frames")
+    lo_t = video_start if video_start is not None else -math.inf
+    hi_t = video_end if video_end is not None else math.inf
+    inside = np.nonzero((t >= lo_t - 1e-9) & (t <= hi_t + 1e-9))[0]
+    if len(inside) < 2:
+        raise VideoTooShortError(f"video_start={video_start} / video_end={video_end} select {len(inside)} frame(s); need at least 2")
+    first, last = int(inside[0]), int(inside[-1])
+    count = last - first + 1
+    window = (t[last] - t[first]) + (t[last] - t[last - 1])
+    eff_fps = count / window if window > 0 else 1.0
+    n = tf_nframes(count, eff_fps, fps=fps, nframes=nframes, min_frames=min_frames, max_frames=max_frames)
+    targets = np.linspace(t[first], t[last], n)
+    seg = t[first:last + 1]
+    pos = np.clip(np.searchsorted(seg, targets, side="left"), 1, len(seg) - 1)
+    pick = np.where(targets - seg[pos - 1] <= seg[pos] - targets, pos - 1, pos)
+    return (pick + first).astype(np.int64), float(n / window if window > 0 else eff_fps)
+
+
+def tf_video_frame_size(height: int, width: int, nframes: int, *, factor: int = 32, temporal_factor: int = 2,
+                        min_pixels: int = 4096, max_pixels: int = 25_165_824) -> tuple[int, int]:
+    """Qwen3VLVideoProcessor's smart_resize: ONE band for the whole clip (t_bar * H * W), t_bar =
+    round(nframes / 2) * 2 (half-even), the scale from the unpadded frame count; sides below `factor`
+    are first scaled up (int()), aspect ratio above 200 is an error."""
+    if nframes < temporal_factor:
+        raise VideoTooShortError(f"{nframes} frame(s): a video needs at least {temporal_factor}")
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    if max(height, width) / min(height, width) > MAX_RATIO:
+        raise AspectRatioError(f"aspect ratio {max(height, width) / min(height, width):.1f} of a {height}x{width} "
+                               f"video is above {MAX_RATIO}; crop or pad it before preprocessing")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    t_bar = round(nframes / temporal_factor) * temporal_factor
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt(nframes * height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (nframes * height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def group_timestamps(frame_seconds, temporal_patch_size: int = 2) -> list[float]:
+    """Seconds written before each temporal group (Qwen3VLProcessor._calculate_timestamps): the frame
+    times padded to a multiple of the temporal patch size by repeating the last, then the mean of
+    each group's first and last time."""
+    t = [float(x) for x in frame_seconds]
+    if not t:
+        return []
+    t += [t[-1]] * (-len(t) % temporal_patch_size)
+    return [(t[i] + t[i + temporal_patch_size - 1]) / 2 for i in range(0, len(t), temporal_patch_size)]

@@ -5,6 +5,7 @@ import pytest
 
 from filters import SPECS, Filter, build_filters, default_config
 from filters.base import build_filters as build_filters_from_base
+from filters.repetition import CHAR_MAX_RATIO
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "filters.md"
 
@@ -60,7 +61,7 @@ def test_values_set_limits_and_switch_rules_off():
     assert by_name["image_min_side"].limit == 28
     assert by_name["image_max_ratio"].limit == 200
     rep = by_name["char_repetition"]
-    assert (rep.n, rep.max_ratio, rep.roles) == (8, 0.5, ("assistant",))  # other params keep defaults
+    assert (rep.n, rep.max_ratio, rep.roles) == (8, CHAR_MAX_RATIO, ("assistant",))  # other params keep defaults
     # box_in_image's default tolerance is 0: a zero limit is a value, not "off"
     assert build_filters({"box_in_image": 0}, defaults=False)[0].tolerance == 0.0
 

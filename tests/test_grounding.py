@@ -20,7 +20,7 @@ from processors.grounding import (
     render_objects,
 )
 from processors.presets import QWEN2_VL, QWEN25_VL
-from processors.smart_resize import smart_resize
+from processors.sizing import smart_resize
 
 S_640 = (428, 640)  # (h, w) of the §12 notebook example
 R_640 = (420, 644)

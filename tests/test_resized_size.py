@@ -16,12 +16,12 @@ from PIL import Image, ImageOps
 
 from filters import FilterContext, build_filters, run_filters
 from media_factory import gradient_rgb, make_image, video_frame
-from pipeline.grounding_boxes import boxes_per_image
 from processors import EncodeOptions, encode_sample, parse_record
 from processors.errors import AspectRatioError, FormatError, ImageTooLargeError, VlprepError
 from processors.grounding import Box, parse_grounding
 from processors.image import image_target_size, process_image
 from processors.patches import normalize_patches, patchify, unpatchify
+from processors.plan import boxes_per_image, plan_image
 from processors.presets import CLIP_MEAN, CLIP_STD, IMAGE_PAD_ID, QWEN25_VL, QWEN_VL, VIDEO_PAD_ID
 from processors.resized_size import requested_size
 from processors.sample import ImagePart, MediaRef, Message, Sample, TextPart
@@ -73,7 +73,7 @@ def test_requested_size_is_transformers_smart_resize_with_the_default_band(hf_sm
         hf_smart_resize(*expected, 28, *HUB)  # what the model's processor does with it next
     except ValueError:  # 41x8200 → 28x8204, ratio 293: refused up front, naming the request
         with pytest.raises(AspectRatioError, match=f"resized_height={rh}, resized_width={rw} give "
-                                                   f"{expected[0]}x{expected[1]}, aspect ratio"):
+                                                   rf"{expected[1]}x{expected[0]} \(WxH\), aspect ratio"):
             requested_size(rh, rw)
         return
     assert requested_size(rh, rw) == expected
@@ -238,7 +238,7 @@ def test_bad_requests_name_the_option_and_value(photo, clip, opts, exc, msg):
 
 
 def test_request_above_the_image_pixel_limit(photo):
-    with pytest.raises(ImageTooLargeError, match=r"resized_height=1000, resized_width=1000 give 1008x1008 = "
+    with pytest.raises(ImageTooLargeError, match=r"resized_height=1000, resized_width=1000 give 1008x1008 \(WxH\) = "
                                                  r"1,016,064 pixels, above the image pixel limit of 1,000,000"):
         process_image(photo, QWEN25_VL, resized_height=1000, resized_width=1000, max_image_pixels=1_000_000)
     assert process_image(photo, QWEN25_VL, resized_height=980, resized_width=980,
@@ -290,10 +290,14 @@ def test_box_rules_read_qwen25_coordinates_on_the_final_size():
     text = '{"bbox_2d": [20, 40, 100, 160], "label": "x"}'
     s = Sample("s", [Message("user", [ImagePart(0), TextPart("?")]), Message("assistant", [TextPart(text)])],
                images=[MediaRef("image", "a.jpg", options={"resized_height": 600, "resized_width": 800})])
-    got = boxes_per_image(s, "qwen2.5-vl", [(480, 640)], QWEN25_VL, None, NARROW[1])
+    narrow = EncodeOptions(max_pixels=NARROW[1])
+    got = boxes_per_image(s, "qwen2.5-vl", [(480, 640)],
+                          lambda i: plan_image(480, 640, s.images[i], QWEN25_VL, narrow).resized_size)
     span = parse_grounding(text, "qwen2.5-vl", original_size=(480, 640), resized_size=(168, 252))
     assert got == [[(o.x1, o.y1, o.x2, o.y2) for o in span[0].objects if isinstance(o, Box)]]
-    assert got != boxes_per_image(s, "qwen2.5-vl", [(480, 640)], QWEN25_VL, None, None)  # 588x812 there
+    wide = boxes_per_image(s, "qwen2.5-vl", [(480, 640)],
+                           lambda i: plan_image(480, 640, s.images[i], QWEN25_VL, EncodeOptions()).resized_size)
+    assert got != wide  # 588x812 there
 
 
 def test_visual_token_rule_counts_the_requested_size():

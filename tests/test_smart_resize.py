@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from processors.errors import AspectRatioError
-from processors.smart_resize import smart_resize
+from processors.sizing import smart_resize
 
 HUB = dict(min_pixels=3136, max_pixels=12_845_056)
 CLS = dict(min_pixels=3136, max_pixels=1_003_520)

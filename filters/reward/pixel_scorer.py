@@ -21,6 +21,8 @@ import numpy as np
 
 from .batching import HostBatch
 
+# signals where a lower value is the better sample (a threshold keeps what is <= it)
+LOWER_IS_BETTER = frozenset({"pixels.blank", "pixels.clipped"})
 COLUMNS = ["pixels.blank", "pixels.luma_std", "pixels.sharpness", "pixels.brightness", "pixels.clipped"]
 _UNIFORM_STD = 2.0      # grey levels: JPEG noise on a flat area stays under this
 _CLIP_LO, _CLIP_HI = 2.0, 253.0

@@ -29,6 +29,7 @@ from .protocol import ScorerError, compute_dtype
 
 _FAMILIES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 _PRESET_OF = {"qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl"}
+_FAMILIES["qwen3_vl"], _PRESET_OF["qwen3_vl"] = "Qwen3VLForConditionalGeneration", "qwen3-vl"
 # Where reward / sequence-classification checkpoints keep a scalar head.
 _HEAD_KEYS = ("score.weight", "v_head.summary.weight", "reward_head.weight")
 # Bound on the float32 [rows, vocab] logits buffer of one lm_head call (1 GiB GPU, 128 MiB CPU).
@@ -105,7 +106,7 @@ class VLMScorer:
     def check_preset(self, preset_name: str) -> str | None:
         """A warning when the shards were prepared for the other family (different positions/grounding)."""
         want = _PRESET_OF.get(self.model_type or "")
-        if want and preset_name != want:
+        if want and preset_name != want and not preset_name.startswith(want + "-"):  # qwen3-vl-tf5 is qwen3-vl
             return (f"shards were prepared with preset {preset_name!r} but {self.model_path} is a {self.model_type} "
                     f"checkpoint (preset {want!r}); video positions and grounding text differ between families")
         return None

@@ -70,7 +70,7 @@ class RecordEvaluator:
             self.ctx = None
             tokenizer = get_tokenizer(cfg.resolve_path(cfg.tokenizer) if cfg.tokenizer else None, preset=preset)
         self.cache = MediaCache(enabled=dedupe_media)
-        self.predictor = Predictor(preset, cfg.encode_options(), cleaning=dict(cfg.cleaning), tokenizer=tokenizer,
+        self.predictor = Predictor(preset, cfg.encode_options(), cleaning=dict(cfg.cleaning or {}), tokenizer=tokenizer,
                                    cache=self.cache)
 
     def __call__(self, item) -> Evaluated:

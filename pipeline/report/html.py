@@ -318,7 +318,7 @@ def tables_scores(stats: dict) -> str:
     sc = stats.get("scores", {})
     out = [table(DIST_HEAD + ["missing"], [row + [sc[row[0]].get("missing")] for row in _dist_rows(sc)])]
     for name, b in sc.items():
-        out.append(f'<div><p class="sub"><b>{html.escape(name)}</b>: keep score ≥ threshold</p>' +
+        out.append(f'<div><p class="sub"><b>{html.escape(name)}</b>: keep score {"≤" if b.get("keep_if") == "<=" else "≥"} threshold{" (lower is better)" if b.get("keep_if") == "<=" else ""}</p>' +
                    table(["decile", "threshold", "kept", "kept share", "kept tokens"],
                          [[f"p{d['decile']}", d["threshold"], d["kept"], _pct_cell(d["kept_share"]), d["kept_tokens"]]
                           for d in b.get("threshold_at_decile", [])]) + "</div>")

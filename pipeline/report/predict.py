@@ -1,10 +1,8 @@
 """What one sample will cost once encoded, predicted from media headers and the tokenizer alone.
 
-The arithmetic is the encoder's own: `processors.image.image_target_size` for images,
-`processors.video_sampling` (spec §6.2–6.5) for videos, `processors.text.clean_sample` +
-`processors.chatml.build_chatml` for the text, and the encoder's option merging (`processors.encode`).
-Only the pixels are skipped, so the predicted token counts equal what `vlprep prepare` writes to the
-manifest.
+The arithmetic is the encoder's own sample plan (`processors.plan`: option merging, sizes, frames,
+tokens, re-grounding, the ChatML arguments) plus `processors.text.clean_sample`. Only the pixels are
+skipped, so the predicted token counts equal what `vlprep prepare` writes to the manifest.
 """
 from __future__ import annotations
 
@@ -12,18 +10,15 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors.chatml import build_chatml
-# the encoder's own option merging (job < record) and box re-rendering, so predictions match it
-from processors.encode import EncodeOptions, _image_kwargs, _regrounded, _video_kwargs
+from processors.encode import EncodeOptions
 from processors.errors import VlprepError
-from processors.image import DEFAULT_MAX_IMAGE_PIXELS, image_target_size
 from processors.media import resolve_media_path
+# the encoder's own sample plan, so predictions match it
+from processors.plan import plan_image, plan_sample, plan_video
 from processors.presets import IGNORE_INDEX, Preset
 from processors.sample import MediaRef, Sample
 from processors.text import clean_sample
 from processors.tokenizer import get_tokenizer
-from processors.video import DEFAULT_FRAME_LIST_FPS, select_frames_from
-from processors.video_sampling import video_frame_size
 
 from ..sizes import media_files
 from .media_probe import ImageFacts, error_code, facts_from_info, image_facts, video_facts
@@ -43,6 +38,8 @@ class Prediction:
     n_supervised_tokens: int | None = None
     image_sizes: list[tuple[int, int]] = field(default_factory=list)
     image_resized: list[tuple[int, int]] = field(default_factory=list)
+    image_plans: list = field(default_factory=list, repr=False)   # processors.plan entries (not packed)
+    video_plans: list = field(default_factory=list, repr=False)
     video_sizes: list[tuple[int, int]] = field(default_factory=list)
     video_resized: list[tuple[int, int]] = field(default_factory=list)
     video_durations: list[float] = field(default_factory=list)
@@ -57,14 +54,6 @@ class Prediction:
     @property
     def ok(self) -> bool:
         return self.error_type is None
-
-
-@dataclass
-class _ImageStandIn:
-    """What the grounding re-formatter reads from an ImageResult: the two sizes."""
-
-    original_size: tuple[int, int]
-    resized_size: tuple[int, int]
 
 
 class MediaCache:
@@ -134,50 +123,31 @@ class Predictor:
 
     def _image(self, ref: MediaRef, media_root, pred: Prediction, f=None) -> None:
         f = f or self.cache.get("image", self._source(ref, media_root))
-        kw = _image_kwargs(ref, self.opts)
-        resized = image_target_size(
-            f.height, f.width, self.preset, min_pixels=kw.get("min_pixels"), max_pixels=kw.get("max_pixels"),
-            resized_height=kw.get("resized_height"), resized_width=kw.get("resized_width"),
-            max_image_pixels=kw.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
-        tokens = self.preset.visual_tokens(self.preset.grid_thw(*resized))
+        plan = plan_image(f.height, f.width, ref, self.preset, self.opts)
+        pred.image_plans.append(plan)
         pred.image_sizes.append((f.height, f.width))
-        pred.image_resized.append(tuple(resized))
-        pred.image_tokens.append(int(tokens))
+        pred.image_resized.append(plan.resized_size)
+        pred.image_tokens.append(plan.tokens)
 
     def _video(self, ref: MediaRef, media_root, pred: Prediction, known=None) -> None:
         p = self.preset
         if not p.supports_video:
             raise VlprepError(f"preset {p.name} has no video support")
-        kw = _video_kwargs(ref, self.opts)
-        budget = dict(factor=p.factor, min_pixels=kw.get("min_pixels"), max_pixels=kw.get("max_pixels"),
-                      total_pixels=kw.get("total_pixels"), video_min_pixels=p.video_min_pixels,
-                      video_max_pixels=p.video_max_pixels, video_total_pixels=p.video_total_pixels,
-                      resized_height=kw.get("resized_height"), resized_width=kw.get("resized_width"))
         if ref.frames is not None:
-            # As processors.video's frame lists: one resize straight to the §6.5 per-frame size for
-            # the list padded to the temporal patch size, from the first frame's header.
+            # the first frame's header; every frame of a frame list is kept
             f = self.cache.get("image", self._source(ref, media_root))
-            n = len(ref.frames)
-            H, W = video_frame_size(f.height, f.width, n + n % p.temporal_patch_size, **budget)
-            rate = kw.get("sample_fps")
-            sample_fps = DEFAULT_FRAME_LIST_FPS if rate is None else float(rate)
-            pred.video_durations.append(n / sample_fps)
-            pred.video_fps.append(sample_fps)
+            plan = plan_video(f, ref, p, self.opts, frame_list=len(ref.frames))
         else:
             f = known or self.cache.get("video", self._source(ref, media_root))
-            idx, sample_fps = select_frames_from(  # the encoder's own choice (by time on variable-rate clips)
-                f.num_frames, f.fps, f.frame_times, preset=p, fps=kw.get("fps"), nframes=kw.get("nframes"),
-                min_frames=kw.get("min_frames"), max_frames=kw.get("max_frames"),
-                video_start=kw.get("video_start"), video_end=kw.get("video_end"))
-            n = len(idx)
-            H, W = video_frame_size(f.height, f.width, n, **budget)
-            pred.video_durations.append(f.duration)
-            pred.video_fps.append(f.fps)
+            plan = plan_video(f, ref, p, self.opts)
+        pred.video_plans.append(plan)
+        pred.video_durations.append(plan.duration)
+        pred.video_fps.append(plan.video_fps)
         pred.video_sizes.append((f.height, f.width))
-        pred.video_resized.append((H, W))
-        pred.video_sample_fps.append(float(sample_fps))
-        pred.video_frames.append(int(n))
-        pred.video_tokens.append(p.visual_tokens(p.grid_thw(H, W, n)))
+        pred.video_resized.append(plan.resized_size)
+        pred.video_sample_fps.append(plan.sample_fps)
+        pred.video_frames.append(len(plan.frame_indices))
+        pred.video_tokens.append(plan.tokens)
 
     # -- one sample ---------------------------------------------------------------------------
     def predict(self, sample: Sample, media_root, *, image_sizes=None, video_infos=None,
@@ -198,19 +168,14 @@ class Predictor:
             pred.media_bytes = sum(f[2] for f in pred.media_files)
         except (VlprepError, OSError) as exc:
             pred.error_type, pred.error = error_code(exc), f"{type(exc).__name__}: {exc}"
+        pred.image_plans, pred.video_plans = [], []  # used; a packed prediction does not carry them
         return pred
 
     def _text(self, sample: Sample, pred: Prediction, clean: bool) -> None:
         if clean and self.cleaning is not None:
             sample = clean_sample(sample, **self.cleaning)
-        if self.opts.grounding_format and sample.images:
-            stand_ins = [_ImageStandIn(s, r) for s, r in zip(pred.image_sizes, pred.image_resized)]
-            sample, _ = _regrounded(sample, self.preset, stand_ins, self.opts.grounding_format)
-        chat = build_chatml(
-            sample, self.preset, self.tokenizer, image_tokens=pred.image_tokens,
-            video_tokens=pred.video_tokens,
-            system_prompt=self.opts.system_prompt if self.opts.system_prompt is not None else self.preset.system_prompt,
-            max_length=None, add_vision_id=self.opts.add_vision_id)
+        plan = plan_sample(sample, self.preset, self.opts, images=pred.image_plans, videos=pred.video_plans)
+        chat = plan.chatml(self.tokenizer, max_length=None)
         n = len(chat.input_ids)
         pred.n_tokens = n
         pred.n_text_tokens = n - sum(pred.image_tokens) - sum(pred.video_tokens)

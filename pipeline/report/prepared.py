@@ -207,13 +207,18 @@ def source_stats(manifest, ledger) -> list[dict]:
 
 
 def score_stats(scores, manifest, series: dict) -> dict:
-    """Per score column: its distribution and what a `>= decile` threshold would keep.
+    """Per score column: its distribution and what a decile threshold would keep (`>=` it, or `<=` it
+    for the lower-is-better signals of filters.reward.pixel_scorer.LOWER_IS_BETTER).
 
-    Kept counts and tokens are over the samples that have a score (NaN = not scored, counted apart).
+    Only the samples of this manifest count (a selection's manifest is a subset of what was scored);
+    the others are counted in `not_in_manifest`, NaN scores (not applicable) in `missing`.
     """
+    from filters.reward.pixel_scorer import LOWER_IS_BETTER
+
     tok_by_id = dict(zip(strings(manifest, "id"), column(manifest, "n_tokens", np.zeros(manifest.num_rows))))
     ids = strings(scores, "id")
     tokens = np.asarray([tok_by_id.get(i, np.nan) for i in ids], dtype=np.float64)
+    listed = np.asarray([i in tok_by_id for i in ids], dtype=bool)
     out = {}
     for name in scores.column_names:
         if name == "id":
@@ -221,15 +226,17 @@ def score_stats(scores, manifest, series: dict) -> dict:
         v = column(scores, name)
         if v is None:
             continue
-        ok = np.isfinite(v)
+        ok = np.isfinite(v) & listed
         series[f"scores.{name}"] = v[ok]
         block = summarize(v[ok])
-        block["missing"] = int((~ok).sum())
-        block["not_in_manifest"] = int(np.isnan(tokens[ok]).sum())
+        block["missing"] = int((~np.isfinite(v) & listed).sum())
+        block["not_in_manifest"] = int((~listed).sum())
+        lower = name in LOWER_IS_BETTER
+        block["keep_if"] = "<=" if lower else ">="
         thresholds = []
         if ok.any():
             for q, t in zip(DECILES, np.percentile(v[ok], DECILES)):
-                keep = ok & (v >= t)
+                keep = ok & ((v <= t) if lower else (v >= t))
                 thresholds.append({"decile": q, "threshold": float(t), "kept": int(keep.sum()),
                                    "kept_share": share(int(keep.sum()), int(ok.sum())),
                                    "kept_tokens": int(np.nansum(tokens[keep]))})

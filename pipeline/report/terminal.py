@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .html import fmt as _fmt
@@ -10,9 +11,10 @@ DIST_COLS = ("count", "mean", "p50", "p90", "p99", "max")
 
 
 def fmt(v) -> str:
+    """A value as rich markup-safe text (metric names, paths and ids may hold `[...]`)."""
     import html
 
-    return html.unescape(_fmt(v))
+    return escape(html.unescape(_fmt(v)))
 
 
 def _dist_table(title: str, blocks: dict) -> Table | None:
@@ -24,17 +26,17 @@ def _dist_table(title: str, blocks: dict) -> Table | None:
     for c in DIST_COLS:
         t.add_column(c, justify="right")
     for k, b in rows:
-        t.add_row(k, *(fmt(b.get(c)) for c in DIST_COLS))
+        t.add_row(escape(k), *(fmt(b.get(c)) for c in DIST_COLS))
     return t
 
 
 def print_report(stats: dict, console: Console | None = None) -> None:
     c = console or Console()
     kind = stats.get("kind")
-    c.rule(f"vlprep stats · {'pre-flight' if kind == 'preflight' else 'prepared'} · {stats.get('path', '')}")
+    c.rule(escape(f"vlprep stats · {'pre-flight' if kind == 'preflight' else 'prepared'} · {stats.get('path', '')}"))
     h = Table(show_header=False, title="headline", title_justify="left")
     for k, v in stats.get("headline", {}).items():
-        h.add_row(k.replace("_", " "), fmt(v))
+        h.add_row(escape(k.replace("_", " ")), fmt(v))
     c.print(h)
     acc = stats.get("accounting", {})
     if acc and not acc.get("balanced", True):
@@ -46,8 +48,8 @@ def print_report(stats: dict, console: Console | None = None) -> None:
             t.add_column(col, justify="right" if col in ("count", "share") else "left")
         for r in acc["by_rule"][:15]:
             style = "red" if r["status"] == "error" else "yellow"
-            t.add_row(f"[{style}]{r['status']}[/]", r["stage"], r["rule"] or "", fmt(r["count"]),
-                      f"{r['share']:.1%}", ", ".join(e["id"] for e in r["examples"][:3]))
+            t.add_row(f"[{style}]{escape(r['status'])}[/]", escape(r["stage"] or ""), escape(r["rule"] or ""),
+                      fmt(r["count"]), f"{r['share']:.1%}", escape(", ".join(e["id"] for e in r["examples"][:3])))
         c.print(t)
     for title, blocks in (("tokens per sample", stats.get("tokens", {})),):
         t = _dist_table(title, blocks)
@@ -72,10 +74,13 @@ def print_report(stats: dict, console: Console | None = None) -> None:
         for col in ("source", "inputs", "kept", "dropped", "error", "tokens"):
             t.add_column(col, justify="left" if col == "source" else "right")
         for r in stats["sources"]:
-            t.add_row(r["source"], *(fmt(r.get(k)) for k in ("inputs", "kept", "dropped", "error", "total_tokens")))
+            t.add_row(escape(r["source"]), *(fmt(r.get(k)) for k in ("inputs", "kept", "dropped", "error", "total_tokens")))
         c.print(t)
     for name, sc in stats.get("scores", {}).items():
-        t = Table(title=f"score {name}: keep if ≥ decile", title_justify="left")
+        lower = sc.get("keep_if") == "<="
+        c.print(escape(f"score {name}: keep if {'≤' if lower else '≥'} decile" + (" (lower is better)" if lower else "")),
+                style="italic", soft_wrap=True)
+        t = Table()
         for col in ("decile", "threshold", "kept", "share", "tokens"):
             t.add_column(col, justify="right")
         for d in sc["threshold_at_decile"]:
@@ -88,13 +93,13 @@ def print_report(stats: dict, console: Console | None = None) -> None:
         if tm.get("startup_seconds") is not None:
             where += f", {tm['startup_seconds']:.1f} s of it starting up"
         c.print(f"{fmt(tm['records'])} records in {tm['seconds']:.2f} s ({fmt(tm.get('records_per_s'))} records/s"
-                f"{where})")
+                f"{escape(where)})")
 
 
 def print_compare(cmp: dict, console: Console | None = None, *, only_changed: bool = True) -> None:
     c = console or Console()
     a, b = cmp["names"]
-    t = Table(title=f"A = {a}\nB = {b}", title_justify="left")
+    t = Table(title=escape(f"A = {a}\nB = {b}"), title_justify="left")
     for col in ("metric", "A", "B", "B − A", "change"):
         t.add_column(col, justify="left" if col == "metric" else "right")
     for r in cmp["rows"]:
@@ -104,7 +109,7 @@ def print_compare(cmp: dict, console: Console | None = None, *, only_changed: bo
         worse = r["metric"].startswith(("dropped.", "error.")) or r["metric"].endswith((".dropped", ".error"))
         style = "" if not d else ("green" if (d > 0) != worse else "red")
         rel = f"{r['rel_change']:+.1%}" if r["rel_change"] is not None else ""
-        t.add_row(r["metric"], fmt(r["a"]), fmt(r["b"]), f"[{style}]{fmt(d)}[/]" if style else fmt(d),
+        t.add_row(escape(r["metric"]), fmt(r["a"]), fmt(r["b"]), f"[{style}]{fmt(d)}[/]" if style else fmt(d),
                   f"[{style}]{rel}[/]" if style else rel)
     c.print(t)
     c.print(f"{cmp['changed']} of {len(cmp['rows'])} metrics differ")

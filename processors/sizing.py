@@ -21,10 +21,10 @@ def smart_resize(
 ) -> tuple[int, int]:
     """Return (H, W), both multiples of `factor`, with H*W inside [min_pixels, max_pixels] where possible."""
     if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got {height}x{width}")
+        raise ValueError(f"image size must be positive, got {width}x{height} (WxH)")
     if max(height, width) / min(height, width) > MAX_RATIO:
         raise AspectRatioError(
-            f"aspect ratio {max(height, width) / min(height, width):.1f} of a {height}x{width} image is "
+            f"aspect ratio {max(height, width) / min(height, width):.1f} of a {width}x{height} (WxH) image is "
             f"above {MAX_RATIO}; crop or pad it before preprocessing"
         )
     h_bar = round(height / factor) * factor

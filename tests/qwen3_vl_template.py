@@ -1,0 +1,46 @@
+"""The Qwen3-VL-Instruct chat template (chat_template.json of the released checkpoints), restated
+without its tool-calling branches and with the whitespace control folded into one line.
+
+What differs from Qwen2/2.5-VL's (test_chatml.QWEN2_VL_TEMPLATE): no default system turn — a system
+message is rendered only when it is the first message; assistant content renders its text items only.
+Vision items and `add_vision_id` ("Picture k: " / "Video k: ") are as before.
+"""
+QWEN3_VL_TEMPLATE = (
+    "{%- if messages[0].role == 'system' -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if messages[0].content is string -%}{{- messages[0].content -}}"
+    "{%- else -%}{%- for content in messages[0].content -%}{%- if 'text' in content -%}{{- content.text -}}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- set image_count = namespace(value=0) -%}"
+    "{%- set video_count = namespace(value=0) -%}"
+    "{%- for message in messages -%}"
+    "{%- if message.role == 'user' -%}"
+    "{{- '<|im_start|>' + message.role + '\\n' -}}"
+    "{%- if message.content is string -%}{{- message.content -}}"
+    "{%- else -%}"
+    "{%- for content in message.content -%}"
+    "{%- if content.type == 'image' or 'image' in content or 'image_url' in content -%}"
+    "{%- set image_count.value = image_count.value + 1 -%}"
+    "{%- if add_vision_id -%}{{- 'Picture ' ~ image_count.value ~ ': ' -}}{%- endif -%}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif content.type == 'video' or 'video' in content -%}"
+    "{%- set video_count.value = video_count.value + 1 -%}"
+    "{%- if add_vision_id -%}{{- 'Video ' ~ video_count.value ~ ': ' -}}{%- endif -%}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif 'text' in content -%}{{- content.text -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- elif message.role == 'assistant' -%}"
+    "{{- '<|im_start|>' + message.role + '\\n' -}}"
+    "{%- if message.content is string -%}{{- message.content -}}"
+    "{%- else -%}{%- for item in message.content -%}{%- if 'text' in item -%}{{- item.text -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
