@@ -19,7 +19,7 @@ from pipeline.storage import CODECS, DESCRIPTOR, StorageError
 from pipeline.writer import ShardWriter
 from processors.encode import encode_sample
 from processors.patches import patchify, stored_frames
-from processors.presets import QWEN2_VL, QWEN25_VL, QWEN_VL, Preset
+from processors.presets import QWEN2_VL, QWEN3_VL, QWEN25_VL, QWEN_VL, Preset
 from processors.sample import EncodedSample, ImagePart, MediaRef, Message, Sample, TextPart, VideoPart
 
 P16 = Preset(name="test-p16", patch_size=16)   # a Qwen3-VL-like geometry: nothing may assume 14 / 1176
@@ -67,7 +67,7 @@ def _encoded(media: Path, preset) -> list[tuple[str, EncodedSample]]:
     return out
 
 
-@pytest.mark.parametrize("preset", [QWEN25_VL, QWEN2_VL, QWEN_VL, P16], ids=lambda p: p.name)
+@pytest.mark.parametrize("preset", [QWEN25_VL, QWEN2_VL, QWEN_VL, QWEN3_VL, P16], ids=lambda p: p.name)
 def test_rebuilt_pixel_values_equal_the_encoders_for_every_preset(tmp_path, media, preset):
     items = _encoded(media, preset)
     _write(tmp_path, items, "png", preset)
@@ -80,7 +80,7 @@ def test_rebuilt_pixel_values_equal_the_encoders_for_every_preset(tmp_path, medi
         for name in EncodedSample.ARRAY_FIELDS:
             assert np.array_equal(got[key][name], getattr(e, name)), (key, name)
         assert np.array_equal(loader.get(key)["pixel_values"], e.pixel_values)
-    if preset is P16:
+    if preset in (P16, QWEN3_VL):
         assert items[0][1].pixel_values.shape[1] == 3 * 2 * 16 * 16
 
 
@@ -148,7 +148,7 @@ def test_format_1_shards_still_load(tmp_path, media):
     assert np.array_equal(loader.get("video")["pixel_values"], items[3][1].pixel_values)
 
 
-@pytest.mark.parametrize("preset", [QWEN25_VL, QWEN_VL, P16], ids=lambda p: p.name)
+@pytest.mark.parametrize("preset", [QWEN25_VL, QWEN_VL, QWEN3_VL, P16], ids=lambda p: p.name)
 def test_frames_mode_rebuilt_by_to_model_inputs_matches_rows_mode(tmp_path, media, preset):
     """pixels="frames" sends only the stored frames; to_model_inputs patchifies them with torch on the
     device: every tensor equal to the host-rebuilt rows' (and a batch mixing both modes too)."""
