@@ -21,7 +21,6 @@ from .storage import DEFAULT_CODEC, encode_frame
 from .writer import member_bytes
 
 NPY_HEADER = 128          # np.save's header for the small arrays a shard holds (version 1.0, padded to 64)
-ARCHIVE_TAIL = 10240      # tarfile's end-of-archive blocks, padded to its 20-block record (per shard)
 # Fallback compressed/raw ratios when the calibration has no item of a kind (bench/storage.py, photos).
 DEFAULT_RATIOS = {"zstd-delta": 0.45, "webp": 0.42, "png": 0.52, "zstd": 0.95, "npy": 1.0}
 
