@@ -34,12 +34,15 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-tokens", type=positive_int, default=16384, help="padded tokens per batch (default 16384)")
     p.add_argument("--max-padding", type=float, default=0.10, help="padding cap per batch (default 0.10)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="compute dtype (auto: bf16 on GPUs with native bf16, fp16 on older GPUs, fp32 on CPU)")
     p.add_argument("--pack", choices=("auto", "on", "off"), default="auto",
                    help="vlm: packed variable-length rows (auto: when FlashAttention-2 is installed)")
     p.add_argument("--executor", choices=("auto", "local", "ray"), default="auto",
                    help="auto: Ray when --address is given or more than one GPU is visible, else in-process")
     p.add_argument("--address", help="Ray cluster address (e.g. auto, ray://host:10001)")
-    p.add_argument("--num-gpus", type=float, default=1.0, help="GPUs per Ray actor; fractions share a GPU")
+    p.add_argument("--num-gpus", type=float, default=1.0,
+                   help="one Ray actor's share of a GPU, in (0, 1]: 0.5 = two actors per GPU (default 1)")
     p.add_argument("--workers", type=positive_int, help="Ray CPU actors when the cluster has no GPU (default 1)")
     p.add_argument("--text-model", help="sentence-transformers folder for the text scorer (default: bundled)")
     p.add_argument("--no-visual-gain", dest="visual_gain", action="store_false",
@@ -108,7 +111,7 @@ def _use_ray(args) -> bool:
 
 def run(args) -> int:
     from filters.reward.protocol import ScorerError
-    from filters.reward.stage import ScoreConfig, pending, run_local, run_ray
+    from filters.reward.stage import ScoreConfig, check_num_gpus, pending, run_local, run_ray
     from pipeline.loader import ShardLoader  # filters never import pipeline: the job hands the reader in
 
     out = Path(args.out_dir)
@@ -117,8 +120,9 @@ def run(args) -> int:
     try:
         units, preset = units_from_manifest(out)
         cfg = ScoreConfig(str(out), tuple(scorers), model=args.model, preset=preset, batch_tokens=args.batch_tokens,
-                          max_padding=args.max_padding, device=args.device, pack=args.pack,
+                          max_padding=args.max_padding, device=args.device, dtype=args.dtype, pack=args.pack,
                           text_model=args.text_model, overwrite=args.overwrite, visual_gain=args.visual_gain)
+        check_num_gpus(args.num_gpus)
     except (ScorerError, FileNotFoundError, ValueError) as exc:
         print(f"vlprep score: {exc}", file=sys.stderr)
         return 2

@@ -41,15 +41,42 @@ def resolve_device(device: str | None = "auto"):
     name = (device or "auto").lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    dev = parse_device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ScorerError(f"device {device!r} requested but torch sees no CUDA GPU (torch {torch.__version__}); "
                           "use --device cpu or install a CUDA build of torch")
     return dev
 
 
-def compute_dtype(device):
-    """bf16 on GPU (the released checkpoints' dtype), float32 on CPU (bf16 matmuls are slow there)."""
+def parse_device(device: str):
+    """torch.device of a --device value ('auto' is not a device: resolve_device handles it)."""
     import torch
 
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ScorerError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+
+
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+
+
+def compute_dtype(device, requested: str = "auto"):
+    """The scorers' compute dtype on `device`.
+
+    auto: bf16 (the released checkpoints' dtype) on a GPU that runs bf16 natively (compute capability
+    >= 8: A100, H100, L4, RTX 30xx+), fp16 on older GPUs (V100, T4: torch emulates bf16 there, slowly),
+    float32 on CPU (bf16 matmuls are slow there). An explicit bf16 on a GPU without native bf16 is refused.
+    """
+    import torch
+
+    if requested not in DTYPES:
+        raise ScorerError(f"--dtype {requested!r}: choose from {list(DTYPES)}")
+    cuda = device.type == "cuda"
+    native_bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    if requested == "auto":
+        return (torch.bfloat16 if native_bf16 else torch.float16) if cuda else torch.float32
+    if requested == "bf16" and cuda and not native_bf16:
+        raise ScorerError(f"--dtype bf16: {torch.cuda.get_device_name(device)} has no native bf16; "
+                          "use --dtype fp16 (or auto)")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[requested]

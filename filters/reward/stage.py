@@ -7,8 +7,10 @@ added later) is scored by the missing scorers only, and the columns are merged.
 
 Executors (the stage says what it needs; the runner decides placement):
   local  the worker in this process (CPU, a single GPU, tests)
-  ray    one Ray actor per `num_gpus` share of every GPU in the cluster (fractional shares put several
-         actors on one GPU), or `workers` CPU actors when the cluster has no GPU
+  ray    on a cluster with GPUs, floor(1 / num_gpus) actors on every whole GPU (a fractional actor
+         lives on one GPU; `num_gpus` is in (0, 1], see `gpu_actor_plan`), each capped to its share of
+         that GPU's memory; `workers` CPU actors when the cluster has no GPU. An actor that fails to
+         start (no GPU, wrong checkpoint, out of memory at load) ends the run with one ScorerError line.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import pyarrow.parquet as pq
 from processors.presets import get_preset
 
 from .batching import HostBatch, plan_batches, plan_packs
-from .protocol import ScorerError, compute_dtype, resolve_device
+from .protocol import DTYPES, ScorerError, compute_dtype, parse_device, resolve_device
 
 SCORER_NAMES = ("text", "pixels", "vlm")
 DEFAULT_SCORERS = ("text", "pixels")
@@ -40,6 +42,7 @@ class ScoreConfig:
     batch_tokens: int = 16384
     max_padding: float = 0.10
     device: str = "auto"
+    dtype: str = "auto"            # auto | bf16 | fp16 | fp32 (protocol.compute_dtype)
     pack: str = "auto"             # vlm only: auto = packed rows when FlashAttention-2 is in use
     text_model: str | None = None  # sentence model folder; None = the bundled all-MiniLM-L6-v2
     overwrite: bool = False
@@ -54,6 +57,12 @@ class ScoreConfig:
             raise ScorerError("the vlm scorer needs --model PATH (a local Qwen2-VL / Qwen2.5-VL checkpoint folder)")
         if self.batch_tokens <= 0:
             raise ScorerError(f"--batch-tokens must be positive, got {self.batch_tokens}")
+        if not 0 <= self.max_padding < 1:
+            raise ScorerError(f"--max-padding is a share of a batch's tokens in [0, 1), got {self.max_padding}")
+        if self.dtype not in DTYPES:
+            raise ScorerError(f"--dtype {self.dtype!r}: choose from {list(DTYPES)}")
+        if self.device.lower() != "auto":
+            parse_device(self.device)
 
 
 @dataclass
@@ -90,7 +99,7 @@ def make_scorer(name: str, cfg: ScoreConfig):
         return PixelScorer()
     from .vlm_scorer import VLMScorer
 
-    return VLMScorer(cfg.model, pack=cfg.pack, visual_gain=cfg.visual_gain)
+    return VLMScorer(cfg.model, pack=cfg.pack, visual_gain=cfg.visual_gain, dtype=cfg.dtype)
 
 
 def existing_columns(path: Path, expected: int | None) -> set[str]:
@@ -137,12 +146,18 @@ def _write_atomic(table: pa.Table, final: Path) -> None:
 class ScoreWorker:
     """Scorers loaded on one device; `run_unit` scores one shard. Also the body of a Ray actor."""
 
-    def __init__(self, cfg: ScoreConfig, loader_factory: Callable[[str], object]):
+    def __init__(self, cfg: ScoreConfig, loader_factory: Callable[[str], object], gpu_share: float | None = None):
         self.cfg = cfg
         self.loader = loader_factory(cfg.out_dir)
         self.preset = get_preset(cfg.preset)
         self.device = resolve_device(cfg.device)
-        self.dtype = compute_dtype(self.device)
+        self.dtype = compute_dtype(self.device, cfg.dtype)
+        # Actors sharing a GPU: each may allocate only its share, so one cannot starve (OOM) the others.
+        self.memory_fraction = gpu_share if self.device.type == "cuda" and gpu_share and gpu_share < 1 else None
+        if self.memory_fraction is not None:
+            import torch
+
+            torch.cuda.set_per_process_memory_fraction(self.memory_fraction, self.device)
         self.scorers = {name: make_scorer(name, cfg) for name in cfg.scorers}
         for s in self.scorers.values():
             s.setup(self.device)
@@ -152,7 +167,8 @@ class ScoreWorker:
 
     def describe(self) -> dict:
         return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""), "pack": self.pack,
-                "columns": [c for s in self.scorers.values() for c in s.columns()], "warnings": self.warnings}
+                "columns": [c for s in self.scorers.values() for c in s.columns()], "warnings": self.warnings,
+                "memory_fraction": self.memory_fraction}
 
     def run_unit(self, unit: Unit, progress: Callable[[int, int], None] | None = None) -> UnitResult:
         t0 = time.perf_counter()
@@ -229,40 +245,141 @@ def run_local(cfg: ScoreConfig, units: list[Unit], loader_factory, progress=None
     return _report(units, results, [worker.describe()], time.perf_counter() - t0)
 
 
+def check_num_gpus(num_gpus: float) -> None:
+    """--num-gpus is one actor's share of one GPU: (0, 1]. An actor scores on one device (the whole
+    model on its cuda:0), so a share above 1 would reserve GPUs it never uses; 1.5 cannot be placed."""
+    if not 0 < num_gpus <= 1:
+        raise ScorerError(f"--num-gpus {num_gpus:g}: each Ray actor scores on one GPU, so give its share of a GPU "
+                          "in (0, 1] (1 = an actor per GPU, 0.5 = two actors per GPU); a model that needs several "
+                          "GPUs is not supported by `vlprep score`")
+
+
+def gpu_actor_plan(nodes: list[dict], num_gpus: float) -> tuple[int, float]:
+    """(actors, CPUs per actor) for GPU actors of share `num_gpus` on alive nodes' resource dicts.
+
+    Ray places a fractional GPU request on one GPU: 2 GPUs x 0.4 is 2 actors per GPU = 4, not
+    int(2 / 0.4) = 5 (the fifth would wait for ever). CPUs per actor are at most 1, less where a
+    node has more actors than CPUs, so that CPUs never keep a GPU actor from being placed.
+    """
+    check_num_gpus(num_gpus)
+    per_gpu = int(1 / num_gpus + 1e-9)
+    actors, cpus = 0, 1.0
+    for res in nodes:
+        fit = int(float(res.get("GPU", 0.0)) + 1e-9) * per_gpu
+        if fit:
+            actors += fit
+            cpus = min(cpus, float(res.get("CPU", 0.0)) / fit)
+    return actors, int(cpus * 10_000) / 10_000  # Ray's resource granularity
+
+
+class _ScoreActor:
+    """The Ray actor body: a ScoreWorker whose start-up error is kept and reported by `describe`
+    (as one line) instead of killing the actor with a traceback."""
+
+    def __init__(self, cfg: ScoreConfig, loader_factory, gpu_share: float | None):
+        self.worker, self.error = None, None
+        try:
+            self.worker = ScoreWorker(cfg, loader_factory, gpu_share)
+        except Exception as exc:  # noqa: BLE001 - every start-up failure reaches the driver as one line
+            self.error = _one_line(exc)
+
+    def describe(self) -> dict:
+        import ray
+
+        where = {"node": ray.get_runtime_context().get_node_id()[:8], "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+        if self.error is not None:
+            return {"error": self.error, **where}
+        return {**self.worker.describe(), **where}
+
+    def run_unit(self, unit: Unit) -> UnitResult:
+        return self.worker.run_unit(unit)
+
+
 def run_ray(cfg: ScoreConfig, units: list[Unit], loader_factory, *, address: str | None = None,
             num_gpus: float = 1.0, workers: int | None = None, progress=None) -> StageReport:
-    """Score on a Ray cluster: as many actors as `num_gpus` shares fit on its GPUs, else CPU actors."""
+    """Score on a Ray cluster: floor(1 / num_gpus) actors per GPU (`gpu_actor_plan`), else CPU actors."""
     import ray
     from ray.util import ActorPool
 
     t0 = time.perf_counter()
+    check_num_gpus(num_gpus)
+    if workers is not None and workers < 1:
+        raise ScorerError(f"--workers {workers}: give at least 1 CPU actor")
     todo = pending(cfg, units)
     if not todo:
         return StageReport(len(units), len(units), 0, 0, 0, 0.0, [])
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=True,
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=True,
                  **({} if address else {"num_cpus": os.cpu_count()}))
-    gpus = float(ray.cluster_resources().get("GPU", 0.0))
-    if gpus > 0 and cfg.device != "cpu":
-        if not 0 < num_gpus <= max(1.0, gpus):
-            raise ScorerError(f"--num-gpus {num_gpus} must be in (0, 1] per actor (cluster has {gpus:g} GPUs)")
-        n = max(1, int(gpus / num_gpus + 1e-9))
-        opts = {"num_gpus": num_gpus, "num_cpus": 1}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    gpus = sum(float(r.get("GPU", 0.0)) for r in nodes)
+    device = cfg.device.lower()
+    if gpus > 0 and device != "cpu":
+        if device not in ("auto", "cuda"):
+            raise ScorerError(f"--device {cfg.device}: a Ray GPU actor sees only its own GPU (as cuda); "
+                              "use --device auto or cuda and choose GPUs with CUDA_VISIBLE_DEVICES / the cluster")
+        n, cpus = gpu_actor_plan(nodes, num_gpus)
+        if n == 0:
+            raise ScorerError(f"the Ray cluster has {gpus:g} GPUs but no node with a whole GPU to share "
+                              f"out in --num-gpus {num_gpus:g} parts")
+        opts, share = {"num_gpus": num_gpus, "num_cpus": cpus}, num_gpus
     else:
-        n = workers or 1
-        opts = {"num_cpus": 1}
+        if device.startswith("cuda"):
+            raise ScorerError(f"--device {cfg.device} but the Ray cluster ({address or 'local'}) has no GPU; "
+                              "use --device auto or cpu, or a cluster with GPUs")
+        n, opts, share = workers or 1, {"num_cpus": 1}, None
     n = min(n, len(todo))
-    actor_cls = ray.remote(**opts)(ScoreWorker)
-    actors = [actor_cls.remote(cfg, loader_factory) for _ in range(n)]
-    described = ray.get([a.describe.remote() for a in actors])
-    results = []
-    for res in ActorPool(actors).map_unordered(lambda a, u: a.run_unit.remote(u), todo):
-        results.append(res)
-        if progress is not None:
-            progress(res.samples, res.tokens)
-    for a in actors:
-        ray.kill(a)
+    actor_cls = ray.remote(**opts)(_ScoreActor)
+    actors = [actor_cls.remote(cfg, loader_factory, share) for _ in range(n)]
+    try:
+        described = _ray_call(ray, [a.describe.remote() for a in actors], "starting a score actor")
+        failed = [d for d in described if "error" in d]
+        if failed:
+            d = failed[0]
+            raise ScorerError(f"{len(failed)} of {n} score actors failed to start (node {d['node']}, "
+                              f"GPU {','.join(d['gpu_ids']) or 'none'}): {d['error']}")
+        results = []
+        pool = ActorPool(actors)
+        try:
+            for res in pool.map_unordered(lambda a, u: a.run_unit.remote(u), todo):
+                results.append(res)
+                if progress is not None:
+                    progress(res.samples, res.tokens)
+        except ray.exceptions.RayError as exc:
+            raise ScorerError(f"a score actor failed: {_ray_error_line(exc)}") from None
+    finally:
+        for a in actors:
+            ray.kill(a)
     return _report(units, results, described, time.perf_counter() - t0)
+
+
+def _ray_call(ray, refs, what: str):
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayError as exc:
+        raise ScorerError(f"{what}: {_ray_error_line(exc)}") from None
+
+
+def _ray_error_line(exc) -> str:
+    """One line for a Ray error: the task's own exception when there is one, else the actor's death."""
+    import ray
+
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, BaseException):
+        return _one_line(cause)
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return (f"{type(exc).__name__}: the actor process died ({_one_line(exc)}); "
+                "its log is under /tmp/ray/session_latest/logs")
+    return _one_line(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    """`Type: first line of the message` (a ScorerError's message alone: it already says what to do)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    if isinstance(exc, ScorerError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _report(units, results: list[UnitResult], workers: list[dict], seconds: float) -> StageReport:

@@ -17,6 +17,7 @@ Only the supervised positions go through lm_head, so logits never materialise as
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import warnings
 
@@ -27,13 +28,15 @@ from processors.presets import IGNORE_INDEX
 from .batching import HostBatch, has_vision
 from .protocol import ScorerError, compute_dtype
 
+# The one place a checkpoint's model_type picks its transformers class (and the preset its shards need).
 _FAMILIES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 _PRESET_OF = {"qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2.5-vl"}
 _FAMILIES["qwen3_vl"], _PRESET_OF["qwen3_vl"] = "Qwen3VLForConditionalGeneration", "qwen3-vl"
 # Where reward / sequence-classification checkpoints keep a scalar head.
 _HEAD_KEYS = ("score.weight", "v_head.summary.weight", "reward_head.weight")
-# Bound on the float32 [rows, vocab] logits buffer of one lm_head call (1 GiB GPU, 128 MiB CPU).
-_LOGIT_ELEMS = {"cuda": 2**28, "cpu": 2**25}
+# Bound on the one float32 [rows, vocab] logits block a GPU chunk of rows holds (the log-sum-exp runs
+# in place on it, so this is the chunk's peak, not half of it): 1 GiB = 1 766 rows of 151 936 words.
+_LOGIT_BYTES = 2**30
 # On CPU the vocabulary is walked in slices whose [rows, slice] logits stay in cache (see token_logprobs).
 _CPU_ROWS, _CPU_VOCAB_SLICE = 256, 4096
 
@@ -62,7 +65,7 @@ class VLMScorer:
     name = "vlm"
 
     def __init__(self, model_path: str, *, pack: str = "auto", attn_implementation: str | None = None,
-                 visual_gain: bool = True):
+                 visual_gain: bool = True, dtype: str = "auto"):
         if not os.path.isdir(model_path) or not os.path.exists(os.path.join(model_path, "config.json")):
             raise ScorerError(f"--model {model_path!r} is not a local checkpoint folder with a config.json; "
                               "vlprep loads models by path only (no hub access)")
@@ -73,6 +76,7 @@ class VLMScorer:
         # the text-only pass doubles the cost; without it only vlm.mean_logprob [+ reward] is written
         self.visual_gain = visual_gain
         self.attn_implementation = attn_implementation
+        self.dtype_mode = dtype
         self.model = None
         self.head = None
         self.model_type = None
@@ -88,11 +92,22 @@ class VLMScorer:
                               f"checkpoint (expected one of {sorted(_FAMILIES)})")
         self.model_type = cfg.model_type
         cls = getattr(transformers, _FAMILIES[cfg.model_type])
-        attn = self.attn_implementation or _best_attention(device)
-        self.dtype = compute_dtype(device)
-        self.model = cls.from_pretrained(self.model_path, dtype=self.dtype, attn_implementation=attn)
-        self.model.to(device).eval()
+        self.dtype = compute_dtype(device, self.dtype_mode)
+        attn = self.attn_implementation or _best_attention(device, self.dtype)
+        # On a GPU with `accelerate` installed (the `gpu` extra) the weights go straight to the device;
+        # otherwise they are read into host RAM and moved (transformers needs accelerate for device_map).
+        direct = device.type != "cpu" and importlib.util.find_spec("accelerate") is not None
+        try:
+            self.model = cls.from_pretrained(self.model_path, dtype=self.dtype, attn_implementation=attn,
+                                             **({"device_map": device} if direct else {}))
+            self.model.to(device).eval()
+        except Exception as exc:  # noqa: BLE001 - unreadable weights, OOM at load, ...: one line, not a traceback
+            oom = "out of memory" in str(exc).lower()
+            raise ScorerError(f"{self.model_path}: loading the checkpoint on {device} failed: {type(exc).__name__}: "
+                              f"{_first_line(exc)}" + ("; give each actor a larger --num-gpus share or use a GPU "
+                                                       "with more memory" if oom else "")) from exc
         self.device = device
+        self.loaded_direct = direct
         head = _load_reward_head(self.model_path)
         if head is not None:
             w, b = head
@@ -183,34 +198,97 @@ class VLMScorer:
 def token_logprobs(h, target, lm_head):
     """log p(target | h) for each row: lm_head logits minus their log-sum-exp, in float32.
 
-    GPU: one [rows, vocab] logits block per chunk of rows (`_LOGIT_ELEMS`), `torch.logsumexp`.
+    The logits are float32 products of the (bf16/fp16) hidden states and weights, never rounded to
+    the compute dtype first: a bf16 logit of 30 is off by up to 0.06-0.1 nats, noise in visual_gain.
+    GPU: one float32 [rows, vocab] block per chunk of rows, at most `_LOGIT_BYTES`; the log-sum-exp
+    runs in place on it, so that block is the chunk's peak (`_logprob_blocks`). Half-precision
+    weights need torch's `mm(..., out_dtype=float32)` (CUDA, torch >= 2.8); without it the vocabulary
+    is walked in slices as on CPU, each slice upcast on its own.
     CPU: with a small hidden size the [rows, 151 936] product is bound by memory traffic, not
     arithmetic, so the vocabulary is walked in slices of `_CPU_VOCAB_SLICE` words with an online
     log-sum-exp (running max and rescaled sum): every slice's logits stay in cache. Same value up
     to float32 rounding (≈ 1e-6, tested); 2.5× faster on the bench's lm_head + log-sum-exp.
     """
+    weight, bias = lm_head.weight, lm_head.bias
+    if h.device.type != "cpu" and (weight.dtype == h.dtype and (h.dtype == _f32() or _mm_out_f32(h.device))):
+        return _logprob_blocks(h, target, weight, bias, block_rows(weight.shape[0], _LOGIT_BYTES))
+    return _logprob_slices(h, target, weight, bias, _CPU_ROWS, _CPU_VOCAB_SLICE)
+
+
+def block_rows(vocab: int, block_bytes: int) -> int:
+    """Rows per chunk so that one float32 [rows, vocab] logits block fits in `block_bytes`."""
+    return max(1, block_bytes // (4 * vocab))
+
+
+def _f32():
+    import torch
+
+    return torch.float32
+
+
+def _f32_logits(hh, weight, bias):
+    """float32 [rows, n] = hh @ weight.T (+ bias), products summed and kept in float32."""
     import torch
     import torch.nn.functional as F
 
-    weight, bias = lm_head.weight, lm_head.bias
+    if hh.dtype == weight.dtype == torch.float32:
+        out = F.linear(hh, weight)
+    elif hh.device.type == "cuda" and hh.dtype == weight.dtype and _mm_out_f32(hh.device):
+        out = torch.mm(hh, weight.t(), out_dtype=torch.float32)
+    else:  # upcast both (callers keep `weight` to one vocabulary slice here)
+        out = F.linear(hh.float(), weight.float())
+    if bias is not None:
+        out += bias.float()
+    return out
+
+
+_MM_OUT_F32: dict[str, bool] = {}
+
+
+def _mm_out_f32(device) -> bool:
+    """Whether torch.mm(bf16, bf16, out_dtype=float32) runs on this device type (probed once)."""
+    import torch
+
+    key = device.type
+    if key not in _MM_OUT_F32:
+        try:
+            a = torch.ones(2, 2, dtype=torch.bfloat16, device=device)
+            _MM_OUT_F32[key] = torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+        except (RuntimeError, TypeError, NotImplementedError):
+            _MM_OUT_F32[key] = False
+    return _MM_OUT_F32[key]
+
+
+def _logprob_blocks(h, target, weight, bias, rows: int):
+    """Whole-vocabulary float32 logits per chunk of `rows`; max, exp and sum in place on that block."""
+    import torch
+
+    out = torch.empty(len(target), dtype=torch.float32, device=h.device)
+    for a in range(0, len(target), rows):
+        logits = _f32_logits(h[a:a + rows], weight, bias)   # the chunk's one [rows, vocab] block
+        tt = target[a:a + rows]
+        tlogit = logits.gather(1, tt[:, None])[:, 0]
+        m = logits.amax(dim=1)
+        m = torch.where(torch.isinf(m), torch.zeros_like(m), m)  # an all -inf row: its sum is 0 anyway
+        out[a:a + rows] = tlogit - (m + logits.sub_(m[:, None]).exp_().sum(dim=1).log())
+        del logits
+    return out
+
+
+def _logprob_slices(h, target, weight, bias, rows: int, vslice: int):
+    """Vocabulary walked in slices of `vslice` words with an online log-sum-exp (see token_logprobs)."""
+    import torch
+
     vocab = weight.shape[0]
     out = torch.empty(len(target), dtype=torch.float32, device=h.device)
-    if h.device.type != "cpu":
-        rows, vslice = max(16, _LOGIT_ELEMS.get(h.device.type, 2**25) // vocab), vocab
-    else:
-        rows, vslice = _CPU_ROWS, _CPU_VOCAB_SLICE
     for a in range(0, len(target), rows):
         hh, tt = h[a:a + rows], target[a:a + rows]
-        if vslice >= vocab:
-            logits = F.linear(hh, weight, bias).float()
-            out[a:a + rows] = logits.gather(1, tt[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
-            continue
         n = len(tt)
         run_max = torch.full((n,), -float("inf"), dtype=torch.float32, device=h.device)
         run_sum = torch.zeros(n, dtype=torch.float32, device=h.device)
         tlogit = torch.empty(n, dtype=torch.float32, device=h.device)
         for v in range(0, vocab, vslice):
-            lg = F.linear(hh, weight[v:v + vslice], None if bias is None else bias[v:v + vslice]).float()
+            lg = _f32_logits(hh, weight[v:v + vslice], None if bias is None else bias[v:v + vslice])
             new_max = torch.maximum(run_max, lg.amax(dim=1))
             # a row whose logits so far are all -inf: exp(-inf - -inf) would be NaN; its sum is 0 anyway
             shift = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
@@ -223,16 +301,24 @@ def token_logprobs(h, target, lm_head):
     return out
 
 
-def _best_attention(device) -> str:
-    """FlashAttention-2 where installed on a GPU (enables packing), else PyTorch SDPA.
+def _best_attention(device, dtype=None) -> str:
+    """FlashAttention-2 where transformers can use it (enables packing), else PyTorch SDPA.
 
-    flash-attn is an optional package (`pip install flash-attn`); without it `--pack auto` scores
-    padded batches, and `vlprep score` prints which layout ran."""
-    if device.type == "cuda":
-        try:
-            import flash_attn  # noqa: F401
+    Asks transformers' own `is_flash_attn_2_available()` (the `flash-attn` distribution, version >= 2.3.3,
+    a CUDA torch) rather than `import flash_attn`, which an old build or another package of that name
+    passes before loading fails. FA2 runs in bf16/fp16 only, so `--dtype fp32` gets SDPA. flash-attn is
+    optional (`pip install flash-attn`); without it `--pack auto` scores padded batches, and
+    `vlprep score` prints which layout ran."""
+    import torch
 
+    if device.type == "cuda" and dtype in (None, torch.bfloat16, torch.float16):
+        from transformers.utils import is_flash_attn_2_available
+
+        if is_flash_attn_2_available():
             return "flash_attention_2"
-        except ImportError:
-            pass
     return "sdpa"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
