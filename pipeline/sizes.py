@@ -191,12 +191,12 @@ def storage_stats(manifest, *, predicted: bool = False, codec: str | None = None
 
 
 def bytes_headline(block: dict) -> dict:
-    """The two headline entries of a report: media bytes in, shard bytes out (predicted or written)."""
-    out_key = "shard_bytes_out_predicted" if block.get("predicted") else "shard_bytes_out"
+    """The two headline entries of a report: media bytes in, shard bytes out (predicted by a
+    pre-flight, the shard files of a prepared run: one key, so `--compare` lines them up)."""
     out = block.get("sample_bytes_out")
     if not block.get("predicted") and block.get("shard_files_bytes") is not None:
         out = block["shard_files_bytes"]
-    return {"media_bytes_in": block.get("media_bytes_in"), out_key: out}
+    return {"media_bytes_in": block.get("media_bytes_in"), "shard_bytes_out": out}
 
 
 def shard_files_bytes(out_dir) -> int:

@@ -67,7 +67,7 @@ def test_demo_corpus_prediction_and_summary(tmp_path, capsys):
     print(f"demo corpus size prediction error {err:+.2%}")
     st = pre.stats["storage"]
     assert st["predicted"] and st["codec"] == "zstd-delta" and st["calibration"]["image .jpg"]["items"] >= 1
-    assert pre.stats["headline"]["shard_bytes_out_predicted"] == st["sample_bytes_out"]
+    assert pre.stats["headline"]["shard_bytes_out"] == st["sample_bytes_out"]
     rep = build_report(tmp_path / "out").stats
     assert rep["storage"]["shard_files_bytes"] == shard_files_bytes(tmp_path / "out")
     assert rep["headline"]["shard_bytes_out"] == shard_files_bytes(tmp_path / "out")
