@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "score": "jobs.score",
     "select": "jobs.select",
     "stats": "jobs.stats",
+    "pack": "jobs.pack",
 }
 
 

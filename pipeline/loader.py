@@ -267,46 +267,63 @@ def to_model_inputs(sample_or_batch: dict | list[dict], preset=None, device="cpu
     (`dtype`, default float32) on `device` from the stored uint8. Keys whose modality is absent
     (no images → no pixel_values/image_grid_thw) are left out, as the HF processor does.
     qwen-vl: pixel_values [k, 3, 448, 448]; position_ids [1, B, L] → [B, L].
+    Samples read with pixels="frames" send only their stored frames to `device`, where they are
+    patchified (bit-identical rows, each pixel crossing to the device once).
     """
+    samples = sample_or_batch if isinstance(sample_or_batch, list) else [sample_or_batch]
+    if not any("stored_pixels" in s for s in samples):
+        return batch_to_model_inputs(collate(samples, pad_id), preset, device, dtype)
+    batch = collate(samples, pad_id, pixels=False)
+    for key, kind in (("pixel_values", "image"), ("pixel_values_videos", "video")):
+        rows = _device_rows(samples, kind, device)
+        batch[key] = rows if rows is not None else np.zeros((0, 0), dtype=np.uint8)
+    return batch_to_model_inputs(batch, preset, device, dtype)
+
+
+def batch_to_model_inputs(batch: dict, preset=None, device="cpu", dtype=None, normalize: bool = True) -> dict:
+    """torch tensors from a numpy batch (`collate`'s padded one or `packing.pack_collate`'s packed
+    row): the one place pixel rows are normalised. `normalize=False` keeps pixels uint8 (normalise
+    later on the training device with `normalize_pixels`). Pixel rows already on the device as torch
+    uint8 (to_model_inputs' frames path) are taken as they are."""
     import torch
 
     preset = get_preset(preset)
-    samples = sample_or_batch if isinstance(sample_or_batch, list) else [sample_or_batch]
-    on_device = any("stored_pixels" in s for s in samples)   # read with pixels="frames": rebuild there
-    batch = collate(samples, pad_id, pixels=not on_device)
-    dtype = dtype or torch.float32
     out = {}
     for k in ("input_ids", "attention_mask", "labels"):
-        out[k] = torch.from_numpy(batch[k]).to(device)
+        if k in batch:
+            out[k] = torch.from_numpy(batch[k]).to(device)
     pos = torch.from_numpy(batch["position_ids"]).to(device)
     out["position_ids"] = pos if preset.is_mrope else pos[0]
-    mean = torch.tensor(preset.image_mean, device=device, dtype=torch.float32)
-    std = torch.tensor(preset.image_std, device=device, dtype=torch.float32)
-    for pv_key, grid_key, kind in (("pixel_values", "image_grid_thw", "image"),
-                                   ("pixel_values_videos", "video_grid_thw", "video")):
-        if on_device:
-            rows = _device_rows(samples, kind, device)
-            if rows is None or rows.shape[0] == 0:
-                continue
-            u8 = rows
-        else:
-            rows = batch[pv_key]
-            if rows.shape[0] == 0:
-                continue
-            u8 = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
-        x = u8.to(torch.float32) * (1.0 / 255.0)
-        if rows.ndim == 2:
-            per = preset.temporal_patch_size * preset.patch_size ** 2
-            x = (x.view(x.shape[0], 3, per) - mean[None, :, None]) / std[None, :, None]
-            x = x.view(rows.shape[0], -1)
-        else:   # qwen-vl: [k, H, W, 3] -> [k, 3, H, W]
-            x = ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
-        out[pv_key] = x.to(dtype)
+    for pv_key, grid_key in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
+        rows = batch[pv_key]
+        if rows.shape[0] == 0:
+            continue
+        x = rows if torch.is_tensor(rows) else torch.from_numpy(np.ascontiguousarray(rows)).to(device)
+        out[pv_key] = normalize_pixels(x, preset, dtype) if normalize else x
         if preset.is_mrope:
             out[grid_key] = torch.from_numpy(batch[grid_key].astype(np.int64)).to(device)
     if preset.is_mrope and out.get("pixel_values_videos") is not None:
         out["second_per_grid_ts"] = torch.from_numpy(batch["second_per_grid_ts"].astype(np.float32)).to(device)
     return out
+
+
+def normalize_pixels(rows, preset=None, dtype=None):
+    """uint8 pixel rows (torch, any device) → normalised float (`dtype`, default float32):
+    1/255, then (x - mean) / std per channel. [N, 3·tp·p·p] rows, or qwen-vl's [k, H, W, 3] → [k, 3, H, W]."""
+    import torch
+
+    preset = get_preset(preset)
+    dtype = dtype or torch.float32
+    mean = torch.tensor(preset.image_mean, device=rows.device, dtype=torch.float32)
+    std = torch.tensor(preset.image_std, device=rows.device, dtype=torch.float32)
+    # in place on one float32 buffer: the same float32 operations as out-of-place, 3x faster on CPU
+    x = rows.to(torch.float32).mul_(1.0 / 255.0)
+    if rows.ndim == 2:
+        per = preset.temporal_patch_size * preset.patch_size ** 2
+        x.view(x.shape[0], 3, per).sub_(mean[None, :, None]).div_(std[None, :, None])
+    else:   # qwen-vl: [k, H, W, 3] -> [k, 3, H, W]
+        x = x.sub_(mean).div_(std).permute(0, 3, 1, 2).contiguous()
+    return x.to(dtype)
 
 
 def iter_batches(samples: Iterable[dict], max_tokens: int, max_samples: int | None = None) -> Iterator[list[dict]]:

@@ -29,7 +29,8 @@ from .work import UnitProgress, index_current, index_progress_name, index_unit, 
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 MAX_RETRIES = 2      # a unit whose Ray worker process dies is run again this many times
-_DERIVED = ("shards", "parts", "manifest.parquet", "ledger.parquet", "job.json", "scores", "selection")
+_DERIVED = ("shards", "parts", "manifest.parquet", "ledger.parquet", "job.json", "scores", "selection",
+            "packs.parquet")
 
 
 @dataclass

@@ -1,0 +1,423 @@
+"""Training straight from prepared shards: a distributed, resumable, shuffling, packing IterableDataset.
+
+    ds = ShardDataset("prepared/", seed=0, max_tokens=16384)      # packed rows, or batch_size=8 (padded)
+    dl = ds.loader(num_workers=4)                                 # a torch DataLoader that tracks progress
+    for batch in dl:
+        loss = model(**batch).loss                                # HF names, Qwen2-VL / Qwen2.5-VL
+    state = ds.state_dict()                                       # resume: ds.load_state_dict(state)
+
+Who reads what. The shard list and per-shard sample counts come from the manifest (the selection's
+manifest with `selection=True`); rank / world size from torch.distributed when it is initialised
+(else the arguments, default 0 / 1); each DataLoader worker is one of `world_size × num_workers`
+readers. With at least that many shards, reader g reads shards g, g+G, … of the epoch's shard
+order; with fewer, every reader streams all shards and keeps every G-th sample. Either way each
+sample is read by exactly one reader per epoch.
+
+Order. Per epoch, the shard order is a permutation drawn from (seed, epoch), the same on every
+rank; each reader then shuffles its stream through a buffer of `buffer_size` samples drawn from
+(seed, epoch, reader). Memory is bounded by that buffer (plus the open packs), never by the corpus:
+shards are read as streams through `ShardLoader.iter_shard`.
+
+Resume. A reader's output is a pure function of (seed, epoch, world, num_workers, reader), so the
+state is the epoch and how many batches each reader has delivered. `load_state_dict` makes every
+reader skip (read but not collate) what it had delivered, and rotates the DataLoader's
+round-robin so the next batch is the one that would have come next. Use `ds.loader(...)` (or
+iterate `ds` itself) for the state to be tracked: a plain DataLoader runs the dataset in worker
+processes the main process cannot see. Resume with the same world size and num_workers.
+
+Checks (never a silent short epoch): a shard listed in the manifest but missing, a shard that ends
+early or cannot be read (truncated, another format), a sample the selection or the pack plan lists
+but the shard does not hold, a pack plan built from another manifest: each is a `ShardDataError`
+naming the file.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .loader import ShardLoader
+from .packing import OnlinePacker, PackedCollator, PaddedCollator, manifest_digest, read_plan
+
+try:
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+except ImportError:  # pragma: no cover - torch is a core dependency
+    raise
+
+STATE_VERSION = 1
+
+
+class ShardDataError(RuntimeError):
+    """The shards, the manifest, the selection or the pack plan disagree; the message names the file."""
+
+
+def dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world) from torch.distributed when initialised, else the arguments (default 0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        r, w = dist.get_rank(), dist.get_world_size()
+        if (rank is not None and rank != r) or (world_size is not None and world_size != w):
+            raise ValueError(f"rank={rank}, world_size={world_size} disagree with torch.distributed "
+                             f"(rank {r} of {w}); leave them out when the process group is initialised")
+        return r, w
+    rank, world_size = (0 if rank is None else int(rank)), (1 if world_size is None else int(world_size))
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in 0 … world_size-1 (got rank={rank}, world_size={world_size})")
+    return rank, world_size
+
+
+def sample_bytes(x) -> int:
+    """Array bytes held by a sample (or a list of samples)."""
+    if isinstance(x, list):
+        return sum(sample_bytes(s) for s in x)
+    return sum(v.nbytes for v in x.values() if isinstance(v, np.ndarray))
+
+
+def buffer_shuffle(items, size: int, rng: np.random.Generator, max_bytes: int | None = None) -> Iterator:
+    """Shuffle a stream through a buffer of at most `size` items and `max_bytes` array bytes
+    (deterministic for a given rng state and stream): when the buffer is full, a random item
+    leaves it for each one that enters."""
+    buf: list = []
+    held = 0
+    for x in items:
+        nb = sample_bytes(x) if max_bytes else 0
+        while buf and (len(buf) >= size or (max_bytes and held + nb > max_bytes)):
+            j = int(rng.integers(len(buf)))
+            buf[j], buf[-1] = buf[-1], buf[j]
+            out = buf.pop()
+            held -= sample_bytes(out) if max_bytes else 0
+            yield out
+        buf.append(x)
+        held += nb
+    rng.shuffle(buf)
+    yield from buf
+
+
+class ShardDataset(IterableDataset):
+    """Samples (numpy dicts), padded batches (`batch_size`) or packed rows (`max_tokens`) of a prepared OUT.
+
+    Parameters
+    - out_dir: the `vlprep prepare` output directory.
+    - seed, shuffle, buffer_size, buffer_bytes: the per-epoch shuffle (shard order + a buffer of at
+      most buffer_size samples and buffer_bytes of their arrays, default 256 MiB per reader).
+    - rank, world_size: taken from torch.distributed when it is initialised.
+    - selection: train on `OUT/selection/manifest.parquet` (what `vlprep select` kept).
+    - batch_size: padded batches of this many samples (PaddedCollator).
+    - max_tokens: packed rows of at most this many tokens, packed online (best fit over
+      `open_packs` open packs); with `pack_plan=True`, the packs `vlprep pack` wrote instead.
+    - preset: the manifest's preset by default. device / dtype / normalize / flash_kwargs go to the
+      collator (normalize=False keeps pixels uint8; `pipeline.loader.normalize_pixels` on the GPU).
+    - collate: your own function list[sample] → batch, instead of the built-in collators.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, *, seed: int = 0, shuffle: bool = True, buffer_size: int = 256,
+                 buffer_bytes: int = 256 << 20,
+                 rank: int | None = None, world_size: int | None = None, selection: bool = False,
+                 batch_size: int | None = None, max_tokens: int | None = None, pack_plan: bool = False,
+                 open_packs: int = 8, preset=None, device="cpu", dtype=None, normalize: bool = True,
+                 flash_kwargs: bool = False, collate=None, epoch: int = 0):
+        self.root = Path(out_dir)
+        self.loader_ = ShardLoader(self.root)          # raises when OUT/shards is missing
+        self.rank, self.world_size = dist_rank_world(rank, world_size)
+        self.seed, self.shuffle, self.buffer_size = int(seed), bool(shuffle), max(1, int(buffer_size))
+        self.buffer_bytes = int(buffer_bytes) if buffer_bytes else None
+        if batch_size is not None and (max_tokens is not None or pack_plan):
+            raise ValueError("give batch_size (padded batches) or max_tokens / pack_plan (packed rows), not both")
+        self.batch_size, self.max_tokens, self.open_packs = batch_size, max_tokens, open_packs
+        self.selection = bool(selection)
+        manifest_path = self.root / ("selection/manifest.parquet" if selection else "manifest.parquet")
+        if not manifest_path.exists():
+            hint = "run `vlprep select OUT --rule ...` first" if selection else "is OUT a finished `vlprep prepare`?"
+            raise FileNotFoundError(f"{manifest_path} not found; {hint}")
+        self.manifest_path = manifest_path
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(manifest_path, columns=["id", "shard", "n_tokens", "preset"])
+        self.shard_counts: dict[str, int] = dict(sorted(Counter(table.column("shard").to_pylist()).items()))
+        self.num_samples = table.num_rows
+        self.preset = preset or (table.column("preset")[0].as_py() if table.num_rows else None)
+        for shard in self.shard_counts:
+            if not (self.root / shard).is_file():
+                raise ShardDataError(f"shard {self.root / shard} is listed in {manifest_path} but missing; "
+                                     f"re-run `vlprep prepare` on {self.root} to rebuild it")
+        self.plan = None
+        if pack_plan:
+            self.plan = read_plan(self.root, self.selection)
+            digest = manifest_digest(table)
+            if self.plan.source != ("selection" if selection else "manifest") or self.plan.digest != digest:
+                raise ShardDataError(
+                    f"pack plan {self.plan.path} was built from {self.plan.source} with digest "
+                    f"{self.plan.digest[:12]}, not from {manifest_path} (digest {digest[:12]}); re-run "
+                    f"`vlprep pack {self.root} --max-tokens N{' --selection' if selection else ''}`")
+            if max_tokens is not None and max_tokens != self.plan.max_tokens:
+                raise ValueError(f"max_tokens={max_tokens} but the pack plan {self.plan.path} was built for "
+                                 f"{self.plan.max_tokens}; leave max_tokens out or re-run `vlprep pack`")
+            self.max_tokens = self.plan.max_tokens
+        del table
+        if collate is not None:
+            self.collate = collate
+        elif self.max_tokens is not None:
+            self.collate = PackedCollator(self.preset, device, dtype, flash_kwargs=flash_kwargs, normalize=normalize)
+        elif batch_size is not None:
+            self.collate = PaddedCollator(self.preset, device, dtype, normalize=normalize)
+        else:
+            self.collate = None
+        self.epoch = int(epoch)
+        self.num_workers = 1
+        self._consumed = [0]
+        self._next = 0
+        self._tracked = False
+        self.too_long: list[str] = []
+
+    # -- state -----------------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Start the given epoch from its beginning (as DistributedSampler.set_epoch)."""
+        self.epoch, self._consumed, self._next = int(epoch), [0] * self.num_workers, 0
+
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "seed": self.seed, "epoch": self.epoch, "rank": self.rank,
+                "world_size": self.world_size, "num_workers": self.num_workers,
+                "consumed": list(self._consumed), "next_worker": self._next,
+                "manifest": str(self.manifest_path.relative_to(self.root)), "num_samples": self.num_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"state version {state.get('version')!r} is not {STATE_VERSION}: saved by another vlprep")
+        for key in ("seed", "world_size", "rank", "num_samples"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"cannot resume: the state was saved with {key}={state[key]}, this dataset has "
+                                 f"{key}={getattr(self, key)}; resume with the same {key}")
+        self.epoch, self.num_workers = int(state["epoch"]), int(state["num_workers"])
+        self._consumed, self._next = list(state["consumed"]), int(state["next_worker"])
+
+    # -- iteration -------------------------------------------------------------------------------
+    def loader(self, num_workers: int = 0, **kwargs) -> "StatefulLoader":
+        """A torch DataLoader over this dataset (batch_size=None: the dataset batches) that keeps
+        `state_dict()` up to date. Extra kwargs go to DataLoader (pin_memory, prefetch_factor, …)."""
+        return StatefulLoader(self, num_workers=num_workers, **kwargs)
+
+    def __iter__(self):
+        info = get_worker_info()
+        if info is None:          # iterated in this process: track progress here
+            if self.num_workers != 1 and any(self._consumed):
+                raise ValueError(f"this state was saved with num_workers={self.num_workers}; iterate it with "
+                                 f"ds.loader(num_workers={self.num_workers})")
+            self.num_workers = 1
+            if len(self._consumed) != 1:
+                self._consumed = [0]
+            for k, item in self._reader_stream(0, 1, self._consumed[0]):
+                self._consumed[0] = k + 1
+                yield item
+            self.set_epoch(self.epoch + 1)
+            return
+        if info.num_workers != self.num_workers:
+            raise ValueError(f"the dataset expects num_workers={self.num_workers} (state saved so), the "
+                             f"DataLoader has {info.num_workers}; use ds.loader(num_workers=...) with the same number")
+        logical = (info.id + self._next) % info.num_workers
+        for k, item in self._reader_stream(logical, info.num_workers, self._consumed[logical]):
+            yield (item, logical, k) if self._tracked else item
+
+    def _reader_stream(self, worker: int, num_workers: int, skip: int) -> Iterator[tuple[int, object]]:
+        g, G = self.rank * num_workers + worker, self.world_size * num_workers
+        rng = np.random.default_rng([self.seed, self.epoch, g])
+        if self.plan is not None:
+            groups = self._plan_groups(g, G)
+            if self.shuffle:
+                groups = buffer_shuffle(groups, max(1, self.buffer_size // 16), rng, self.buffer_bytes)
+        else:
+            samples = self._samples(g, G)
+            if self.shuffle:
+                samples = buffer_shuffle(samples, self.buffer_size, rng, self.buffer_bytes)
+            if self.max_tokens is not None:
+                packer = OnlinePacker(self.max_tokens, self.open_packs)
+                self.too_long = packer.stats.too_long
+                groups = packer.pack(samples)
+            elif self.batch_size is not None:
+                groups = _chunks(samples, self.batch_size)
+            else:
+                groups = samples
+        for k, group in enumerate(groups):
+            if k < skip:
+                continue
+            yield k, (self.collate(group) if self.collate is not None else group)
+
+    def _shard_order(self) -> list[str]:
+        shards = list(self.shard_counts)
+        if self.shuffle:
+            perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(shards))
+            shards = [shards[i] for i in perm]
+        return shards
+
+    def _my_shards(self, g: int, G: int) -> tuple[list[str], bool]:
+        """(shards this reader opens, whether it must keep only every G-th item of them)."""
+        shards = self._shard_order()
+        return (shards[g::G], False) if len(shards) >= G else (shards, True)
+
+    def _samples(self, g: int, G: int) -> Iterator[dict]:
+        shards, strided = self._my_shards(g, G)
+        j = 0
+        for shard in shards:
+            for s in self._read_shard(shard):
+                if strided:
+                    j += 1
+                    if (j - 1) % G != g:
+                        continue
+                yield s
+
+    def _read_shard(self, shard: str) -> Iterator[dict]:
+        """A shard's (selected) samples, checked against the manifest's count for it."""
+        path = self.root / shard
+        want = self.shard_counts[shard]
+        keep = self._selected(shard) if self.selection else None
+        n = 0
+        try:
+            for s in self.loader_.iter_shard(shard):
+                if keep is not None:
+                    if s["id"] not in keep:
+                        continue
+                    keep.discard(s["id"])
+                n += 1
+                yield s
+        except ShardDataError:
+            raise
+        except Exception as exc:        # tarfile.ReadError, a missing member, a bad .npy header, …
+            raise ShardDataError(f"shard {path} cannot be read after {n} samples ({type(exc).__name__}: {exc}); "
+                                 f"it is truncated, corrupt or written by another vlprep format version — "
+                                 f"re-run `vlprep prepare` for it") from exc
+        if n != want:
+            missing = f" (missing ids, e.g. {sorted(keep)[:3]})" if keep else ""
+            raise ShardDataError(f"shard {path} holds {n} samples but {self.manifest_path} lists {want}{missing}; "
+                                 f"the shard is truncated or stale — re-run `vlprep prepare` for it")
+
+    def _selected(self, shard: str) -> set[str]:
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(self.manifest_path, columns=["id"], filters=[("shard", "==", shard)])
+        return set(t.column("id").to_pylist())
+
+    def _plan_groups(self, g: int, G: int) -> Iterator[list[dict]]:
+        """The pack plan's packs for this reader, read shard by shard, window by window."""
+        shards, strided = self._my_shards(g, G)
+        j = 0
+        for shard in shards:
+            rows = self.plan.rows(shard)          # [(id, window, pack, n_tokens)] in stored order
+            packs_of_window: dict[int, dict[int, list[int]]] = {}
+            for i, (_, window, pack, _) in enumerate(rows):
+                if pack >= 0:
+                    packs_of_window.setdefault(window, {}).setdefault(pack, []).append(i)
+            last_of_window = {w: i for i, (_, w, _, _) in enumerate(rows)}
+            held: dict[int, dict] = {}
+            i = 0
+            for s in self._read_shard(shard):
+                if i >= len(rows) or s["id"] != rows[i][0] or int(s["input_ids"].shape[0]) != rows[i][3]:
+                    got = f"{s['id']!r} ({int(s['input_ids'].shape[0])} tokens)"
+                    want = f"{rows[i][0]!r} ({rows[i][3]} tokens)" if i < len(rows) else "nothing"
+                    raise ShardDataError(f"pack plan {self.plan.path} does not match shard {self.root / shard}: "
+                                         f"sample {i} is {got}, the plan expects {want}; re-run `vlprep pack`")
+                _, window, pack, _ = rows[i]
+                if pack >= 0:
+                    held[i] = s
+                else:
+                    self.too_long.append(s["id"])
+                if last_of_window[window] == i:
+                    for pack_rows in packs_of_window.get(window, {}).values():
+                        if strided:
+                            j += 1
+                            if (j - 1) % G != g:
+                                for r in pack_rows:
+                                    held.pop(r)
+                                continue
+                        yield [held.pop(r) for r in pack_rows]
+                i += 1
+
+
+def _chunks(items, n: int) -> Iterator[list]:
+    chunk: list = []
+    for x in items:
+        chunk.append(x)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class StatefulLoader(DataLoader):
+    """torch DataLoader over a ShardDataset that reports each delivered batch back to the dataset,
+    so that `dataset.state_dict()` in the training process is exact, with any num_workers."""
+
+    def __init__(self, dataset: ShardDataset, num_workers: int = 0, **kwargs):
+        if kwargs.get("persistent_workers"):
+            raise ValueError("persistent_workers=True would keep the first epoch's shuffle; leave it off")
+        kwargs.setdefault("batch_size", None)
+        if kwargs["batch_size"] is not None:
+            raise ValueError("ShardDataset batches itself: give batch_size/max_tokens to the dataset, not the loader")
+        super().__init__(dataset, num_workers=num_workers, **kwargs)
+
+    def __iter__(self):
+        ds: ShardDataset = self.dataset
+        if self.num_workers == 0:
+            yield from ds
+            return
+        if ds.num_workers != self.num_workers:
+            if any(ds._consumed):
+                raise ValueError(f"the dataset's state was saved with num_workers={ds.num_workers}; resume with "
+                                 f"ds.loader(num_workers={ds.num_workers})")
+            ds.num_workers, ds._consumed, ds._next = self.num_workers, [0] * self.num_workers, 0
+        ds._tracked = True
+        try:
+            it = super().__iter__()
+        finally:
+            ds._tracked = False
+        for item, logical, k in it:
+            ds._consumed[logical] = k + 1
+            ds._next = (logical + 1) % self.num_workers
+            yield item
+        ds.set_epoch(ds.epoch + 1)
+
+
+def sample_from_webdataset(row: dict) -> dict:
+    """A row decoded by `webdataset.WebDataset(urls).decode()` or `ray.data.read_webdataset(urls)`
+    → the sample dict of `ShardLoader.iter_shard` (id, the 7 arrays, meta), ready for
+    PaddedCollator / PackedCollator. (Today's members are plain .npy + .json; both libraries decode
+    them by extension.)"""
+    from .loader import ARRAYS
+
+    missing = [f"{name}.npy" for name in ARRAYS if f"{name}.npy" not in row]
+    if missing:
+        raise KeyError(f"row {row.get('__key__')!r} from {row.get('__url__', '?')} lacks {missing}: not a "
+                       f"vlprep shard of this format")
+    if any(isinstance(row[f"{name}.npy"], (bytes, bytearray)) for name in ARRAYS):
+        raise ValueError(f"row {row.get('__key__')!r} from {row.get('__url__', '?')} is not decoded: use "
+                         f"webdataset.WebDataset(urls).decode() (ray.data.read_webdataset decodes by default)")
+    meta = row.get("meta.json") or {}
+    out = {name: np.asarray(row[f"{name}.npy"]) for name in ARRAYS}
+    out["meta"] = meta
+    out["id"] = meta.get("id", row.get("__key__"))
+    return out
+
+
+def to_device(batch: dict, device, preset=None, dtype=None, non_blocking: bool = True) -> dict:
+    """Move a batch to `device`; uint8 pixel rows (a dataset built with normalize=False) are
+    normalised there (pipeline.loader.normalize_pixels), so the host ships 1 byte per value, not 4."""
+    from .loader import normalize_pixels
+
+    out = type(batch)()
+    if hasattr(batch, "ids"):
+        out.ids = batch.ids
+    for k, v in batch.items():
+        if not isinstance(v, torch.Tensor):
+            out[k] = v
+            continue
+        v = v.to(device, non_blocking=non_blocking)
+        if k in ("pixel_values", "pixel_values_videos") and v.dtype == torch.uint8:
+            v = normalize_pixels(v, preset, dtype)
+        elif v.is_floating_point() and dtype is not None and k != "second_per_grid_ts":
+            v = v.to(dtype)
+        out[k] = v
+    return out
