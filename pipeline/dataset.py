@@ -388,6 +388,10 @@ def sample_from_webdataset(row: dict) -> dict:
     them by extension.)"""
     from .loader import ARRAYS
 
+    if "pixels.json" in row:                 # shard format 2: pixels stored once per frame (storage.py)
+        from .storage import pixels_from_row
+
+        row = {**row, "pixel_values.npy": pixels_from_row(row)}
     missing = [f"{name}.npy" for name in ARRAYS if f"{name}.npy" not in row]
     if missing:
         raise KeyError(f"row {row.get('__key__')!r} from {row.get('__url__', '?')} lacks {missing}: not a "

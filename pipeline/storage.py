@@ -301,6 +301,12 @@ def read_pixels(members: dict[str, bytes], where: str) -> StoredPixels:
                 data = members.get(name)
                 if data is None:
                     raise StorageError(f"member {name} is missing")
+                if isinstance(data, np.ndarray):     # already decoded by a webdataset reader
+                    if data.dtype != np.uint8 or data.shape != (h, w, 3):
+                        raise StorageError(f"member {name} was decoded to {data.dtype} {data.shape}; read the "
+                                           f"shard without image decoding (raw bytes) to get exact pixels")
+                    frames[j] = data
+                    continue
                 if zlib.crc32(data) != int(crc):
                     raise StorageError(f"member {name} is corrupt (crc32 mismatch, {len(data)} bytes)")
                 try:
@@ -315,3 +321,18 @@ def read_pixels(members: dict[str, bytes], where: str) -> StoredPixels:
         raise StorageError(f"{where}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise StorageError(f"{where}: {DESCRIPTOR} is corrupt ({type(exc).__name__}: {exc})") from None
+
+
+def pixels_from_row(row: dict) -> np.ndarray:
+    """pixel_values of a format-2 sample as a webdataset reader yields it (`webdataset.WebDataset(urls)
+    .decode()`, `ray.data.read_webdataset`): `pixels.json` decoded or not, frame members as bytes
+    (or as uint8 arrays if a reader decoded the images)."""
+    members = {}
+    for k, v in row.items():
+        if k == DESCRIPTOR and isinstance(v, dict):
+            v = json.dumps(v).encode("utf-8")
+        elif isinstance(v, (bytes, bytearray, memoryview)):
+            v = bytes(v)
+        members[k] = np.asarray(v) if not isinstance(v, bytes) and k.startswith(("img", "vid")) else v
+    where = f"{row.get('__url__', '?')}, sample {row.get('__key__')!r}"
+    return read_pixels(members, where).pixel_values()
