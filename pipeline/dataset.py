@@ -384,8 +384,9 @@ class StatefulLoader(DataLoader):
 def sample_from_webdataset(row: dict) -> dict:
     """A row decoded by `webdataset.WebDataset(urls).decode()` or `ray.data.read_webdataset(urls)`
     → the sample dict of `ShardLoader.iter_shard` (id, the 7 arrays, meta), ready for
-    PaddedCollator / PackedCollator. (Today's members are plain .npy + .json; both libraries decode
-    them by extension.)"""
+    PaddedCollator / PackedCollator. (The arrays are .npy + .json members both libraries decode by
+    extension; the pixels, stored once per frame (shard format 2), are rebuilt here from their raw
+    members — decode without image handlers so they stay exact.)"""
     from .loader import ARRAYS
 
     if "pixels.json" in row:                 # shard format 2: pixels stored once per frame (storage.py)
