@@ -14,6 +14,11 @@ model, saved to a temporary folder and loaded by path:
 The stage is timed twice: log-prob only (the reference's work) and with the vlm scorer's second,
 text-only pass (visual gain), which the reference does not do.
 On CUDA, GPU utilisation is sampled every 100 ms during each side (torch.cuda.utilization / nvidia-smi).
+
+--curation adds the #15 scorers (category, vlm_category, grounding, query, verify) on the same shards
+(every second answer replaced by a Qwen2-VL box so the grounding signal has work): each through the
+stage with the batch budget, beside the same scorer one sample (one candidate row) per forward/generate
+call -- the per-sample loop whose values tests/test_issue15_*.py compare with transformers.
 """
 from __future__ import annotations
 
@@ -211,6 +216,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-side", type=int, default=None, help="largest image side (default 336 cpu / 896 cuda)")
     p.add_argument("--batch-tokens", type=int, default=None, help="default 8192 (cpu) / 32768 (cuda)")
     p.add_argument("--per-shard", type=int, default=128)
+    p.add_argument("--curation", action="store_true", help="also time the #15 curation scorers")
+    p.add_argument("--curation-samples", type=int, default=None, help="default 16 (cpu) / 128 (cuda)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -260,7 +267,47 @@ def main(argv=None) -> int:
           f"{100 * (1 - tokens / padded):.1f}% | {util(g_stage)} | {ref_s / st_s:.2f}x |")
     print(f"\nmax |mean log-prob difference| stage vs reference: {max_diff:.2e} "
           f"({'bf16' if gpu else 'float32'}; same tokens: {ref_tokens == tokens})")
+    if args.curation:
+        curation_table(config, device, args.curation_samples or (128 if gpu else 16), max_side, budget)
     return 0
+
+
+BOX_ANSWER = "<|object_ref_start|>the {w}<|object_ref_end|><|box_start|>(120,200),(500,640)<|box_end|>"
+
+
+def curation_table(config: str, device, n: int, max_side: int, budget: int) -> None:
+    """samples/s of each #15 scorer: the stage's batches vs one sample (row) per model call."""
+    from filters.reward.stage import ScoreConfig, ScoreWorker, Unit
+    from pipeline.loader import ShardLoader
+
+    samples = [(sid, png, q, BOX_ANSWER.format(w=q.split()[2]) if i % 2 else a)
+               for i, (sid, png, q, a) in enumerate(raw_samples(n, max_side, seed=1))]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vlprep-bench-cur-") as tmp:
+        tmp = Path(tmp)
+        prepare(tmp / "out", samples, n)
+        model_path = build_model(config, tmp / "model", device)
+        units = [Unit(p.stem, f"shards/{p.name}") for p in sorted((tmp / "out" / "shards").glob("*.tar"))]
+
+        def timed(scorer: str, batch_tokens: int) -> float:
+            cfg = ScoreConfig(str(tmp / "out"), (scorer,), model=str(model_path), preset="qwen2-vl",
+                              batch_tokens=batch_tokens, device=str(device), overwrite=True, max_new_tokens=16)
+            worker = ScoreWorker(cfg, ShardLoader)
+            t0 = time.perf_counter()
+            for u in units:
+                worker.run_unit(u)
+            return time.perf_counter() - t0
+
+        for scorer in ("category", "vlm_category", "grounding", "query", "verify"):
+            batched = timed(scorer, budget)
+            single = timed(scorer, 1)  # every sample (and candidate row) in a batch of its own
+            rows.append((scorer, n / single, n / batched, single / batched))
+    print(f"\ncuration scorers ({config} Qwen2-VL, random init, {n} samples, half with a box answer; "
+          f"verify generates 16 tokens):\n")
+    print("| scorer | per sample: samples/s | vlprep stage: samples/s | speed-up |")
+    print("|---|---:|---:|---:|")
+    for name, a, b, x in rows:
+        print(f"| {name} | {a:,.2f} | {b:,.2f} | {x:.2f}x |")
 
 
 if __name__ == "__main__":

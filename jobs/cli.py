@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "select": "jobs.select",
     "stats": "jobs.stats",
     "pack": "jobs.pack",
+    "verify": "jobs.verify",
 }
 
 

@@ -17,6 +17,10 @@ Scorers (columns are `{scorer}.{signal}`, float64, one row per sample; see docs/
   text    question/answer relevance, informativeness, lexical diversity (bundled MiniLM, offline)
   pixels  blank share, luminance std, sharpness, brightness, clipping (from the uint8 patches, on device)
   vlm     answer mean log-prob, text-only log-prob, visual gain [, reward] (needs --model PATH)
+  category  coarse/fine category labels (strings) + confidences, zero-shot against a taxonomy (--taxonomy)
+  vlm_category  the same labels from a checkpoint: log-prob of each category name (needs --model)
+  grounding  box_margin / box_rank: the given box vs perturbed boxes (needs --model)
+  query   question log-prob and its visual relevance (needs --model)
 
 Finished units are skipped, so an interrupted run resumes; adding a scorer later adds its columns.
 
@@ -30,7 +34,8 @@ examples:
 def add_arguments(p) -> None:
     p.add_argument("out_dir", help="output directory of `vlprep prepare`")
     p.add_argument("--model", help="local Qwen2-VL / Qwen2.5-VL checkpoint folder (enables the vlm scorer)")
-    p.add_argument("--scorers", help="comma list of text,pixels,vlm (default: text,pixels, plus vlm with --model)")
+    p.add_argument("--scorers", help="comma list of text,pixels,vlm,category,vlm_category,grounding,query "
+                   "(default: text,pixels, plus vlm with --model)")
     p.add_argument("--batch-tokens", type=positive_int, default=16384, help="padded tokens per batch (default 16384)")
     p.add_argument("--max-padding", type=float, default=0.10, help="padding cap per batch (default 0.10)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
@@ -44,6 +49,7 @@ def add_arguments(p) -> None:
     p.add_argument("--num-gpus", type=float, default=1.0,
                    help="one Ray actor's share of a GPU, in (0, 1]: 0.5 = two actors per GPU (default 1)")
     p.add_argument("--workers", type=positive_int, help="Ray CPU actors when the cluster has no GPU (default 1)")
+    p.add_argument("--taxonomy", help="category scorer: taxonomy YAML (default: the bundled one, docs/curation.md)")
     p.add_argument("--text-model", help="sentence-transformers folder for the text scorer (default: bundled)")
     p.add_argument("--no-visual-gain", dest="visual_gain", action="store_false",
                    help="vlm: skip the text-only pass (no vlm.text_only_logprob / vlm.visual_gain; ~2x faster)")
@@ -121,14 +127,19 @@ def run(args) -> int:
         units, preset = units_from_manifest(out)
         cfg = ScoreConfig(str(out), tuple(scorers), model=args.model, preset=preset, batch_tokens=args.batch_tokens,
                           max_padding=args.max_padding, device=args.device, dtype=args.dtype, pack=args.pack,
-                          text_model=args.text_model, overwrite=args.overwrite, visual_gain=args.visual_gain)
+                          text_model=args.text_model, overwrite=args.overwrite, visual_gain=args.visual_gain,
+                          taxonomy=args.taxonomy)
         check_num_gpus(args.num_gpus)
+        if {"category", "vlm_category"} & set(cfg.scorers):  # a bad taxonomy file fails here, not inside a worker
+            from filters.reward.taxonomy import load_taxonomy
+
+            load_taxonomy(cfg.taxonomy)
     except (ScorerError, FileNotFoundError, ValueError) as exc:
         print(f"vlprep score: {exc}", file=sys.stderr)
         return 2
     if not sys.stderr.isatty():   # a log file: no library progress bars (model loading) either
         os.environ.setdefault("TQDM_DISABLE", "1")
-        if {"text", "vlm"} & set(scorers):
+        if {"text", "vlm", "category", "vlm_category", "grounding", "query", "verify"} & set(scorers):
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()

@@ -17,6 +17,7 @@ import yaml
 
 from processors.errors import UserInputError
 from processors.video import BACKENDS
+from processors.video_resize import RESIZE_MODES
 
 from .storage import CODECS
 
@@ -70,7 +71,8 @@ class VideoOptions:
     total_pixels: int | None = None
     backend: str = "pyav"
     timeout_s: float = 120.0
-    fast: bool = False                 # uint8 frame resize: 5-12x cheaper; camera video within 1 level of exact, hard edges not (docs/video.md)
+    resize: str | None = None          # the reference frames are resized bit-exactly to: qwen-vl-utils | transformers (None: the preset's; docs/video.md)
+    fast: bool = False                 # deprecated: `fast: true` = `resize: transformers`
     formats: list[str] = field(default_factory=lambda: ["mp4", "avi", "mkv", "mov", "webm", "m4v", "mpeg", "mpg", "ts", "flv"])
 
 
@@ -171,8 +173,20 @@ class JobConfig:
             except TypeError as exc:
                 raise ConfigError(f"cleaning: {exc} (valid: nfc, control, html_entities, whitespace, "
                                   f"max_blank_lines)") from None
+        self.video_resize()  # video.resize and the deprecated video.fast must agree
 
     # -- helpers --------------------------------------------------------------------------------
+    def video_resize(self) -> str:
+        """The video resize reference this job uses: `video.resize`, or the deprecated `video.fast`,
+        else the preset's (`Preset.video_resize`)."""
+        from processors.presets import get_preset
+        from processors.video_resize import resize_mode
+
+        try:
+            return resize_mode(self.video.resize, self.video.fast or None, default=get_preset(self.preset).video_resize)
+        except ValueError as exc:
+            raise ConfigError(f"video.resize: {exc}") from None
+
     def resolve_path(self, p: str | Path) -> Path:
         p = Path(p).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
@@ -197,7 +211,7 @@ class JobConfig:
             "video_total_pixels": self.video.total_pixels,
             "video_backend": self.video.backend,
             "video_timeout_s": self.video.timeout_s,
-            "fast_videos": self.video.fast,
+            "video_resize": self.video_resize(),
             "grounding_format": self.grounding_format,
             "system_prompt": self.system_prompt,
         }
@@ -336,7 +350,9 @@ KEYS: dict[str, Key] = {
     "video.total_pixels": Key("int", "pixel budget of a whole video; null: the preset's", null=True, ge=_MIN_PIXELS),
     "video.backend": Key("str", "video decoder", choices=BACKENDS),
     "video.timeout_s": Key("number", "seconds one video may take to decode", gt=0),
-    "video.fast": Key("bool", "uint8 frame resize"),
+    "video.resize": Key("str", "the reference the frame resize equals bit for bit; null: the preset's",
+                        null=True, choices=RESIZE_MODES),
+    "video.fast": Key("bool", "deprecated: true = video.resize transformers"),
     "video.formats": Key("list[str]", "accepted video containers"),
     "cleaning": Key("mapping", "keyword arguments of processors.text.clean_sample", null=True),
     "filters": Key("mapping", "filter rules, see docs/filters.md", null=True),

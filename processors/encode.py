@@ -44,7 +44,8 @@ class EncodeOptions:
     video_total_pixels: int | None = None
     video_backend: str = "pyav"
     video_timeout_s: float = 120.0
-    fast_videos: bool = False              # uint8 frame resize: camera video within 1 level of exact, hard edges not (docs/video.md)
+    video_resize: str | None = None        # qwen-vl-utils | transformers (None: the preset's video_resize): the reference the frame resize equals (docs/video.md)
+    fast_videos: bool = False              # deprecated: True = video_resize "transformers"
     grounding_format: str | None = None    # format of boxes in the SOURCE text; None: leave text as is
     max_length: int | None = None
     system_prompt: str | None = None       # None: the preset's default

@@ -46,8 +46,10 @@ def image_options(ref: MediaRef, opts) -> dict[str, Any]:
 
 def video_options(ref: MediaRef, opts, preset: Preset | None = None) -> dict[str, Any]:
     """`process_video` keyword arguments for one video: the job's video settings, then the item's own
-    (an item's nframes replaces any fps). The frame resize is the preset's reference one
-    (`video_resize`; "transformers" = the uint8 path, `fast`) unless the job asks for `fast_videos`."""
+    (an item's nframes replaces any fps). The frame resize: the job's `video_resize` (or the
+    deprecated `fast_videos`), else the preset's reference one (`Preset.video_resize`)."""
+    from .video_resize import DEFAULT_RESIZE, resize_mode
+
     kw: dict[str, Any] = {
         "fps": opts.video_fps,
         "min_frames": opts.video_min_frames,
@@ -57,7 +59,8 @@ def video_options(ref: MediaRef, opts, preset: Preset | None = None) -> dict[str
         "total_pixels": opts.video_total_pixels,
         "backend": opts.video_backend,
         "timeout_s": opts.video_timeout_s,
-        "fast": opts.fast_videos or (preset is not None and preset.video_resize == "transformers") or None,
+        "resize": resize_mode(getattr(opts, "video_resize", None), opts.fast_videos or None,
+                              default=preset.video_resize if preset is not None else DEFAULT_RESIZE),
     }
     for key in VIDEO_OPTION_KEYS:
         if ref.options.get(key) is not None:

@@ -22,7 +22,7 @@ from .presets import Preset, get_preset
 from .resized_size import requested_size
 from .video_decode import decode_decord, decode_pyav
 from .video_probe import VideoInfo, probe_video
-from .video_resize import resize_frames
+from .video_resize import resize_frames, resize_mode
 from .video_sampling import sample_by_time, sample_frame_indices, video_frame_size
 
 __all__ = ["VideoInfo", "VideoResult", "probe_video", "sample_frame_indices", "process_video"]
@@ -89,7 +89,7 @@ def _result(frames: np.ndarray, preset: Preset, *, indices, times, sample_fps, o
 
 
 def _process_frame_list(frames_in, preset: Preset, *, sample_fps, min_pixels, max_pixels, total_pixels,
-                        resized_height=None, resized_width=None, fast=False):
+                        resized_height=None, resized_width=None, resize="qwen-vl-utils"):
     """`"video": [frame, …]` (spec §6.6, qwen-vl-utils 0.0.14 semantics for the rate: `sample_fps`,
     default 2.0; `fps`/`nframes` do not apply). Unlike 0.0.14, which resizes each frame with the image
     band and then again with the video budget, frames are resized once, straight to the §6.5 size
@@ -113,7 +113,7 @@ def _process_frame_list(frames_in, preset: Preset, *, sample_fps, min_pixels, ma
         if rgb.shape[:2] != (h, w) and not explicit:
             raise VlprepError(f"frame {i} of a frame-list video is {rgb.shape[1]}x{rgb.shape[0]} (WxH), frame 0 is "
                               f"{w}x{h}; all frames of one video must have the same size")
-        out[i] = resize_frames(rgb, H, W, fast=fast)
+        out[i] = resize_frames(rgb, H, W, mode=resize)
     times = np.arange(n) / rate
     return _result(out, preset, indices=range(n), times=times, sample_fps=rate, original_size=(h, w),
                    duration=n / rate, video_fps=rate, backend="frames")
@@ -195,12 +195,14 @@ def _single_torch_thread() -> None:
 
 
 def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int, list[int]], *,
-                       fast: bool = False) -> int:
+                       resize: str = "qwen-vl-utils") -> int:
     """Resize decoded frames into `out` in small batches on a worker thread while this thread keeps
     decoding (FFmpeg and torch both release the GIL, so the two overlap on two cores). At most
     `_RESIZE_IN_FLIGHT` batches are handed to the worker at once (plus the one being filled: at most
     3 batches of full-size frames alive): memory stays bounded by the kept, resized frames. Returns
-    how many slots of `out` were filled."""
+    how many slots of `out` were filled. (Letting this thread resize a batch itself when the worker
+    is behind, instead of waiting, was measured for issue #14: no gain on 240p–4K clips and more
+    system time on the 10-min 240p one, so it waits.)"""
     from concurrent.futures import ThreadPoolExecutor
 
     from .video_resize import require_torch
@@ -214,7 +216,7 @@ def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int,
         return resize_frames_into(batch)
 
     def resize_frames_into(batch: list[tuple[int, np.ndarray]]) -> int:
-        small = resize_frames(np.stack([f for _, f in batch]), H, W, fast=fast)
+        small = resize_frames(np.stack([f for _, f in batch]), H, W, mode=resize)
         n = 0
         for (i, _), s in zip(batch, small):
             for k in slots[i]:
@@ -271,14 +273,17 @@ def process_video(
     resized_width: int | None = None,
     backend: str = "pyav",
     timeout_s: float | None = 120,
-    fast: bool = False,
+    resize: str | None = None,
+    fast: bool | None = None,
     info: VideoInfo | None = None,
 ) -> VideoResult:
     """A video file (path) or a frame list (paths / bytes / PIL images / uint8 arrays) → VideoResult.
 
-    `fast`: resize on uint8 (see video_resize: 5–12× cheaper; on decoded camera video within 1 level
-    of the float resize on ≥ 99.98 % of values, on hard-edged synthetic content less). Default: the
-    exact float32 resize of torchvision.
+    `resize`: which reference the frame resize equals bit for bit (video_resize, docs/video.md):
+    "qwen-vl-utils" (torchvision v1 float32 path, also transformers on GPU) or "transformers"
+    (torchvision v2 uint8 path, transformers' video processors on CPU; 5–12× cheaper). None: the
+    preset's `video_resize` (qwen-vl-utils for Qwen2/2.5-VL, transformers for qwen3-vl).
+    `fast=True` is the deprecated spelling of resize="transformers".
 
     `info`: `probe_video(src)` when the caller already has it (the prepare job probes at its media
     check), so the file's packets are not demuxed a second time; it must describe `src`.
@@ -295,10 +300,11 @@ def process_video(
     if not preset.supports_video:
         raise VlprepError(f"preset {preset.name} has no video support")
     requested_size(resized_height, resized_width, preset.factor)  # refuse bad values before any decode
+    resize = resize_mode(resize, fast, default=preset.video_resize)
     if isinstance(src, (list, tuple)):
         return _process_frame_list(src, preset, sample_fps=sample_fps, min_pixels=min_pixels,
                                    max_pixels=max_pixels, total_pixels=total_pixels,
-                                   resized_height=resized_height, resized_width=resized_width, fast=fast)
+                                   resized_height=resized_height, resized_width=resized_width, resize=resize)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not isinstance(src, (str, os.PathLike)):
@@ -318,7 +324,7 @@ def process_video(
     for k, i in enumerate(idx.tolist()):
         slots.setdefault(i, []).append(k)
     decode = decode_pyav if backend == "pyav" else decode_decord
-    filled = _decode_and_resize(decode(info, idx, timeout_s=timeout_s), H, W, out, slots, fast=fast)
+    filled = _decode_and_resize(decode(info, idx, timeout_s=timeout_s), H, W, out, slots, resize=resize)
     if filled != n:
         raise VideoDecodeError(f"{info.path}: decoded {filled} of {n} sampled frames")
     times = info.frame_times[idx]

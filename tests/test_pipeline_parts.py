@@ -51,8 +51,8 @@ def test_fast_media_options_reach_the_encoder(tmp_path):
 
     cfg = JobConfig.from_yaml(_yaml(tmp_path, "sources: [a.jsonl]\n"), ["video.fast=true", "image.fast=true"])
     opts = EncodeOptions.from_dict(cfg.encode_options())
-    assert opts.fast_videos is True and opts.fast_images is True
-    assert EncodeOptions.from_dict(JobConfig.from_yaml(_yaml(tmp_path, "sources: [a.jsonl]\n")).encode_options()).fast_videos is False
+    assert opts.video_resize == "transformers" and opts.fast_images is True  # video.fast: deprecated alias
+    assert EncodeOptions.from_dict(JobConfig.from_yaml(_yaml(tmp_path, "sources: [a.jsonl]\n")).encode_options()).video_resize == "qwen-vl-utils"
 
 
 def test_config_unknown_keys_name_the_valid_ones(tmp_path):

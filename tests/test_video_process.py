@@ -197,11 +197,11 @@ def test_resize_thread_error_reaches_the_caller(clips, monkeypatch):
 
     calls = []
 
-    def failing(frames, H, W, fast=False):
+    def failing(frames, H, W, **kw):
         calls.append(len(frames))
         if len(calls) == 2:
             raise RuntimeError("resize blew up")
-        return resize_frames(frames, H, W, fast=fast)
+        return resize_frames(frames, H, W, **kw)
 
     monkeypatch.setattr(video_mod, "resize_frames", failing)
     with pytest.raises(RuntimeError, match="resize blew up"):

@@ -1,8 +1,8 @@
-"""Video resize = torchvision's uint8 bicubic+antialias path, written out with torch.
+"""Video resize, float mode = torchvision's uint8 bicubic+antialias v1 path, written out with torch.
 
-torchvision is not installed here, so equality with transformers' Qwen2VLVideoProcessor (which
-calls torchvision) cannot be checked; instead the steps torchvision documents are re-done
-independently: float32 → interpolate(bicubic, antialias, align_corners=False) → clamp → round.
+These tests re-do the documented steps independently (float32 → interpolate(bicubic, antialias,
+align_corners=False) → clamp → round) and pin properties of the uint8 ("transformers") mode; equality
+with the real torchvision / transformers / qwen-vl-utils is tests/test_video_resize_reference.py.
 """
 import numpy as np
 import pytest

@@ -1,5 +1,6 @@
-"""The model stage: scorers over prepared shards (text, pixels, vlm), token-budget batching, the
-score stage (local or Ray actors) and selection rules. See docs/scoring.md.
+"""The model stage: scorers over prepared shards (text, pixels, vlm; the curation scorers category,
+vlm_category, grounding, query, verify), token-budget batching, the score stage (local or Ray actors),
+selection rules and mixing by category. See docs/scoring.md and docs/curation.md.
 
 torch / transformers / sentence-transformers are imported lazily, inside the scorers.
 """

@@ -29,7 +29,8 @@ from processors.presets import get_preset
 from .batching import HostBatch, plan_batches, plan_packs
 from .protocol import DTYPES, ScorerError, compute_dtype, parse_device, resolve_device
 
-SCORER_NAMES = ("text", "pixels", "vlm")
+SCORER_NAMES = ("text", "pixels", "vlm", "category", "verify", "vlm_category", "grounding", "query")
+MODEL_SCORERS = ("vlm", "verify", "vlm_category", "grounding", "query")  # need --model
 DEFAULT_SCORERS = ("text", "pixels")
 
 
@@ -47,14 +48,19 @@ class ScoreConfig:
     text_model: str | None = None  # sentence model folder; None = the bundled all-MiniLM-L6-v2
     overwrite: bool = False
     visual_gain: bool = True       # vlm: the second, text-only pass
+    taxonomy: str | None = None    # category: taxonomy YAML; None = filters/reward/taxonomy_default.yaml
+    max_new_tokens: int = 128      # verify: greedy answer length
+    iou_threshold: float = 0.5     # verify: box answers match at IoU >= this
 
     def __post_init__(self):
         self.scorers = tuple(self.scorers)
         unknown = [s for s in self.scorers if s not in SCORER_NAMES]
         if unknown:
             raise ScorerError(f"unknown scorer(s) {unknown}; choose from {list(SCORER_NAMES)}")
-        if "vlm" in self.scorers and not self.model:
-            raise ScorerError("the vlm scorer needs --model PATH (a local Qwen2-VL / Qwen2.5-VL checkpoint folder)")
+        if any(s in MODEL_SCORERS for s in self.scorers) and not self.model:
+            first = next(s for s in self.scorers if s in MODEL_SCORERS)
+            raise ScorerError(f"the {first} scorer needs --model PATH "
+                              "(a local Qwen2-VL / Qwen2.5-VL checkpoint folder)")
         if self.batch_tokens <= 0:
             raise ScorerError(f"--batch-tokens must be positive, got {self.batch_tokens}")
         if not 0 <= self.max_padding < 1:
@@ -97,6 +103,25 @@ def make_scorer(name: str, cfg: ScoreConfig):
         from .pixel_scorer import PixelScorer
 
         return PixelScorer()
+    if name == "category":
+        from .category_scorer import CategoryScorer
+
+        return CategoryScorer(cfg.taxonomy, cfg.text_model)
+    if name == "vlm_category":
+        from .vlm_category import VLMCategoryScorer
+
+        return VLMCategoryScorer(cfg.model, cfg.taxonomy, batch_tokens=cfg.batch_tokens, dtype=cfg.dtype)
+    if name in ("grounding", "query"):
+        from .grounding_scorer import GroundingScorer
+        from .query_scorer import QueryScorer
+
+        return (GroundingScorer if name == "grounding" else QueryScorer)(cfg.model, batch_tokens=cfg.batch_tokens,
+                                                                         dtype=cfg.dtype)
+    if name == "verify":
+        from .verify import VerifyScorer
+
+        return VerifyScorer(cfg.model, max_new_tokens=cfg.max_new_tokens, iou_threshold=cfg.iou_threshold,
+                            dtype=cfg.dtype)
     from .vlm_scorer import VLMScorer
 
     return VLMScorer(cfg.model, pack=cfg.pack, visual_gain=cfg.visual_gain, dtype=cfg.dtype)
@@ -120,6 +145,12 @@ def base_columns(name: str, visual_gain: bool = True) -> list[str]:
         "text": ["text.qa_relevance", "text.informativeness", "text.lexical_diversity"],
         "pixels": ["pixels.blank", "pixels.luma_std", "pixels.sharpness", "pixels.brightness", "pixels.clipped"],
         "vlm": ["vlm.mean_logprob", "vlm.text_only_logprob", "vlm.visual_gain"],
+        "category": ["category.coarse", "category.fine", "category.confidence", "category.coarse_confidence"],
+        "verify": ["verify.match", "verify.value", "verify.kind", "verify.answer"],
+        "vlm_category": ["vlm_category.coarse", "vlm_category.fine", "vlm_category.confidence",
+                         "vlm_category.coarse_confidence"],
+        "grounding": ["grounding.box_margin", "grounding.box_rank"],
+        "query": ["query.logprob", "query.visual_relevance"],
     }[name]
 
 
@@ -191,7 +222,11 @@ class ScoreWorker:
             batch = HostBatch([samples[i] for i in group], self.preset, self.device, self.dtype)
             for scorer in todo:
                 for name, values in scorer.score(batch).items():
-                    cols.setdefault(name, np.full(len(samples), np.nan))[group] = values
+                    values = np.asarray(values)
+                    if name not in cols:  # label columns (category.coarse ...) are strings, the rest float64
+                        cols[name] = (np.full(len(samples), None, dtype=object) if values.dtype == object
+                                      else np.full(len(samples), np.nan))
+                    cols[name][group] = values
             real = int(lengths[group].sum())
             res.tokens += real
             res.padded_tokens += real if self.pack else int(lengths[group].max()) * len(group)
@@ -199,7 +234,8 @@ class ScoreWorker:
             if progress is not None:
                 progress(len(group), real)
         table = pa.table({"id": pa.array([s["id"] for s in samples], pa.string()),
-                          **{k: pa.array(v, pa.float64()) for k, v in cols.items()}})
+                          **{k: pa.array(v, pa.string() if v.dtype == object else pa.float64())
+                             for k, v in cols.items()}})
         if have and path.exists():  # merge with the columns a previous run wrote
             old = pq.read_table(path)
             if old.column("id").to_pylist() != table.column("id").to_pylist():

@@ -180,6 +180,8 @@ def take_images(stats: dict) -> str:
 def take_videos(stats: dict) -> str:
     v = stats.get("videos", {})
     s = f"<b>{v.get('total', 0):,}</b> videos"
+    if v.get("resize"):
+        s += f" (frames resized as {html.escape(v['resize'])})"
     if v.get("total_duration_s") is not None:
         s += f", {_duration(v['total_duration_s'])} in all"
     d, fr, sf = v.get("duration_s") or {}, v.get("sampled_frames") or {}, v.get("sample_fps") or {}

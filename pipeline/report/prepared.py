@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from ..sizes import bytes_headline
 from .summary import Report, share, size_block, summarize
@@ -38,11 +39,13 @@ def build_prepared_report(out: str | Path, *, examples: int = EXAMPLES) -> Repor
     stats["tokens"] = token_stats(manifest, series)
     stats["images"] = image_stats(manifest, series, presets)
     stats["videos"] = video_stats(manifest, series)
+    stats["videos"]["resize"] = video_resize_reference(out)
     stats["boxes"] = box_stats(manifest, series)
     stats["sources"] = source_stats(manifest, ledger)
     scores = read_scores(out)
     stats["scores"] = score_stats(scores, manifest, series) if scores is not None else {}
     stats["storage"] = _storage(out, manifest)
+    stats["categories"] = category_stats(scores, manifest) if scores is not None else {}
     stats["headline"] = headline(stats)
     stats["headline"].update(bytes_headline(stats["storage"]))
     return Report(stats, series)
@@ -174,6 +177,23 @@ def video_stats(manifest, series: dict) -> dict:
     }
 
 
+def video_resize_reference(out: Path) -> str | None:
+    """Which reference the run's video frames were resized bit-exactly to ("qwen-vl-utils" or
+    "transformers", docs/video.md), from OUT/job.json; None without one."""
+    import json
+
+    from processors.presets import get_preset
+    from processors.video_resize import resize_mode
+
+    try:
+        job = json.loads((Path(out) / "job.json").read_text())
+        video = job.get("video") or {}
+        return resize_mode(video.get("resize"), video.get("fast") or None,
+                           default=get_preset(job.get("preset")).video_resize)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def box_stats(manifest, series: dict) -> dict:
     boxes = column(manifest, "n_boxes")
     if boxes is None:
@@ -221,8 +241,8 @@ def score_stats(scores, manifest, series: dict) -> dict:
     listed = np.asarray([i in tok_by_id for i in ids], dtype=bool)
     out = {}
     for name in scores.column_names:
-        if name == "id":
-            continue
+        if name == "id" or pa.types.is_string(scores.schema.field(name).type):
+            continue  # label columns (category.*) are counted by category_stats
         v = column(scores, name)
         if v is None:
             continue
@@ -242,6 +262,24 @@ def score_stats(scores, manifest, series: dict) -> dict:
                                    "kept_tokens": int(np.nansum(tokens[keep]))})
         block["threshold_at_decile"] = thresholds
         out[name] = block
+    return out
+
+
+def category_stats(scores, manifest) -> dict:
+    """Per label column (e.g. category.coarse): samples and tokens of this directory's manifest per label."""
+    tok_by_id = dict(zip(strings(manifest, "id"), column(manifest, "n_tokens", np.zeros(manifest.num_rows))))
+    ids = strings(scores, "id")
+    out = {}
+    for name in scores.column_names:
+        if name == "id" or not pa.types.is_string(scores.schema.field(name).type) or name.endswith(".answer"):
+            continue  # free text (verify.answer) is no label
+        block: dict = {}
+        for sid, label in zip(ids, strings(scores, name)):
+            if sid in tok_by_id:
+                b = block.setdefault(label or "(none)", {"samples": 0, "tokens": 0})
+                b["samples"] += 1
+                b["tokens"] += int(tok_by_id[sid])
+        out[name] = dict(sorted(block.items(), key=lambda kv: -kv[1]["tokens"]))
     return out
 
 

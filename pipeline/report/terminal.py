@@ -69,6 +69,8 @@ def print_report(stats: dict, console: Console | None = None) -> None:
     t = _dist_table("media", media)
     if t:
         c.print(t)
+    if stats.get("videos", {}).get("total") and stats["videos"].get("resize"):
+        c.print(f"video frames resized as {stats['videos']['resize']} (bit-exact to that reference, docs/video.md)")
     if len(stats.get("sources", [])) > 1:
         t = Table(title="per source", title_justify="left")
         for col in ("source", "inputs", "kept", "dropped", "error", "tokens"):
@@ -86,6 +88,13 @@ def print_report(stats: dict, console: Console | None = None) -> None:
         for d in sc["threshold_at_decile"]:
             t.add_row(f"p{d['decile']}", fmt(d["threshold"]), fmt(d["kept"]), f"{d['kept_share']:.0%}",
                       fmt(d["kept_tokens"]))
+        c.print(t)
+    for name, block in stats.get("categories", {}).items():
+        t = Table(title=f"per {name}", title_justify="left")
+        for col in ("label", "samples", "tokens"):
+            t.add_column(col, justify="left" if col == "label" else "right")
+        for label, r in block.items():
+            t.add_row(label, fmt(r["samples"]), fmt(r["tokens"]))
         c.print(t)
     if stats.get("timing"):
         tm = stats["timing"]

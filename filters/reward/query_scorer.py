@@ -1,0 +1,76 @@
+"""`query` scorer: is the question about this image/video, and is it well formed?
+
+Scores the tokens of the sample's last user turn before its first answer (the question; vision
+blocks excluded) with a local checkpoint, once with the sample's images/videos and once with every
+vision block removed (plain text positions), as `vlm.visual_gain` does for the answer.
+
+Columns
+  query.logprob           mean log-prob of the question's tokens given the image/video: very low for
+                          garbled, truncated or machine-mangled questions
+  query.visual_relevance  query.logprob minus the same without vision: > 0 when seeing the image makes
+                          the question more expected, i.e. the question is about what is shown; near 0
+                          for generic questions ("Describe the image.") and for questions about
+                          something else; NaN for samples without images/videos
+
+Cannot catch: whether the question is *answerable* from the image in the strict sense (a question
+about a detail that is not visible can still be likely), nor a right question with a wrong answer
+(use verify / vlm.mean_logprob). Like every likelihood signal it favours the checkpoint's own style.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from processors.presets import IM_END_ID, IM_START_ID, VISION_END_ID, VISION_START_ID
+
+from .batching import HostBatch, has_vision
+from .candidates import CandidateScorer, first_answer, relabel, truncate
+
+COLUMNS = ["query.logprob", "query.visual_relevance"]
+
+
+def question_mask(ids: np.ndarray, user_id: int) -> np.ndarray | None:
+    """Positions of the last user turn's content (after '<|im_start|>user\\n', before <|im_end|>),
+    vision blocks excluded; None when there is no user turn."""
+    starts = [i for i in np.flatnonzero(ids == IM_START_ID) if i + 1 < len(ids) and ids[i + 1] == user_id]
+    if not starts:
+        return None
+    a = int(starts[-1]) + 3  # <|im_start|> user \n
+    ends = np.flatnonzero(ids[a:] == IM_END_ID)
+    b = a + int(ends[0]) if len(ends) else len(ids)
+    depth = np.cumsum((ids == VISION_START_ID).astype(np.int64) - np.r_[0, (ids[:-1] == VISION_END_ID)])
+    mask = np.zeros(len(ids), bool)
+    mask[a:b] = True
+    mask &= depth == 0
+    mask &= ids != VISION_END_ID
+    return mask if mask.any() else None
+
+
+class QueryScorer(CandidateScorer):
+    name = "query"
+
+    def columns(self) -> list[str]:
+        return list(COLUMNS)
+
+    def score(self, batch: HostBatch) -> dict[str, np.ndarray]:
+        tok = self._tok(batch)
+        user_id = tok.encode("user")[0]
+        n = len(batch)
+        lp, rel = np.full(n, np.nan), np.full(n, np.nan)
+        rows, owner = [], []
+        for i, s in enumerate(batch.samples):
+            span = first_answer(s)
+            prompt = truncate(s, span[0] if span else len(s["input_ids"]))
+            mask = question_mask(np.asarray(prompt["input_ids"]), user_id)
+            if mask is None:
+                continue
+            rows.append(relabel(prompt, mask))
+            owner.append(i)
+        if not rows:
+            return {"query.logprob": lp, "query.visual_relevance": rel}
+        owner = np.array(owner)
+        lp[owner], _ = self.logprobs(rows, batch)
+        vis = np.array([has_vision(r) for r in rows])
+        if vis.any():
+            text_lp, _ = self.logprobs([r for r, v in zip(rows, vis) if v], batch, with_vision=False)
+            rel[owner[vis]] = lp[owner[vis]] - text_lp
+        return {"query.logprob": lp, "query.visual_relevance": rel}

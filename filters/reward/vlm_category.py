@@ -1,0 +1,92 @@
+"""`vlm_category` scorer: a local Qwen2-VL / Qwen2.5-VL checkpoint tags each sample into the taxonomy
+by the log-probability of each category name (no free generation).
+
+Row per candidate: the sample up to the end of its first answer (vision included), then a user turn
+asking which category describes the request (the categories listed with their descriptions) and the
+candidate name as the assistant's answer. Coarse first (one row per coarse category), then the fine
+categories of the winning coarse one. Probabilities: softmax of the names' summed log-probabilities.
+Cost: n_coarse + n_fine(best) forward passes per sample (each re-encodes the sample's vision); use the
+zero-shot `category` scorer for bulk tagging and this one where its labels need a second opinion.
+
+Columns (as `category`): vlm_category.coarse, vlm_category.fine (strings), vlm_category.confidence
+(P(coarse) * P(fine | coarse)), vlm_category.coarse_confidence (P(coarse)).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from processors.presets import IM_END_ID
+
+from .batching import HostBatch
+from .candidates import CandidateScorer, extend, first_answer, truncate
+from .taxonomy import Taxonomy, load_taxonomy
+
+COLUMNS = ["vlm_category.coarse", "vlm_category.fine", "vlm_category.confidence", "vlm_category.coarse_confidence"]
+ASK = ("Which category best describes the request above? The categories are:\n{options}\n"
+       "Answer with the category name only.")
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max())
+    return z / z.sum()
+
+
+class VLMCategoryScorer(CandidateScorer):
+    name = "vlm_category"
+
+    def __init__(self, model_path: str, taxonomy: str | Taxonomy | None = None, **kw):
+        super().__init__(model_path, **kw)
+        self.taxonomy = taxonomy if isinstance(taxonomy, Taxonomy) else load_taxonomy(taxonomy)
+
+    def columns(self) -> list[str]:
+        return list(COLUMNS)
+
+    def question_ids(self, tok, names_descs: list[tuple[str, str]]) -> list[int]:
+        options = "\n".join(f"- {n}: {d}" for n, d in names_descs)
+        text = f"\n<|im_start|>user\n{ASK.format(options=options)}<|im_end|>\n<|im_start|>assistant\n"
+        return tok.encode(text)
+
+    def rows_for(self, context: dict, tok, names_descs: list[tuple[str, str]], preset) -> list[dict]:
+        q = self.question_ids(tok, names_descs)
+        rows = []
+        for name, _ in names_descs:
+            cand = tok.encode(name) + [IM_END_ID]
+            ids = q + cand
+            rows.append(extend(context, ids, preset, supervised=[False] * len(q) + [True] * len(cand)))
+        return rows
+
+    def score(self, batch: HostBatch) -> dict[str, np.ndarray]:
+        tok = self._tok(batch)
+        n = len(batch)
+        out = {"vlm_category.coarse": np.full(n, None, dtype=object), "vlm_category.fine": np.full(n, None, dtype=object),
+               "vlm_category.confidence": np.full(n, np.nan), "vlm_category.coarse_confidence": np.full(n, np.nan)}
+        contexts = {}
+        for i, s in enumerate(batch.samples):
+            span = first_answer(s)
+            end = span[1] + 1 if span else len(s["input_ids"])  # through the answer's <|im_end|>
+            contexts[i] = truncate(s, end)
+        coarse = [(c.name, c.description) for c in self.taxonomy.coarse]
+        rows, owner = [], []
+        for i, ctx in contexts.items():
+            rows += self.rows_for(ctx, tok, coarse, batch.preset)
+            owner += [i] * len(coarse)
+        mean, cnt = self.logprobs(rows, batch)
+        total = (mean * cnt).reshape(n, len(coarse))
+        fine_rows, fine_owner, fine_sets = [], [], {}
+        for i in range(n):
+            p = _softmax(total[i])
+            b = int(p.argmax())
+            out["vlm_category.coarse"][i] = coarse[b][0]
+            out["vlm_category.coarse_confidence"][i] = float(p[b])
+            fines = [(f.name, f.description) for f in self.taxonomy.coarse[b].fine]
+            fine_sets[i] = fines
+            fine_rows += self.rows_for(contexts[i], tok, fines, batch.preset)
+            fine_owner += [i] * len(fines)
+        fmean, fcnt = self.logprobs(fine_rows, batch)
+        ftotal, fine_owner = fmean * fcnt, np.array(fine_owner)
+        for i in range(n):
+            p = _softmax(ftotal[fine_owner == i])
+            b = int(p.argmax())
+            out["vlm_category.fine"][i] = fine_sets[i][b][0]
+            out["vlm_category.confidence"][i] = float(p[b]) * out["vlm_category.coarse_confidence"][i]
+        return out

@@ -1,0 +1,86 @@
+"""`vlprep verify OUT --model PATH`: a checkpoint answers every sample's question; its answer is
+checked against the reference -> verify.* columns in OUT/scores/{unit}.parquet (usable in select)."""
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from jobs.cli import positive_int
+
+HELP = "answer each sample with a checkpoint and check the reference (rejection sampling); adds verify.* scores"
+DESCRIPTION = """Verify reference answers with a model (greedy generation from the prepared shards).
+
+Each sample's prompt (every token before its first supervised answer) is answered by the checkpoint;
+a checker chosen from the reference -- box IoU, multiple-choice letter, number, normalised text -- says
+whether the model's answer confirms it (filters/reward/answer_check.py, docs/curation.md).
+Columns: verify.match (1/0, NaN = nothing to check), verify.value, verify.kind, verify.answer.
+Finished units are skipped; --overwrite re-runs them.
+
+examples:
+  vlprep verify out/ --model /models/Qwen2.5-VL-7B-Instruct
+  vlprep select out/ --rule "verify.match == 1"
+"""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("out_dir", help="output directory of `vlprep prepare`")
+    p.add_argument("--model", required=True, help="local Qwen2-VL / Qwen2.5-VL checkpoint folder")
+    p.add_argument("--max-new-tokens", type=positive_int, default=128, help="greedy answer length (default 128)")
+    p.add_argument("--iou", type=float, default=0.5, help="box answers match at IoU >= this (default 0.5)")
+    p.add_argument("--batch-tokens", type=positive_int, default=16384, help="padded prompt tokens per batch (default 16384)")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--address", help="Ray cluster address: one actor per --num-gpus share of every GPU")
+    p.add_argument("--num-gpus", type=float, default=1.0, help="GPUs per Ray actor")
+    p.add_argument("--overwrite", action="store_true", help="re-verify units that already have verify.* columns")
+
+
+def run(args) -> int:
+    import pyarrow.parquet as pq
+
+    from filters.reward.protocol import ScorerError
+    from filters.reward.stage import ScoreConfig, pending, run_local, run_ray
+    from jobs.score import units_from_manifest
+    from pipeline.loader import ShardLoader
+
+    out = Path(args.out_dir)
+    try:
+        if not 0 < args.iou <= 1:
+            raise ValueError(f"--iou must be in (0, 1], got {args.iou}")
+        units, preset = units_from_manifest(out)
+        cfg = ScoreConfig(str(out), ("verify",), model=args.model, preset=preset, batch_tokens=args.batch_tokens,
+                          device=args.device, overwrite=args.overwrite, max_new_tokens=args.max_new_tokens,
+                          iou_threshold=args.iou)
+        from filters.reward.vlm_scorer import VLMScorer
+
+        VLMScorer(args.model)  # a wrong --model fails here, with its message
+    except (ScorerError, FileNotFoundError, ValueError) as exc:
+        print(f"vlprep verify: {exc}", file=sys.stderr)
+        return 2
+    todo = pending(cfg, units)
+    print(f"verifying {len(todo)} of {len(units)} units ({sum(u.expected or 0 for u in todo)} samples); "
+          f"{len(units) - len(todo)} already verified")
+    t0 = time.perf_counter()
+    try:
+        if args.address:
+            report = run_ray(cfg, units, ShardLoader, address=args.address, num_gpus=args.num_gpus)
+        else:
+            report = run_local(cfg, units, ShardLoader)
+    except ScorerError as exc:
+        print(f"vlprep verify: {exc}", file=sys.stderr)
+        return 2
+    secs = max(time.perf_counter() - t0, 1e-9)
+    if report.samples:
+        print(f"verified {report.samples} samples in {secs:.1f}s ({report.samples / secs:,.2f} samples/s)")
+    kinds, matched = Counter(), Counter()
+    for f in sorted((out / "scores").glob("*.parquet")):
+        t = pq.read_table(f, columns=["verify.kind", "verify.match"])
+        for k, m in zip(t.column("verify.kind").to_pylist(), t.column("verify.match").to_pylist()):
+            kinds[k or "(no answer)"] += 1
+            matched[k or "(no answer)"] += int(m == 1.0)
+    for k, n in sorted(kinds.items()):
+        print(f"  {k:<12} {n:>8} samples, {matched[k]:>8} confirmed ({matched[k] / n:.1%})")
+    print(f"wrote verify.* columns to {out / 'scores'}/{{unit}}.parquet; keep confirmed samples with "
+          f"`vlprep select {out} --rule \"verify.match == 1\"`")
+    return 0
