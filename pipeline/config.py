@@ -19,6 +19,8 @@ from processors.errors import UserInputError
 from processors.video import BACKENDS
 from processors.video_resize import RESIZE_MODES
 
+from .storage import CODECS
+
 SOURCE_KINDS = ("json", "jsonl", "parquet", "webdataset", "folder")
 SOURCE_FORMATS = ("auto", "llava", "sharegpt", "llamafactory", "qwen", "openai")
 _KIND_BY_SUFFIX = {".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".tar": "webdataset"}
@@ -82,6 +84,11 @@ class DedupOptions:
 
 
 @dataclass
+class StorageOptions:
+    codec: str = "zstd-delta"          # pixel members, each pixel once, lossless: zstd-delta|webp|png|zstd|npy (docs/storage.md)
+
+
+@dataclass
 class RayOptions:
     address: str | None = None         # None: an embedded local Ray; "auto" or "ray://host:port"
     num_cpus: float = 1.0              # CPUs declared by each encode task (a unit)
@@ -109,6 +116,7 @@ class JobConfig:
     unit_size: int = 256               # records per work unit (one shard per unit)
     max_error_share: float | None = None  # the job fails (exit 1) when more records than this share are errors
     ray: RayOptions = field(default_factory=RayOptions)
+    storage: StorageOptions = field(default_factory=StorageOptions)
     base_dir: str = "."                # where relative paths are resolved (the YAML's folder)
 
     # -- construction ---------------------------------------------------------------------------
@@ -361,6 +369,7 @@ KEYS: dict[str, Key] = {
     "ray.workers": Key("int", "CPUs of the embedded local Ray; null: all", null=True, ge=1),
     "ray.max_retries": Key("int", "re-runs of a unit whose worker died", ge=0),
     "ray.record_timeout_s": Key("number", "seconds without progress on one record; 0: never", ge=0),
+    "storage.codec": Key("str", "lossless pixel codec of the shards (docs/storage.md)", choices=CODECS),
     "base_dir": Key("str", "where relative paths are resolved"),
 }
 
@@ -378,6 +387,7 @@ _SECTIONS = {
     (JobConfig, "video"): VideoOptions,
     (JobConfig, "dedup"): DedupOptions,
     (JobConfig, "ray"): RayOptions,
+    (JobConfig, "storage"): StorageOptions,
 }
 
 

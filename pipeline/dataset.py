@@ -384,10 +384,15 @@ class StatefulLoader(DataLoader):
 def sample_from_webdataset(row: dict) -> dict:
     """A row decoded by `webdataset.WebDataset(urls).decode()` or `ray.data.read_webdataset(urls)`
     → the sample dict of `ShardLoader.iter_shard` (id, the 7 arrays, meta), ready for
-    PaddedCollator / PackedCollator. (Today's members are plain .npy + .json; both libraries decode
-    them by extension.)"""
+    PaddedCollator / PackedCollator. (The arrays are .npy + .json members both libraries decode by
+    extension; the pixels, stored once per frame (shard format 2), are rebuilt here from their raw
+    members — decode without image handlers so they stay exact.)"""
     from .loader import ARRAYS
 
+    if "pixels.json" in row:                 # shard format 2: pixels stored once per frame (storage.py)
+        from .storage import pixels_from_row
+
+        row = {**row, "pixel_values.npy": pixels_from_row(row)}
     missing = [f"{name}.npy" for name in ARRAYS if f"{name}.npy" not in row]
     if missing:
         raise KeyError(f"row {row.get('__key__')!r} from {row.get('__url__', '?')} lacks {missing}: not a "

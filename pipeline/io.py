@@ -42,7 +42,9 @@ MANIFEST_SCHEMA = pa.schema([
     ("video_frames", pa.list_(pa.int64())),
     ("video_sizes", pa.list_(pa.list_(pa.int64()))),
     ("video_resized", pa.list_(pa.list_(pa.int64()))),
-])
+    ("sample_bytes", pa.int64()),        # bytes the sample takes in its shard (tar headers included)
+    ("media_bytes", pa.int64()),         # bytes of its media files as read (bytes in)
+], metadata={"vlprep.shard_format": "2"})  # pipeline/storage.py FORMAT_VERSION (tests/test_storage.py checks)
 
 LEDGER_SCHEMA = pa.schema([
     ("id", pa.string()),

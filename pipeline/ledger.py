@@ -48,7 +48,8 @@ def ledger_row(unit: str, o: Outcome) -> dict:
             "stage": o.stage, "rule": o.rule, "value": o.value, "message": o.message}
 
 
-def manifest_row(unit: str, shard: str, key: str, meta: dict, pixel_rows: int) -> dict:
+def manifest_row(unit: str, shard: str, key: str, meta: dict, pixel_rows: int, sample_bytes: int | None = None,
+                 media_bytes: int | None = None) -> dict:
     images = meta.get("images") or []
     videos = meta.get("videos") or []
     return {
@@ -67,6 +68,8 @@ def manifest_row(unit: str, shard: str, key: str, meta: dict, pixel_rows: int) -
         "video_frames": [len(v.get("frame_indices") or []) for v in videos],
         "video_sizes": [list(map(int, v["original_size"])) for v in videos],
         "video_resized": [list(map(int, v["resized_size"])) for v in videos],
+        "sample_bytes": sample_bytes,
+        "media_bytes": media_bytes,
     }
 
 

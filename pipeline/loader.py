@@ -5,7 +5,9 @@
     inputs = to_model_inputs(sample, "qwen2.5-vl", device="cuda")
     batch = to_model_inputs([s1, s2, s3], "qwen2.5-vl")  # padded, pixel_values concatenated
 
-Shards hold pixels as uint8 patches; normalisation (1/255, CLIP mean/std) happens here, on the
+Shards hold each pixel once, losslessly compressed (pipeline/storage.py, shard format 2; format-1
+shards with raw `pixel_values.npy` members are read too); the loader rebuilds the exact uint8
+`pixel_values` rows. Normalisation (1/255, CLIP mean/std) happens in `to_model_inputs`, on the
 requested device, after the uint8 copy (4x less host→device traffic than float32). Names follow
 the Hugging Face processor: input_ids, attention_mask, labels, position_ids, pixel_values,
 image_grid_thw, pixel_values_videos, video_grid_thw, second_per_grid_ts.
@@ -23,6 +25,8 @@ import numpy as np
 
 from processors.presets import ENDOFTEXT_ID, IGNORE_INDEX, get_preset
 from processors.sample import EncodedSample
+
+from .storage import DESCRIPTOR, V1_MEMBER, StorageError, read_pixels
 
 ARRAYS = EncodedSample.ARRAY_FIELDS
 PAD_ID = ENDOFTEXT_ID  # 151643, the Qwen2 tokenizer's pad token
@@ -55,27 +59,45 @@ class ShardLoader:
         return self.manifest.column("id").to_pylist()
 
     # -- reading ---------------------------------------------------------------------------------
-    def iter_shard(self, shard: str) -> Iterator[dict]:
-        """Samples of one shard in stored order: {"id", 7 arrays, "meta"}."""
-        with tarfile.open(self._path(shard), "r:") as tar:
-            key, members = None, {}
-            for m in tar:
-                if not m.isfile():
-                    continue
-                k, _, rest = m.name.partition(".")
-                if k != key and key is not None:
-                    yield _assemble(key, members)
-                    members = {}
-                key = k
-                members[rest] = tar.extractfile(m).read()
-            if key is not None:
-                yield _assemble(key, members)
+    def iter_shard(self, shard: str, *, pixels: str = "rows") -> Iterator[dict]:
+        """Samples of one shard in stored order: {"id", 7 arrays, "meta"}.
+
+        `pixels="frames"`: no `pixel_values`; a `stored_pixels` (storage.StoredPixels: the distinct
+        frames and the patch geometry) instead, for consumers that rebuild the rows on their device
+        (`to_model_inputs` does). A damaged shard raises StorageError naming the shard and sample."""
+        for key, members in self._iter_members(shard):
+            yield _assemble(key, members, shard, pixels)
+
+    def _iter_members(self, shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+        path = self._path(shard)
+        key = None
+        try:
+            with tarfile.open(path, "r:") as tar:
+                members: dict[str, bytes] = {}
+                for m in tar:
+                    if not m.isfile():
+                        continue
+                    k, _, rest = m.name.partition(".")
+                    if k != key and key is not None:
+                        yield key, members
+                        members = {}
+                    key = k
+                    data = tar.extractfile(m).read()
+                    if len(data) != m.size:
+                        raise tarfile.ReadError(f"member {m.name} is cut short ({len(data)} of {m.size} bytes)")
+                    members[rest] = data
+                if key is not None:
+                    yield key, members
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            at = f", sample {key!r}" if key is not None else ""
+            raise StorageError(f"{shard}{at}: the shard is truncated or corrupt ({exc}); "
+                               f"re-run `vlprep prepare` for its unit (delete the shard first)") from None
 
     def __iter__(self) -> Iterator[dict]:
         for shard in self.shards():
             yield from self.iter_shard(shard)
 
-    def get(self, sample_id: str) -> dict:
+    def get(self, sample_id: str, *, pixels: str = "rows") -> dict:
         """One sample by id (looked up in the manifest, then read by offset from its shard)."""
         ids = self.manifest.column("id").to_pylist()
         try:
@@ -93,16 +115,23 @@ class ShardLoader:
             for rest, (offset, size) in index[key].items():
                 f.seek(offset)
                 members[rest] = f.read(size)
-        return _assemble(key, members)
+                if len(members[rest]) != size:
+                    raise StorageError(f"{shard}, sample {key!r}: member {key}.{rest} is cut short "
+                                       f"({len(members[rest])} of {size} bytes); the shard is truncated")
+        return _assemble(key, members, shard, pixels)
 
     def _shard_index(self, shard: str) -> dict[str, dict[str, tuple[int, int]]]:
         if shard not in self._index:
             idx: dict[str, dict[str, tuple[int, int]]] = {}
-            with tarfile.open(self._path(shard), "r:") as tar:
-                for m in tar:
-                    if m.isfile():
-                        k, _, rest = m.name.partition(".")
-                        idx.setdefault(k, {})[rest] = (m.offset_data, m.size)
+            try:
+                with tarfile.open(self._path(shard), "r:") as tar:
+                    for m in tar:
+                        if m.isfile():
+                            k, _, rest = m.name.partition(".")
+                            idx.setdefault(k, {})[rest] = (m.offset_data, m.size)
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                raise StorageError(f"{shard}: the shard is truncated or corrupt ({exc}); re-run "
+                                   f"`vlprep prepare` for its unit (delete the shard first)") from None
             self._index[shard] = idx
         return self._index[shard]
 
@@ -113,34 +142,66 @@ class ShardLoader:
         return p
 
 
-def _assemble(key: str, members: dict[str, bytes]) -> dict:
+PIXEL_MODES = ("rows", "frames")
+
+
+def _assemble(key: str, members: dict[str, bytes], shard: str = "?", pixels: str = "rows") -> dict:
+    if pixels not in PIXEL_MODES:
+        raise ValueError(f"pixels={pixels!r}: use one of {PIXEL_MODES}")
+    where = f"{shard}, sample {key!r}"
     out: dict = {}
+    v1 = V1_MEMBER in members
+    if not v1 and DESCRIPTOR not in members:
+        raise StorageError(f"{where}: neither {key}.{DESCRIPTOR} (shard format 2) nor {key}.{V1_MEMBER} "
+                           f"(format 1) is in the shard; it is truncated or not a `vlprep prepare` shard")
     for name in ARRAYS:
+        if name == "pixel_values" and not v1:
+            continue
         blob = members.get(f"{name}.npy")
         if blob is None:
-            raise ValueError(f"sample {key!r}: member {key}.{name}.npy missing from the shard")
-        out[name] = np.load(io.BytesIO(blob), allow_pickle=False)
-    meta = json.loads(members.get("meta.json", b"{}"))
+            raise StorageError(f"{where}: member {key}.{name}.npy missing from the shard")
+        try:
+            out[name] = np.load(io.BytesIO(blob), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise StorageError(f"{where}: member {key}.{name}.npy is corrupt ({exc})") from None
+    if not v1:
+        stored = read_pixels(members, where)
+        if pixels == "frames":
+            out["stored_pixels"] = stored
+        else:
+            out["pixel_values"] = stored.pixel_values()
+    try:
+        meta = json.loads(members.get("meta.json", b"{}"))
+    except ValueError as exc:
+        raise StorageError(f"{where}: member {key}.meta.json is corrupt ({exc})") from None
     out["meta"] = meta
     out["id"] = meta.get("id", key)
     return out
+
+
+def pixel_values_of(sample: dict) -> np.ndarray:
+    """A loaded sample's uint8 pixel_values, rebuilt from its stored frames when read with pixels="frames"."""
+    if "pixel_values" in sample:
+        return sample["pixel_values"]
+    return sample["stored_pixels"].pixel_values()
 
 
 # -- model inputs ----------------------------------------------------------------------------------
 
 def split_pixel_rows(sample: dict) -> tuple[np.ndarray, np.ndarray]:
     """(image rows, video rows) of a sample's pixel_values: images come first, in placeholder order."""
-    pv = sample["pixel_values"]
+    pv = pixel_values_of(sample)
     n_img = int(np.prod(np.asarray(sample["image_grid_thw"]).reshape(-1, 3), axis=1).sum())
     if pv.ndim != 2:                      # qwen-vl: [k, 448, 448, 3], images only
         return pv, pv[:0]
     return pv[:n_img], pv[n_img:]
 
 
-def collate(samples: list[dict], pad_id: int = PAD_ID, side: str = "right") -> dict[str, np.ndarray]:
+def collate(samples: list[dict], pad_id: int = PAD_ID, side: str = "right", *,
+            pixels: bool = True) -> dict[str, np.ndarray]:
     """Pad a list of loaded samples into one batch (numpy): ids with `pad_id`, labels with -100,
     position ids with 1 (as transformers does where attention_mask is 0); pixel rows and grids of all
-    samples concatenated in batch order."""
+    samples concatenated in batch order (`pixels=False`: grids only, no pixel_values keys)."""
     if not samples:
         raise ValueError("collate needs at least one sample")
     lengths = [int(s["input_ids"].shape[0]) for s in samples]
@@ -156,15 +217,46 @@ def collate(samples: list[dict], pad_id: int = PAD_ID, side: str = "right") -> d
         labels[b, sl] = s["labels"]
         mask[b, sl] = 1
         pos[:, b, sl] = s["position_ids"]
-    imgs, vids = zip(*(split_pixel_rows(s) for s in samples))
-    return {
+    out = {
         "input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": pos,
-        "pixel_values": np.concatenate(imgs, axis=0),
         "image_grid_thw": np.concatenate([np.asarray(s["image_grid_thw"]).reshape(-1, 3) for s in samples]),
-        "pixel_values_videos": np.concatenate(vids, axis=0),
         "video_grid_thw": np.concatenate([np.asarray(s["video_grid_thw"]).reshape(-1, 3) for s in samples]),
         "second_per_grid_ts": np.concatenate([np.asarray(s["second_per_grid_ts"]).reshape(-1) for s in samples]),
     }
+    if pixels:
+        imgs, vids = zip(*(split_pixel_rows(s) for s in samples))
+        out["pixel_values"] = np.concatenate(imgs, axis=0)
+        out["pixel_values_videos"] = np.concatenate(vids, axis=0)
+    return out
+
+
+def _device_rows(samples: list[dict], kind: str, device):
+    """uint8 pixel rows of one kind ("image" / "video") of a batch, on `device`. Samples read with
+    pixels="frames" send only their stored frames and are patchified there (torch reshape/permute:
+    the same index arithmetic as processors.patches.patchify, so the rows are bit-identical)."""
+    import torch
+
+    parts = []
+    for s in samples:
+        sp = s.get("stored_pixels")
+        if sp is None:
+            img, vid = split_pixel_rows(s)
+            parts.append(torch.from_numpy(np.ascontiguousarray(img if kind == "image" else vid)).to(device))
+            continue
+        for k, frames in sp.items:
+            if k == kind:
+                parts.append(_torch_patchify(torch.from_numpy(frames).to(device), sp.geometry))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+
+def _torch_patchify(frames, g):
+    if g.fixed_size is not None:          # qwen-vl: whole frames are the pixel values
+        return frames
+    from processors.patches import patchify_torch
+
+    return patchify_torch(frames, g.patch_size, g.merge_size, g.temporal_patch_size)
 
 
 def to_model_inputs(sample_or_batch: dict | list[dict], preset=None, device="cpu", dtype=None,
@@ -175,15 +267,24 @@ def to_model_inputs(sample_or_batch: dict | list[dict], preset=None, device="cpu
     (`dtype`, default float32) on `device` from the stored uint8. Keys whose modality is absent
     (no images → no pixel_values/image_grid_thw) are left out, as the HF processor does.
     qwen-vl: pixel_values [k, 3, 448, 448]; position_ids [1, B, L] → [B, L].
+    Samples read with pixels="frames" send only their stored frames to `device`, where they are
+    patchified (bit-identical rows, each pixel crossing to the device once).
     """
-    batch = collate(sample_or_batch if isinstance(sample_or_batch, list) else [sample_or_batch], pad_id)
+    samples = sample_or_batch if isinstance(sample_or_batch, list) else [sample_or_batch]
+    if not any("stored_pixels" in s for s in samples):
+        return batch_to_model_inputs(collate(samples, pad_id), preset, device, dtype)
+    batch = collate(samples, pad_id, pixels=False)
+    for key, kind in (("pixel_values", "image"), ("pixel_values_videos", "video")):
+        rows = _device_rows(samples, kind, device)
+        batch[key] = rows if rows is not None else np.zeros((0, 0), dtype=np.uint8)
     return batch_to_model_inputs(batch, preset, device, dtype)
 
 
 def batch_to_model_inputs(batch: dict, preset=None, device="cpu", dtype=None, normalize: bool = True) -> dict:
     """torch tensors from a numpy batch (`collate`'s padded one or `packing.pack_collate`'s packed
     row): the one place pixel rows are normalised. `normalize=False` keeps pixels uint8 (normalise
-    later on the training device with `normalize_pixels`)."""
+    later on the training device with `normalize_pixels`). Pixel rows already on the device as torch
+    uint8 (to_model_inputs' frames path) are taken as they are."""
     import torch
 
     preset = get_preset(preset)
@@ -197,7 +298,7 @@ def batch_to_model_inputs(batch: dict, preset=None, device="cpu", dtype=None, no
         rows = batch[pv_key]
         if rows.shape[0] == 0:
             continue
-        x = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
+        x = rows if torch.is_tensor(rows) else torch.from_numpy(np.ascontiguousarray(rows)).to(device)
         out[pv_key] = normalize_pixels(x, preset, dtype) if normalize else x
         if preset.is_mrope:
             out[grid_key] = torch.from_numpy(batch[grid_key].astype(np.int64)).to(device)

@@ -63,6 +63,11 @@ def render_summary(result, console: Console | None = None) -> None:
     rate = a.inputs / result.seconds if result.seconds > 0 and result.units_run else 0.0
     console.print(f"units: {result.units_total} ({result.units_run} run, {result.units_skipped} already done); "
                   f"{result.seconds:.1f}s" + (f", {rate:.1f} records/s" if rate else ""))
+    from .sizes import bytes_line
+
+    line = bytes_line(result.out_dir)
+    if line:
+        console.print(line, soft_wrap=True)
     for unit, msg in result.failed:
         console.print(f"[red]unit {escape(unit)} failed[/]: {escape(msg)}")
     for w in getattr(result, "warnings", []):

@@ -16,6 +16,7 @@ import pyarrow as pa
 from .dedup import exact_key, image_phashes, phash_eligible
 from .io import LEDGER_SCHEMA, MANIFEST_SCHEMA, Layout, rows_to_table, write_table
 from .ledger import Outcome, ledger_row, manifest_row
+from .sizes import media_bytes
 from .sources import iter_records
 from .stages import Prepared, context_for, encode, fallback_id, prepare
 from .units import Unit
@@ -149,7 +150,7 @@ def process_unit(unit_d: dict, cfg_json: str, out_dir: str, decisions: dict) -> 
     shard_rel = layout.shard_rel(unit.name)
     ledger, manifest = [], []
     progress = UnitProgress(layout.progress(unit.name))
-    with ShardWriter(layout.shard(unit.name)) as writer:
+    with ShardWriter(layout.shard(unit.name), codec=ctx.cfg.storage.codec, preset=ctx.preset) as writer:
         for raw in _records(unit):
             dec = decisions.get(raw.index) or decisions.get(str(raw.index)) or {}
             if "quarantine" in dec:
@@ -192,8 +193,9 @@ def _one(raw, unit: Unit, ctx, dec: dict, writer: ShardWriter, shard_rel: str, m
     meta.update({"id": s.id, "key": key, "unit": unit.name, "source": s.source, "record_index": s.record_index,
                  "rope_delta": int(enc.rope_delta)})
     try:
-        writer.write(key, enc, meta)
+        nbytes = writer.write(key, enc, meta)
     except Exception as exc:
         return Outcome.error(s.id, s.source, s.record_index, "write", exc)
-    manifest.append(manifest_row(unit.name, shard_rel, key, meta, enc.pixel_values.shape[0]))
+    manifest.append(manifest_row(unit.name, shard_rel, key, meta, enc.pixel_values.shape[0], nbytes,
+                                 media_bytes(r.media)))
     return Outcome(s.id, s.source, s.record_index, "kept")

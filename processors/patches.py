@@ -99,3 +99,54 @@ def normalize_patches(
         cols = slice(ch * per_channel, (ch + 1) * per_channel)
         np.take(table[ch], patches[:, cols], out=out[:, cols])
     return out
+
+
+def stored_frames(
+    patches: np.ndarray,
+    grid_thw: tuple[int, int, int],
+    patch_size: int = 14,
+    merge_size: int = 2,
+    temporal_patch_size: int = 2,
+) -> np.ndarray:
+    """The distinct frames behind patch rows: `unpatchify`, then the copies `patchify` made dropped.
+
+    `patchify` pads the frame count to a multiple of `temporal_patch_size` by repeating the last
+    frame (an image becomes tp identical frames, an odd video gets one repeat), so trailing frames of
+    the last temporal group that equal the frame before them carry nothing: they are dropped here and
+    `patchify(stored_frames(x, g, ...), ...)` gives back exactly `x` (the padding is rebuilt).
+    """
+    gt, gh, gw = (int(v) for v in grid_thw)
+    p, m, tp = patch_size, merge_size, temporal_patch_size
+    c = 3
+    if patches.shape != (gt * gh * gw, c * tp * p * p):
+        raise ValueError(f"patches shape {patches.shape} does not match grid {grid_thw}")
+    x = patches.reshape(gt, gh // m, gw // m, m, m, c, tp, p, p)
+    n = gt * tp
+    # compare temporal slots of the last group in place (views), then copy out only the kept frames:
+    # ~4x cheaper than unpatchify-ing every copy first
+    while n - 1 > (gt - 1) * tp and np.array_equal(x[-1, ..., (n - 1) % tp, :, :], x[-1, ..., (n - 2) % tp, :, :]):
+        n -= 1
+    out = np.empty((n, gh * p, gw * p, c), dtype=patches.dtype)
+    for f in range(n):
+        # [gh/m, gw/m, m, m, c, p, p] -> [gh/m, m, p, gw/m, m, p, c]
+        out[f].reshape(gh // m, m, p, gw // m, m, p, c)[...] = x[f // tp, ..., f % tp, :, :].transpose(0, 2, 5, 1, 3, 6, 4)
+    return out
+
+
+def patchify_torch(frames, patch_size: int = 14, merge_size: int = 2, temporal_patch_size: int = 2):
+    """`patchify` for a torch uint8 tensor [T, H, W, 3] on any device (a consumer rebuilding rows from
+    stored frames where they are used): the same padding and index order, so the rows are identical.
+    Returns only the rows (the grid is the caller's)."""
+    import torch
+
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames [T, H, W, 3], got shape {tuple(frames.shape)}")
+    t, h, w, c = frames.shape
+    p, m, tp = patch_size, merge_size, temporal_patch_size
+    if h % (p * m) or w % (p * m):
+        raise ValueError(f"frame size {h}x{w} is not a multiple of {p * m}")
+    if t % tp:
+        frames = torch.cat([frames, frames[-1:].expand(tp - t % tp, h, w, c)], dim=0)
+    gt, gh, gw = frames.shape[0] // tp, h // p, w // p
+    x = frames.reshape(gt, tp, gh // m, m, p, gw // m, m, p, c).permute(0, 2, 5, 3, 6, 8, 1, 4, 7)
+    return x.reshape(gt * gh * gw, c * tp * p * p)

@@ -141,14 +141,16 @@ def test_errors_name_the_file(out, tmp_path):
     # truncated exactly at a member boundary (tar still readable, fewer samples): count check
     with tarfile.open(fileobj=__import__("io").BytesIO(data)) as t:
         members = t.getmembers()
-    cut = members[8 * 15].offset                                  # 15 whole samples of 20
+    firsts = [m for i, m in enumerate(members)                     # each sample's first member
+              if i == 0 or m.name.split(".")[0] != members[i - 1].name.split(".")[0]]
+    cut = firsts[15].offset                                       # 15 whole samples of 20
     shard.write_bytes(data[:cut] + b"\0" * 1024)
     with pytest.raises(ShardDataError, match=r"u00003.tar holds 15 samples but .* lists 20"):
         list(ShardDataset(bad, shuffle=False))
     # a shard of another layout (members the reader does not know)
     with tarfile.open(shard, "w") as t, tarfile.open(fileobj=__import__("io").BytesIO(data)) as src:
         for m in src.getmembers():
-            m.name = m.name.replace(".pixel_values.npy", ".pixels.v2.zst")
+            m.name = m.name.replace(".pixel_values.npy", ".pixels.v2.zst").replace(".pixels.json", ".pixels.v9.json")
             t.addfile(m, src.extractfile(m))
     with pytest.raises(ShardDataError, match="u00003.tar.*another vlprep format"):
         list(ShardDataset(bad, shuffle=False))

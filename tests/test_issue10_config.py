@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 
 from jobs.cli import main
-from pipeline.config import KEYS, ConfigError, DedupOptions, ImageOptions, JobConfig, RayOptions, SourceSpec, VideoOptions
+from pipeline.config import (KEYS, ConfigError, DedupOptions, ImageOptions, JobConfig, RayOptions, SourceSpec, StorageOptions,
+                             VideoOptions)
 
 BASE = {"sources": [{"path": "data.jsonl"}]}
 
@@ -61,9 +62,11 @@ def test_every_bounded_key_refuses_an_out_of_range_value(key):
 
 def test_the_keys_table_covers_every_config_field_and_nothing_else():
     fields = {f"sources[].{f.name}" for f in dataclasses.fields(SourceSpec)}
-    for sec, cls in (("image", ImageOptions), ("video", VideoOptions), ("dedup", DedupOptions), ("ray", RayOptions)):
+    sections = (("image", ImageOptions), ("video", VideoOptions), ("dedup", DedupOptions), ("ray", RayOptions),
+                ("storage", StorageOptions))
+    for sec, cls in sections:
         fields |= {f"{sec}.{f.name}" for f in dataclasses.fields(cls)}
-    fields |= {f.name for f in dataclasses.fields(JobConfig) if f.name not in ("sources", "image", "video", "dedup", "ray")}
+    fields |= {f.name for f in dataclasses.fields(JobConfig) if f.name not in ("sources", *(s for s, _ in sections))}
     assert fields == set(KEYS)
 
 

@@ -147,7 +147,10 @@ def test_shard_bytes_are_deterministic_and_members_sorted(tmp_path):
     key = sanitize_key("a/b.c")
     assert key.startswith("a_b_c-") and "." not in key
     names = [m.name for m in members]
-    assert names[:8] == sorted(f"{key}.{n}" for n in [*(f"{a}.npy" for a in EncodedSample.ARRAY_FIELDS), "meta.json"])
+    # shard format 2 (pipeline/storage.py): pixels as frame members + pixels.json, not pixel_values.npy
+    arrays = [f"{a}.npy" for a in EncodedSample.ARRAY_FIELDS if a != "pixel_values"]
+    frames = ["img000.f0000.delta.zst", "img000.f0001.delta.zst"]   # random rows: the two temporal copies differ
+    assert names[:10] == sorted(f"{key}.{n}" for n in [*arrays, *frames, "pixels.json", "meta.json"])
     assert {(m.mtime, m.uid, m.gid, m.uname, m.mode) for m in members} == {(0, 0, 0, "", 0o644)}
     assert not list(tmp_path.glob("*.tmp-*"))
 

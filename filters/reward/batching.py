@@ -97,10 +97,16 @@ def text_only_sample(sample: dict[str, Any]) -> dict[str, Any]:
     empty_grid = np.zeros((0, 3), dtype=np.int32)
     return {
         "id": sample["id"], "input_ids": ids, "labels": labels, "position_ids": pos,
-        "pixel_values": np.zeros((0, np.asarray(sample["pixel_values"]).shape[-1]), dtype=np.uint8),
+        "pixel_values": np.zeros((0, _patch_dim(sample)), dtype=np.uint8),
         "image_grid_thw": empty_grid, "video_grid_thw": empty_grid,
         "second_per_grid_ts": np.zeros((0,), dtype=np.float32), "meta": sample.get("meta", {}),
     }
+
+
+def _patch_dim(sample: dict[str, Any]) -> int:
+    if "pixel_values" in sample:
+        return int(np.asarray(sample["pixel_values"]).shape[-1])
+    return int(sample["stored_pixels"].geometry.patch_dim)
 
 
 def has_vision(sample: dict[str, Any]) -> bool:
@@ -165,8 +171,14 @@ class HostBatch:
         return self._cache["items"]
 
     def uint8_patches(self):
-        """All patch rows of the batch as one uint8 tensor on the device [R, 3*tp*p*p]."""
+        """All patch rows of the batch as one uint8 tensor on the device [R, 3*tp*p*p].
+
+        Samples read from shards with pixels="frames" (the stage does) upload only their stored
+        frames (each pixel once) and are patchified on the device (processors.patches.patchify_torch)."""
         if "u8" not in self._cache:
+            if any("stored_pixels" in s for s in self.samples):
+                self._cache["u8"] = self._rows_from_frames()
+                return self._cache["u8"]
             parts = []
             for kind in ("image", "video"):
                 for s in self.samples:
@@ -183,6 +195,33 @@ class HostBatch:
             cat = np.concatenate(parts, axis=0) if parts else np.zeros((0, width), dtype=np.uint8)
             self._cache["u8"] = self._upload(cat.astype(np.uint8, copy=False))
         return self._cache["u8"]
+
+    def _rows_from_frames(self):
+        from processors.patches import patchify_torch
+
+        torch, dev, _ = self._torch()
+        p = self.preset
+        parts = []
+        for kind in ("image", "video"):
+            for s in self.samples:
+                sp = s.get("stored_pixels")
+                if sp is None:     # a sample with rows (e.g. text_only): its rows of this kind
+                    pv = np.asarray(s["pixel_values"])
+                    n_img = _rows(s["image_grid_thw"])
+                    parts.append(self._upload((pv[:n_img] if kind == "image" else pv[n_img:]).astype(np.uint8)))
+                    continue
+                if sp.geometry.fixed_size is not None:
+                    raise ValueError(f"sample {s['id']}: qwen-vl (v1) shards carry whole images and are not supported here")
+                g = sp.geometry
+                if (g.patch_size, g.merge_size, g.temporal_patch_size) != (p.patch_size, p.merge_size, p.temporal_patch_size):
+                    raise ValueError(f"sample {s['id']}: stored with patch geometry {g} but scored with preset {p.name}")
+                for k, frames in sp.items:
+                    if k == kind:
+                        parts.append(patchify_torch(self._upload(frames), g.patch_size, g.merge_size,
+                                                    g.temporal_patch_size))
+        if not parts:
+            return self._upload(np.zeros((0, p.patch_dim), dtype=np.uint8))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
     def normalized_patches(self):
         """(image pixel_values, video pixel_values) normalised on the device in the compute dtype."""

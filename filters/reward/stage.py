@@ -208,7 +208,8 @@ class ScoreWorker:
         todo = [s for name, s in self.scorers.items() if not set(base_columns(name, self.cfg.visual_gain)) <= have]
         if not todo:
             return UnitResult(unit.unit, skipped=True)
-        samples = list(self.loader.iter_shard(unit.shard))
+        # frames, not rows: each pixel crosses to the device once and is patchified there
+        samples = list(self.loader.iter_shard(unit.shard, pixels="frames"))
         if unit.expected is not None and len(samples) != unit.expected:
             raise ScorerError(f"shard {unit.shard} holds {len(samples)} samples but the manifest lists {unit.expected} "
                               f"for unit {unit.unit}; re-run `vlprep prepare` on {self.cfg.out_dir}")

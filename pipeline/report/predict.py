@@ -20,6 +20,7 @@ from processors.sample import MediaRef, Sample
 from processors.text import clean_sample
 from processors.tokenizer import get_tokenizer
 
+from ..sizes import media_files
 from .media_probe import ImageFacts, error_code, facts_from_info, image_facts, video_facts
 
 
@@ -45,6 +46,10 @@ class Prediction:
     video_fps: list[float] = field(default_factory=list)
     video_sample_fps: list[float] = field(default_factory=list)
     video_frames: list[int] = field(default_factory=list)
+    # bytes in / out (pipeline/sizes.py): media as read, and the shard bytes the pre-flight predicts
+    media_files: list[tuple[str, str, int]] = field(default_factory=list)
+    media_bytes: int | None = None
+    sample_bytes: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -159,6 +164,8 @@ class Predictor:
                 known = facts_from_info(info) if info is not None and not isinstance(info, dict) else None
                 self._video(ref, media_root, pred, known)
             self._text(sample, pred, clean)
+            pred.media_files = media_files(self.media_sources(sample, media_root))
+            pred.media_bytes = sum(f[2] for f in pred.media_files)
         except (VlprepError, OSError) as exc:
             pred.error_type, pred.error = error_code(exc), f"{type(exc).__name__}: {exc}"
         pred.image_plans, pred.video_plans = [], []  # used; a packed prediction does not carry them

@@ -25,6 +25,7 @@ from processors.presets import get_preset
 
 from .evaluate import Evaluated
 from .predict import Prediction
+from ..sizes import bytes_headline, storage_stats
 from .prepared import accounting, box_stats, headline, image_stats, source_stats, token_stats, video_stats
 from .preflight_run import evaluate_corpus
 from .records import load_config
@@ -63,6 +64,7 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
     results = run.results
 
     preds = [r.pred for r in results if r.pred is not None]
+    size_model = predict_sizes(results, cfg, p)
     manifest, ledger = predicted_tables(results, cfg.max_length)
     series: dict = {"manifest": manifest, "ledger": ledger}   # per-sample predictions, for callers
     stats: dict = {"kind": "preflight", "path": str(path), "presets": [p.name],
@@ -82,6 +84,7 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
     stats["boxes"] = box_stats(manifest, series)
     stats["sources"] = source_stats(manifest, ledger)
     stats["media"] = media_block(results)
+    stats["storage"] = storage_stats(manifest, predicted=True, codec=cfg.storage.codec, model=size_model)
     if run.failed_units:
         stats["failed_units"] = run.failed_units
     seconds = run.timing["seconds"]
@@ -91,6 +94,7 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
                        "header_reads": run.header_reads}
     stats["headline"] = headline(stats)
     stats["headline"]["over_max_length"] = stats["max_length"].get("over")
+    stats["headline"].update(bytes_headline(stats["storage"]))
     return Report(stats, series)
 
 
@@ -140,8 +144,23 @@ def manifest_table(preds: list[Prediction]) -> pa.Table:
         "video_frames": (pa.list_(i64), [p.video_frames for p in preds]),
         "video_sizes": (pairs, [[list(s) for s in p.video_sizes] for p in preds]),
         "video_resized": (pairs, [[list(s) for s in p.video_resized] for p in preds]),
+        "sample_bytes": (i64, [p.sample_bytes for p in preds]),
+        "media_bytes": (i64, [p.media_bytes for p in preds]),
     }
     return pa.table({k: pa.array(v, type=t) for k, (t, v) in cols.items()})
+
+
+def predict_sizes(results: list[Evaluated], cfg, preset):
+    """Each kept prediction's shard bytes (pipeline/sizes.py), the pixel ratio measured on a few of
+    the corpus's own items through the job's codec."""
+    from ..sizes import calibrate
+
+    kept = [r.pred for r in results
+            if r.pred is not None and r.row is None and _status(r.pred, cfg.max_length)[0] == "kept"]
+    model = calibrate(kept, preset, cfg.encode_options(), cfg.storage.codec)
+    for pred in kept:
+        pred.sample_bytes = model.sample_bytes(pred, rope_rows=3 if preset.is_mrope else 1)
+    return model
 
 
 def max_length_block(preds: list[Prediction], max_length: int | None) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ..sizes import bytes_headline
 from .summary import Report, share, size_block, summarize
 from .tables import (column, flat_values, pairs, read_ledger, read_manifest, read_scores, strings)
 
@@ -43,9 +44,23 @@ def build_prepared_report(out: str | Path, *, examples: int = EXAMPLES) -> Repor
     stats["sources"] = source_stats(manifest, ledger)
     scores = read_scores(out)
     stats["scores"] = score_stats(scores, manifest, series) if scores is not None else {}
+    stats["storage"] = _storage(out, manifest)
     stats["categories"] = category_stats(scores, manifest) if scores is not None else {}
     stats["headline"] = headline(stats)
+    stats["headline"].update(bytes_headline(stats["storage"]))
     return Report(stats, series)
+
+
+def _storage(out: Path, manifest) -> dict:
+    import json
+
+    from ..sizes import shard_files_bytes, storage_stats
+
+    try:
+        codec = json.loads((out / "job.json").read_text()).get("storage", {}).get("codec")
+    except (OSError, ValueError):
+        codec = None
+    return storage_stats(manifest, codec=codec, shards_on_disk=shard_files_bytes(out))
 
 
 def accounting(ledger, manifest_rows: int, *, examples: int = EXAMPLES) -> dict:
