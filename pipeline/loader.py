@@ -23,13 +23,20 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from processors.presets import ENDOFTEXT_ID, IGNORE_INDEX, get_preset
+from processors.collate import (  # noqa: F401  (re-exported: the one collator lives in processors)
+    PAD_ID,
+    batch_to_model_inputs,
+    collate,
+    device_pixel_rows,
+    normalize_pixels,
+    pixel_values_of,
+    split_pixel_rows,
+)
 from processors.sample import EncodedSample
 
 from .storage import DESCRIPTOR, V1_MEMBER, StorageError, read_pixels
 
 ARRAYS = EncodedSample.ARRAY_FIELDS
-PAD_ID = ENDOFTEXT_ID  # 151643, the Qwen2 tokenizer's pad token
 
 
 class ShardLoader:
@@ -179,85 +186,7 @@ def _assemble(key: str, members: dict[str, bytes], shard: str = "?", pixels: str
     return out
 
 
-def pixel_values_of(sample: dict) -> np.ndarray:
-    """A loaded sample's uint8 pixel_values, rebuilt from its stored frames when read with pixels="frames"."""
-    if "pixel_values" in sample:
-        return sample["pixel_values"]
-    return sample["stored_pixels"].pixel_values()
-
-
-# -- model inputs ----------------------------------------------------------------------------------
-
-def split_pixel_rows(sample: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(image rows, video rows) of a sample's pixel_values: images come first, in placeholder order."""
-    pv = pixel_values_of(sample)
-    n_img = int(np.prod(np.asarray(sample["image_grid_thw"]).reshape(-1, 3), axis=1).sum())
-    if pv.ndim != 2:                      # qwen-vl: [k, 448, 448, 3], images only
-        return pv, pv[:0]
-    return pv[:n_img], pv[n_img:]
-
-
-def collate(samples: list[dict], pad_id: int = PAD_ID, side: str = "right", *,
-            pixels: bool = True) -> dict[str, np.ndarray]:
-    """Pad a list of loaded samples into one batch (numpy): ids with `pad_id`, labels with -100,
-    position ids with 1 (as transformers does where attention_mask is 0); pixel rows and grids of all
-    samples concatenated in batch order (`pixels=False`: grids only, no pixel_values keys)."""
-    if not samples:
-        raise ValueError("collate needs at least one sample")
-    lengths = [int(s["input_ids"].shape[0]) for s in samples]
-    L, B = max(lengths), len(samples)
-    rope_dim = samples[0]["position_ids"].shape[0]
-    ids = np.full((B, L), pad_id, np.int64)
-    labels = np.full((B, L), IGNORE_INDEX, np.int64)
-    mask = np.zeros((B, L), np.int64)
-    pos = np.ones((rope_dim, B, L), np.int64)
-    for b, (s, n) in enumerate(zip(samples, lengths)):
-        sl = slice(L - n, L) if side == "left" else slice(0, n)
-        ids[b, sl] = s["input_ids"]
-        labels[b, sl] = s["labels"]
-        mask[b, sl] = 1
-        pos[:, b, sl] = s["position_ids"]
-    out = {
-        "input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": pos,
-        "image_grid_thw": np.concatenate([np.asarray(s["image_grid_thw"]).reshape(-1, 3) for s in samples]),
-        "video_grid_thw": np.concatenate([np.asarray(s["video_grid_thw"]).reshape(-1, 3) for s in samples]),
-        "second_per_grid_ts": np.concatenate([np.asarray(s["second_per_grid_ts"]).reshape(-1) for s in samples]),
-    }
-    if pixels:
-        imgs, vids = zip(*(split_pixel_rows(s) for s in samples))
-        out["pixel_values"] = np.concatenate(imgs, axis=0)
-        out["pixel_values_videos"] = np.concatenate(vids, axis=0)
-    return out
-
-
-def _device_rows(samples: list[dict], kind: str, device):
-    """uint8 pixel rows of one kind ("image" / "video") of a batch, on `device`. Samples read with
-    pixels="frames" send only their stored frames and are patchified there (torch reshape/permute:
-    the same index arithmetic as processors.patches.patchify, so the rows are bit-identical)."""
-    import torch
-
-    parts = []
-    for s in samples:
-        sp = s.get("stored_pixels")
-        if sp is None:
-            img, vid = split_pixel_rows(s)
-            parts.append(torch.from_numpy(np.ascontiguousarray(img if kind == "image" else vid)).to(device))
-            continue
-        for k, frames in sp.items:
-            if k == kind:
-                parts.append(_torch_patchify(torch.from_numpy(frames).to(device), sp.geometry))
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-
-
-def _torch_patchify(frames, g):
-    if g.fixed_size is not None:          # qwen-vl: whole frames are the pixel values
-        return frames
-    from processors.patches import patchify_torch
-
-    return patchify_torch(frames, g.patch_size, g.merge_size, g.temporal_patch_size)
-
+# -- model inputs (collation itself: processors.collate) --------------------------------------------
 
 def to_model_inputs(sample_or_batch: dict | list[dict], preset=None, device="cpu", dtype=None,
                     pad_id: int = PAD_ID) -> dict:
@@ -275,55 +204,9 @@ def to_model_inputs(sample_or_batch: dict | list[dict], preset=None, device="cpu
         return batch_to_model_inputs(collate(samples, pad_id), preset, device, dtype)
     batch = collate(samples, pad_id, pixels=False)
     for key, kind in (("pixel_values", "image"), ("pixel_values_videos", "video")):
-        rows = _device_rows(samples, kind, device)
+        rows = device_pixel_rows(samples, kind, device)
         batch[key] = rows if rows is not None else np.zeros((0, 0), dtype=np.uint8)
     return batch_to_model_inputs(batch, preset, device, dtype)
-
-
-def batch_to_model_inputs(batch: dict, preset=None, device="cpu", dtype=None, normalize: bool = True) -> dict:
-    """torch tensors from a numpy batch (`collate`'s padded one or `packing.pack_collate`'s packed
-    row): the one place pixel rows are normalised. `normalize=False` keeps pixels uint8 (normalise
-    later on the training device with `normalize_pixels`). Pixel rows already on the device as torch
-    uint8 (to_model_inputs' frames path) are taken as they are."""
-    import torch
-
-    preset = get_preset(preset)
-    out = {}
-    for k in ("input_ids", "attention_mask", "labels"):
-        if k in batch:
-            out[k] = torch.from_numpy(batch[k]).to(device)
-    pos = torch.from_numpy(batch["position_ids"]).to(device)
-    out["position_ids"] = pos if preset.is_mrope else pos[0]
-    for pv_key, grid_key in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
-        rows = batch[pv_key]
-        if rows.shape[0] == 0:
-            continue
-        x = rows if torch.is_tensor(rows) else torch.from_numpy(np.ascontiguousarray(rows)).to(device)
-        out[pv_key] = normalize_pixels(x, preset, dtype) if normalize else x
-        if preset.is_mrope:
-            out[grid_key] = torch.from_numpy(batch[grid_key].astype(np.int64)).to(device)
-    if preset.is_mrope and out.get("pixel_values_videos") is not None:
-        out["second_per_grid_ts"] = torch.from_numpy(batch["second_per_grid_ts"].astype(np.float32)).to(device)
-    return out
-
-
-def normalize_pixels(rows, preset=None, dtype=None):
-    """uint8 pixel rows (torch, any device) → normalised float (`dtype`, default float32):
-    1/255, then (x - mean) / std per channel. [N, 3·tp·p·p] rows, or qwen-vl's [k, H, W, 3] → [k, 3, H, W]."""
-    import torch
-
-    preset = get_preset(preset)
-    dtype = dtype or torch.float32
-    mean = torch.tensor(preset.image_mean, device=rows.device, dtype=torch.float32)
-    std = torch.tensor(preset.image_std, device=rows.device, dtype=torch.float32)
-    # in place on one float32 buffer: the same float32 operations as out-of-place, 3x faster on CPU
-    x = rows.to(torch.float32).mul_(1.0 / 255.0)
-    if rows.ndim == 2:
-        per = preset.temporal_patch_size * preset.patch_size ** 2
-        x.view(x.shape[0], 3, per).sub_(mean[None, :, None]).div_(std[None, :, None])
-    else:   # qwen-vl: [k, H, W, 3] -> [k, 3, H, W]
-        x = x.sub_(mean).div_(std).permute(0, 3, 1, 2).contiguous()
-    return x.to(dtype)
 
 
 def iter_batches(samples: Iterable[dict], max_tokens: int, max_samples: int | None = None) -> Iterator[list[dict]]:

@@ -18,47 +18,16 @@ and the pack plan lists it with pack = -1), so one outlier does not stop a train
 """
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
-import numpy as np
-
-from processors.presets import IGNORE_INDEX, get_preset
-
-from .loader import PAD_ID, batch_to_model_inputs, collate, split_pixel_rows
+from processors.collate import PAD_ID, batch_to_model_inputs, collate, pack_collate, plan_packs  # noqa: F401
+from processors.presets import get_preset
 
 
 # -- plans --------------------------------------------------------------------------------------------
 
-def plan_packs(lengths: Sequence[int], max_tokens: int) -> tuple[list[list[int]], list[int]]:
-    """Best-fit-decreasing packing of `lengths` into bins of `max_tokens`.
-
-    Returns (packs, too_long): packs as lists of indices into `lengths` (each pack in input order,
-    packs ordered by their first index), and the indices longer than max_tokens (left out).
-    Deterministic: ties are broken by index. Best fit (the fullest bin that still takes the sample)
-    never does worse than first fit decreasing's 11/9·OPT bound and usually fills tighter.
-    """
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be ≥ 1 (got {max_tokens})")
-    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
-    too_long = sorted(i for i in order if int(lengths[i]) > max_tokens)
-    bins: list[list[int]] = []
-    free: list[tuple[int, int]] = []        # (room left, bin index), sorted
-    for i in order:
-        n = int(lengths[i])
-        if n > max_tokens:
-            continue
-        j = bisect.bisect_left(free, (n, -1))
-        if j < len(free):
-            room, b = free.pop(j)
-            bins[b].append(i)
-            bisect.insort(free, (room - n, b))
-        else:
-            bins.append([i])
-            bisect.insort(free, (max_tokens - n, len(bins) - 1))
-    packs = sorted((sorted(b) for b in bins), key=lambda b: b[0])
-    return packs, too_long
+# plan_packs and pack_collate live in processors.collate (shared with the scorers' batching).
 
 
 @dataclass
@@ -134,55 +103,6 @@ class OnlinePacker:
 
 
 # -- packed batches -----------------------------------------------------------------------------------
-
-def pack_collate(samples: list[dict], pad_to: int | None = None, pad_id: int = PAD_ID,
-                 flash_kwargs: bool = False) -> dict[str, np.ndarray]:
-    """Concatenate loaded samples into one packed row (numpy), in the layout transformers' packed path reads.
-
-    input_ids / labels [1, T]; position_ids [4, 1, T] for M-RoPE samples (row 0: text positions
-    restarting at each sample; rows 1-3: the samples' stored M-RoPE ids), [1, 1, T] for qwen-vl;
-    pixel_values / pixel_values_videos / grids / second_per_grid_ts concatenated in sample order;
-    cu_seq_lens int32 [n+1] (sample boundaries) always; with `flash_kwargs`, also the
-    flash-attention names cu_seq_lens_q/k and max_length_q/k. `pad_to`: pad the row to this length
-    (a padding tail of its own, labelled -100, counted as one more sequence).
-    """
-    if not samples:
-        raise ValueError("pack_collate needs at least one sample")
-    lengths = [int(s["input_ids"].shape[0]) for s in samples]
-    T = sum(lengths)
-    if pad_to is not None and pad_to < T:
-        raise ValueError(f"pad_to={pad_to} is shorter than the pack's {T} tokens")
-    ids = np.concatenate([np.asarray(s["input_ids"], np.int64) for s in samples])
-    labels = np.concatenate([np.asarray(s["labels"], np.int64) for s in samples])
-    starts = np.cumsum([0] + lengths[:-1])
-    labels[starts] = IGNORE_INDEX
-    pos = np.concatenate([np.asarray(s["position_ids"], np.int64) for s in samples], axis=1)
-    text = np.concatenate([np.arange(n, dtype=np.int64) for n in lengths])
-    seq_lens = list(lengths)
-    if pad_to is not None and pad_to > T:
-        extra = pad_to - T
-        ids = np.concatenate([ids, np.full(extra, pad_id, np.int64)])
-        labels = np.concatenate([labels, np.full(extra, IGNORE_INDEX, np.int64)])
-        pos = np.concatenate([pos, np.tile(np.arange(extra, dtype=np.int64), (pos.shape[0], 1))], axis=1)
-        text = np.concatenate([text, np.arange(extra, dtype=np.int64)])
-        seq_lens.append(extra)
-    position_ids = (np.concatenate([text[None], pos]) if pos.shape[0] == 3 else text[None])[:, None, :]
-    cu = np.cumsum([0] + seq_lens).astype(np.int32)
-    imgs, vids = zip(*(split_pixel_rows(s) for s in samples))
-    out = {
-        "input_ids": ids[None], "labels": labels[None], "position_ids": position_ids,
-        "pixel_values": np.concatenate(imgs, axis=0),
-        "image_grid_thw": np.concatenate([np.asarray(s["image_grid_thw"]).reshape(-1, 3) for s in samples]),
-        "pixel_values_videos": np.concatenate(vids, axis=0),
-        "video_grid_thw": np.concatenate([np.asarray(s["video_grid_thw"]).reshape(-1, 3) for s in samples]),
-        "second_per_grid_ts": np.concatenate([np.asarray(s["second_per_grid_ts"]).reshape(-1) for s in samples]),
-        "cu_seq_lens": cu,
-    }
-    if flash_kwargs:
-        out["cu_seq_lens_q"] = out["cu_seq_lens_k"] = cu
-        out["max_length_q"] = out["max_length_k"] = int(max(seq_lens))
-    return out
-
 
 class Batch(dict):
     """A model-input dict (HF names, torch tensors) that also carries the ids of its samples in

@@ -15,13 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from processors.presets import (
-    ENDOFTEXT_ID,
-    IGNORE_INDEX,
-    VISION_END_ID,
-    VISION_START_ID,
-    Preset,
-)
+from processors.collate import collate, device_pixel_rows, normalize_pixels, pack_collate
+from processors.collate import plan_packs as _plan_packs
+from processors.presets import VISION_END_ID, VISION_START_ID, Preset
 
 ARRAY_FIELDS = ("input_ids", "labels", "position_ids", "pixel_values", "image_grid_thw",
                 "video_grid_thw", "second_per_grid_ts")
@@ -57,24 +53,13 @@ def plan_batches(lengths, budget_tokens: int, max_padding: float = 0.10) -> list
 
 
 def plan_packs(lengths, budget_tokens: int) -> list[list[int]]:
-    """Indices grouped into packed rows of at most `budget_tokens` tokens (first-fit decreasing)."""
+    """Indices grouped into packed rows of at most `budget_tokens` tokens: the loader's best-fit
+    decreasing plan (processors.collate.plan_packs), except that a sample longer than the budget gets
+    a row of its own rather than being left out (scoring must cover every kept sample)."""
     if budget_tokens <= 0:
         raise ValueError(f"batch token budget must be positive, got {budget_tokens}")
-    lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    packs: list[list[int]] = []
-    room: list[int] = []
-    for i in order:
-        n = int(lengths[i])
-        for k, r in enumerate(room):
-            if n <= r:
-                packs[k].append(int(i))
-                room[k] -= n
-                break
-        else:
-            packs.append([int(i)])
-            room.append(budget_tokens - n)
-    return [sorted(p) for p in packs]
+    packs, too_long = _plan_packs(lengths, budget_tokens)
+    return packs + [[i] for i in too_long]
 
 
 def padding_tokens(batch_lengths: list[int]) -> tuple[int, int]:
@@ -171,124 +156,98 @@ class HostBatch:
         return self._cache["items"]
 
     def uint8_patches(self):
-        """All patch rows of the batch as one uint8 tensor on the device [R, 3*tp*p*p].
+        """All patch rows of the batch as one uint8 tensor on the device [R, 3*tp*p*p]: images of all
+        samples, then videos (processors.collate.device_pixel_rows, the loader's frames path).
 
         Samples read from shards with pixels="frames" (the stage does) upload only their stored
         frames (each pixel once) and are patchified on the device (processors.patches.patchify_torch)."""
         if "u8" not in self._cache:
-            if any("stored_pixels" in s for s in self.samples):
-                self._cache["u8"] = self._rows_from_frames()
-                return self._cache["u8"]
-            parts = []
-            for kind in ("image", "video"):
-                for s in self.samples:
-                    pv = np.asarray(s["pixel_values"])
-                    if pv.ndim != 2:
-                        raise ValueError(f"sample {s['id']}: pixel_values shape {pv.shape} is not [rows, patch_dim]; "
-                                         "qwen-vl (v1) shards carry whole images and are not supported here")
-                    n_img = _rows(s["image_grid_thw"])
-                    if n_img + _rows(s["video_grid_thw"]) != len(pv):
-                        raise ValueError(f"sample {s['id']}: {len(pv)} pixel rows but grids need "
-                                         f"{n_img} image + {_rows(s['video_grid_thw'])} video rows")
-                    parts.append(pv[:n_img] if kind == "image" else pv[n_img:])
-            width = self.preset.patch_dim
-            cat = np.concatenate(parts, axis=0) if parts else np.zeros((0, width), dtype=np.uint8)
-            self._cache["u8"] = self._upload(cat.astype(np.uint8, copy=False))
+            self._check_pixels()
+            parts = [r for r in (device_pixel_rows(self.samples, kind, None, self._upload) for kind in ("image", "video"))
+                     if r is not None]
+            if not parts:
+                self._cache["u8"] = self._upload(np.zeros((0, self.preset.patch_dim), dtype=np.uint8))
+            else:
+                torch, _, _ = self._torch()
+                self._cache["u8"] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         return self._cache["u8"]
 
-    def _rows_from_frames(self):
-        from processors.patches import patchify_torch
-
-        torch, dev, _ = self._torch()
+    def _check_pixels(self) -> None:
         p = self.preset
-        parts = []
-        for kind in ("image", "video"):
-            for s in self.samples:
-                sp = s.get("stored_pixels")
-                if sp is None:     # a sample with rows (e.g. text_only): its rows of this kind
-                    pv = np.asarray(s["pixel_values"])
-                    n_img = _rows(s["image_grid_thw"])
-                    parts.append(self._upload((pv[:n_img] if kind == "image" else pv[n_img:]).astype(np.uint8)))
-                    continue
-                if sp.geometry.fixed_size is not None:
-                    raise ValueError(f"sample {s['id']}: qwen-vl (v1) shards carry whole images and are not supported here")
+        for s in self.samples:
+            sp = s.get("stored_pixels")
+            if sp is not None:
                 g = sp.geometry
+                if g.fixed_size is not None:
+                    raise ValueError(f"sample {s['id']}: qwen-vl (v1) shards carry whole images and are not supported here")
                 if (g.patch_size, g.merge_size, g.temporal_patch_size) != (p.patch_size, p.merge_size, p.temporal_patch_size):
                     raise ValueError(f"sample {s['id']}: stored with patch geometry {g} but scored with preset {p.name}")
-                for k, frames in sp.items:
-                    if k == kind:
-                        parts.append(patchify_torch(self._upload(frames), g.patch_size, g.merge_size,
-                                                    g.temporal_patch_size))
-        if not parts:
-            return self._upload(np.zeros((0, p.patch_dim), dtype=np.uint8))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+                continue
+            pv = np.asarray(s["pixel_values"])
+            if pv.ndim != 2:
+                raise ValueError(f"sample {s['id']}: pixel_values shape {pv.shape} is not [rows, patch_dim]; "
+                                 "qwen-vl (v1) shards carry whole images and are not supported here")
+            n_img, n_vid = _rows(s["image_grid_thw"]), _rows(s["video_grid_thw"])
+            if n_img + n_vid != len(pv):
+                raise ValueError(f"sample {s['id']}: {len(pv)} pixel rows but grids need "
+                                 f"{n_img} image + {n_vid} video rows")
 
     def normalized_patches(self):
-        """(image pixel_values, video pixel_values) normalised on the device in the compute dtype."""
+        """(image pixel_values, video pixel_values) normalised on the device in the compute dtype
+        (processors.collate.normalize_pixels, the loader's normalisation)."""
         if "norm" not in self._cache:
-            torch, dev, dtype = self._torch()
-            u8 = self.uint8_patches()
-            p = self.preset
-            per = p.temporal_patch_size * p.patch_size * p.patch_size
-            mean = torch.tensor(p.image_mean, device=dev, dtype=torch.float32).repeat_interleave(per)
-            std = torch.tensor(p.image_std, device=dev, dtype=torch.float32).repeat_interleave(per)
-            # Same float32 arithmetic as the reference processor (x/255, then (x-mean)/std), cast last.
-            x = ((u8.to(torch.float32) * (1 / 255.0) - mean) / std).to(dtype)
+            _, _, dtype = self._torch()
+            x = normalize_pixels(self.uint8_patches(), self.preset, dtype)
             n_img = sum(e - s for _, k, _, s, e in self.pixel_items() if k == "image")
             self._cache["norm"] = (x[:n_img], x[n_img:])
         return self._cache["norm"]
 
     def grids(self):
         torch, dev, _ = self._torch()
-        img = [np.asarray(s["image_grid_thw"]).reshape(-1, 3) for s in self.samples]
-        vid = [np.asarray(s["video_grid_thw"]).reshape(-1, 3) for s in self.samples]
-        sec = [np.asarray(s["second_per_grid_ts"], dtype=np.float32).reshape(-1) for s in self.samples]
-        img = np.concatenate(img).astype(np.int64)
-        vid = np.concatenate(vid).astype(np.int64)
-        sec = np.concatenate(sec)
+        g = self._text("padded")  # grids are the same in both layouts
+        img, vid = g["image_grid_thw"].astype(np.int64), g["video_grid_thw"].astype(np.int64)
+        sec = g["second_per_grid_ts"].astype(np.float32)
         return (torch.from_numpy(img).to(dev) if len(img) else None,
                 torch.from_numpy(vid).to(dev) if len(vid) else None,
                 torch.from_numpy(sec).to(dev) if len(sec) else None)
 
     # -- text -----------------------------------------------------------------------------------
+    def _samples3(self) -> list[dict[str, Any]]:
+        """The samples with 3-row M-RoPE position ids (a 1-row text position repeated), checked."""
+        return [s if np.asarray(s["position_ids"]).shape[0] == 3 and np.asarray(s["position_ids"]).ndim == 2
+                and np.asarray(s["position_ids"]).shape[-1] == len(s["input_ids"])
+                else {**s, "position_ids": _three_rows(s["position_ids"], len(s["input_ids"]), s["id"])}
+                for s in self.samples]
+
+    def _text(self, layout: str) -> dict[str, np.ndarray]:
+        """The numpy batch of the loader's collators (no pixels): padded (`collate`) or packed (`pack_collate`)."""
+        key = "np_" + layout
+        if key not in self._cache:
+            fn = collate if layout == "padded" else pack_collate
+            self._cache[key] = fn(self._samples3(), pixels=False)
+        return self._cache[key]
+
     def padded(self) -> dict[str, Any]:
-        """Right-padded [B, L] ids/labels/mask and [3, B, L] M-RoPE positions from the shard."""
+        """Right-padded [B, L] ids/labels/mask and [3, B, L] M-RoPE positions (pipeline's `collate`)."""
         if "padded" not in self._cache:
-            torch, dev, _ = self._torch()
-            lengths = self.lengths
-            b, width = len(self.samples), int(lengths.max())
-            ids = np.full((b, width), ENDOFTEXT_ID, dtype=np.int64)
-            labels = np.full((b, width), IGNORE_INDEX, dtype=np.int64)
-            mask = np.zeros((b, width), dtype=np.int64)
-            # 1 on padded slots, as transformers 4.x fills them; masked out either way.
-            pos = np.ones((3, b, width), dtype=np.int64)
-            for i, s in enumerate(self.samples):
-                n = int(lengths[i])
-                ids[i, :n] = s["input_ids"]
-                labels[i, :n] = s["labels"]
-                mask[i, :n] = 1
-                pos[:, i, :n] = _three_rows(s["position_ids"], n, s["id"])
+            b = self._text("padded")
             self._cache["padded"] = {
-                "input_ids": self._upload(ids), "labels": self._upload(labels),
-                "attention_mask": self._upload(mask), "position_ids": self._upload(pos),
+                "input_ids": self._upload(b["input_ids"]), "labels": self._upload(b["labels"]),
+                "attention_mask": self._upload(b["attention_mask"]), "position_ids": self._upload(b["position_ids"]),
                 "segment": None,
             }
         return self._cache["padded"]
 
     def packed(self) -> dict[str, Any]:
-        """All samples in one row [1, T]; position_ids [4, 1, T] whose first row restarts at 0 for
-        every sample, so that transformers builds per-sample attention (varlen / block mask)."""
+        """All samples in one row [1, T] (the loader's `pack_collate`); position_ids [4, 1, T] whose
+        first row restarts at 0 for every sample, so that transformers builds per-sample attention
+        (varlen / block mask); `segment` [1, T]: the sample index of every token."""
         if "packed" not in self._cache:
-            ids = np.concatenate([np.asarray(s["input_ids"], dtype=np.int64) for s in self.samples])[None]
-            labels = np.concatenate([np.asarray(s["labels"], dtype=np.int64) for s in self.samples])[None]
-            text_pos = np.concatenate([np.arange(len(s["input_ids"]), dtype=np.int64) for s in self.samples])
-            mrope = np.concatenate([_three_rows(s["position_ids"], len(s["input_ids"]), s["id"])
-                                    for s in self.samples], axis=1)
-            pos = np.concatenate([text_pos[None], mrope], axis=0)[:, None, :]
-            seg = np.repeat(np.arange(len(self.samples)), self.lengths)[None]
+            b = self._text("packed")
+            seg = np.repeat(np.arange(len(self.samples)), np.diff(b["cu_seq_lens"]))[None]
             self._cache["packed"] = {
-                "input_ids": self._upload(ids), "labels": self._upload(labels), "attention_mask": None,
-                "position_ids": self._upload(pos), "segment": self._upload(seg),
+                "input_ids": self._upload(b["input_ids"]), "labels": self._upload(b["labels"]), "attention_mask": None,
+                "position_ids": self._upload(b["position_ids"]), "segment": self._upload(seg),
             }
         return self._cache["packed"]
 
