@@ -11,7 +11,9 @@ pixel_values, image_grid_thw) for the same image conversations of the LLaMA-Fact
            get_rope_index, one sample at a time (what an online collator such as LLaMA-Factory's does)
   vlprep   shards written once by vlprep (untimed: `vlprep prepare`'s job) -> ShardDataset through a
            torch DataLoader with 1 and 2 worker processes, padded batches (batch_size 4) and packed
-           rows (max_tokens 16384)
+           rows (max_tokens 16384); "uint8" leaves the normalisation to the training device
+           (pipeline.dataset.to_device), "uint8 frames" (pixels="frames") also the patchify: the
+           workers ship each stored frame once
 Then the padding waste of padded batches vs packed rows on the demo-like length mix (all nine
 demo records, images and videos, as vlprep encodes them), at 16 384 tokens.
 """
@@ -211,7 +213,10 @@ def main(argv=None) -> int:
             for workers in (1, 2):
                 for label, mode in (("padded b=4, float pixels", dict(batch_size=4)),
                                     ("padded b=4, uint8 pixels", dict(batch_size=4, normalize=False)),
-                                    (f"packed ≤{args.max_tokens}, uint8", dict(max_tokens=args.max_tokens, normalize=False))):
+                                    ("padded b=4, uint8 frames", dict(batch_size=4, normalize=False, pixels="frames")),
+                                    (f"packed ≤{args.max_tokens}, uint8", dict(max_tokens=args.max_tokens, normalize=False)),
+                                    (f"packed ≤{args.max_tokens}, uint8 frames",
+                                     dict(max_tokens=args.max_tokens, normalize=False, pixels="frames"))):
                     rows.append((f"vlprep {label}, {workers} worker{'s' * (workers > 1)}",
                                  *vlprep(out, workers, args.epochs, **mode)))
             ref = rows[0][2] / rows[0][1]

@@ -112,6 +112,9 @@ class ShardDataset(IterableDataset):
       `open_packs` open packs); with `pack_plan=True`, the packs `vlprep pack` wrote instead.
     - preset: the manifest's preset by default. device / dtype / normalize / flash_kwargs go to the
       collator (normalize=False keeps pixels uint8; `pipeline.loader.normalize_pixels` on the GPU).
+    - pixels: "frames" (with normalize=False) ships each sample's stored uint8 frames instead of
+      pixel rows (half the bytes for images, no patchify in the workers); `to_device` rebuilds and
+      normalises the rows on the device, bit-identical to the "rows" path.
     - collate: your own function list[sample] → batch, instead of the built-in collators.
     """
 
@@ -120,8 +123,14 @@ class ShardDataset(IterableDataset):
                  rank: int | None = None, world_size: int | None = None, selection: bool = False,
                  batch_size: int | None = None, max_tokens: int | None = None, pack_plan: bool = False,
                  open_packs: int = 8, preset=None, device="cpu", dtype=None, normalize: bool = True,
-                 flash_kwargs: bool = False, collate=None, epoch: int = 0):
+                 flash_kwargs: bool = False, collate=None, epoch: int = 0, pixels: str = "rows"):
         self.root = Path(out_dir)
+        if pixels not in ("rows", "frames"):
+            raise ValueError(f"pixels={pixels!r}: use 'rows' or 'frames'")
+        if pixels == "frames" and normalize and collate is None:
+            raise ValueError("pixels='frames' ships uint8 frames to be patchified on the training device: "
+                             "give normalize=False and move batches with pipeline.dataset.to_device")
+        self.pixels = pixels
         self.loader_ = ShardLoader(self.root)          # raises when OUT/shards is missing
         self.rank, self.world_size = dist_rank_world(rank, world_size)
         self.seed, self.shuffle, self.buffer_size = int(seed), bool(shuffle), max(1, int(buffer_size))
@@ -276,7 +285,7 @@ class ShardDataset(IterableDataset):
         keep = self._selected(shard) if self.selection else None
         n = 0
         try:
-            for s in self.loader_.iter_shard(shard):
+            for s in self.loader_.iter_shard(shard, pixels=self.pixels):
                 if keep is not None:
                     if s["id"] not in keep:
                         continue
@@ -415,6 +424,16 @@ def to_device(batch: dict, device, preset=None, dtype=None, non_blocking: bool =
     out = type(batch)()
     if hasattr(batch, "ids"):
         out.ids = batch.ids
+    frames = getattr(batch, "frames", None)
+    if frames:                      # pixels="frames": patchify the stored frames here, then normalise
+        from processors.patches import patchify_torch
+
+        g = batch.geometry
+        for key, kind in (("pixel_values", "image"), ("pixel_values_videos", "video")):
+            parts = [patchify_torch(f.to(device, non_blocking=non_blocking), g.patch_size, g.merge_size,
+                                    g.temporal_patch_size) for k, f in frames if k == kind]
+            if parts:
+                out[key] = normalize_pixels(parts[0] if len(parts) == 1 else torch.cat(parts), preset, dtype)
     for k, v in batch.items():
         if not isinstance(v, torch.Tensor):
             out[k] = v

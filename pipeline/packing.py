@@ -109,6 +109,35 @@ class Batch(dict):
     `.ids` (an attribute, not a key, so `model(**batch)` sees only model inputs)."""
 
     ids: list[str] = []
+    frames: list = []        # stored uint8 frames still to patchify (pixels="frames", normalize=False)
+    geometry = None
+
+
+def _frames_batch(samples: list[dict], np_batch: dict, preset, device, dtype) -> "Batch | None":
+    """With normalize=False and samples read with pixels="frames": model inputs without pixel rows,
+    the stored uint8 frames riding along in `.frames` ([(kind, [n, H, W, 3] tensor)], images then
+    videos, in sample order) with their `.geometry`; `pipeline.dataset.to_device` patchifies and
+    normalises them on the training device. Each image pixel crosses processes once, not twice (the
+    temporal patch repeats an image), and the worker does no patchify. None when a sample has rows."""
+    import numpy as np
+    import torch
+
+    sps = [s.get("stored_pixels") for s in samples]
+    if any(sp is None or sp.geometry.fixed_size is not None for sp in sps) or len({sp.geometry for sp in sps}) != 1:
+        return None
+    empty = np.zeros((0, 0), np.uint8)
+    out = Batch(batch_to_model_inputs({**np_batch, "pixel_values": empty, "pixel_values_videos": empty},
+                                      preset, device, dtype, normalize=False))
+    frames = [(k, torch.from_numpy(np.ascontiguousarray(f))) for kind in ("image", "video")
+              for sp in sps for k, f in sp.items if k == kind]
+    kinds = {k for k, _ in frames}
+    if "image" in kinds:
+        out["image_grid_thw"] = torch.from_numpy(np_batch["image_grid_thw"].astype(np.int64)).to(device)
+    if "video" in kinds:
+        out["video_grid_thw"] = torch.from_numpy(np_batch["video_grid_thw"].astype(np.int64)).to(device)
+        out["second_per_grid_ts"] = torch.from_numpy(np_batch["second_per_grid_ts"].astype(np.float32)).to(device)
+    out.frames, out.geometry = frames, sps[0].geometry
+    return out
 
 
 class PaddedCollator:
@@ -118,8 +147,12 @@ class PaddedCollator:
         self.preset, self.device, self.dtype, self.pad_id, self.normalize = get_preset(preset), device, dtype, pad_id, normalize
 
     def __call__(self, samples: list[dict]) -> Batch:
-        out = Batch(batch_to_model_inputs(collate(samples, self.pad_id), self.preset, self.device, self.dtype,
-                                          normalize=self.normalize))
+        out = None
+        if not self.normalize and "stored_pixels" in samples[0]:
+            out = _frames_batch(samples, collate(samples, self.pad_id, pixels=False), self.preset, self.device, self.dtype)
+        if out is None:
+            out = Batch(batch_to_model_inputs(collate(samples, self.pad_id), self.preset, self.device, self.dtype,
+                                              normalize=self.normalize))
         out.ids = [s["id"] for s in samples]
         return out
 
@@ -140,8 +173,13 @@ class PackedCollator:
     def __call__(self, samples: list[dict]) -> Batch:
         import torch
 
-        packed = pack_collate(samples, self.pad_to, self.pad_id, self.flash_kwargs)
-        out = Batch(batch_to_model_inputs(packed, self.preset, self.device, self.dtype, normalize=self.normalize))
+        out = None
+        if not self.normalize and "stored_pixels" in samples[0]:
+            packed = pack_collate(samples, self.pad_to, self.pad_id, self.flash_kwargs, pixels=False)
+            out = _frames_batch(samples, packed, self.preset, self.device, self.dtype)
+        if out is None:
+            packed = pack_collate(samples, self.pad_to, self.pad_id, self.flash_kwargs)
+            out = Batch(batch_to_model_inputs(packed, self.preset, self.device, self.dtype, normalize=self.normalize))
         if self.flash_kwargs:
             for k in ("cu_seq_lens_q", "cu_seq_lens_k"):
                 out[k] = torch.from_numpy(packed[k]).to(self.device)

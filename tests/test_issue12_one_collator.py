@@ -119,3 +119,43 @@ def test_one_collator_module():
     assert pl.collate is pc.collate and pl.batch_to_model_inputs is pc.batch_to_model_inputs
     assert pl.normalize_pixels is pc.normalize_pixels and pp.pack_collate is pc.pack_collate
     assert pp.plan_packs is pc.plan_packs and fb.collate is pc.collate and fb.pack_collate is pc.pack_collate
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_frames_batches_rebuild_on_the_device_bit_identical(shard, packed):
+    """pixels="frames" batches (stored frames in .frames) give, after to_device, exactly the rows path."""
+    from pipeline.dataset import to_device
+
+    rows, frames = shard
+    make = (lambda: PackedCollator("qwen2.5-vl", normalize=False)) if packed else \
+        (lambda: PaddedCollator("qwen2.5-vl", normalize=False))
+    for order in ([0, 1, 2, 3], [2, 3], [1]):
+        fb = make()([frames[i] for i in order])
+        rb = make()([rows[i] for i in order])
+        assert "pixel_values" not in fb and "pixel_values_videos" not in fb
+        assert bool(fb.frames) == any(len(rows[i]["image_grid_thw"]) + len(rows[i]["video_grid_thw"]) for i in order)
+        got, want = to_device(fb, "cpu", "qwen2.5-vl"), to_device(rb, "cpu", "qwen2.5-vl")
+        assert sorted(got) == sorted(want) and got.ids == want.ids
+        for k in want:
+            if torch.is_tensor(want[k]):
+                _equal(got[k], want[k], k)
+            else:
+                assert got[k] == want[k], k
+
+
+def test_dataset_frames_mode_through_worker_processes(tmp_path):
+    """ShardDataset(pixels="frames") through a 1-worker DataLoader: the same batches as pixels="rows"."""
+    from dataset_factory import make_out
+    from pipeline.dataset import ShardDataset, to_device
+
+    out = make_out(tmp_path / "out", 24, per_shard=8, image_every=2)
+    kw = dict(seed=1, batch_size=3, normalize=False)
+    got = [to_device(b, "cpu") for b in ShardDataset(out, pixels="frames", **kw).loader(num_workers=1)]
+    want = [to_device(b, "cpu") for b in ShardDataset(out, **kw).loader(num_workers=1)]
+    assert [b.ids for b in got] == [b.ids for b in want] and len(got) == 8
+    for g, w in zip(got, want):
+        assert sorted(g) == sorted(w)
+        for k in w:
+            _equal(g[k], w[k], k)
+    with pytest.raises(ValueError, match="normalize=False"):
+        ShardDataset(out, pixels="frames", batch_size=3)
