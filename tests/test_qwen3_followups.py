@@ -149,3 +149,29 @@ def test_qwen35_tokenizer_prepare_dataset_collators(tmp_path, tiny_qwen35, prese
     w = [weights[order[i]] for i in packed[0].ids]
     expected = float(np.dot([losses[order[i]] for i in packed[0].ids], w) / sum(w))
     assert abs(got - expected) <= 1e-5, (got, expected)
+
+
+# ------------------------------------------------------------------ 3. process_video follows the preset
+
+@pytest.mark.parametrize("name", ["qwen3-vl", "qwen3-vl-tf5", "qwen3-vl-qvu", "qwen2.5-vl"])
+def test_process_video_follows_the_preset_video_resize(tmp_path, name):
+    from processors.presets import get_preset
+    from processors.video import process_video
+    from processors.video_resize import RESIZE_MODES, resize_mode
+
+    preset = get_preset(name)
+    mode = resize_mode(default=preset.video_resize)
+    assert mode == preset.video_resize == ("qwen-vl-utils" if name in ("qwen3-vl-qvu", "qwen2.5-vl") else "transformers")
+    other = next(m for m in RESIZE_MODES if m != mode)
+    clip = make_video(tmp_path / "c.mp4", width=150, height=100, num_frames=12, fps=6.0)   # resized: 150x100 → factor grid
+    got = process_video(str(clip), name)
+    assert np.array_equal(got.patches, process_video(str(clip), name, resize=mode).patches)
+    assert not np.array_equal(got.patches, process_video(str(clip), name, resize=other).patches)
+    frames = []
+    for i in range(4):
+        p = tmp_path / f"f{i}.png"
+        make_image(p, 150, 100, seed=i)
+        frames.append(str(p))
+    got = process_video(frames, name)
+    assert np.array_equal(got.patches, process_video(frames, name, resize=mode).patches)
+    assert not np.array_equal(got.patches, process_video(frames, name, resize=other).patches)
