@@ -175,3 +175,221 @@ def test_process_video_follows_the_preset_video_resize(tmp_path, name):
     got = process_video(frames, name)
     assert np.array_equal(got.patches, process_video(frames, name, resize=mode).patches)
     assert not np.array_equal(got.patches, process_video(frames, name, resize=other).patches)
+
+
+# ------------------------------------------------------------------ 4. the #15 curation scorers on Qwen3-VL
+
+from test_qwen3_vl_scorer import CLIP, tiny_qwen3_vl  # noqa: E402,F401  (fixture)
+
+BOX3 = '[{"bbox_2d": [120, 250, 480, 700], "label": "cat"}]'   # Qwen3-VL: relative 0-1000 JSON
+CPU = torch.device("cpu")
+
+
+def _q3_samples(tmp_path, name="qwen3-vl"):
+    from processors.encode import EncodeOptions, encode_sample
+    from processors.sample import ImagePart, MediaRef, Message, Sample, TextPart, VideoPart
+
+    p = make_image(tmp_path / "im.png", 120, 90, seed=5)
+    img, vid = [MediaRef("image", str(p))], [MediaRef("video", str(CLIP))]
+    U, A = "user", "assistant"
+    raw = [Sample("g0", [Message(U, [ImagePart(0), TextPart("Locate the cat in the image.")]),
+                         Message(A, [TextPart(BOX3)])], images=img),
+           Sample("g1", [Message(U, [ImagePart(0), TextPart("What is the animal doing?")]),
+                         Message(A, [TextPart("It is sleeping on a sofa.")])], images=img),
+           Sample("g2", [Message(U, [TextPart("Tell me a fact about cats.")]),
+                         Message(A, [TextPart("Cats sleep for most of the day.")])]),
+           Sample("g3", [Message(U, [VideoPart(0), TextPart("What happens in the clip?")]),
+                         Message(A, [TextPart("A bar moves to the right.")])], videos=vid)]
+    out = []
+    for s in raw:
+        enc = encode_sample(s, name, options=EncodeOptions(fast_videos=True))
+        out.append({"id": enc.id, **enc.arrays(), "meta": enc.meta})
+    return out
+
+
+def _q3_model(path):
+    import transformers
+
+    return transformers.Qwen3VLForConditionalGeneration.from_pretrained(
+        path, dtype=torch.float32, attn_implementation="sdpa").eval()
+
+
+def _ref(model, row, preset, with_vision=True):
+    """Per-sample transformers forward (its own positions from mm_token_type_ids, full logits)."""
+    from test_qwen3_vl_scorer import _reference as with_vis
+    from test_reward_vlm import _reference as text_only
+
+    return with_vis(model, row, preset) if with_vision else text_only(model, row, preset, with_vision=False)
+
+
+@pytest.mark.parametrize("name", ["qwen3-vl", "qwen3-vl-tf5"])
+def test_q3_candidate_rows_match_per_sample_transformers(tmp_path, tiny_qwen3_vl, name):
+    from filters.reward.batching import HostBatch
+    from filters.reward.candidates import extend, first_answer, row_logprobs, truncate
+    from filters.reward.grounding_scorer import GroundingScorer
+    from processors.presets import IM_END_ID, get_preset
+    from processors.tokenizer import get_tokenizer
+
+    preset, tok = get_preset(name), get_tokenizer(preset=name)
+    samples = _q3_samples(tmp_path, name)
+    model = _q3_model(tiny_qwen3_vl)
+    scorer = GroundingScorer(str(tiny_qwen3_vl), batch_tokens=600)   # small budget: several batches
+    scorer.setup(CPU)
+    texts = ("Yes.", "A cat is sleeping on the red sofa.")
+    rows = []
+    for s in samples:
+        start, _ = first_answer(s)
+        rows += [extend(truncate(s, start), tok.encode(t) + [IM_END_ID], preset) for t in texts]
+    batch = HostBatch(samples, preset)
+    got, counts = row_logprobs(scorer.vlm, rows, batch, 600)
+    np.testing.assert_allclose(got, [_ref(model, r, preset) for r in rows], rtol=0, atol=1e-4)
+    assert counts.tolist() == [len(tok.encode(t)) + 1 for _ in samples for t in texts]
+    got_t, _ = row_logprobs(scorer.vlm, rows, batch, 600, with_vision=False)
+    np.testing.assert_allclose(got_t, [_ref(model, r, preset, False) for r in rows], rtol=0, atol=1e-4)
+
+
+def test_q3_grounding_signal(tmp_path, tiny_qwen3_vl):
+    from filters.reward.batching import HostBatch
+    from filters.reward.candidates import extend, first_answer, truncate
+    from filters.reward.grounding_scorer import GroundingScorer, perturbed_answers
+    from processors.presets import IM_END_ID, get_preset
+    from processors.tokenizer import get_tokenizer
+
+    preset, tok = get_preset("qwen3-vl"), get_tokenizer(preset="qwen3-vl")
+    samples = _q3_samples(tmp_path)
+    model = _q3_model(tiny_qwen3_vl)
+    scorer = GroundingScorer(str(tiny_qwen3_vl))
+    scorer.setup(CPU)
+    out = scorer.score(HostBatch(samples, preset))
+    assert np.isnan(out["grounding.box_margin"][1:]).all() and not np.isnan(out["grounding.box_margin"][0])
+    s = samples[0]
+    start, end = first_answer(s)
+    text = tok.decode(s["input_ids"][start:end].tolist())
+    assert text == BOX3
+    alts = perturbed_answers(text, preset.grounding, (1000, 1000))   # relative: the limits are 1000
+    assert len(alts) == 6 and '[{"bbox_2d": [0, 250, 300, 700], "label": "cat"}]' in alts
+    totals = [_ref(model, extend(truncate(s, start), tok.encode(t) + [IM_END_ID], preset), preset)
+              * (len(tok.encode(t)) + 1) for t in [text, *alts]]
+    assert out["grounding.box_margin"][0] == pytest.approx(totals[0] - max(totals[1:]), abs=2e-3)
+    assert out["grounding.box_rank"][0] == pytest.approx(np.mean(np.array(totals[1:]) < totals[0]))
+
+
+@pytest.mark.parametrize("name", ["qwen3-vl", "qwen3-vl-tf5"])
+def test_q3_query_signal_leaves_out_the_timestamps(tmp_path, tiny_qwen3_vl, name):
+    from filters.reward.batching import HostBatch
+    from filters.reward.candidates import first_answer, truncate
+    from filters.reward.query_scorer import QueryScorer, question_mask
+    from processors.presets import get_preset
+    from processors.tokenizer import get_tokenizer
+
+    preset, tok = get_preset(name), get_tokenizer(preset=name)
+    samples = _q3_samples(tmp_path, name)
+    model = _q3_model(tiny_qwen3_vl)
+    scorer = QueryScorer(str(tiny_qwen3_vl))
+    scorer.setup(CPU)
+    out = scorer.score(HostBatch(samples, preset))
+    user = tok.encode("user")[0]
+    for i, s in enumerate(samples):
+        prompt = truncate(s, first_answer(s)[0])
+        mask = question_mask(np.asarray(prompt["input_ids"]), user, tok)
+        q = tok.decode(np.asarray(prompt["input_ids"])[mask].tolist())
+        assert q == ["Locate the cat in the image.", "What is the animal doing?", "Tell me a fact about cats.",
+                     "What happens in the clip?"][i]
+        row = {**prompt, "labels": np.where(mask, prompt["input_ids"], -100)}
+        assert out["query.logprob"][i] == pytest.approx(_ref(model, row, preset), abs=1e-4)
+        if i == 2:
+            assert np.isnan(out["query.visual_relevance"][i])
+        else:
+            want = _ref(model, row, preset) - _ref(model, row, preset, False)
+            assert out["query.visual_relevance"][i] == pytest.approx(want, abs=2e-4)
+
+
+def test_q3_vlm_category_tagger(tmp_path, tiny_qwen3_vl):
+    from filters.reward.batching import HostBatch
+    from filters.reward.candidates import first_answer, truncate
+    from filters.reward.taxonomy import load_taxonomy
+    from filters.reward.vlm_category import VLMCategoryScorer
+    from processors.presets import get_preset
+    from processors.tokenizer import get_tokenizer
+
+    preset, tok = get_preset("qwen3-vl"), get_tokenizer(preset="qwen3-vl")
+    samples = [s for s in _q3_samples(tmp_path) if s["id"] in ("g1", "g3")]   # an image, a video with timestamps
+    model = _q3_model(tiny_qwen3_vl)
+    tax = load_taxonomy()
+    scorer = VLMCategoryScorer(str(tiny_qwen3_vl), batch_tokens=4096)
+    scorer.setup(CPU)
+    out = scorer.score(HostBatch(samples, preset))
+    assert set(out) == set(scorer.columns())
+    coarse = [(c.name, c.description) for c in tax.coarse]
+    for i, s in enumerate(samples):
+        _, end = first_answer(s)
+        rows = scorer.rows_for(truncate(s, end + 1), tok, coarse, preset)
+        totals = [_ref(model, r, preset) * (len(tok.encode(n)) + 1) for r, (n, _) in zip(rows, coarse)]
+        assert out["vlm_category.coarse"][i] == coarse[int(np.argmax(totals))][0]
+        p = np.exp(np.array(totals) - max(totals))
+        assert out["vlm_category.coarse_confidence"][i] == pytest.approx(p.max() / p.sum(), abs=1e-3)
+        assert tax.parent(out["vlm_category.fine"][i]) == out["vlm_category.coarse"][i]
+        assert 0 < out["vlm_category.confidence"][i] <= out["vlm_category.coarse_confidence"][i]
+
+
+def test_q3_verify_generates_what_per_sample_generate_does(tmp_path):
+    import transformers
+
+    from filters.reward.batching import HostBatch
+    from filters.reward.verify import VerifyScorer, split_prompt
+    from processors.presets import ENDOFTEXT_ID, IM_END_ID, IMAGE_PAD_ID, VIDEO_PAD_ID, get_preset
+    from processors.tokenizer import get_tokenizer
+
+    preset, tok = get_preset("qwen3-vl"), get_tokenizer(preset="qwen3-vl")
+    cfg = transformers.AutoConfig.from_pretrained(_tiny_varied(tmp_path / "m"))
+    model = _q3_model(tmp_path / "m")
+    samples = _q3_samples(tmp_path)
+    want = []
+    for s in samples:   # one prompt at a time, no padding, transformers' own positions
+        p, _ = split_prompt(s)
+        ids = torch.tensor(p["input_ids"], dtype=torch.long)[None]
+        tt = torch.zeros_like(ids)
+        tt[ids == IMAGE_PAD_ID] = 1
+        tt[ids == VIDEO_PAD_ID] = 2
+        kw = {}
+        from processors.patches import normalize_patches
+
+        pv = torch.from_numpy(normalize_patches(p["pixel_values"], preset.image_mean, preset.image_std,
+                                                patch_size=preset.patch_size))
+        n_img = int(np.prod(p["image_grid_thw"], axis=1).sum()) if len(p["image_grid_thw"]) else 0
+        if n_img:
+            kw.update(pixel_values=pv[:n_img], image_grid_thw=torch.from_numpy(p["image_grid_thw"]).long())
+        if len(p["video_grid_thw"]):
+            kw.update(pixel_values_videos=pv[n_img:], video_grid_thw=torch.from_numpy(p["video_grid_thw"]).long())
+        with torch.no_grad():
+            o = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=tt, **kw,
+                               max_new_tokens=6, do_sample=False, eos_token_id=[IM_END_ID, ENDOFTEXT_ID],
+                               pad_token_id=ENDOFTEXT_ID,
+                               suppress_tokens=list(range(tok.vocab_size, cfg.text_config.vocab_size)))
+        row = o[0, ids.shape[1]:].tolist()
+        stop = [k for k, t in enumerate(row) if t in (IM_END_ID, ENDOFTEXT_ID)]
+        want.append(tok.decode(row[:stop[0]] if stop else row).strip())
+    assert len(set(want)) > 1            # the answers depend on the input
+    scorer = VerifyScorer(str(tmp_path / "m"), max_new_tokens=6)
+    scorer.setup(CPU)
+    out = scorer.score(HostBatch(samples, preset))
+    assert list(out["verify.answer"]) == want
+    assert list(out["verify.kind"])[0] == "box" and set(out["verify.kind"][1:]) <= {"text", "choice", "number"}
+    assert ((out["verify.match"] == 0) | np.isnan(out["verify.match"])).all()   # random answers confirm nothing
+
+
+def _tiny_varied(folder):
+    """A tiny random Qwen3-VL whose greedy answers depend on the input (initializer_range 0.2)."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    torch.manual_seed(1)
+    cfg = Qwen3VLConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=8, vocab_size=151680, initializer_range=0.2,
+                         rope_scaling={"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
+                           num_position_embeddings=64, deepstack_visual_indexes=[1], initializer_range=0.2),
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
+    cfg.initializer_range = 0.2
+    Qwen3VLForConditionalGeneration(cfg).eval().save_pretrained(folder)
+    return folder
