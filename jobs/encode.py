@@ -41,6 +41,17 @@ def _records(path: Path):
             yield i, rec, None
 
 
+def _check_tokenizer(tokenizer, preset) -> None:
+    """Every special token the preset needs, once before any record: one line, exit 2."""
+    from processors.errors import UserInputError, VlprepError
+    from processors.tokenizer import special_ids
+
+    try:
+        special_ids(tokenizer, preset)
+    except VlprepError as exc:
+        raise UserInputError(f"tokenizer: {exc}") from None
+
+
 def run(args) -> int:
     from rich.console import Console
     from rich.markup import escape
@@ -51,6 +62,7 @@ def run(args) -> int:
 
     preset = get_preset(args.preset)
     tokenizer = get_tokenizer(preset=preset)
+    _check_tokenizer(tokenizer, preset)
     media_root = args.media_root or args.file.parent
     options = EncodeOptions(grounding_format=args.grounding_format)
     console = Console()

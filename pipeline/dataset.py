@@ -39,7 +39,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .loader import ShardLoader
+from .loader import PAD_ID, ShardLoader
 from .packing import OnlinePacker, PackedCollator, PaddedCollator, manifest_digest, read_plan
 
 try:
@@ -53,6 +53,27 @@ STATE_VERSION = 1
 
 class ShardDataError(RuntimeError):
     """The shards, the manifest, the selection or the pack plan disagree; the message names the file."""
+
+
+def out_pad_id(out_dir: str | os.PathLike) -> int:
+    """The pad id of the tokenizer OUT was prepared with: `<|endoftext|>` of job.json's `tokenizer:`
+    folder (a Qwen3.5-style 248k vocabulary: 248044), else loader.PAD_ID (151643, the built-in ranks)."""
+    import json
+
+    from processors.tokenizer import get_tokenizer
+
+    from .config import JobConfig
+
+    job = Path(out_dir) / "job.json"
+    cfg = json.loads(job.read_text()) if job.exists() else {}
+    if not cfg.get("tokenizer"):
+        return PAD_ID
+    path = JobConfig.from_dict(cfg).resolve_path(cfg["tokenizer"])
+    try:
+        return int(get_tokenizer(path).token_to_id("<|endoftext|>"))
+    except (FileNotFoundError, KeyError) as exc:
+        raise ShardDataError(f"{job} names tokenizer {path}, whose pad token cannot be read ({exc}); pass "
+                             f"pad_id= (the tokenizer's <|endoftext|> id) to ShardDataset") from None
 
 
 def dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -110,6 +131,8 @@ class ShardDataset(IterableDataset):
     - batch_size: padded batches of this many samples (PaddedCollator).
     - max_tokens: packed rows of at most this many tokens, packed online (best fit over
       `open_packs` open packs); with `pack_plan=True`, the packs `vlprep pack` wrote instead.
+    - pad_id: the id padded rows are filled with; default: the `<|endoftext|>` of the tokenizer OUT
+      was prepared with (`out_pad_id`: job.json's `tokenizer:` folder, else the Qwen2 151643).
     - preset: the manifest's preset by default. device / dtype / normalize / flash_kwargs go to the
       collator (normalize=False keeps pixels uint8; `pipeline.loader.normalize_pixels` on the GPU).
     - pixels: "frames" (with normalize=False) ships each sample's stored uint8 frames instead of
@@ -123,7 +146,8 @@ class ShardDataset(IterableDataset):
                  rank: int | None = None, world_size: int | None = None, selection: bool = False,
                  batch_size: int | None = None, max_tokens: int | None = None, pack_plan: bool = False,
                  open_packs: int = 8, preset=None, device="cpu", dtype=None, normalize: bool = True,
-                 flash_kwargs: bool = False, collate=None, epoch: int = 0, pixels: str = "rows"):
+                 flash_kwargs: bool = False, collate=None, epoch: int = 0, pad_id: int | None = None,
+                 pixels: str = "rows"):
         self.root = Path(out_dir)
         if pixels not in ("rows", "frames"):
             raise ValueError(f"pixels={pixels!r}: use 'rows' or 'frames'")
@@ -168,12 +192,16 @@ class ShardDataset(IterableDataset):
                                  f"{self.plan.max_tokens}; leave max_tokens out or re-run `vlprep pack`")
             self.max_tokens = self.plan.max_tokens
         del table
+        self.pad_id = pad_id
         if collate is not None:
             self.collate = collate
         elif self.max_tokens is not None:
-            self.collate = PackedCollator(self.preset, device, dtype, flash_kwargs=flash_kwargs, normalize=normalize)
+            self.pad_id = out_pad_id(self.root) if pad_id is None else int(pad_id)
+            self.collate = PackedCollator(self.preset, device, dtype, flash_kwargs=flash_kwargs, normalize=normalize,
+                                          pad_id=self.pad_id)
         elif batch_size is not None:
-            self.collate = PaddedCollator(self.preset, device, dtype, normalize=normalize)
+            self.pad_id = out_pad_id(self.root) if pad_id is None else int(pad_id)
+            self.collate = PaddedCollator(self.preset, device, dtype, normalize=normalize, pad_id=self.pad_id)
         else:
             self.collate = None
         self.epoch = int(epoch)

@@ -8,6 +8,8 @@ flex attention alike; flash-attention 2 reads the same boundaries from it, or fr
 `cu_seq_lens_*` kwargs); rows 1-3 are each sample's own M-RoPE ids (temporal, height, width), exactly
 as stored in the shard. Pixel rows and grids are concatenated in sample order (the vision tower
 already works image by image from the grids), `second_per_grid_ts` one value per video.
+Qwen3-VL's `Qwen3VLTextModel` reads the same 4-row layout (tests/test_packing_equivalence.py and
+tests/test_qwen3_followups.py: image, video with `<t seconds>` text, qwen3-vl and qwen3-vl-tf5).
 
 Labels: the first label of every sample is set to -100. Run alone, a sample's first label is never
 predicted (the loss shifts by one); packed, it would be predicted from the previous sample's last

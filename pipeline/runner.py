@@ -62,6 +62,7 @@ def run_job(cfg: JobConfig, *, out: str | os.PathLike | None = None, address: st
         cfg.ray.workers = int(workers)
     layout = Layout(cfg.out_dir())
     units = plan_units(cfg)              # sources that match nothing fail here, before OUT is touched
+    check_tokenizer(cfg)                 # a token the preset needs missing: one line now, not one row per sample
     _check_out(layout, cfg, overwrite)
     warnings = setup_checks.before_run(cfg, units)
     for w in warnings:
@@ -89,6 +90,20 @@ def run_job(cfg: JobConfig, *, out: str | os.PathLike | None = None, address: st
     if not failed:
         merge(layout, units)
     return _result(layout, units, len(pending), t0, failed, cfg, warnings)
+
+
+def check_tokenizer(cfg: JobConfig) -> None:
+    """The job's tokenizer (`tokenizer:` folder, or the built-in ranks) has every special token the
+    preset needs: checked once on the driver before any unit runs (`vlprep prepare`, the `vlprep stats`
+    pre-flight), else every sample would fail alike in the ledger. ConfigError (one line, exit 2)."""
+    from processors.errors import VlprepError
+    from processors.tokenizer import get_tokenizer, special_ids
+
+    path = cfg.resolve_path(cfg.tokenizer) if cfg.tokenizer else None
+    try:
+        special_ids(get_tokenizer(path, preset=cfg.preset), cfg.preset)
+    except (VlprepError, FileNotFoundError) as exc:
+        raise ConfigError(f"tokenizer: {exc}") from None
 
 
 _MAX_QUARANTINED_PER_UNIT = 32   # beyond this a unit is reported failed: something is wrong with the setup

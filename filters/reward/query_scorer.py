@@ -18,6 +18,8 @@ about a detail that is not visible can still be likely), nor a right question wi
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from processors.presets import IM_END_ID, IM_START_ID, VISION_END_ID, VISION_START_ID
@@ -26,11 +28,26 @@ from .batching import HostBatch, has_vision
 from .candidates import CandidateScorer, first_answer, relabel, truncate
 
 COLUMNS = ["query.logprob", "query.visual_relevance"]
+TIMESTAMP = re.compile(r"\s?<\d+(?:\.\d+)? seconds>")   # Qwen3-VL: written before each temporal group
 
 
-def question_mask(ids: np.ndarray, user_id: int) -> np.ndarray | None:
+def timestamp_mask(ids: np.ndarray, tok) -> np.ndarray:
+    """Positions of the `<t seconds>` text right before a vision block (Qwen3-VL videos; in the 4.57
+    layout it sits outside every vision block, in the user's text run): the fewest tokens before each
+    <|vision_start|> that decode to one timestamp."""
+    out = np.zeros(len(ids), bool)
+    for v in np.flatnonzero(ids == VISION_START_ID):
+        for k in range(1, min(16, int(v)) + 1):
+            if TIMESTAMP.fullmatch(tok.decode(ids[v - k:v].tolist())):
+                out[v - k:v] = True
+                break
+    return out
+
+
+def question_mask(ids: np.ndarray, user_id: int, tok=None) -> np.ndarray | None:
     """Positions of the last user turn's content (after '<|im_start|>user\\n', before <|im_end|>),
-    vision blocks excluded; None when there is no user turn."""
+    vision blocks excluded, and with `tok` the video timestamps text (`timestamp_mask`); None when
+    there is no user turn."""
     starts = [i for i in np.flatnonzero(ids == IM_START_ID) if i + 1 < len(ids) and ids[i + 1] == user_id]
     if not starts:
         return None
@@ -42,6 +59,8 @@ def question_mask(ids: np.ndarray, user_id: int) -> np.ndarray | None:
     mask[a:b] = True
     mask &= depth == 0
     mask &= ids != VISION_END_ID
+    if tok is not None:
+        mask &= ~timestamp_mask(ids, tok)
     return mask if mask.any() else None
 
 
@@ -60,7 +79,8 @@ class QueryScorer(CandidateScorer):
         for i, s in enumerate(batch.samples):
             span = first_answer(s)
             prompt = truncate(s, span[0] if span else len(s["input_ids"]))
-            mask = question_mask(np.asarray(prompt["input_ids"]), user_id)
+            mask = question_mask(np.asarray(prompt["input_ids"]), user_id,
+                                 tok if batch.preset.video_timestamps else None)
             if mask is None:
                 continue
             rows.append(relabel(prompt, mask))

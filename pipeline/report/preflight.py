@@ -52,6 +52,9 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
         raise ReportInputError(f"{path} does not exist; give a config YAML, a json/jsonl/parquet file, "
                                f"a media folder, or a `vlprep prepare` OUT directory")
     cfg = load_config(path, overrides, preset=preset)
+    from ..runner import check_tokenizer
+
+    check_tokenizer(cfg)   # once, before any unit: a missing special token is one line, exit 2
     if max_length is not None:
         cfg.max_length = max_length
     if min_pixels is not None:
