@@ -53,6 +53,8 @@ def add_arguments(p) -> None:
     p.add_argument("--text-model", help="sentence-transformers folder for the text scorer (default: bundled)")
     p.add_argument("--no-visual-gain", dest="visual_gain", action="store_false",
                    help="vlm: skip the text-only pass (no vlm.text_only_logprob / vlm.visual_gain; ~2x faster)")
+    p.add_argument("--tokenizer", help="tokenizer folder the shards were prepared with (default: OUT/job.json's "
+                   "`tokenizer:`, else the built-in Qwen2 ranks)")
     p.add_argument("--overwrite", action="store_true", help="re-score units that already have scores")
 
 
@@ -105,6 +107,24 @@ def units_from_manifest(out_dir: Path):
     return [Unit(u, s, n) for (u, s), n in counts.items()], (presets[0] if presets else "qwen2.5-vl")
 
 
+def shards_tokenizer(out: Path, override: str | None, preset: str) -> str | None:
+    """The tokenizer folder the scorers read OUT's ids with: `--tokenizer`, else OUT/job.json's
+    `tokenizer:` (pipeline.dataset.out_tokenizer_path), else None (built-in ranks). Checked here, so a
+    folder that is gone or lacks a special token the preset needs is one line before any model loads."""
+    from filters.reward.protocol import ScorerError, vocab_for
+    from pipeline.dataset import out_tokenizer_path
+
+    path = override or out_tokenizer_path(out)
+    if path is None:
+        return None
+    if not Path(path, "tokenizer.json").exists() and not (Path(path).is_file() and path.endswith(".json")):
+        where = "--tokenizer" if override else f"{out / 'job.json'} `tokenizer:`"
+        raise ScorerError(f"{where} names {path}, which has no tokenizer.json; pass --tokenizer PATH (the tokenizer "
+                          "folder the shards were prepared with)")
+    vocab_for(path, preset)
+    return str(path)
+
+
 def _use_ray(args) -> bool:
     if args.executor != "auto":
         return args.executor == "ray"
@@ -125,10 +145,11 @@ def run(args) -> int:
                else ["text", "pixels"] + (["vlm"] if args.model else []))
     try:
         units, preset = units_from_manifest(out)
+        tokenizer = shards_tokenizer(out, args.tokenizer, preset)
         cfg = ScoreConfig(str(out), tuple(scorers), model=args.model, preset=preset, batch_tokens=args.batch_tokens,
                           max_padding=args.max_padding, device=args.device, dtype=args.dtype, pack=args.pack,
                           text_model=args.text_model, overwrite=args.overwrite, visual_gain=args.visual_gain,
-                          taxonomy=args.taxonomy)
+                          taxonomy=args.taxonomy, tokenizer=tokenizer)
         check_num_gpus(args.num_gpus)
         if {"category", "vlm_category"} & set(cfg.scorers):  # a bad taxonomy file fails here, not inside a worker
             from filters.reward.taxonomy import load_taxonomy

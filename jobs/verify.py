@@ -33,6 +33,8 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
     p.add_argument("--address", help="Ray cluster address: one actor per --num-gpus share of every GPU")
     p.add_argument("--num-gpus", type=float, default=1.0, help="GPUs per Ray actor")
+    p.add_argument("--tokenizer", help="tokenizer folder the shards were prepared with (default: OUT/job.json's "
+                   "`tokenizer:`, else the built-in Qwen2 ranks)")
     p.add_argument("--overwrite", action="store_true", help="re-verify units that already have verify.* columns")
 
 
@@ -41,7 +43,7 @@ def run(args) -> int:
 
     from filters.reward.protocol import ScorerError
     from filters.reward.stage import ScoreConfig, pending, run_local, run_ray
-    from jobs.score import units_from_manifest
+    from jobs.score import shards_tokenizer, units_from_manifest
     from pipeline.loader import ShardLoader
 
     out = Path(args.out_dir)
@@ -51,7 +53,7 @@ def run(args) -> int:
         units, preset = units_from_manifest(out)
         cfg = ScoreConfig(str(out), ("verify",), model=args.model, preset=preset, batch_tokens=args.batch_tokens,
                           device=args.device, overwrite=args.overwrite, max_new_tokens=args.max_new_tokens,
-                          iou_threshold=args.iou)
+                          iou_threshold=args.iou, tokenizer=shards_tokenizer(out, args.tokenizer, preset))
         from filters.reward.vlm_scorer import VLMScorer
 
         VLMScorer(args.model)  # a wrong --model fails here, with its message

@@ -55,20 +55,29 @@ class ShardDataError(RuntimeError):
     """The shards, the manifest, the selection or the pack plan disagree; the message names the file."""
 
 
-def out_pad_id(out_dir: str | os.PathLike) -> int:
-    """The pad id of the tokenizer OUT was prepared with: `<|endoftext|>` of job.json's `tokenizer:`
-    folder (a Qwen3.5-style 248k vocabulary: 248044), else loader.PAD_ID (151643, the built-in ranks)."""
+def out_tokenizer_path(out_dir: str | os.PathLike) -> str | None:
+    """The tokenizer folder OUT was prepared with (OUT/job.json's `tokenizer:`, resolved as the job
+    resolved it), or None for the built-in Qwen2 ranks."""
     import json
-
-    from processors.tokenizer import get_tokenizer
 
     from .config import JobConfig
 
     job = Path(out_dir) / "job.json"
     cfg = json.loads(job.read_text()) if job.exists() else {}
     if not cfg.get("tokenizer"):
+        return None
+    return str(JobConfig.from_dict(cfg).resolve_path(cfg["tokenizer"]))
+
+
+def out_pad_id(out_dir: str | os.PathLike) -> int:
+    """The pad id of the tokenizer OUT was prepared with: `<|endoftext|>` of job.json's `tokenizer:`
+    folder (a Qwen3.5-style 248k vocabulary: 248044), else loader.PAD_ID (151643, the built-in ranks)."""
+    from processors.tokenizer import get_tokenizer
+
+    job = Path(out_dir) / "job.json"
+    path = out_tokenizer_path(out_dir)
+    if path is None:
         return PAD_ID
-    path = JobConfig.from_dict(cfg).resolve_path(cfg["tokenizer"])
     try:
         return int(get_tokenizer(path).token_to_id("<|endoftext|>"))
     except (FileNotFoundError, KeyError) as exc:

@@ -17,7 +17,7 @@ import numpy as np
 
 from processors.collate import collate, device_pixel_rows, normalize_pixels, pack_collate
 from processors.collate import plan_packs as _plan_packs
-from processors.presets import VISION_END_ID, VISION_START_ID, Preset
+from processors.presets import ENDOFTEXT_ID, VISION_END_ID, VISION_START_ID, Preset
 
 ARRAY_FIELDS = ("input_ids", "labels", "position_ids", "pixel_values", "image_grid_thw",
                 "video_grid_thw", "second_per_grid_ts")
@@ -67,17 +67,21 @@ def padding_tokens(batch_lengths: list[int]) -> tuple[int, int]:
     return int(sum(batch_lengths)), int(max(batch_lengths) * len(batch_lengths)) if batch_lengths else 0
 
 
-def strip_vision(input_ids: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Drop every <|vision_start|> ... <|vision_end|> block (inclusive) from ids and labels."""
+def strip_vision(input_ids: np.ndarray, labels: np.ndarray, vision_start: int = VISION_START_ID,
+                 vision_end: int = VISION_END_ID) -> tuple[np.ndarray, np.ndarray]:
+    """Drop every <|vision_start|> ... <|vision_end|> block (inclusive) from ids and labels; the ids are
+    the tokenizer's (processors.tokenizer.SpecialIds; default: Qwen2/Qwen3's)."""
     ids = np.asarray(input_ids)
-    depth = np.cumsum((ids == VISION_START_ID).astype(np.int64) - np.r_[0, (ids[:-1] == VISION_END_ID)])
+    depth = np.cumsum((ids == vision_start).astype(np.int64) - np.r_[0, (ids[:-1] == vision_end)])
     keep = depth == 0
     return ids[keep], np.asarray(labels)[keep]
 
 
-def text_only_sample(sample: dict[str, Any]) -> dict[str, Any]:
-    """The same conversation with its vision blocks removed and plain text positions."""
-    ids, labels = strip_vision(sample["input_ids"], sample["labels"])
+def text_only_sample(sample: dict[str, Any], special=None) -> dict[str, Any]:
+    """The same conversation with its vision blocks removed and plain text positions (`special`: the
+    tokenizer's SpecialIds; None = Qwen2/Qwen3's)."""
+    vs = () if special is None else (special.vision_start, special.vision_end)
+    ids, labels = strip_vision(sample["input_ids"], sample["labels"], *vs)
     pos = np.broadcast_to(np.arange(len(ids), dtype=np.int64), (3, len(ids)))
     empty_grid = np.zeros((0, 3), dtype=np.int32)
     return {
@@ -94,8 +98,8 @@ def _patch_dim(sample: dict[str, Any]) -> int:
     return int(sample["stored_pixels"].geometry.patch_dim)
 
 
-def has_vision(sample: dict[str, Any]) -> bool:
-    return bool(np.any(np.asarray(sample["input_ids"]) == VISION_START_ID))
+def has_vision(sample: dict[str, Any], vision_start: int = VISION_START_ID) -> bool:
+    return bool(np.any(np.asarray(sample["input_ids"]) == vision_start))
 
 
 def _rows(grid: np.ndarray) -> int:
@@ -219,18 +223,23 @@ class HostBatch:
                 else {**s, "position_ids": _three_rows(s["position_ids"], len(s["input_ids"]), s["id"])}
                 for s in self.samples]
 
-    def _text(self, layout: str) -> dict[str, np.ndarray]:
-        """The numpy batch of the loader's collators (no pixels): padded (`collate`) or packed (`pack_collate`)."""
-        key = "np_" + layout
+    def _text(self, layout: str, pad_id: int = ENDOFTEXT_ID) -> dict[str, np.ndarray]:
+        """The numpy batch of the loader's collators (no pixels): padded (`collate`) or packed (`pack_collate`);
+        padded slots hold `pad_id` (the tokenizer's <|endoftext|>)."""
+        key = f"np_{layout}_{pad_id}"
         if key not in self._cache:
             fn = collate if layout == "padded" else pack_collate
-            self._cache[key] = fn(self._samples3(), pixels=False)
+            self._cache[key] = fn(self._samples3(), pad_id=pad_id, pixels=False)
         return self._cache[key]
 
-    def padded(self) -> dict[str, Any]:
-        """Right-padded [B, L] ids/labels/mask and [3, B, L] M-RoPE positions (pipeline's `collate`)."""
+    def padded(self, pad_id: int = ENDOFTEXT_ID) -> dict[str, Any]:
+        """Right-padded [B, L] ids/labels/mask and [3, B, L] M-RoPE positions (pipeline's `collate`); padded
+        slots hold `pad_id` (the tokenizer's <|endoftext|>)."""
+        if self._cache.get("pad_id", pad_id) != pad_id:
+            self._cache.pop("padded", None)
+        self._cache["pad_id"] = pad_id
         if "padded" not in self._cache:
-            b = self._text("padded")
+            b = self._text("padded", pad_id)
             self._cache["padded"] = {
                 "input_ids": self._upload(b["input_ids"]), "labels": self._upload(b["labels"]),
                 "attention_mask": self._upload(b["attention_mask"]), "position_ids": self._upload(b["position_ids"]),
@@ -251,8 +260,8 @@ class HostBatch:
             }
         return self._cache["packed"]
 
-    def text_only(self) -> "HostBatch":
-        return HostBatch([text_only_sample(s) for s in self.samples], self.preset, self.device, self.dtype)
+    def text_only(self, special=None) -> "HostBatch":
+        return HostBatch([text_only_sample(s, special) for s in self.samples], self.preset, self.device, self.dtype)
 
 
 def _three_rows(position_ids, n: int, sid: str) -> np.ndarray:

@@ -30,14 +30,17 @@ def _count_items(pad_tokens: int, rows: np.ndarray) -> int:
     return k
 
 
-def truncate(sample: dict, n: int) -> dict:
+def truncate(sample: dict, n: int, special=None) -> dict:
     """The sample's first `n` tokens as a sample: vision items after the cut are dropped with their
-    grids and pixel rows; no position is supervised."""
+    grids and pixel rows; no position is supervised. `special`: the tokenizer's SpecialIds (None =
+    Qwen2/Qwen3's)."""
     ids = np.asarray(sample["input_ids"])[:n]
     img_rows, vid_rows = _rows(sample["image_grid_thw"]), _rows(sample["video_grid_thw"])
-    n_img = _count_items(int((ids == IMAGE_PAD_ID).sum()), img_rows)
-    n_vid = _count_items(int((ids == VIDEO_PAD_ID).sum()), vid_rows)
-    pv = np.asarray(sample["pixel_values"])
+    image_pad, video_pad = (IMAGE_PAD_ID, VIDEO_PAD_ID) if special is None else (special.image_pad, special.video_pad)
+    n_img = _count_items(int((ids == image_pad).sum()), img_rows)
+    n_vid = _count_items(int((ids == video_pad).sum()), vid_rows)
+    # a stage sample (read with pixels="frames") carries stored frames: its rows are rebuilt here
+    pv = np.asarray(sample["pixel_values"] if "pixel_values" in sample else sample["stored_pixels"].pixel_values())
     all_img = int(img_rows.sum())
     pixels = np.concatenate([pv[:int(img_rows[:n_img].sum())], pv[all_img:all_img + int(vid_rows[:n_vid].sum())]])
     return {
@@ -50,9 +53,10 @@ def truncate(sample: dict, n: int) -> dict:
     }
 
 
-def extend(prefix: dict, ids, preset, *, supervised=None) -> dict:
+def extend(prefix: dict, ids, preset, *, supervised=None, special=None) -> dict:
     """`prefix` (a sample) followed by `ids`; the appended tokens are supervised (or those where the
-    boolean `supervised` is True). Positions for the whole row come from get_rope_index."""
+    boolean `supervised` is True). Positions for the whole row come from get_rope_index (`special`: the
+    tokenizer's SpecialIds; None = Qwen2/Qwen3's)."""
     from processors.rope import get_rope_index
 
     ids = np.asarray(ids, dtype=np.int64)
@@ -61,7 +65,8 @@ def extend(prefix: dict, ids, preset, *, supervised=None) -> dict:
     labels = np.concatenate([np.asarray(prefix["labels"], np.int64), np.where(sup, ids, IGNORE_INDEX)])
     vids = np.asarray(prefix["video_grid_thw"]).reshape(-1, 3)
     pos, _ = get_rope_index(full, prefix["image_grid_thw"], vids,
-                            np.asarray(prefix["second_per_grid_ts"], np.float32) if len(vids) else None, preset)
+                            np.asarray(prefix["second_per_grid_ts"], np.float32) if len(vids) else None, preset,
+                            token_ids=special)
     return {**prefix, "input_ids": full, "labels": labels, "position_ids": pos}
 
 
@@ -86,10 +91,11 @@ def row_logprobs(vlm, rows: list[dict], batch: HostBatch, budget_tokens: int = 1
     import torch
 
     lengths = np.array([len(r["input_ids"]) for r in rows], dtype=np.int64)
+    special = vlm.vocab(batch.preset).ids
     for group in plan_batches(lengths, budget_tokens, 0.25):
         hb = HostBatch([rows[i] for i in group], batch.preset, batch.device, batch.dtype)
         if not with_vision:
-            hb = hb.text_only()
+            hb = hb.text_only(special)
         with torch.inference_mode():
             lp, _ = vlm._answer_logprob(hb, with_vision=with_vision)
         mean[group] = lp
@@ -103,12 +109,13 @@ class CandidateScorer:
     name = "candidates"
     pack = False
 
-    def __init__(self, model_path: str, *, batch_tokens: int = 16384, tokenizer=None, dtype: str = "auto"):
+    def __init__(self, model_path: str, *, batch_tokens: int = 16384, tokenizer: str | None = None,
+                 dtype: str = "auto"):
         from .vlm_scorer import VLMScorer
 
-        self.vlm = VLMScorer(model_path, pack="off", visual_gain=False, dtype=dtype)
+        # `tokenizer`: the folder the shards were prepared with (job.json); None = the built-in ranks
+        self.vlm = VLMScorer(model_path, pack="off", visual_gain=False, dtype=dtype, tokenizer=tokenizer)
         self.batch_tokens = batch_tokens
-        self.tokenizer = tokenizer
 
     def setup(self, device) -> None:
         self.vlm.setup(device)
@@ -118,24 +125,26 @@ class CandidateScorer:
         return self.vlm.check_preset(preset_name)
 
     def _tok(self, batch: HostBatch):
-        if self.tokenizer is None:
-            from processors.tokenizer import get_tokenizer
+        return self.vlm.vocab(batch.preset).tokenizer
 
-            self.tokenizer = get_tokenizer(preset=batch.preset)
-        return self.tokenizer
+    def _ids(self, batch: HostBatch):
+        """The shards' SpecialIds (processors.tokenizer.special_ids of their tokenizer)."""
+        return self.vlm.vocab(batch.preset).ids
 
     def logprobs(self, rows: list[dict], batch: HostBatch, with_vision: bool = True):
         return row_logprobs(self.vlm, rows, batch, self.batch_tokens, with_vision)
 
 
-def first_answer(sample: dict) -> tuple[int, int] | None:
-    """(start, end) token span of the first supervised answer (end at its <|im_end|>), or None."""
+def first_answer(sample: dict, im_end: int | None = None) -> tuple[int, int] | None:
+    """(start, end) token span of the first supervised answer (end at its <|im_end|>: `im_end`, default
+    Qwen2/Qwen3's), or None."""
     from processors.presets import IM_END_ID
 
+    im_end = IM_END_ID if im_end is None else im_end
     ids, labels = np.asarray(sample["input_ids"]), np.asarray(sample["labels"])
     sup = np.flatnonzero(labels != IGNORE_INDEX)
     if not len(sup):
         return None
     first = int(sup[0])
-    ends = np.flatnonzero(ids[first:] == IM_END_ID)
+    ends = np.flatnonzero(ids[first:] == im_end)
     return first, first + int(ends[0]) if len(ends) else len(ids)

@@ -23,8 +23,6 @@ import re
 
 import numpy as np
 
-from processors.presets import IM_END_ID
-
 from .batching import HostBatch
 from .candidates import CandidateScorer, extend, first_answer, truncate
 
@@ -85,13 +83,13 @@ class GroundingScorer(CandidateScorer):
         return list(COLUMNS)
 
     def score(self, batch: HostBatch) -> dict[str, np.ndarray]:
-        tok = self._tok(batch)
+        tok, sp = self._tok(batch), self._ids(batch)
         fmt = batch.preset.grounding
         n = len(batch)
         margin, rank = np.full(n, np.nan), np.full(n, np.nan)
         rows, owner = [], []
         for i, s in enumerate(batch.samples):
-            span = first_answer(s)
+            span = first_answer(s, sp.im_end)
             limits = box_limits(fmt, s["image_grid_thw"])
             if span is None or limits is None or fmt not in BOX_PATTERNS:
                 continue
@@ -99,9 +97,9 @@ class GroundingScorer(CandidateScorer):
             alts = perturbed_answers(text, fmt, limits)
             if not alts:
                 continue
-            prefix = truncate(s, span[0])
+            prefix = truncate(s, span[0], sp)
             for t in [text, *alts]:  # the given answer first, re-tokenised like the others
-                rows.append(extend(prefix, tok.encode(t) + [IM_END_ID], batch.preset))
+                rows.append(extend(prefix, tok.encode(t) + [sp.im_end], batch.preset, special=sp))
                 owner.append(i)
         if not rows:
             return {"grounding.box_margin": margin, "grounding.box_rank": rank}

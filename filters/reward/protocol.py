@@ -80,3 +80,45 @@ def compute_dtype(device, requested: str = "auto"):
         raise ScorerError(f"--dtype bf16: {torch.cuda.get_device_name(device)} has no native bf16; "
                           "use --dtype fp16 (or auto)")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[requested]
+
+
+class Vocab:
+    """The tokenizer the shards were written with and the ids the scorers look for in them: its
+    SpecialIds (processors.tokenizer.special_ids, the one source) and its <|endoftext|> (pad / stop).
+    `path` None = the built-in Qwen2 ranks with the preset's table (Qwen2 … Qwen3-VL checkpoints);
+    a Hugging Face tokenizer folder for Qwen3.5 / Qwen3.6's 248k vocabulary (job.json's `tokenizer:`)."""
+
+    def __init__(self, path: str | None, preset):
+        from processors.tokenizer import get_tokenizer, special_ids
+
+        try:
+            self.tokenizer = get_tokenizer(path, preset=preset) if path else get_tokenizer(preset=preset)
+            self.ids = special_ids(self.tokenizer, preset)
+            self.pad = int(self.tokenizer.token_to_id("<|endoftext|>"))
+        except (FileNotFoundError, KeyError) as exc:
+            raise ScorerError(f"tokenizer {path or 'built-in'}: {str(exc).strip(chr(39))}; pass --tokenizer PATH "
+                              "(the tokenizer folder the shards were prepared with)") from None
+        except Exception as exc:  # noqa: BLE001 - VlprepError (a missing special token): its one line
+            raise ScorerError(str(exc)) from None
+        self.path = path
+
+    @property
+    def eos(self) -> list[int]:
+        return [self.ids.im_end, self.pad]
+
+    def top(self) -> int:
+        """One past the tokenizer's highest id (rows above it in an embedding are unused padding)."""
+        return max(int(self.tokenizer.vocab_size), self.pad + 1, *(i + 1 for i in vars(self.ids).values()))
+
+
+_VOCABS: dict = {}
+
+
+def vocab_for(path: str | None, preset) -> Vocab:
+    """Vocab per (tokenizer path, preset name), built once per process."""
+    from processors.presets import get_preset
+
+    key = (path, get_preset(preset).name)
+    if key not in _VOCABS:
+        _VOCABS[key] = Vocab(path, preset)
+    return _VOCABS[key]

@@ -31,12 +31,12 @@ COLUMNS = ["query.logprob", "query.visual_relevance"]
 TIMESTAMP = re.compile(r"\s?<\d+(?:\.\d+)? seconds>")   # Qwen3-VL: written before each temporal group
 
 
-def timestamp_mask(ids: np.ndarray, tok) -> np.ndarray:
+def timestamp_mask(ids: np.ndarray, tok, vision_start: int = VISION_START_ID) -> np.ndarray:
     """Positions of the `<t seconds>` text right before a vision block (Qwen3-VL videos; in the 4.57
     layout it sits outside every vision block, in the user's text run): the fewest tokens before each
     <|vision_start|> that decode to one timestamp."""
     out = np.zeros(len(ids), bool)
-    for v in np.flatnonzero(ids == VISION_START_ID):
+    for v in np.flatnonzero(ids == vision_start):
         for k in range(1, min(16, int(v)) + 1):
             if TIMESTAMP.fullmatch(tok.decode(ids[v - k:v].tolist())):
                 out[v - k:v] = True
@@ -44,23 +44,30 @@ def timestamp_mask(ids: np.ndarray, tok) -> np.ndarray:
     return out
 
 
-def question_mask(ids: np.ndarray, user_id: int, tok=None) -> np.ndarray | None:
+def question_mask(ids: np.ndarray, user_id, tok=None, special=None) -> np.ndarray | None:
     """Positions of the last user turn's content (after '<|im_start|>user\\n', before <|im_end|>),
     vision blocks excluded, and with `tok` the video timestamps text (`timestamp_mask`); None when
-    there is no user turn."""
-    starts = [i for i in np.flatnonzero(ids == IM_START_ID) if i + 1 < len(ids) and ids[i + 1] == user_id]
+    there is no user turn. `user_id`: the id of Qwen's one-token 'user' (an int), or the ids of 'user'
+    in the tokenizer in use (a list); one newline token follows. `special`: the tokenizer's SpecialIds
+    (None = Qwen2/Qwen3's)."""
+    head = ([int(user_id)] if np.ndim(user_id) == 0 else [int(u) for u in user_id]) + [None]  # None: the newline
+    im_start, im_end, v_start, v_end = ((IM_START_ID, IM_END_ID, VISION_START_ID, VISION_END_ID) if special is None
+                                        else (special.im_start, special.im_end, special.vision_start, special.vision_end))
+    k = len(head)
+    starts = [i for i in np.flatnonzero(ids == im_start) if i + k < len(ids)
+              and all(h is None or ids[i + 1 + j] == h for j, h in enumerate(head))]
     if not starts:
         return None
-    a = int(starts[-1]) + 3  # <|im_start|> user \n
-    ends = np.flatnonzero(ids[a:] == IM_END_ID)
+    a = int(starts[-1]) + 1 + k  # <|im_start|> user \n
+    ends = np.flatnonzero(ids[a:] == im_end)
     b = a + int(ends[0]) if len(ends) else len(ids)
-    depth = np.cumsum((ids == VISION_START_ID).astype(np.int64) - np.r_[0, (ids[:-1] == VISION_END_ID)])
+    depth = np.cumsum((ids == v_start).astype(np.int64) - np.r_[0, (ids[:-1] == v_end)])
     mask = np.zeros(len(ids), bool)
     mask[a:b] = True
     mask &= depth == 0
-    mask &= ids != VISION_END_ID
+    mask &= ids != v_end
     if tok is not None:
-        mask &= ~timestamp_mask(ids, tok)
+        mask &= ~timestamp_mask(ids, tok, v_start)
     return mask if mask.any() else None
 
 
@@ -71,16 +78,16 @@ class QueryScorer(CandidateScorer):
         return list(COLUMNS)
 
     def score(self, batch: HostBatch) -> dict[str, np.ndarray]:
-        tok = self._tok(batch)
-        user_id = tok.encode("user")[0]
+        tok, sp = self._tok(batch), self._ids(batch)
+        user_head = tok.encode("user")  # one token in Qwen's vocabularies, more in a byte-level one
         n = len(batch)
         lp, rel = np.full(n, np.nan), np.full(n, np.nan)
         rows, owner = [], []
         for i, s in enumerate(batch.samples):
-            span = first_answer(s)
-            prompt = truncate(s, span[0] if span else len(s["input_ids"]))
-            mask = question_mask(np.asarray(prompt["input_ids"]), user_id,
-                                 tok if batch.preset.video_timestamps else None)
+            span = first_answer(s, sp.im_end)
+            prompt = truncate(s, span[0] if span else len(s["input_ids"]), sp)
+            mask = question_mask(np.asarray(prompt["input_ids"]), user_head,
+                                 tok if batch.preset.video_timestamps else None, sp)
             if mask is None:
                 continue
             rows.append(relabel(prompt, mask))
@@ -89,7 +96,7 @@ class QueryScorer(CandidateScorer):
             return {"query.logprob": lp, "query.visual_relevance": rel}
         owner = np.array(owner)
         lp[owner], _ = self.logprobs(rows, batch)
-        vis = np.array([has_vision(r) for r in rows])
+        vis = np.array([has_vision(r, sp.vision_start) for r in rows])
         if vis.any():
             text_lp, _ = self.logprobs([r for r, v in zip(rows, vis) if v], batch, with_vision=False)
             rel[owner[vis]] = lp[owner[vis]] - text_lp

@@ -51,6 +51,7 @@ class ScoreConfig:
     taxonomy: str | None = None    # category: taxonomy YAML; None = filters/reward/taxonomy_default.yaml
     max_new_tokens: int = 128      # verify: greedy answer length
     iou_threshold: float = 0.5     # verify: box answers match at IoU >= this
+    tokenizer: str | None = None   # the shards' tokenizer folder (OUT/job.json `tokenizer:`); None = built-in
 
     def __post_init__(self):
         self.scorers = tuple(self.scorers)
@@ -110,21 +111,22 @@ def make_scorer(name: str, cfg: ScoreConfig):
     if name == "vlm_category":
         from .vlm_category import VLMCategoryScorer
 
-        return VLMCategoryScorer(cfg.model, cfg.taxonomy, batch_tokens=cfg.batch_tokens, dtype=cfg.dtype)
+        return VLMCategoryScorer(cfg.model, cfg.taxonomy, batch_tokens=cfg.batch_tokens, dtype=cfg.dtype,
+                                 tokenizer=cfg.tokenizer)
     if name in ("grounding", "query"):
         from .grounding_scorer import GroundingScorer
         from .query_scorer import QueryScorer
 
         return (GroundingScorer if name == "grounding" else QueryScorer)(cfg.model, batch_tokens=cfg.batch_tokens,
-                                                                         dtype=cfg.dtype)
+                                                                         dtype=cfg.dtype, tokenizer=cfg.tokenizer)
     if name == "verify":
         from .verify import VerifyScorer
 
         return VerifyScorer(cfg.model, max_new_tokens=cfg.max_new_tokens, iou_threshold=cfg.iou_threshold,
-                            dtype=cfg.dtype)
+                            dtype=cfg.dtype, tokenizer=cfg.tokenizer)
     from .vlm_scorer import VLMScorer
 
-    return VLMScorer(cfg.model, pack=cfg.pack, visual_gain=cfg.visual_gain, dtype=cfg.dtype)
+    return VLMScorer(cfg.model, pack=cfg.pack, visual_gain=cfg.visual_gain, dtype=cfg.dtype, tokenizer=cfg.tokenizer)
 
 
 def existing_columns(path: Path, expected: int | None) -> set[str]:

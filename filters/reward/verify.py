@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from processors.presets import (ENDOFTEXT_ID, IGNORE_INDEX, IM_END_ID, IMAGE_PAD_ID, VIDEO_PAD_ID)
+from processors.presets import IGNORE_INDEX, IM_END_ID
 
 from .answer_check import check_answer
 from .batching import HostBatch
@@ -37,34 +37,36 @@ from .vlm_scorer import VLMScorer
 COLUMNS = ["verify.match", "verify.value", "verify.kind", "verify.answer"]
 
 
-def split_prompt(sample: dict) -> tuple[dict, np.ndarray] | None:
-    """(the prompt as a shard sample, the reference answer's token ids), or None without an answer."""
+def split_prompt(sample: dict, special=None) -> tuple[dict, np.ndarray] | None:
+    """(the prompt as a shard sample, the reference answer's token ids), or None without an answer.
+    `special`: the tokenizer's SpecialIds (None = Qwen2/Qwen3's)."""
     ids, labels = np.asarray(sample["input_ids"]), np.asarray(sample["labels"])
     sup = np.flatnonzero(labels != IGNORE_INDEX)
     if not len(sup):
         return None
     first = int(sup[0])
-    ends = np.flatnonzero(ids[first:] == IM_END_ID)
+    ends = np.flatnonzero(ids[first:] == (IM_END_ID if special is None else special.im_end))
     ref = ids[first:first + int(ends[0])] if len(ends) else ids[first:]
-    return truncate(sample, first), ref
+    return truncate(sample, first, special), ref
 
 
-def unused_ids(model, tokenizer) -> list[int] | None:
-    """Embedding rows past the tokenizer's last token (151 665 .. 151 935 in the released checkpoints):
-    padding that no text decodes to, so generation never picks them."""
+def unused_ids(model, tokenizer, top: int | None = None) -> list[int] | None:
+    """Embedding rows past the tokenizer's last token (151 665 .. 151 935 in the released checkpoints;
+    `top`: one past its highest id, default its vocab_size): padding that no text decodes to, so
+    generation never picks them."""
     rows = model.get_output_embeddings().weight.shape[0]
-    return list(range(tokenizer.vocab_size, rows)) or None
+    return list(range(tokenizer.vocab_size if top is None else top, rows)) or None
 
 
 class VerifyScorer:
     name = "verify"
 
     def __init__(self, model_path: str, *, max_new_tokens: int = 128, iou_threshold: float = 0.5,
-                 tokenizer=None, dtype: str = "auto"):
-        self.vlm = VLMScorer(model_path, pack="off", visual_gain=False, dtype=dtype)  # owns loading the checkpoint
+                 tokenizer: str | None = None, dtype: str = "auto"):
+        # owns loading the checkpoint; `tokenizer`: the shards' tokenizer folder (job.json), None = built-in
+        self.vlm = VLMScorer(model_path, pack="off", visual_gain=False, dtype=dtype, tokenizer=tokenizer)
         self.max_new_tokens = max_new_tokens
         self.iou_threshold = iou_threshold
-        self.tokenizer = tokenizer
 
     @property
     def pack(self) -> bool:
@@ -84,21 +86,18 @@ class VerifyScorer:
         """Greedy answers (token ids, without the stop token) for shard-style prompt samples."""
         import torch
 
-        if self.tokenizer is None:
-            from processors.tokenizer import get_tokenizer
-
-            self.tokenizer = get_tokenizer(preset=batch.preset)
-
+        voc = self.vlm.vocab(batch.preset)
+        sp, pad = voc.ids, voc.pad
         hb = HostBatch(prompts, batch.preset, batch.device, batch.dtype)
         torch_, dev, _ = hb._torch()
         lengths = hb.lengths
         width = int(lengths.max())
-        ids = np.full((len(prompts), width), ENDOFTEXT_ID, dtype=np.int64)
+        ids = np.full((len(prompts), width), pad, dtype=np.int64)
         mask = np.zeros_like(ids)
         for i, p in enumerate(prompts):
             ids[i, width - lengths[i]:] = p["input_ids"]
             mask[i, width - lengths[i]:] = 1
-        tt = np.where(ids == IMAGE_PAD_ID, 1, np.where(ids == VIDEO_PAD_ID, 2, 0)) * mask
+        tt = np.where(ids == sp.image_pad, 1, np.where(ids == sp.video_pad, 2, 0)) * mask
         kw = dict(input_ids=torch.from_numpy(ids).to(dev), attention_mask=torch.from_numpy(mask).to(dev),
                   mm_token_type_ids=torch.from_numpy(tt).to(dev))
         img_grid, vid_grid, sec = hb.grids()
@@ -112,24 +111,21 @@ class VerifyScorer:
                     kw["second_per_grid_ts"] = sec
         with torch.inference_mode():
             out = self.vlm.model.generate(**kw, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                          num_beams=1, eos_token_id=[IM_END_ID, ENDOFTEXT_ID],
-                                          pad_token_id=ENDOFTEXT_ID,
-                                          suppress_tokens=unused_ids(self.vlm.model, self.tokenizer))
+                                          num_beams=1, eos_token_id=voc.eos, pad_token_id=pad,
+                                          suppress_tokens=unused_ids(self.vlm.model, voc.tokenizer, voc.top()))
         answers = []
         for row in out[:, width:].cpu().numpy().tolist():
-            stop = [k for k, t in enumerate(row) if t in (IM_END_ID, ENDOFTEXT_ID)]
+            stop = [k for k, t in enumerate(row) if t in voc.eos]
             answers.append(row[:stop[0]] if stop else row)
         return answers
 
     def score(self, batch: HostBatch) -> dict[str, np.ndarray]:
-        if self.tokenizer is None:
-            from processors.tokenizer import get_tokenizer
-
-            self.tokenizer = get_tokenizer(preset=batch.preset)
+        voc = self.vlm.vocab(batch.preset)
+        tok, sp = voc.tokenizer, voc.ids
         n = len(batch)
         out = {"verify.match": np.full(n, np.nan), "verify.value": np.full(n, np.nan),
                "verify.kind": np.full(n, None, dtype=object), "verify.answer": np.full(n, None, dtype=object)}
-        split = [split_prompt(s) for s in batch.samples]
+        split = [split_prompt(s, sp) for s in batch.samples]
         todo = [i for i, sp in enumerate(split) if sp is not None]
         if not todo:
             return out
@@ -137,10 +133,10 @@ class VerifyScorer:
         fmt = batch.preset.grounding
         for i, ans_ids in zip(todo, answers):
             prompt, ref_ids = split[i]
-            users = [t for r, t in conversation_turns(prompt["input_ids"], self.tokenizer) if r == "user"]
+            users = [t for r, t in conversation_turns(prompt["input_ids"], tok, sp) if r == "user"]
             question = users[-1] if users else ""
-            answer = self.tokenizer.decode(ans_ids).strip()
-            c = check_answer(question, answer, self.tokenizer.decode(ref_ids.tolist()).strip(), fmt,
+            answer = tok.decode(ans_ids).strip()
+            c = check_answer(question, answer, tok.decode(ref_ids.tolist()).strip(), fmt,
                              iou_threshold=self.iou_threshold)
             out["verify.kind"][i], out["verify.answer"][i] = c.kind, answer
             out["verify.match"][i] = math.nan if c.match is None else float(c.match)

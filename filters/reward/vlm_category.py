@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from processors.presets import IM_END_ID
-
 from .batching import HostBatch
 from .candidates import CandidateScorer, extend, first_answer, truncate
 from .taxonomy import Taxonomy, load_taxonomy
@@ -46,29 +44,34 @@ class VLMCategoryScorer(CandidateScorer):
         text = f"\n<|im_start|>user\n{ASK.format(options=options)}<|im_end|>\n<|im_start|>assistant\n"
         return tok.encode(text)
 
-    def rows_for(self, context: dict, tok, names_descs: list[tuple[str, str]], preset) -> list[dict]:
+    def rows_for(self, context: dict, tok, names_descs: list[tuple[str, str]], preset, special=None) -> list[dict]:
+        """One row per candidate name; `special`: the tokenizer's SpecialIds (None = Qwen2/Qwen3's)."""
+        from processors.presets import IM_END_ID
+
+        im_end = IM_END_ID if special is None else special.im_end
         q = self.question_ids(tok, names_descs)
         rows = []
         for name, _ in names_descs:
-            cand = tok.encode(name) + [IM_END_ID]
+            cand = tok.encode(name) + [im_end]
             ids = q + cand
-            rows.append(extend(context, ids, preset, supervised=[False] * len(q) + [True] * len(cand)))
+            rows.append(extend(context, ids, preset, supervised=[False] * len(q) + [True] * len(cand),
+                               special=special))
         return rows
 
     def score(self, batch: HostBatch) -> dict[str, np.ndarray]:
-        tok = self._tok(batch)
+        tok, sp = self._tok(batch), self._ids(batch)
         n = len(batch)
         out = {"vlm_category.coarse": np.full(n, None, dtype=object), "vlm_category.fine": np.full(n, None, dtype=object),
                "vlm_category.confidence": np.full(n, np.nan), "vlm_category.coarse_confidence": np.full(n, np.nan)}
         contexts = {}
         for i, s in enumerate(batch.samples):
-            span = first_answer(s)
+            span = first_answer(s, sp.im_end)
             end = span[1] + 1 if span else len(s["input_ids"])  # through the answer's <|im_end|>
-            contexts[i] = truncate(s, end)
+            contexts[i] = truncate(s, end, sp)
         coarse = [(c.name, c.description) for c in self.taxonomy.coarse]
         rows, owner = [], []
         for i, ctx in contexts.items():
-            rows += self.rows_for(ctx, tok, coarse, batch.preset)
+            rows += self.rows_for(ctx, tok, coarse, batch.preset, sp)
             owner += [i] * len(coarse)
         mean, cnt = self.logprobs(rows, batch)
         total = (mean * cnt).reshape(n, len(coarse))
@@ -80,7 +83,7 @@ class VLMCategoryScorer(CandidateScorer):
             out["vlm_category.coarse_confidence"][i] = float(p[b])
             fines = [(f.name, f.description) for f in self.taxonomy.coarse[b].fine]
             fine_sets[i] = fines
-            fine_rows += self.rows_for(contexts[i], tok, fines, batch.preset)
+            fine_rows += self.rows_for(contexts[i], tok, fines, batch.preset, sp)
             fine_owner += [i] * len(fines)
         fmean, fcnt = self.logprobs(fine_rows, batch)
         ftotal, fine_owner = fmean * fcnt, np.array(fine_owner)

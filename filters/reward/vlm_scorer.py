@@ -26,7 +26,7 @@ import numpy as np
 from processors.presets import IGNORE_INDEX
 
 from .batching import HostBatch, has_vision
-from .protocol import ScorerError, compute_dtype
+from .protocol import ScorerError, compute_dtype, vocab_for
 
 # The one place a checkpoint's model_type picks its transformers class (and the preset its shards need).
 _FAMILIES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
@@ -65,7 +65,7 @@ class VLMScorer:
     name = "vlm"
 
     def __init__(self, model_path: str, *, pack: str = "auto", attn_implementation: str | None = None,
-                 visual_gain: bool = True, dtype: str = "auto"):
+                 visual_gain: bool = True, dtype: str = "auto", tokenizer: str | None = None):
         if not os.path.isdir(model_path) or not os.path.exists(os.path.join(model_path, "config.json")):
             raise ScorerError(f"--model {model_path!r} is not a local checkpoint folder with a config.json; "
                               "vlprep loads models by path only (no hub access)")
@@ -77,6 +77,7 @@ class VLMScorer:
         self.visual_gain = visual_gain
         self.attn_implementation = attn_implementation
         self.dtype_mode = dtype
+        self.tokenizer_path = tokenizer  # the shards' tokenizer folder (job.json `tokenizer:`); None = built-in
         self.model = None
         self.head = None
         self.model_type = None
@@ -127,18 +128,23 @@ class VLMScorer:
         return None
 
     # -- scoring --------------------------------------------------------------------------------
+    def vocab(self, preset):
+        """The shards' tokenizer and its special / pad ids (protocol.Vocab)."""
+        return vocab_for(self.tokenizer_path, preset)
+
     def score(self, batch: HostBatch) -> dict[str, np.ndarray]:
         import torch
 
+        ids = self.vocab(batch.preset).ids
         with torch.inference_mode():
             mean_lp, reward = self._answer_logprob(batch, with_vision=True)
             if not self.visual_gain:
                 return {"vlm.mean_logprob": mean_lp, **({"vlm.reward": reward} if self.head is not None else {})}
-            vis = np.array([has_vision(s) for s in batch.samples])
+            vis = np.array([has_vision(s, ids.vision_start) for s in batch.samples])
             text_lp = mean_lp.copy()
             if vis.any():
                 sub = HostBatch([s for s, v in zip(batch.samples, vis) if v], batch.preset, batch.device, batch.dtype)
-                lp_sub, _ = self._answer_logprob(sub.text_only(), with_vision=False)
+                lp_sub, _ = self._answer_logprob(sub.text_only(ids), with_vision=False)
                 text_lp[vis] = lp_sub
         gain = np.where(vis, mean_lp - text_lp, np.nan)
         out = {"vlm.mean_logprob": mean_lp, "vlm.text_only_logprob": text_lp, "vlm.visual_gain": gain}
@@ -148,7 +154,7 @@ class VLMScorer:
 
     def forward_hidden(self, batch: HostBatch, with_vision: bool = True):
         """Final hidden states for the batch layout (padded or packed) plus that layout's tensors."""
-        t = batch.packed() if self.pack else batch.padded()
+        t = batch.packed() if self.pack else batch.padded(self.vocab(batch.preset).pad)
         kw = dict(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=t["position_ids"],
                   use_cache=False)
         if with_vision:
