@@ -127,6 +127,15 @@ def sample_by_time(frame_times: np.ndarray, *, fps: float | None = None, nframes
     total = len(t)
     if total <= 0:
         raise VideoTooShortError("video has no frames")
+    return _pick_by_time(t, video_start, video_end,
+                         lambda count, eff_fps: smart_nframes(count, eff_fps, fps=fps, nframes=nframes,
+                                                              min_frames=min_frames, max_frames=max_frames))
+
+
+def _pick_by_time(t: np.ndarray, video_start: float | None, video_end: float | None,
+                  count_rule) -> tuple[np.ndarray, float]:
+    """The time-grid pick both frame rules share: `count_rule(count, eff_fps) -> n` is the only part
+    that differs between qwen-vl-utils (`smart_nframes`) and transformers (`tf_nframes`)."""
     lo_t = video_start if video_start is not None else -math.inf
     hi_t = video_end if video_end is not None else math.inf
     inside = np.nonzero((t >= lo_t - 1e-9) & (t <= hi_t + 1e-9))[0]
@@ -141,7 +150,7 @@ def sample_by_time(frame_times: np.ndarray, *, fps: float | None = None, nframes
     # before it) included, so that it equals count / fps on a constant-rate clip.
     window = (t[last] - t[first]) + (t[last] - t[last - 1])
     eff_fps = count / window if window > 0 else 1.0
-    n = smart_nframes(count, eff_fps, fps=fps, nframes=nframes, min_frames=min_frames, max_frames=max_frames)
+    n = count_rule(count, eff_fps)
     targets = np.linspace(t[first], t[last], n)
     seg = t[first:last + 1]
     pos = np.searchsorted(seg, targets, side="left")
@@ -235,21 +244,9 @@ def tf_sample_by_time(frame_times: np.ndarray, *, fps: float | None = 2.0, nfram
     t = np.asarray(frame_times, dtype=np.float64)
     if len(t) < 2:
         raise VideoTooShortError(f"video has {len(t)} frame(s); a video needs at least 2 frames")
-    lo_t = video_start if video_start is not None else -math.inf
-    hi_t = video_end if video_end is not None else math.inf
-    inside = np.nonzero((t >= lo_t - 1e-9) & (t <= hi_t + 1e-9))[0]
-    if len(inside) < 2:
-        raise VideoTooShortError(f"video_start={video_start} / video_end={video_end} select {len(inside)} frame(s); need at least 2")
-    first, last = int(inside[0]), int(inside[-1])
-    count = last - first + 1
-    window = (t[last] - t[first]) + (t[last] - t[last - 1])
-    eff_fps = count / window if window > 0 else 1.0
-    n = tf_nframes(count, eff_fps, fps=fps, nframes=nframes, min_frames=min_frames, max_frames=max_frames)
-    targets = np.linspace(t[first], t[last], n)
-    seg = t[first:last + 1]
-    pos = np.clip(np.searchsorted(seg, targets, side="left"), 1, len(seg) - 1)
-    pick = np.where(targets - seg[pos - 1] <= seg[pos] - targets, pos - 1, pos)
-    return (pick + first).astype(np.int64), float(n / window if window > 0 else eff_fps)
+    return _pick_by_time(t, video_start, video_end,
+                         lambda count, eff_fps: tf_nframes(count, eff_fps, fps=fps, nframes=nframes,
+                                                           min_frames=min_frames, max_frames=max_frames))
 
 
 def tf_video_frame_size(height: int, width: int, nframes: int, *, factor: int = 32, temporal_factor: int = 2,
