@@ -21,6 +21,7 @@ from processors.presets import IM_END_ID, get_preset
 from processors.tokenizer import get_tokenizer
 from test_reward_fixtures import encode_frames, photo, tiny_qwen2_vl, tiny_qwen25_vl, write_shard  # noqa: F401
 from test_reward_vlm import _load, _reference
+from reference_forward import reference_mean_logprob
 
 CPU = torch.device("cpu")
 BOX = {"qwen2-vl": "<|object_ref_start|>the cat<|object_ref_end|><|box_start|>(120,250),(480,700)<|box_end|>",
@@ -44,29 +45,7 @@ def _reference_at(model, s, preset):
     M-RoPE ids. The rows carry processors.rope's ids, as shards do (DECISIONS.md: 4.x semantics);
     transformers 5.x would place text after a Qwen2.5-VL video one id later (spec §11.4), which
     is a different input, not a different computation."""
-    from processors.patches import normalize_patches
-    from processors.presets import IGNORE_INDEX, IMAGE_PAD_ID, VIDEO_PAD_ID
-
-    ids = torch.tensor(s["input_ids"], dtype=torch.long)[None]
-    kw = {"position_ids": torch.from_numpy(np.asarray(s["position_ids"], np.int64))[:, None]}
-    if len(s["image_grid_thw"]) or len(s["video_grid_thw"]):
-        pv = torch.from_numpy(normalize_patches(s["pixel_values"], preset.image_mean, preset.image_std))
-        n_img = int(np.prod(s["image_grid_thw"], axis=1).sum()) if len(s["image_grid_thw"]) else 0
-        tt = torch.zeros_like(ids)
-        tt[ids == IMAGE_PAD_ID] = 1
-        tt[ids == VIDEO_PAD_ID] = 2
-        kw["mm_token_type_ids"] = tt
-        if n_img:
-            kw.update(pixel_values=pv[:n_img], image_grid_thw=torch.from_numpy(s["image_grid_thw"]).long())
-        if len(s["video_grid_thw"]):
-            kw.update(pixel_values_videos=pv[n_img:], video_grid_thw=torch.from_numpy(s["video_grid_thw"]).long())
-            if model.config.model_type == "qwen2_5_vl":
-                kw["second_per_grid_ts"] = torch.from_numpy(s["second_per_grid_ts"])
-    with torch.no_grad():
-        logits = model(input_ids=ids, **kw).logits[0].float()
-    lp = torch.log_softmax(logits[:-1], -1).gather(1, ids[0, 1:, None])[:, 0]
-    sup = torch.from_numpy(np.asarray(s["labels"][1:]) != IGNORE_INDEX)
-    return float(lp[sup].mean())
+    return reference_mean_logprob(model, s, preset, own_positions=True)
 
 
 def _path(family, a, b):

@@ -15,9 +15,9 @@ from filters.reward.batching import HostBatch  # noqa: E402
 from filters.reward.vlm_scorer import VLMScorer  # noqa: E402
 from media_factory import gradient_rgb  # noqa: E402
 from processors.encode import EncodeOptions, encode_sample  # noqa: E402
-from processors.patches import normalize_patches  # noqa: E402
-from processors.presets import IGNORE_INDEX, IMAGE_PAD_ID, VIDEO_PAD_ID, get_preset  # noqa: E402
+from processors.presets import get_preset  # noqa: E402
 from processors.sample import ImagePart, MediaRef, Message, Sample, TextPart, VideoPart  # noqa: E402
+from reference_forward import reference_mean_logprob  # noqa: E402
 
 CLIP = Path(__file__).parent / "golden" / "qwen3_vl_clip.mp4"
 
@@ -65,25 +65,7 @@ def _samples(tmp_path, preset):
 
 
 def _reference(model, s, preset):
-    ids_t = torch.tensor(s["input_ids"], dtype=torch.long)[None]
-    kw = {}
-    if len(s["image_grid_thw"]) or len(s["video_grid_thw"]):
-        pv = torch.from_numpy(normalize_patches(s["pixel_values"], preset.image_mean, preset.image_std,
-                                                patch_size=preset.patch_size))
-        n_img = int(np.prod(s["image_grid_thw"], axis=1).sum()) if len(s["image_grid_thw"]) else 0
-        tt = torch.zeros_like(ids_t)
-        tt[ids_t == IMAGE_PAD_ID] = 1
-        tt[ids_t == VIDEO_PAD_ID] = 2
-        kw["mm_token_type_ids"] = tt
-        if n_img:
-            kw.update(pixel_values=pv[:n_img], image_grid_thw=torch.from_numpy(s["image_grid_thw"]).long())
-        if len(s["video_grid_thw"]):
-            kw.update(pixel_values_videos=pv[n_img:], video_grid_thw=torch.from_numpy(s["video_grid_thw"]).long())
-    with torch.no_grad():
-        logits = model(input_ids=ids_t, **kw).logits[0].float()
-    lp = torch.log_softmax(logits[:-1], -1).gather(1, ids_t[0, 1:, None])[:, 0]
-    sup = torch.from_numpy(np.asarray(s["labels"][1:]) != IGNORE_INDEX)
-    return float(lp[sup].mean())
+    return reference_mean_logprob(model, s, preset)
 
 
 @pytest.mark.parametrize("name", ["qwen3-vl", "qwen3-vl-tf5"])

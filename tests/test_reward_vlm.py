@@ -9,9 +9,9 @@ import torch
 
 from filters.reward.batching import HostBatch, strip_vision
 from filters.reward.vlm_scorer import VLMScorer
-from processors.patches import normalize_patches
 from processors.presets import (IGNORE_INDEX, IM_END_ID, IMAGE_PAD_ID, VIDEO_PAD_ID, VISION_END_ID,
                                 VISION_START_ID, get_preset)
+from reference_forward import reference_mean_logprob
 from test_reward_fixtures import tiny_qwen2_vl, tiny_qwen25_vl  # noqa: F401  (fixtures)
 
 RNG = np.random.default_rng(7)
@@ -56,27 +56,10 @@ def _load(path):
 
 def _reference(model, s, preset, with_vision=True):
     """One sample, transformers computes positions itself, full logits, log_softmax."""
-    ids, labels = (s["input_ids"], s["labels"]) if with_vision else strip_vision(s["input_ids"], s["labels"])
-    ids_t = torch.tensor(ids, dtype=torch.long)[None]
-    kw = {}
-    if with_vision and (len(s["image_grid_thw"]) or len(s["video_grid_thw"])):
-        pv = torch.from_numpy(normalize_patches(s["pixel_values"], preset.image_mean, preset.image_std))
-        n_img = int(np.prod(s["image_grid_thw"], axis=1).sum()) if len(s["image_grid_thw"]) else 0
-        tt = torch.zeros_like(ids_t)
-        tt[ids_t == IMAGE_PAD_ID] = 1
-        tt[ids_t == VIDEO_PAD_ID] = 2
-        kw["mm_token_type_ids"] = tt
-        if n_img:
-            kw.update(pixel_values=pv[:n_img], image_grid_thw=torch.from_numpy(s["image_grid_thw"]).long())
-        if len(s["video_grid_thw"]):
-            kw.update(pixel_values_videos=pv[n_img:], video_grid_thw=torch.from_numpy(s["video_grid_thw"]).long())
-            if model.config.model_type == "qwen2_5_vl":
-                kw["second_per_grid_ts"] = torch.from_numpy(s["second_per_grid_ts"])
-    with torch.no_grad():
-        logits = model(input_ids=ids_t, **kw).logits[0].float()
-    lp = torch.log_softmax(logits[:-1], -1).gather(1, ids_t[0, 1:, None])[:, 0]
-    sup = torch.from_numpy(np.asarray(labels[1:]) != IGNORE_INDEX)
-    return float(lp[sup].mean())
+    if with_vision:
+        return reference_mean_logprob(model, s, preset)
+    ids, labels = strip_vision(s["input_ids"], s["labels"])
+    return reference_mean_logprob(model, s, preset, input_ids=ids, labels=labels, vision=False)
 
 
 def _positions(model, s):
