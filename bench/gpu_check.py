@@ -70,7 +70,7 @@ def _version(dist: str) -> str | None:
 
 
 def _units(out: Path):
-    from jobs.score import units_from_manifest
+    from pipeline.score_inputs import units_from_manifest
 
     return units_from_manifest(out)
 

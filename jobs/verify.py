@@ -43,7 +43,7 @@ def run(args) -> int:
 
     from filters.reward.protocol import ScorerError
     from filters.reward.stage import ScoreConfig, pending, run_local, run_ray
-    from jobs.score import shards_tokenizer, units_from_manifest
+    from pipeline.score_inputs import shards_tokenizer, units_from_manifest
     from pipeline.loader import ShardLoader
 
     out = Path(args.out_dir)

@@ -318,7 +318,7 @@ def fake_gpu_ray(request):
 
 def _run_ray(out, share, **kw):
     from filters.reward.stage import ScoreConfig, run_ray
-    from jobs.score import units_from_manifest
+    from pipeline.score_inputs import units_from_manifest
     from pipeline.loader import ShardLoader
 
     units, preset = units_from_manifest(out)
@@ -377,7 +377,7 @@ def test_actor_start_up_failures_are_one_line_rc2(tmp_path, fake_gpu_ray, capsys
     assert rc == 2 and len(lines) == 1 and "torch sees no CUDA GPU" in lines[0], err
     # an actor process that dies while starting
     from filters.reward.stage import ScoreConfig, run_ray
-    from jobs.score import units_from_manifest
+    from pipeline.score_inputs import units_from_manifest
 
     units, preset = units_from_manifest(out)
     cfg = ScoreConfig(str(out), ("pixels",), preset=preset)
