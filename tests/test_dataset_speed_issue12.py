@@ -1,0 +1,80 @@
+"""Issue 12 (speed): the faster shard-reading internals give exactly what the plain definitions give.
+
+`storage.undelta` (blocked running sum, masked green add) against the row-by-row inverse it
+replaced, on random frames and edge cases (1 row, 1 column, odd sizes, sizes around the green
+chunk); `decode_frame(..., into=)` against a fresh decode; the DataLoader's one-buffer batch
+transport against the batch the worker built.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import storage
+from pipeline.storage import decode_frame, encode_frame, undelta
+
+
+def undelta_rows(d: np.ndarray) -> np.ndarray:
+    """The definition (and vlprep's implementation before the speed work): running sum down the
+    rows, one numpy add per row, then green added back to red and blue, all uint8 wrap-around."""
+    out = np.empty_like(d)
+    out[0] = d[0]
+    for i in range(1, len(d)):
+        np.add(out[i - 1], d[i], out=out[i])
+    out[..., 0] += out[..., 1]
+    out[..., 2] += out[..., 1]
+    return out
+
+
+CHUNK_PX = storage._GREEN_CHUNK // 3
+SIZES = [(1, 1), (1, 2), (1, 7), (2, 1), (7, 1), (100, 1), (2, 2), (3, 3), (4, 4), (5, 3), (17, 3), (28, 28),
+         (29, 31), (168, 308), (301, 1), (1, CHUNK_PX), (1, CHUNK_PX + 1), (3, CHUNK_PX - 1), (2, CHUNK_PX + 5),
+         (757, 1037)]
+
+
+@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("kind", ["random", "extremes", "photo-like"])
+def test_undelta_equals_the_row_by_row_inverse(h, w, kind):
+    rng = np.random.default_rng(h * 7919 + w)
+    if kind == "random":
+        d = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    elif kind == "extremes":          # every byte 0 or 255: the most wrap-arounds
+        d = (rng.integers(0, 2, (h, w, 3), dtype=np.uint8) * 255).astype(np.uint8)
+    else:                             # a smooth frame through the real filter
+        yy, xx = np.mgrid[0:h, 0:w]
+        frame = np.stack([(xx * 3 + yy) % 256, (yy * 5) % 256, (xx ^ yy) % 256], -1).astype(np.uint8)
+        d = _filtered(frame)
+        assert np.array_equal(undelta(d), frame)
+    want = undelta_rows(d)
+    got = undelta(d)
+    assert got.dtype == np.uint8 and got.shape == d.shape and np.array_equal(got, want)
+    into = np.full_like(d, 17)
+    assert undelta(d, into) is into and np.array_equal(into, want)
+    assert np.array_equal(d, d.copy())              # the input is left alone (read-only decompressed buffer)
+
+
+def _filtered(frame: np.ndarray) -> np.ndarray:
+    """The zstd-delta filter encode_frame applies, without the compression."""
+    x = frame.copy()
+    x[..., 0] -= frame[..., 1]
+    x[..., 2] -= frame[..., 1]
+    x[1:] -= x[:-1].copy()
+    return x
+
+
+def test_undelta_reads_a_read_only_buffer():
+    d = np.random.default_rng(1).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    ro = np.frombuffer(d.tobytes(), np.uint8).reshape(d.shape)
+    assert not ro.flags.writeable
+    assert np.array_equal(undelta(ro), undelta_rows(d))
+
+
+@pytest.mark.parametrize("codec", storage.CODECS)
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 5), (6, 1), (28, 56), (33, 17)])
+def test_decode_frame_into_equals_a_fresh_decode(codec, h, w):
+    frame = np.random.default_rng(h + w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    ext, data = encode_frame(frame, codec)
+    fresh = decode_frame(ext, data, (h, w))
+    into = np.zeros((h, w, 3), np.uint8)
+    assert decode_frame(ext, data, (h, w), into) is into
+    assert np.array_equal(fresh, frame) and np.array_equal(into, frame)
