@@ -78,3 +78,66 @@ def test_decode_frame_into_equals_a_fresh_decode(codec, h, w):
     into = np.zeros((h, w, 3), np.uint8)
     assert decode_frame(ext, data, (h, w), into) is into
     assert np.array_equal(fresh, frame) and np.array_equal(into, frame)
+
+
+# -- the DataLoader hand-off: one shared-memory buffer per batch ---------------------------------------
+
+def _same(a, b):
+    import torch
+
+    assert type(a) is type(b) and a.keys() == b.keys() and a.ids == b.ids
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]), k
+        else:
+            assert a[k] == b[k], k
+    fa, fb = getattr(a, "frames", []) or [], getattr(b, "frames", []) or []
+    assert [k for k, _ in fa] == [k for k, _ in fb]
+    assert all(x.dtype == y.dtype and torch.equal(x, y) for (_, x), (_, y) in zip(fa, fb))
+    assert getattr(a, "geometry", None) == getattr(b, "geometry", None)
+
+
+MODES = {"padded rows": dict(batch_size=3), "padded uint8": dict(batch_size=3, normalize=False),
+         "padded frames": dict(batch_size=3, normalize=False, pixels="frames"),
+         "packed frames": dict(max_tokens=300, normalize=False, pixels="frames"),
+         "packed flash": dict(max_tokens=300, flash_kwargs=True)}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_worker_batches_equal_in_process_batches(tmp_path, mode):
+    """A batch that crossed from a DataLoader worker (TransferBatch: one shared-memory buffer, viewed
+    back) is bit-identical to the batch built in the training process, keys, dtypes, ids, frames."""
+    from dataset_factory import make_out
+
+    from pipeline.dataset import ShardDataset
+
+    out = make_out(tmp_path / "out", 40, per_shard=15, image_every=2, lengths=(8, 40))
+    here = list(ShardDataset(out, seed=3, **MODES[mode]))
+    ds = ShardDataset(out, seed=3, **MODES[mode])
+    there = list(ds.loader(num_workers=1))
+    assert len(here) == len(there) > 1
+    for a, b in zip(here, there):
+        _same(a, b)
+    assert ds.state_dict()["consumed"] == [len(here)] or ds.epoch == 1
+
+
+def test_transfer_batch_round_trip_and_alignment():
+    import pickle
+
+    import torch
+
+    from pipeline.dataset import TransferBatch, to_transfer
+    from pipeline.packing import Batch
+
+    b = Batch(input_ids=torch.arange(7, dtype=torch.int64)[None], attention_mask=torch.ones(1, 7, dtype=torch.int64),
+              second_per_grid_ts=torch.tensor([0.5, 1.0]), pixel_values=torch.zeros((0, 1176), dtype=torch.uint8),
+              image_grid_thw=torch.tensor([[1, 2, 2]]), use_cache=False, max_length_q=7)
+    b.ids = ["a"]
+    b.frames = [("image", torch.randint(0, 256, (1, 5, 3, 3), dtype=torch.uint8)),
+                ("video", torch.randint(0, 256, (3, 2, 7, 3), dtype=torch.uint8))]
+    b.geometry = "g"
+    t = to_transfer(b)
+    assert isinstance(t, TransferBatch) and t.buf.is_shared()
+    assert all(spec[2] % 64 == 0 for _, spec in t.tensors + t.frames)
+    _same(b, pickle.loads(pickle.dumps(t)).unpack())
+    assert to_transfer([1, 2]) == [1, 2]            # not a built-in collator's batch: left to torch
