@@ -144,6 +144,15 @@ def write_out(out: Path, recs: list[dict], repeat: int, per_shard: int = 64, med
     return lengths
 
 
+def cpu_s() -> float:
+    """User + system CPU seconds of this process and its finished children (DataLoader workers are
+    children, joined at the end of each epoch): what a path costs in cores, whatever the load."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 class Online:
     """The per-sample processor path (module docstring), built once; `run(recs, repeat, root)`."""
 
@@ -183,13 +192,13 @@ class Online:
         rows, grid = patchify(x)
         return torch.from_numpy(rows), torch.tensor([grid])
 
-    def run(self, recs: list[dict], repeat: int, root: Path) -> tuple[float, int, int]:
-        """(seconds, samples, tokens)."""
+    def run(self, recs: list[dict], repeat: int, root: Path) -> tuple[float, int, int, float]:
+        """(seconds, samples, tokens, CPU seconds)."""
         import torch
         from PIL import Image
 
         tok = self.tok
-        t0 = time.perf_counter()
+        c0, t0 = cpu_s(), time.perf_counter()
         n = tokens = 0
         for _ in range(repeat):
             for r in recs:
@@ -224,11 +233,12 @@ class Online:
                 batch.update(input_ids=input_ids, labels=torch.tensor([labels]), position_ids=pos)
                 n += 1
                 tokens += input_ids.shape[1]
-        return time.perf_counter() - t0, n, tokens
+        return time.perf_counter() - t0, n, tokens, cpu_s() - c0
 
 
-def vlprep(out: Path, workers: int, epochs: int, **mode) -> tuple[float, int, int, float, float]:
-    """(seconds, samples, tokens, seconds to the first batch, samples/s after it). Worker start-up
+def vlprep(out: Path, workers: int, epochs: int, **mode) -> tuple[float, int, int, float, float, float]:
+    """(seconds, samples, tokens, seconds to the first batch, samples/s after it, CPU seconds of the
+    training process and its workers). Worker start-up
     (fork, first shard open, the shuffle buffer's fill) is paid again every epoch; the steady rate
     after the first batch is reported beside the total."""
     from pipeline.dataset import ShardDataset
@@ -237,7 +247,7 @@ def vlprep(out: Path, workers: int, epochs: int, **mode) -> tuple[float, int, in
     dl = ds.loader(num_workers=workers)
     n = tokens = 0
     first = None
-    t0 = time.perf_counter()
+    c0, t0 = cpu_s(), time.perf_counter()
     for _ in range(epochs):
         for batch in dl:
             if first is None:
@@ -247,36 +257,36 @@ def vlprep(out: Path, workers: int, epochs: int, **mode) -> tuple[float, int, in
             tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
     t = time.perf_counter() - t0
     steady = (n - n_first) / (t - first) if n > n_first else float("nan")
-    return t, n, tokens, first, steady
+    return t, n, tokens, first, steady, cpu_s() - c0
 
 
-def reader_alone(out: Path, pixels: str = "rows") -> tuple[float, int, int]:
+def reader_alone(out: Path, pixels: str = "rows") -> tuple[float, int, int, float]:
     """The shard reader by itself (tar members → numpy), the ceiling for any loader on top of it."""
     from pipeline.loader import ShardLoader
 
-    t0 = time.perf_counter()
+    c0, t0 = cpu_s(), time.perf_counter()
     n = tokens = 0
     loader = ShardLoader(out)
     for shard in loader.shards():
         for s in loader.iter_shard(shard, pixels=pixels):
             n += 1
             tokens += len(s["input_ids"])
-    return time.perf_counter() - t0, n, tokens
+    return time.perf_counter() - t0, n, tokens, cpu_s() - c0
 
 
-def device_side(out: Path, max_tokens: int) -> tuple[float, int, int]:
+def device_side(out: Path, max_tokens: int) -> tuple[float, int, int, float]:
     """What `to_device` costs for uint8-frames packed rows on a CPU "device" (patchify + normalise),
     in process: the work the frames mode moves from the workers to the training device."""
     from pipeline.dataset import ShardDataset, to_device
 
     batches = list(ShardDataset(out, seed=0, max_tokens=max_tokens, normalize=False, pixels="frames"))
-    t0 = time.perf_counter()
+    c0, t0 = cpu_s(), time.perf_counter()
     n = tokens = 0
     for b in batches:
         to_device(b, "cpu", "qwen2-vl")
         n += len(b.ids)
         tokens += b["input_ids"].numel()
-    return time.perf_counter() - t0, n, tokens
+    return time.perf_counter() - t0, n, tokens, cpu_s() - c0
 
 
 def waste(lengths: list[int], max_tokens: int, batch_size: int, seed: int = 0) -> list[tuple[str, float]]:
@@ -347,20 +357,20 @@ def main(argv=None) -> int:
             out = Path(tmp) / f"out-{name}"
             write_out(out, recs, online_repeat * args.loader_scale, media_root=root)
             rows = []
-            t, n, tok = online.run(recs, online_repeat, root)
-            rows.append(("online: files → HF processor, per sample (1 process)", t, n, tok, 0.0, n / t))
+            t, n, tok, c = online.run(recs, online_repeat, root)
+            rows.append(("online: files → HF processor, per sample (1 process)", t, n, tok, 0.0, n / t, c))
             for pixels in ("rows", "frames"):
-                t, n, tok = reader_alone(out, pixels)
-                rows.append((f"(ceiling) reader alone, in process, pixels={pixels}", t, n, tok, 0.0, n / t))
+                t, n, tok, c = reader_alone(out, pixels)
+                rows.append((f"(ceiling) reader alone, in process, pixels={pixels}", t, n, tok, 0.0, n / t, c))
             if args.codecs:
                 for codec in ("zstd", "npy"):
                     cout = Path(tmp) / f"out-{name}-{codec}"
                     write_out(cout, recs, online_repeat * args.loader_scale, media_root=root, codec=codec)
-                    t, n, tok = reader_alone(cout, "frames")
-                    rows.append((f"(ceiling) reader alone, frames, codec {codec}", t, n, tok, 0.0, n / t))
+                    t, n, tok, c = reader_alone(cout, "frames")
+                    rows.append((f"(ceiling) reader alone, frames, codec {codec}", t, n, tok, 0.0, n / t, c))
                     shutil.rmtree(cout)
-            t, n, tok = device_side(out, args.max_tokens)
-            rows.append(("(device side) to_device on CPU: patchify+normalise", t, n, tok, 0.0, n / t))
+            t, n, tok, c = device_side(out, args.max_tokens)
+            rows.append(("(device side) to_device on CPU: patchify+normalise", t, n, tok, 0.0, n / t, c))
             for w in workers:
                 for label, mode in (("padded b=4, float pixels", dict(batch_size=4)),
                                     ("padded b=4, uint8 frames", dict(batch_size=4, normalize=False, pixels="frames")),
@@ -368,21 +378,26 @@ def main(argv=None) -> int:
                                      dict(max_tokens=args.max_tokens, normalize=False, pixels="frames"))):
                     rows.append((f"vlprep {label}, {w} worker{'s' * (w > 1)}", *vlprep(out, w, args.epochs, **mode)))
             ref = rows[0][2] / rows[0][1]
+            ref_cpu = rows[0][2] / rows[0][6]
             print(f"\n{name}: {len(recs)} records; online {rows[0][2]} samples, loader {rows[-1][2]} "
                   f"({args.epochs} epoch(s)); load {os.getloadavg()[0]:.1f}")
-            print(f"{'path':<56} {'samples/s':>10} {'tokens/s':>11} {'vs online':>9} {'1st batch':>9} "
-                  f"{'steady/s':>9} {'steady vs':>9}")
-            for label, t, n, tok, first, steady in rows:
-                print(f"{label:<56} {n / t:>10.1f} {tok / t:>11.0f} {n / t / ref:>8.1f}x {first:>8.2f}s "
-                      f"{steady:>9.1f} {steady / ref:>8.1f}x")
+            print(f"{'path':<56} {'samples/s':>10} {'tokens/s':>10} {'vs online':>9} {'1st batch':>9} "
+                  f"{'steady/s':>9} {'steady vs':>9} {'/CPU-s':>8} {'CPU vs':>7}")
+            for label, t, n, tok, first, steady, c in rows:
+                print(f"{label:<56} {n / t:>10.1f} {tok / t:>10.0f} {n / t / ref:>8.1f}x {first:>8.2f}s "
+                      f"{steady:>9.1f} {steady / ref:>8.1f}x {n / c:>8.1f} {n / c / ref_cpu:>6.1f}x")
             loaders = [r for r in rows if r[0].startswith("vlprep")]
             best = max(loaders, key=lambda r: r[2] / r[1])
-            summary.append((name, ref, best[0][7:], best[2] / best[1], best[5]))
+            best_cpu = max(loaders, key=lambda r: r[2] / r[6])
+            summary.append((name, ref, best[0][7:], best[2] / best[1], best[5], ref_cpu,
+                            best_cpu[2] / best_cpu[6], best_cpu[0][7:]))
             shutil.rmtree(out)
         print(f"\nsummary: best loader configuration per class (load {os.getloadavg()[0]:.1f})")
-        print(f"{'class':<10} {'online/s':>9} {'best loader/s':>13} {'vs online':>9} {'steady vs':>9}  configuration")
-        for name, ref, label, rate, steady in summary:
-            print(f"{name:<10} {ref:>9.1f} {rate:>13.1f} {rate / ref:>8.1f}x {steady / ref:>8.1f}x  {label}")
+        print(f"{'class':<10} {'online/s':>9} {'loader/s':>9} {'vs online':>9} {'steady vs':>9}  {'configuration':<42}"
+              f" {'online/CPU-s':>12} {'loader/CPU-s':>12} {'CPU vs':>7}  configuration")
+        for name, ref, label, rate, steady, ref_cpu, rate_cpu, label_cpu in summary:
+            print(f"{name:<10} {ref:>9.1f} {rate:>9.1f} {rate / ref:>8.1f}x {steady / ref:>8.1f}x  {label:<42}"
+                  f" {ref_cpu:>12.1f} {rate_cpu:>12.1f} {rate_cpu / ref_cpu:>6.1f}x  {label_cpu}")
         if not args.no_waste:
             mixo = Path(tmp) / "mix-waste"
             lengths = write_out(mixo, records("mllm_demo.json") + records("mllm_video_demo.json"), 50)
