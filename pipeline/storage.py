@@ -241,25 +241,42 @@ _NPY_DTYPES: dict[bytes, np.dtype] = {}
 def load_npy(data) -> np.ndarray:
     """A .npy member's array (a writable copy). The headers `np.save` writes for plain C-order arrays
     are parsed with one regex (np.load parses them with ast.literal_eval, a third of a small sample's
-    read time); anything else goes to np.load, which also raises the errors of a corrupt member."""
+    read time) and remembered (a shard repeats a few hundred distinct headers: same dtype, a few
+    lengths); anything else goes to np.load, which also raises the errors of a corrupt member."""
     data = bytes(data)
     if data[:6] == b"\x93NUMPY" and data[6:7] in (b"\x01", b"\x02", b"\x03"):
-        major = data[6]
-        hl_size = 2 if major == 1 else 4
-        start = 8 + hl_size
-        hlen = int.from_bytes(data[8:start], "little")
-        m = _NPY_HEADER.fullmatch(data[start:start + hlen])
-        if m is not None:
-            descr, dims = m.group(1), m.group(2)
-            dtype = _NPY_DTYPES.get(descr)
-            if dtype is None:
-                dtype = _NPY_DTYPES.setdefault(descr, np.dtype(descr.decode()))
-            shape = tuple(int(v) for v in dims.split(b",") if v.strip())
-            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-            body = start + hlen
-            if not dtype.hasobject and len(data) - body == count * dtype.itemsize:
+        start = 10 if data[6] == 1 else 12
+        body = start + int.from_bytes(data[8:start], "little")
+        head = data[:body]
+        known = _NPY_HEADERS.get(head)
+        if known is None:
+            known = _parse_npy_header(data[start:body])
+            if len(_NPY_HEADERS) >= 4096:
+                _NPY_HEADERS.clear()
+            _NPY_HEADERS[head] = known
+        if known:
+            dtype, shape, count = known
+            if len(data) - body == count * dtype.itemsize:
                 return np.frombuffer(data, dtype, count, body).reshape(shape).copy()
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+_NPY_HEADERS: dict[bytes, tuple | None] = {}
+
+
+def _parse_npy_header(header: bytes) -> tuple | None:
+    """(dtype, shape, count) of a plain C-order header np.save writes, else None (np.load's case)."""
+    m = _NPY_HEADER.fullmatch(header)
+    if m is None:
+        return None
+    descr, dims = m.group(1), m.group(2)
+    dtype = _NPY_DTYPES.get(descr)
+    if dtype is None:
+        dtype = _NPY_DTYPES.setdefault(descr, np.dtype(descr.decode()))
+    if dtype.hasobject:
+        return None
+    shape = tuple(int(v) for v in dims.split(b",") if v.strip())
+    return dtype, shape, int(np.prod(shape, dtype=np.int64)) if shape else 1
 
 
 _load_npy = load_npy

@@ -141,3 +141,35 @@ def test_transfer_batch_round_trip_and_alignment():
     assert all(spec[2] % 64 == 0 for _, spec in t.tensors + t.frames)
     _same(b, pickle.loads(pickle.dumps(t)).unpack())
     assert to_transfer([1, 2]) == [1, 2]            # not a built-in collator's batch: left to torch
+
+
+def test_tar_header_checksum_equals_the_byte_sum():
+    """loader._header_sum (two Adler-32 halves) = the ustar definition: the byte sum with the
+    checksum field read as 8 spaces, on random, all-zero and all-0xFF headers."""
+    import os
+
+    from pipeline.loader import _header_sum
+
+    headers = [os.urandom(512) for _ in range(500)] + [bytes(512), b"\xff" * 512, b"\x00" * 256 + b"\xff" * 256]
+    for h in headers:
+        assert _header_sum(h) == sum(h[:148]) + 8 * 32 + sum(h[156:])
+
+
+def test_load_npy_header_cache_gives_each_members_own_array():
+    """Members sharing a header (the cache hit) still get their own bytes; a cut-short member whose
+    header is cached still raises like np.load."""
+    import io
+
+    from pipeline.storage import load_npy
+
+    def npy(a):
+        buf = io.BytesIO()
+        np.save(buf, a, allow_pickle=False)
+        return buf.getvalue()
+
+    a, b = np.arange(12, dtype=np.int32).reshape(3, 4), -np.arange(12, dtype=np.int32).reshape(3, 4)
+    for _ in range(2):
+        got_a, got_b = load_npy(npy(a)), load_npy(npy(b))
+        assert np.array_equal(got_a, a) and np.array_equal(got_b, b) and got_a.flags.writeable
+    with pytest.raises((ValueError, OSError, EOFError)):
+        load_npy(npy(a)[:-4])
