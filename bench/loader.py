@@ -319,6 +319,85 @@ def torch_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
+def profile_read(out: Path, rounds: int = 3) -> list[tuple[str, float]]:
+    """Per-sample process-CPU microseconds of each step of reading one shard (best of `rounds`):
+    the tar members, the .npy and .json members, the pixel members' crc32, zstd, the zstd-delta
+    inverse, the host patchify ("rows" mode) and the torch conversion."""
+    import zlib
+
+    import torch
+
+    from pipeline import storage as S
+    from pipeline.loader import ARRAYS, ShardLoader
+    from processors.patches import patchify
+
+    loader = ShardLoader(out)
+    shard = loader.shards()[0]
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        T: dict[str, float] = {}
+        c = time.process_time()
+        members = list(loader._iter_members(shard))
+        T["tar headers + member bytes"] = time.process_time() - c
+        for _, mem in members:
+            c = time.process_time()
+            for name in ARRAYS:
+                if name != "pixel_values":
+                    S.load_npy(mem[name + ".npy"])
+            c2 = time.process_time()
+            T["6 .npy members"] = T.get("6 .npy members", 0) + c2 - c
+            json.loads(mem["meta.json"])
+            desc = json.loads(mem["pixels.json"])
+            c3 = time.process_time()
+            T["meta.json + pixels.json"] = T.get("meta.json + pixels.json", 0) + c3 - c2
+            frames = []
+            for it in desc["items"]:
+                h, w = it["size"]
+                for name in it["members"]:
+                    c = time.process_time()
+                    zlib.crc32(mem[name])
+                    c2 = time.process_time()
+                    buf = S._zstd(S.ZSTD_DELTA_LEVEL).decompress(mem[name], h * w * 3)
+                    c3 = time.process_time()
+                    f = S.undelta(np.frombuffer(buf, np.uint8).reshape(h, w, 3))
+                    c4 = time.process_time()
+                    frames.append(f)
+                    for k, v in (("crc32", c2 - c), ("zstd decompress", c3 - c2), ("zstd-delta inverse (undelta)", c4 - c3)):
+                        T[k] = T.get(k, 0) + v
+            c = time.process_time()
+            for f in frames:
+                patchify(f[None], 14, 2, 2)
+            c2 = time.process_time()
+            for f in frames:
+                torch.from_numpy(f)
+            c3 = time.process_time()
+            T["patchify (rows mode only)"] = T.get("patchify (rows mode only)", 0) + c2 - c
+            T["torch.from_numpy"] = T.get("torch.from_numpy", 0) + c3 - c2
+        for k, v in T.items():
+            best[k] = min(best.get(k, 1e9), v / len(members) * 1e6)
+    return list(best.items())
+
+
+def handoff(out: Path, mode: dict, epochs: int = 1) -> list[tuple[str, float, float]]:
+    """(label, samples/s, process+worker CPU µs per sample) of one worker, with the one-buffer
+    hand-off (TransferBatch) and with torch's own (one shared-memory segment per tensor)."""
+    import pipeline.dataset as D
+
+    best: dict[str, tuple[float, float]] = {}
+    keep = D.to_transfer
+    for _ in range(2):                  # alternated, best of 2: the machine's load moves under the runs
+        for label, fn in (("one buffer per batch (TransferBatch)", keep),
+                          ("one segment per tensor (torch's own)", lambda b: b)):
+            D.to_transfer = fn
+            try:
+                t, n, _, _, _, c = vlprep(out, 1, epochs, **mode)
+            finally:
+                D.to_transfer = keep
+            rate, us = best.get(label, (0.0, 1e12))
+            best[label] = (max(rate, n / t), min(us, c / n * 1e6))
+    return [(label, rate, us) for label, (rate, us) in best.items()]
+
+
 CLASSES = ("photos", "camera", "documents", "clips", "mix")
 # samples the online path runs per class (~2-4 s each on an idle core); the loader reads --loader-scale x
 ONLINE_N = {"photos": 240, "camera": 60, "documents": 16, "clips": 12, "mix": 60}
@@ -334,6 +413,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--codecs", action="store_true", help="also the reader alone on npy / zstd shards")
     ap.add_argument("--no-waste", action="store_true", help="skip the padding-waste table")
+    ap.add_argument("--profile", action="store_true",
+                    help="only the per-step read profile and the hand-off comparison (photos, camera)")
     args = ap.parse_args(argv)
     if not (CORPUS / "mllm_demo.json").exists():
         print(f"LLaMA-Factory demo corpus not found at {CORPUS} (set VLPREP_SHARED_CORPUS)", file=sys.stderr)
@@ -350,6 +431,20 @@ def main(argv=None) -> int:
     summary = []
     with tempfile.TemporaryDirectory() as tmp:
         root, classes = media_root(Path(tmp))
+        if args.profile:
+            for name in ("photos", "camera"):
+                out = Path(tmp) / f"prof-{name}"
+                write_out(out, classes[name], (600 if name == "photos" else 120) // len(classes[name]), media_root=root)
+                print(f"\n{name}: read profile, process-CPU µs per sample (one 64-sample shard, best of 3); "
+                      f"load {os.getloadavg()[0]:.1f}")
+                for step, us in profile_read(out):
+                    print(f"  {step:<32} {us:>8.1f}")
+                for label, mode in (("padded b=4, uint8 frames", dict(batch_size=4, normalize=False, pixels="frames")),
+                                    ("packed ≤16384, uint8 frames", dict(max_tokens=16384, normalize=False, pixels="frames")),
+                                    ("padded b=4, float pixels", dict(batch_size=4))):
+                    for how, rate, us in handoff(out, mode):  # all the OUT's samples, 1 epoch
+                        print(f"  1 worker, {label:<28} {how:<38} {rate:>8.1f} samples/s {us:>8.0f} CPU µs/sample")
+            return 0
         for name in wanted:
             n_online = max(1, round(ONLINE_N[name] * args.scale))
             recs = mix(classes, n_online) if name == "mix" else classes[name]

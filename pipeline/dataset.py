@@ -102,10 +102,12 @@ def dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]
 
 
 def sample_bytes(x) -> int:
-    """Array bytes held by a sample (or a list of samples)."""
+    """Array bytes held by a sample (or a list of samples), its stored frames (pixels="frames") included."""
     if isinstance(x, list):
         return sum(sample_bytes(s) for s in x)
-    return sum(v.nbytes for v in x.values() if isinstance(v, np.ndarray))
+    n = sum(v.nbytes for v in x.values() if isinstance(v, np.ndarray))
+    sp = x.get("stored_pixels")
+    return n + sum(f.nbytes for _, f in sp.items) if sp is not None else n
 
 
 def buffer_shuffle(items, size: int, rng: np.random.Generator, max_bytes: int | None = None) -> Iterator:
@@ -394,18 +396,22 @@ def _chunks(items, n: int) -> Iterator[list]:
 
 
 _ALIGN = 64        # byte offset of every tensor in a TransferBatch buffer (any dtype's view needs <= 8)
+# a batch buffer up to this size crosses through the worker's pipe, a larger one as one shared-memory
+# segment: the two cost the same CPU at ~4 MiB on this machine (docs/training.md "## Speed")
+PIPE_MAX_BYTES = 4 << 20
 
 
 class TransferBatch:
-    """A Batch on its way from a DataLoader worker to the training process, as ONE uint8 tensor in
-    shared memory plus a small spec (key, dtype, shape, offset), instead of one shared-memory
-    segment per tensor. torch moves each tensor a worker yields into its own segment (create,
-    map, send its file descriptor, map again in the receiver: ~0.1 ms each on this machine) — a
-    padded batch has ~8 tensors and a frames batch one per image or video more, so for small samples
-    that hand-off, not the reading, was the loader's ceiling. Here the worker copies the tensors
-    once into a buffer allocated in shared memory (as torch's own default_collate does) and the
-    training process gets views of it: bit-identical tensors, one segment per batch.
-    `pin_memory=True` pins the one buffer."""
+    """A Batch on its way from a DataLoader worker to the training process: ONE uint8 buffer plus a
+    small spec (key, dtype, shape, offset), viewed back into bit-identical tensors on arrival.
+
+    Why: torch moves every tensor a worker yields into its own shared-memory segment, and each
+    segment's file descriptor is handed over through multiprocessing's resource sharer (a socket
+    connection with an HMAC handshake per descriptor): measured 1-8 ms of CPU per segment on this
+    2-core machine, more than reading a small sample. A padded batch has ~8 tensors, a frames batch
+    one more per image or video. Here a batch is one buffer: up to `PIPE_MAX_BYTES` it is a numpy
+    array pickled through the worker's result pipe (~0.1 ms for 64 KiB), above it one shared-memory
+    segment (one handshake, no per-byte pipe copies). `pin_memory=True` pins the one buffer."""
 
     __slots__ = ("buf", "tensors", "frames", "plain", "ids", "geometry", "cls")
 
@@ -421,26 +427,33 @@ class TransferBatch:
             setattr(self, k, v)
 
     def pin_memory(self, device=None):
-        buf = self.buf.pin_memory(device) if device is not None else self.buf.pin_memory()
+        buf = self._tensor()
+        buf = buf.pin_memory(device) if device is not None else buf.pin_memory()
         return TransferBatch(buf, self.tensors, self.frames, self.plain, self.ids, self.geometry, self.cls)
 
-    def _view(self, spec):
-        dtype, shape, off, nbytes = spec
-        return self.buf[off:off + nbytes].view(dtype).view(shape)
+    def _tensor(self):
+        return torch.from_numpy(self.buf) if isinstance(self.buf, np.ndarray) else self.buf
 
     def unpack(self):
+        buf = self._tensor()
+
+        def view(spec):
+            dtype, shape, off, nbytes = spec
+            return buf[off:off + nbytes].view(dtype).view(shape)
+
         out = self.cls()
         for k, spec in self.tensors:
-            out[k] = self._view(spec)
+            out[k] = view(spec)
         out.update(self.plain)
         out.ids = self.ids
-        out.frames = [(kind, self._view(spec)) for kind, spec in self.frames]
+        out.frames = [(kind, view(spec)) for kind, spec in self.frames]
         out.geometry = self.geometry
         return out
 
 
 def to_transfer(item):
-    """A built-in collator's Batch → TransferBatch (one shared-memory buffer); anything else as it is."""
+    """A built-in collator's Batch → TransferBatch (one buffer: pickled up to PIPE_MAX_BYTES, else one
+    shared-memory segment); anything else (a custom collate's output) as it is."""
     from .packing import Batch
 
     if not isinstance(item, Batch):
@@ -454,13 +467,18 @@ def to_transfer(item):
         nbytes = t.numel() * t.element_size()
         specs.append((t.dtype, tuple(t.shape), total, nbytes))
         total += -(-nbytes // _ALIGN) * _ALIGN
-    storage = torch.UntypedStorage._new_shared(max(total, 1))
-    buf = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (max(total, 1),), (1,))
+    size = max(total, 1)
+    if size <= PIPE_MAX_BYTES:
+        arr = np.empty(size, np.uint8)          # pickled through the result pipe
+        buf = torch.from_numpy(arr)
+    else:                                       # one shared-memory segment, as torch's default_collate makes
+        buf = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size), 0, (size,), (1,))
+        arr = buf
     for t, (_, _, off, nbytes) in zip([v for _, v in tensors] + [f for _, f in frames], specs):
         if nbytes:
             buf[off:off + nbytes].view(t.dtype).view(t.shape).copy_(t)
     n = len(tensors)
-    return TransferBatch(buf, [(k, spec) for (k, _), spec in zip(tensors, specs[:n])],
+    return TransferBatch(arr, [(k, spec) for (k, _), spec in zip(tensors, specs[:n])],
                          [(kind, spec) for (kind, _), spec in zip(frames, specs[n:])],
                          {k: v for k, v in item.items() if not isinstance(v, torch.Tensor)},
                          list(getattr(item, "ids", [])), getattr(item, "geometry", None), type(item))

@@ -103,13 +103,18 @@ MODES = {"padded rows": dict(batch_size=3), "padded uint8": dict(batch_size=3, n
          "packed flash": dict(max_tokens=300, flash_kwargs=True)}
 
 
+@pytest.mark.parametrize("via", ["pipe", "shm"])
 @pytest.mark.parametrize("mode", list(MODES))
-def test_worker_batches_equal_in_process_batches(tmp_path, mode):
-    """A batch that crossed from a DataLoader worker (TransferBatch: one shared-memory buffer, viewed
-    back) is bit-identical to the batch built in the training process, keys, dtypes, ids, frames."""
+def test_worker_batches_equal_in_process_batches(tmp_path, monkeypatch, mode, via):
+    """A batch that crossed from a DataLoader worker (TransferBatch: one buffer, through the pipe or
+    one shared-memory segment, viewed back) is bit-identical to the batch built in the training
+    process: keys, dtypes, ids, frames."""
     from dataset_factory import make_out
 
+    import pipeline.dataset as D
     from pipeline.dataset import ShardDataset
+
+    monkeypatch.setattr(D, "PIPE_MAX_BYTES", 1 << 30 if via == "pipe" else 0)
 
     out = make_out(tmp_path / "out", 40, per_shard=15, image_every=2, lengths=(8, 40))
     here = list(ShardDataset(out, seed=3, **MODES[mode]))
@@ -121,14 +126,17 @@ def test_worker_batches_equal_in_process_batches(tmp_path, mode):
     assert ds.state_dict()["consumed"] == [len(here)] or ds.epoch == 1
 
 
-def test_transfer_batch_round_trip_and_alignment():
+@pytest.mark.parametrize("via", ["pipe", "shm"])
+def test_transfer_batch_round_trip_and_alignment(monkeypatch, via):
     import pickle
 
     import torch
 
+    import pipeline.dataset as D
     from pipeline.dataset import TransferBatch, to_transfer
     from pipeline.packing import Batch
 
+    monkeypatch.setattr(D, "PIPE_MAX_BYTES", 1 << 30 if via == "pipe" else 0)
     b = Batch(input_ids=torch.arange(7, dtype=torch.int64)[None], attention_mask=torch.ones(1, 7, dtype=torch.int64),
               second_per_grid_ts=torch.tensor([0.5, 1.0]), pixel_values=torch.zeros((0, 1176), dtype=torch.uint8),
               image_grid_thw=torch.tensor([[1, 2, 2]]), use_cache=False, max_length_q=7)
@@ -137,7 +145,8 @@ def test_transfer_batch_round_trip_and_alignment():
                 ("video", torch.randint(0, 256, (3, 2, 7, 3), dtype=torch.uint8))]
     b.geometry = "g"
     t = to_transfer(b)
-    assert isinstance(t, TransferBatch) and t.buf.is_shared()
+    assert isinstance(t, TransferBatch)
+    assert isinstance(t.buf, np.ndarray) if via == "pipe" else t.buf.is_shared()
     assert all(spec[2] % 64 == 0 for _, spec in t.tensors + t.frames)
     _same(b, pickle.loads(pickle.dumps(t)).unpack())
     assert to_transfer([1, 2]) == [1, 2]            # not a built-in collator's batch: left to torch
@@ -173,3 +182,20 @@ def test_load_npy_header_cache_gives_each_members_own_array():
         assert np.array_equal(got_a, a) and np.array_equal(got_b, b) and got_a.flags.writeable
     with pytest.raises((ValueError, OSError, EOFError)):
         load_npy(npy(a)[:-4])
+
+
+def test_shuffle_buffer_counts_stored_frames(tmp_path):
+    """buffer_bytes bounds the shuffle buffer in pixels="frames" mode too: a sample's stored frames
+    are counted (they were not, so frames-mode buffers could hold far more than buffer_bytes)."""
+    from dataset_factory import make_out
+
+    from pipeline.dataset import sample_bytes
+    from pipeline.loader import ShardLoader
+
+    out = make_out(tmp_path / "out", 4, image_every=1)
+    loader = ShardLoader(out)
+    rows = next(loader.iter_shard(loader.shards()[0]))
+    frames = next(loader.iter_shard(loader.shards()[0], pixels="frames"))
+    pixels = sum(f.nbytes for _, f in frames["stored_pixels"].items)
+    assert pixels > 0
+    assert sample_bytes(frames) == sample_bytes(rows) - rows["pixel_values"].nbytes + pixels
