@@ -407,8 +407,8 @@ class TransferBatch:
 
     Why: torch moves every tensor a worker yields into its own shared-memory segment, and each
     segment's file descriptor is handed over through multiprocessing's resource sharer (a socket
-    connection with an HMAC handshake per descriptor): measured 1-8 ms of CPU per segment on this
-    2-core machine, more than reading a small sample. A padded batch has ~8 tensors, a frames batch
+    connection with an HMAC handshake per descriptor): measured 5-10 ms of CPU per segment on the
+    loaded 2-core dev machine, more than reading a small sample. A padded batch has ~8 tensors, a frames batch
     one more per image or video. Here a batch is one buffer: up to `PIPE_MAX_BYTES` it is a numpy
     array pickled through the worker's result pipe (~0.1 ms for 64 KiB), above it one shared-memory
     segment (one handshake, no per-byte pipe copies). `pin_memory=True` pins the one buffer."""
