@@ -33,7 +33,7 @@ and processor output is kept in LLM.log for the tests.
 
 Videos: vLLM runs transformers' Qwen2VLVideoProcessor, which needs torchvision (not installed here).
 The stand-in builds the same rows from the frames with vlprep's processors.patches.patchify (the
-HF row order; pinned against the HF processors in tests/test_patches.py) and normalises them with the
+HF row order; pinned against transformers' Qwen2VLImageProcessorPil in tests/test_image.py) and normalises them with the
 image processor's mean / std, after the same smart_resize check of `size` vLLM's processor applies --
 so the video part of this stand-in is not independent of vlprep; the image part is.
 """
@@ -98,7 +98,7 @@ class LLM:
     def _video(self, videos, kw) -> dict:
         import numpy as np
         import torch
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
         from processors.patches import normalize_patches, patchify
 
