@@ -19,6 +19,7 @@ from issue15_verify_fixtures import (NEW_TOKENS, as_sample, build_model, encode_
 from jobs.cli import main
 from processors.presets import get_preset
 from processors.tokenizer import get_tokenizer, special_ids
+from test_qwen3_tokenizer_score import tiny_qwen35_varied  # noqa: F401  (fixture)
 
 WRONG = "It is definitely a bright green colour."
 
@@ -139,3 +140,43 @@ def test_turns_with_qwen35_special_ids(tmp_path):
     assert not (s["input_ids"] == 151645).any()  # Qwen2's <|im_end|> id is not in these shards
     wrong = [tok.decode(ref.tolist()) for _, ref in split_turns(s)]  # Qwen2 ids: references run to the row's end
     assert wrong[0] != "A cat."
+
+
+def test_multi_turn_generation_with_qwen35_tokenizer(tmp_path, tiny_qwen35_varied):
+    """Shards written with a 248k-vocabulary tokenizer: VerifyScorer splits the turns with its ids,
+    generates every turn's answer token for token as the per-turn transformers path does (stop ids
+    <|im_end|> / <|endoftext|> of that vocabulary), and reports one entry per turn."""
+    import torch
+    import transformers
+
+    from filters.reward.batching import HostBatch
+    from filters.reward.protocol import vocab_for
+    from filters.reward.verify import Turn, VerifyScorer
+    from test_qwen3_vl_tokenizer import make_tokenizer_folder
+
+    preset = get_preset("qwen3-vl")
+    tok_dir = make_tokenizer_folder(tmp_path / "tok")
+    tok = get_tokenizer(str(tok_dir), preset=preset)
+    sp = special_ids(tok, preset)
+    enc = [encode_conversation("q0", [("Which animal?", "A cat."), ("What colour is it?", "Grey.")], preset="qwen3-vl",
+                               tokenizer=tok, images={0: frames(64, 64, 0), 1: frames(64, 96, 1)}),
+           encode_conversation("q1", [("Say hi.", "Hi."), ("Again?", "Hi again."), ("Done?", "Yes.")],
+                               preset="qwen3-vl", tokenizer=tok)]
+    samples = [as_sample(e) for e in enc]
+    model = transformers.Qwen3VLForConditionalGeneration.from_pretrained(
+        tiny_qwen35_varied, dtype=torch.float32, attn_implementation="sdpa").eval()
+    top = vocab_for(str(tok_dir), preset).top()
+    scorer = VerifyScorer(str(tiny_qwen35_varied), max_new_tokens=NEW_TOKENS, tokenizer=str(tok_dir),
+                          engine="transformers")
+    scorer.setup(torch.device("cpu"))
+    batch = HostBatch(samples, preset)
+    turns = [Turn(i, k, p, ref) for i, s in enumerate(samples) for k, (p, ref) in enumerate(split_turns(s, sp))]
+    assert [(t.sample, t.turn) for t in turns] == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]
+    got, errors = scorer._answers(turns, batch)
+    assert not errors
+    want = [greedy(model, t.prompt, preset, sp, top=top) for t in turns]
+    assert got == want
+    assert len({tuple(w) for w in want}) > 1
+    out = scorer.score(batch)
+    assert out["verify.turns"].tolist() == [2, 3]
+    assert [len(json.loads(a)) for a in out["verify.answers"]] == [2, 3]
