@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from filters.reward.answer_check import normalize_text
@@ -88,10 +89,15 @@ def test_every_turn_is_verified(tmp_path, family, capsys):
     for sid in set(want) - {"m1"}:
         assert got[sid]["verify.match"] == 1.0 and got[sid]["verify.turns_matched"] == got[sid]["verify.turns"]
     assert {r["verify.kind"] for r in got.values()} == {"text"}
+    import pyarrow as pa
+
+    from pipeline.report.prepared import category_stats
+
+    table = pa.concat_tables([pq.read_table(f) for f in sorted((out / "scores").glob("*.parquet"))])
+    assert set(category_stats(table, pq.read_table(out / "manifest.parquet"))) == {"verify.kind"}  # no free text
 
     # select keeps the samples whose every answer is confirmed, or by the number confirmed
     assert main(["select", str(out), "--rule", "verify.match == 1"]) == 0
-    import pyarrow.parquet as pq
 
     kept = set(pq.read_table(out / "selection" / "manifest.parquet").column("id").to_pylist())
     assert kept == set(want) - {"m1"}
