@@ -27,7 +27,8 @@ def build_model(family: str, folder: Path, seed: int = 0):
         cfg = transformers.Qwen3VLConfig(
             text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                              num_key_value_heads=1, head_dim=16, vocab_size=VOCAB, initializer_range=0.2,
-                             rope_scaling={"rope_type": "default", "mrope_section": [4, 2, 2], "mrope_interleaved": True}),
+                             rope_scaling={"rope_type": "default", "mrope_section": [4, 2, 2],
+                                           "mrope_interleaved": True}),
             vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
                                num_position_embeddings=64, deepstack_visual_indexes=[1], initializer_range=0.2))
         cls = transformers.Qwen3VLForConditionalGeneration
@@ -124,7 +125,8 @@ def as_sample(enc) -> dict:
 
 
 def write_out(root: Path, family: str, units: dict[str, list]) -> Path:
-    """OUT with format-2 shards (pipeline.writer.ShardWriter, stored frames), manifest and ledger for {unit: [EncodedSample]}."""
+    """OUT with format-2 shards (pipeline.writer.ShardWriter: stored frames), manifest and ledger for
+    {unit: [EncodedSample]}."""
     from pipeline.writer import ShardWriter
     from processors.presets import get_preset
 
