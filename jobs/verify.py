@@ -12,13 +12,13 @@ from jobs.cli import positive_int
 HELP = "answer each sample with a checkpoint and check the reference (rejection sampling); adds verify.* scores"
 DESCRIPTION = """Verify reference answers with a model (greedy generation from the prepared shards).
 
-Each sample's prompt (every token before its first supervised answer) is answered by the checkpoint;
-a checker chosen from the reference -- box IoU, multiple-choice letter, number, normalised text -- says
-whether the model's answer confirms it (filters/reward/answer_check.py, docs/curation.md).
-Every supervised assistant turn is answered (the conversation up to it as the prompt, earlier reference
-answers as history) and checked. Columns: verify.match (1 = every checked answer confirmed, 0 = not,
-NaN = nothing to check), verify.turns, verify.turns_matched, verify.value, verify.kind, verify.answer
-(the first answer), verify.answers (JSON, one object per turn).
+Every supervised assistant turn is answered by the checkpoint (the conversation up to it as the prompt,
+earlier reference answers as history); a checker chosen from the reference -- box IoU, multiple-choice
+letter, number, normalised text -- says whether the model's answer confirms it
+(filters/reward/answer_check.py, docs/curation.md).
+Columns: verify.match (1 = every checked answer confirmed, 0 = not, NaN = nothing to check),
+verify.turns, verify.turns_matched, verify.value, verify.kind, verify.answer (the first answer),
+verify.answers (JSON, one object per turn).
 Engine: vLLM (`LLM.generate`) when it is installed and a GPU is used, else transformers `generate`.
 Finished units are skipped; --overwrite re-runs them.
 
@@ -31,7 +31,7 @@ examples:
 
 def add_arguments(p) -> None:
     p.add_argument("out_dir", help="output directory of `vlprep prepare`")
-    p.add_argument("--model", required=True, help="local Qwen2-VL / Qwen2.5-VL checkpoint folder")
+    p.add_argument("--model", required=True, help="local Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint folder")
     p.add_argument("--max-new-tokens", type=positive_int, default=128, help="greedy answer length (default 128)")
     p.add_argument("--iou", type=float, default=0.5, help="box answers match at IoU >= this (default 0.5)")
     p.add_argument("--batch-tokens", type=positive_int, default=16384, help="padded prompt tokens per batch (default 16384)")
@@ -48,8 +48,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import pyarrow.parquet as pq
 
-    from filters.reward.protocol import ScorerError
-    from filters.reward.protocol import resolve_device
+    from filters.reward.protocol import ScorerError, resolve_device
     from filters.reward.stage import pending, run_local, run_ray
     from filters.reward.verify import resolve_engine, verify_config
     from pipeline.score_inputs import shards_tokenizer, units_from_manifest
