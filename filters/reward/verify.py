@@ -300,7 +300,8 @@ class VerifyScorer:
                                  f"{self.vllm_limits}")
                     continue
                 if "stored_pixels" not in s and (n["image"] or n["video"]):
-                    errors[k] = "sample read without its stored frames; vLLM needs the frames"
+                    errors[k] = ("a format-1 shard (patch rows, no stored frames) cannot go to vLLM; "
+                                 "use --engine transformers or re-run `vlprep prepare`")
                     continue
                 try:
                     reqs.append(vllm_request(t.prompt, frames, sp, self.vlm.model_type, self.temporal_patch_size))
