@@ -94,10 +94,15 @@ def unused_ids(model, tokenizer, top: int | None = None) -> list[int] | None:
 
 # -- engines ----------------------------------------------------------------------------------------
 
-def resolve_engine(engine: str, device) -> str:
-    """auto -> vllm when the vllm package is importable and `device` is a GPU, else transformers."""
+def check_engine(engine: str) -> str:
     if engine not in ENGINES:
         raise ScorerError(f"--engine {engine!r}: choose from {', '.join(ENGINES)}")
+    return engine
+
+
+def resolve_engine(engine: str, device) -> str:
+    """auto -> vllm when the vllm package is importable and `device` is a GPU, else transformers."""
+    check_engine(engine)
     has_vllm = importlib.util.find_spec("vllm") is not None
     if engine == "vllm" and not has_vllm:
         raise ScorerError("--engine vllm: the vllm package is not installed (install it on a CUDA machine), "
@@ -167,8 +172,7 @@ class VerifyConfig(ScoreConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.engine not in ENGINES:
-            raise ScorerError(f"--engine {self.engine!r}: choose from {', '.join(ENGINES)}")
+        check_engine(self.engine)
 
 
 @dataclass
@@ -189,9 +193,7 @@ class VerifyScorer:
         self.vlm = VLMScorer(model_path, pack="off", visual_gain=False, dtype=dtype, tokenizer=tokenizer)
         self.max_new_tokens = max_new_tokens
         self.iou_threshold = iou_threshold
-        if engine not in ENGINES:
-            raise ScorerError(f"--engine {engine!r}: choose from {', '.join(ENGINES)}")
-        self.engine_choice = engine
+        self.engine_choice = check_engine(engine)
         self.engine = None
         self.llm = None
         self.vllm_limits = dict(vllm_limits or VLLM_LIMITS)
