@@ -33,7 +33,10 @@ naming the file.
 from __future__ import annotations
 
 import os
+import logging
 from collections import Counter
+from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
@@ -49,6 +52,7 @@ except ImportError:  # pragma: no cover - torch is a core dependency
     raise
 
 STATE_VERSION = 1
+log = logging.getLogger("vlprep.dataset")
 
 
 class ShardDataError(RuntimeError):
@@ -130,6 +134,38 @@ def buffer_shuffle(items, size: int, rng: np.random.Generator, max_bytes: int | 
     yield from buf
 
 
+@dataclass
+class EpochPlan:
+    """How many batches every reader yields in one epoch, computed from the manifest (and the pack plan)
+    alone, the same on every rank and worker: `ShardDataset.epoch_plan()`.
+
+    - batches: what every rank yields this epoch (equalised: the smallest rank's count).
+    - rank_batches[r]: what rank r would yield without equalising.
+    - quotas[r][w]: batches reader (r, w) yields; sum(quotas[r]) == batches when equalised.
+    - dropped_batches[r], dropped_samples[r]: what rank r leaves out this epoch to match the others
+      (samples longer than max_tokens are not in these counts: they are in `too_long`)."""
+
+    epoch: int
+    world_size: int
+    num_workers: int
+    equalize: bool
+    batches: int
+    rank_batches: list
+    quotas: list
+    dropped_batches: list
+    dropped_samples: list
+
+
+def equal_quotas(counts: list[int], target: int) -> list[int]:
+    """Per-worker batch quotas ≤ counts summing to `target` (≤ sum(counts)): batches are taken off the
+    worker with the most left (ties: the highest worker index), so the workers stay as even as they can."""
+    q = list(counts)
+    for _ in range(sum(q) - target):
+        j = max(range(len(q)), key=lambda i: (q[i], i))
+        q[j] -= 1
+    return q
+
+
 class ShardDataset(IterableDataset):
     """Samples (numpy dicts), padded batches (`batch_size`) or packed rows (`max_tokens`) of a prepared OUT.
 
@@ -150,6 +186,11 @@ class ShardDataset(IterableDataset):
       pixel rows (half the bytes for images, no patchify in the workers); `to_device` rebuilds and
       normalises the rows on the device, bit-identical to the "rows" path.
     - collate: your own function list[sample] → batch, instead of the built-in collators.
+    - equalize: every rank yields the same number of batches per epoch (DDP's collectives hang when
+      one rank runs out first); the longer ranks drop their surplus, counted in `epoch_plan()` and
+      `dropped`. Default: on when world_size > 1. Computed from the manifest (padded, samples), the
+      pack plan (pack_plan=True) or a replay of the online packing on the manifest's token counts
+      (max_tokens; the shuffle buffer is then bounded by buffer_size only, see docs/training.md).
     """
 
     def __init__(self, out_dir: str | os.PathLike, *, seed: int = 0, shuffle: bool = True, buffer_size: int = 256,
@@ -158,7 +199,7 @@ class ShardDataset(IterableDataset):
                  batch_size: int | None = None, max_tokens: int | None = None, pack_plan: bool = False,
                  open_packs: int = 8, preset=None, device="cpu", dtype=None, normalize: bool = True,
                  flash_kwargs: bool = False, collate=None, epoch: int = 0, pad_id: int | None = None,
-                 pixels: str = "rows"):
+                 pixels: str = "rows", equalize: bool | None = None):
         self.root = Path(out_dir)
         if pixels not in ("rows", "frames"):
             raise ValueError(f"pixels={pixels!r}: use 'rows' or 'frames'")
@@ -215,6 +256,9 @@ class ShardDataset(IterableDataset):
             self.collate = PaddedCollator(self.preset, device, dtype, normalize=normalize, pad_id=self.pad_id)
         else:
             self.collate = None
+        self.equalize = self.world_size > 1 if equalize is None else bool(equalize)
+        self._epoch_plans: dict[tuple[int, int], EpochPlan] = {}
+        self._units: dict[str, list[int]] | None = None
         self.epoch = int(epoch)
         self.num_workers = 1
         self._consumed = [0]
@@ -230,14 +274,14 @@ class ShardDataset(IterableDataset):
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "seed": self.seed, "epoch": self.epoch, "rank": self.rank,
                 "world_size": self.world_size, "num_workers": self.num_workers,
-                "consumed": list(self._consumed), "next_worker": self._next,
+                "consumed": list(self._consumed), "next_worker": self._next, "equalize": self.equalize,
                 "manifest": str(self.manifest_path.relative_to(self.root)), "num_samples": self.num_samples}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"state version {state.get('version')!r} is not {STATE_VERSION}: saved by another vlprep")
-        for key in ("seed", "world_size", "rank", "num_samples"):
-            if state[key] != getattr(self, key):
+        for key in ("seed", "world_size", "rank", "num_samples", "equalize"):
+            if key in state and state[key] != getattr(self, key):
                 raise ValueError(f"cannot resume: the state was saved with {key}={state[key]}, this dataset has "
                                  f"{key}={getattr(self, key)}; resume with the same {key}")
         self.epoch, self.num_workers = int(state["epoch"]), int(state["num_workers"])
@@ -258,6 +302,7 @@ class ShardDataset(IterableDataset):
             self.num_workers = 1
             if len(self._consumed) != 1:
                 self._consumed = [0]
+            self._announce()
             for k, item in self._reader_stream(0, 1, self._consumed[0]):
                 self._consumed[0] = k + 1
                 yield item
@@ -273,18 +318,25 @@ class ShardDataset(IterableDataset):
     def _reader_stream(self, worker: int, num_workers: int, skip: int) -> Iterator[tuple[int, object]]:
         g, G = self.rank * num_workers + worker, self.world_size * num_workers
         rng = np.random.default_rng([self.seed, self.epoch, g])
+        quota = self.epoch_plan(num_workers).quotas[self.rank][worker] if self.equalize else None
         if self.plan is not None:
             groups = self._plan_groups(g, G)
+            if quota is not None:          # the surplus is the tail of the epoch's stream, before the shuffle
+                groups = islice(groups, quota)
             if self.shuffle:
                 groups = buffer_shuffle(groups, max(1, self.buffer_size // 16), rng, self.buffer_bytes)
         else:
             samples = self._samples(g, G)
+            if quota is not None and self.max_tokens is None:
+                samples = islice(samples, quota * (self.batch_size or 1))
             if self.shuffle:
-                samples = buffer_shuffle(samples, self.buffer_size, rng, self.buffer_bytes)
+                samples = buffer_shuffle(samples, self.buffer_size, rng, self._shuffle_bytes())
             if self.max_tokens is not None:
                 packer = OnlinePacker(self.max_tokens, self.open_packs)
                 self.too_long = packer.stats.too_long
                 groups = packer.pack(samples)
+                if quota is not None:
+                    groups = self._replayed(groups, quota, g)
             elif self.batch_size is not None:
                 groups = _chunks(samples, self.batch_size)
             else:
@@ -294,16 +346,109 @@ class ShardDataset(IterableDataset):
                 continue
             yield k, (self.collate(group) if self.collate is not None else group)
 
-    def _shard_order(self) -> list[str]:
+    def _shuffle_bytes(self) -> int | None:
+        """The shuffle buffer's byte bound; none when equalised online packing replays the shuffle on
+        the manifest's token counts (which cannot know the arrays' bytes): buffer_size bounds it then."""
+        return None if (self.equalize and self.max_tokens is not None and self.plan is None) else self.buffer_bytes
+
+    def _replayed(self, groups: Iterator[list], quota: int, g: int) -> Iterator[list]:
+        """The first `quota` packs of an online-packed stream; fewer means the shards disagree with the
+        manifest's n_tokens that the epoch plan was replayed from — an error, never a short rank (a hang)."""
+        n = 0
+        for n, group in enumerate(islice(groups, quota), 1):
+            yield group
+        if n < quota:
+            raise ShardDataError(f"reader {g} of {self.root} packed {n} rows, but {self.manifest_path}'s n_tokens "
+                                 f"give {quota}: the shards disagree with the manifest — re-run `vlprep prepare`")
+
+    # -- equal batches per rank ------------------------------------------------------------------
+    def _announce(self) -> None:
+        """Compute the epoch plan in the training process and say what equalising drops (never silently)."""
+        if not self.equalize:
+            return
+        p = self.epoch_plan()
+        if p.dropped_batches[self.rank]:
+            log.warning("rank %d, epoch %d: %d samples (%d batches) left out so that all %d ranks yield %d batches; "
+                        "ShardDataset.epoch_plan() has every rank's counts", self.rank, p.epoch,
+                        p.dropped_samples[self.rank], p.dropped_batches[self.rank], p.world_size, p.batches)
+
+    @property
+    def dropped(self) -> int:
+        """Samples this rank leaves out of the current epoch so that every rank yields the same number
+        of batches (0 without equalize); see epoch_plan() for every rank's counts."""
+        return self.epoch_plan().dropped_samples[self.rank]
+
+    def epoch_plan(self, num_workers: int | None = None, epoch: int | None = None) -> EpochPlan:
+        """Every reader's batch count for an epoch (default: the current one, this dataset's num_workers),
+        computed from the manifest / pack plan without reading a shard; the same on every rank."""
+        nw = self.num_workers if num_workers is None else max(1, int(num_workers))
+        key = (self.epoch if epoch is None else int(epoch), nw)
+        if key not in self._epoch_plans:
+            self._epoch_plans = {key: self._compute_epoch_plan(*key)}
+        return self._epoch_plans[key]
+
+    def _compute_epoch_plan(self, epoch: int, nw: int) -> EpochPlan:
+        W, G = self.world_size, self.world_size * nw
+        sizes = [self._reader_batch_sizes(g, G, epoch) for g in range(G)]      # samples per batch, in order
+        counts = [len(x) for x in sizes]
+        rank_batches = [sum(counts[r * nw:(r + 1) * nw]) for r in range(W)]
+        target = min(rank_batches) if self.equalize else None
+        quotas = [equal_quotas(counts[r * nw:(r + 1) * nw], target) if self.equalize else counts[r * nw:(r + 1) * nw]
+                  for r in range(W)]
+        dropped_b = [rank_batches[r] - sum(quotas[r]) for r in range(W)]
+        dropped_s = [sum(sum(sizes[r * nw + w][q:]) for w, q in enumerate(quotas[r])) for r in range(W)]
+        return EpochPlan(epoch, W, nw, self.equalize, target if self.equalize else rank_batches[self.rank],
+                         rank_batches, quotas, dropped_b, dropped_s)
+
+    def _reader_batch_sizes(self, g: int, G: int, epoch: int) -> list[int]:
+        """How many samples each batch reader g yields in `epoch` holds, in the order the stream yields
+        them before the shuffle of packs (the order the equalising cut keeps them): a replay of
+        `_reader_stream` on the manifest's counts, with the same shard assignment, shuffle and packer."""
+        shards, strided = self._my_shards(g, G, epoch)
+        if self.plan is not None:
+            return _assigned(shards, strided, g, G, self._units_of("plan"))
+        if self.max_tokens is not None:
+            lengths = _assigned(shards, strided, g, G, self._units_of("tokens"))
+            if self.shuffle:
+                lengths = buffer_shuffle(lengths, self.buffer_size, np.random.default_rng([self.seed, epoch, g]))
+            return [len(p) for p in OnlinePacker(self.max_tokens, self.open_packs, length=int, name=str).pack(lengths)]
+        total = sum(self.shard_counts[s] for s in shards)
+        n = len(range(g, total, G)) if strided else total
+        b = self.batch_size or 1
+        return [b] * (n // b) + ([n % b] if n % b else [])
+
+    def _units_of(self, kind: str) -> dict[str, list[int]]:
+        """Per shard, in stored order: the pack plan's pack sizes (kind "plan", packs in the order
+        `_plan_groups` yields them) or the manifest's n_tokens (kind "tokens"). Read once."""
+        if self._units is None:
+            import pyarrow.parquet as pq
+
+            units: dict[str, list[int]] = {}
+            if kind == "plan":
+                t = pq.read_table(self.plan.path, columns=["shard", "pack"])
+                per: dict[str, dict[int, int]] = {}
+                for shard, pack in zip(t.column("shard").to_pylist(), t.column("pack").to_pylist()):
+                    if pack >= 0:
+                        d = per.setdefault(shard, {})
+                        d[pack] = d.get(pack, 0) + 1
+                units = {s: list(d.values()) for s, d in per.items()}
+            else:
+                t = pq.read_table(self.manifest_path, columns=["shard", "n_tokens"])
+                for shard, n in zip(t.column("shard").to_pylist(), t.column("n_tokens").to_pylist()):
+                    units.setdefault(shard, []).append(int(n))
+            self._units = units
+        return self._units
+
+    def _shard_order(self, epoch: int | None = None) -> list[str]:
         shards = list(self.shard_counts)
         if self.shuffle:
-            perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(shards))
+            perm = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch]).permutation(len(shards))
             shards = [shards[i] for i in perm]
         return shards
 
-    def _my_shards(self, g: int, G: int) -> tuple[list[str], bool]:
+    def _my_shards(self, g: int, G: int, epoch: int | None = None) -> tuple[list[str], bool]:
         """(shards this reader opens, whether it must keep only every G-th item of them)."""
-        shards = self._shard_order()
+        shards = self._shard_order(epoch)
         return (shards[g::G], False) if len(shards) >= G else (shards, True)
 
     def _samples(self, g: int, G: int) -> Iterator[dict]:
@@ -382,6 +527,13 @@ class ShardDataset(IterableDataset):
                                 continue
                         yield [held.pop(r) for r in pack_rows]
                 i += 1
+
+
+def _assigned(shards: list[str], strided: bool, g: int, G: int, units: dict[str, list[int]]) -> list[int]:
+    """A reader's units (samples or packs) of its shards in order; every G-th from g when strided
+    (the same split `_samples` / `_plan_groups` make while reading)."""
+    flat = [u for s in shards for u in units.get(s, ())]
+    return flat[g::G] if strided else flat
 
 
 def _chunks(items, n: int) -> Iterator[list]:
@@ -506,6 +658,7 @@ class StatefulLoader(DataLoader):
                 raise ValueError(f"the dataset's state was saved with num_workers={ds.num_workers}; resume with "
                                  f"ds.loader(num_workers={ds.num_workers})")
             ds.num_workers, ds._consumed, ds._next = self.num_workers, [0] * self.num_workers, 0
+        ds._announce()                 # the epoch plan is computed here, once, and forked into the workers
         ds._tracked = True
         try:
             it = super().__iter__()
