@@ -9,9 +9,17 @@
 Who reads what. The shard list and per-shard sample counts come from the manifest (the selection's
 manifest with `selection=True`); rank / world size from torch.distributed when it is initialised
 (else the arguments, default 0 / 1); each DataLoader worker is one of `world_size × num_workers`
-readers. With at least that many shards, reader g reads shards g, g+G, … of the epoch's shard
-order; with fewer, every reader streams all shards and keeps every G-th sample. Either way each
-sample is read by exactly one reader per epoch.
+readers. With at least that many shards, each shard of the epoch's order goes to the rank, then the
+reader of that rank, with the fewest samples (packs, tokens) so far (`balanced_split`); with fewer,
+every reader streams all shards and keeps every G-th sample. Either way each sample is read by
+exactly one reader per epoch.
+
+Equal ranks (`equalize`, default on with several ranks). DDP's collectives hang when one rank runs
+out of batches first, so every rank yields the smallest rank's batch count; `epoch_plan()` computes
+every reader's count from the manifest (padded / samples), the pack plan, or a replay of the
+shuffle + online packing on the manifest's n_tokens — no shard read, no communication. A longer
+rank cuts the tail of its readers' streams before the shuffle (the epoch's last shards: they rotate
+with the shard order) and counts what it left out (`dropped`, a log warning).
 
 Order. Per epoch, the shard order is a permutation drawn from (seed, epoch), the same on every
 rank; each reader then shuffles its stream through a buffer of `buffer_size` samples drawn from
@@ -51,7 +59,7 @@ try:
 except ImportError:  # pragma: no cover - torch is a core dependency
     raise
 
-STATE_VERSION = 1
+STATE_VERSION = 2          # 2: shards dealt to readers by balanced_split (1: every G-th shard)
 log = logging.getLogger("vlprep.dataset")
 
 
@@ -449,7 +457,22 @@ class ShardDataset(IterableDataset):
     def _my_shards(self, g: int, G: int, epoch: int | None = None) -> tuple[list[str], bool]:
         """(shards this reader opens, whether it must keep only every G-th item of them)."""
         shards = self._shard_order(epoch)
-        return (shards[g::G], False) if len(shards) >= G else (shards, True)
+        if len(shards) < G:
+            return shards, True
+        key = (self.epoch if epoch is None else int(epoch), G)
+        if getattr(self, "_split", (None,))[0] != key:
+            self._split = (key, balanced_split(shards, [self._shard_weight(s) for s in shards],
+                                               self.world_size, G // self.world_size))
+        return self._split[1][g], False
+
+    def _shard_weight(self, shard: str) -> int:
+        """What a shard adds to a reader's batch count: its packs (pack plan), tokens (online packing)
+        or samples."""
+        if self.plan is not None:
+            return len(self._units_of("plan").get(shard, ()))
+        if self.max_tokens is not None:
+            return sum(self._units_of("tokens").get(shard, ()))
+        return self.shard_counts[shard]
 
     def _samples(self, g: int, G: int) -> Iterator[dict]:
         shards, strided = self._my_shards(g, G)
@@ -527,6 +550,23 @@ class ShardDataset(IterableDataset):
                                 continue
                         yield [held.pop(r) for r in pack_rows]
                 i += 1
+
+
+def balanced_split(shards: list[str], weights: list[int], world: int, workers: int) -> list[list[str]]:
+    """The epoch's shards (in its order) dealt to world × workers readers (reader g = rank × workers +
+    worker): each shard goes to the rank with the least weight so far, then to that rank's worker with
+    the least (ties: the lowest index). Ranks end within one shard's weight of each other, so
+    equalising drops little; the split is a function of the manifest and the epoch's order alone."""
+    rank_w = [0] * world
+    reader_w = [0] * (world * workers)
+    out: list[list[str]] = [[] for _ in range(world * workers)]
+    for shard, w in zip(shards, weights):
+        r = min(range(world), key=lambda i: (rank_w[i], i))
+        g = min(range(r * workers, (r + 1) * workers), key=lambda i: (reader_w[i], i))
+        rank_w[r] += w
+        reader_w[g] += w
+        out[g].append(shard)
+    return out
 
 
 def _assigned(shards: list[str], strided: bool, g: int, G: int, units: dict[str, list[int]]) -> list[int]:
