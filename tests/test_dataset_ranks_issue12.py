@@ -160,3 +160,69 @@ def test_equal_quotas():
     assert equal_quotas([5, 3, 4], 9) == [3, 3, 3]
     assert equal_quotas([5, 3, 4], 7) == [3, 2, 2]          # ties: the highest worker gives first
     assert equal_quotas([0, 2], 0) == [0, 0]
+
+
+def _ddp_worker(rank: int, world: int, out: str, init: str, result: str) -> None:
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        ds = ShardDataset(out, seed=3, max_tokens=MAX_TOKENS, buffer_size=16)    # rank/world from the group
+        steps = []
+        for epoch in range(2):
+            n = 0
+            for batch in ds.loader(num_workers=2):
+                t = torch.tensor([float(batch["input_ids"].shape[1])])
+                dist.all_reduce(t)                 # a rank that ran out first would leave the others waiting here
+                n += 1
+            steps.append(n)
+        Path(result).write_text(json.dumps({"steps": steps, "dropped": ds.epoch_plan(2, epoch=0).dropped_samples}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_gloo_all_reduce_every_batch(out, tmp_path):
+    """Two real torch.distributed (gloo) processes all-reduce once per batch over two epochs: the
+    collectives pair up, so no rank waits (without equalize this OUT's ranks get different counts)."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    world = 2
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_ddp_worker, args=(r, world, str(out), f"file://{tmp_path / 'pg'}",
+                                                    str(tmp_path / f"r{r}.json"))) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    alive = [p.pid for p in procs if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert not alive, "a rank hung in all_reduce"
+    assert [p.exitcode for p in procs] == [0, 0]
+    res = [json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(world)]
+    assert res[0]["steps"] == res[1]["steps"]
+    off = ShardDataset(out, seed=3, max_tokens=MAX_TOKENS, buffer_size=16, rank=0, world_size=2, equalize=False)
+    counts = [off.epoch_plan(2, epoch=e).rank_batches for e in range(2)]
+    assert any(c[0] != c[1] for c in counts)                  # unequalised, the ranks would differ
+    assert res[0]["steps"] == [min(c) for c in counts]
+
+
+def test_manifest_token_counts_that_lie_are_an_error_not_a_short_rank(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.dataset import ShardDataError
+
+    root = make_uneven(tmp_path / "out", FEW)
+    t = pq.read_table(root / "manifest.parquet")
+    t = t.set_column(t.schema.get_field_index("n_tokens"), "n_tokens", pa.array([290] * t.num_rows, pa.int64()))
+    pq.write_table(t, root / "manifest.parquet")
+    ds = ShardDataset(root, max_tokens=MAX_TOKENS, rank=0, world_size=2)
+    with pytest.raises(ShardDataError, match="n_tokens"):
+        list(ds)
