@@ -9,7 +9,7 @@
 Who reads what. The shard list and per-shard sample counts come from the manifest (the selection's
 manifest with `selection=True`); rank / world size from torch.distributed when it is initialised
 (else the arguments, default 0 / 1); each DataLoader worker is one of `world_size × num_workers`
-readers. With at least that many shards, each shard of the epoch's order goes to the rank, then the
+readers. With at least that many shards, the shards are dealt heaviest first to the rank, then the
 reader of that rank, with the fewest samples (packs, tokens) so far (`balanced_split`); with fewer,
 every reader streams all shards and keeps every G-th sample. Either way each sample is read by
 exactly one reader per epoch.
@@ -18,8 +18,9 @@ Equal ranks (`equalize`, default on with several ranks). DDP's collectives hang 
 out of batches first, so every rank yields the smallest rank's batch count; `epoch_plan()` computes
 every reader's count from the manifest (padded / samples), the pack plan, or a replay of the
 shuffle + online packing on the manifest's n_tokens — no shard read, no communication. A longer
-rank cuts the tail of its readers' streams before the shuffle (the epoch's last shards: they rotate
-with the shard order) and counts what it left out (`dropped`, a log warning).
+rank leaves out a random subset (drawn per seed, epoch and reader) of its readers' samples (padded)
+or plan packs before the shuffle, or the last packs of its online-packed streams, and counts what it
+left out (`dropped`, a log warning).
 
 Order. Per epoch, the shard order is a permutation drawn from (seed, epoch), the same on every
 rank; each reader then shuffles its stream through a buffer of `buffer_size` samples drawn from
@@ -329,14 +330,14 @@ class ShardDataset(IterableDataset):
         quota = self.epoch_plan(num_workers).quotas[self.rank][worker] if self.equalize else None
         if self.plan is not None:
             groups = self._plan_groups(g, G)
-            if quota is not None:          # the surplus is the tail of the epoch's stream, before the shuffle
-                groups = islice(groups, quota)
+            if quota is not None:
+                groups = self._equalized(groups, g, G, quota)
             if self.shuffle:
                 groups = buffer_shuffle(groups, max(1, self.buffer_size // 16), rng, self.buffer_bytes)
         else:
             samples = self._samples(g, G)
             if quota is not None and self.max_tokens is None:
-                samples = islice(samples, quota * (self.batch_size or 1))
+                samples = self._equalized(samples, g, G, quota)
             if self.shuffle:
                 samples = buffer_shuffle(samples, self.buffer_size, rng, self._shuffle_bytes())
             if self.max_tokens is not None:
@@ -353,6 +354,33 @@ class ShardDataset(IterableDataset):
             if k < skip:
                 continue
             yield k, (self.collate(group) if self.collate is not None else group)
+
+    def _equalized(self, units: Iterator, g: int, G: int, quota: int) -> Iterator:
+        """Reader g's samples (padded, samples) or plan packs without the ones equalising drops: a random
+        subset drawn per (seed, epoch, reader), so what is left out rotates across epochs even when a
+        reader holds one shard; exactly `quota` batches remain."""
+        total, keep = self._reader_units(g, G, self.epoch, quota)
+        if keep >= total:
+            yield from units
+            return
+        drop = set(self._drop_positions(g, self.epoch, total, keep).tolist())
+        for i, x in enumerate(units):
+            if i not in drop:
+                yield x
+
+    def _reader_units(self, g: int, G: int, epoch: int, quota: int) -> tuple[int, int]:
+        """(units reader g streams in `epoch`, units it keeps for `quota` batches): packs (pack plan)
+        or samples (padded: quota × batch_size)."""
+        sizes = self._reader_batch_sizes(g, G, epoch)
+        if self.plan is not None:
+            return len(sizes), min(len(sizes), quota)
+        total = int(sum(sizes))
+        return total, min(total, quota * (self.batch_size or 1))
+
+    def _drop_positions(self, g: int, epoch: int, total: int, keep: int) -> np.ndarray:
+        """Which of reader g's `total` units (stream positions) equalising leaves out in `epoch`."""
+        rng = np.random.default_rng([self.seed, epoch, g, 1])
+        return np.sort(rng.choice(total, total - keep, replace=False))
 
     def _shuffle_bytes(self) -> int | None:
         """The shuffle buffer's byte bound; none when equalised online packing replays the shuffle on
@@ -404,7 +432,17 @@ class ShardDataset(IterableDataset):
         quotas = [equal_quotas(counts[r * nw:(r + 1) * nw], target) if self.equalize else counts[r * nw:(r + 1) * nw]
                   for r in range(W)]
         dropped_b = [rank_batches[r] - sum(quotas[r]) for r in range(W)]
-        dropped_s = [sum(sum(sizes[r * nw + w][q:]) for w, q in enumerate(quotas[r])) for r in range(W)]
+        def dropped(g: int, q: int) -> int:
+            if q >= len(sizes[g]):
+                return 0
+            if self.plan is None and self.max_tokens is not None:          # online: the packs after the quota
+                return int(sum(sizes[g][q:]))
+            total, keep = self._reader_units(g, G, epoch, q)
+            if self.plan is None:
+                return total - keep
+            return int(np.asarray(sizes[g])[self._drop_positions(g, epoch, total, keep)].sum())
+
+        dropped_s = [sum(dropped(r * nw + w, q) for w, q in enumerate(quotas[r])) for r in range(W)]
         return EpochPlan(epoch, W, nw, self.equalize, target if self.equalize else rank_batches[self.rank],
                          rank_batches, quotas, dropped_b, dropped_s)
 
@@ -414,9 +452,9 @@ class ShardDataset(IterableDataset):
         `_reader_stream` on the manifest's counts, with the same shard assignment, shuffle and packer."""
         shards, strided = self._my_shards(g, G, epoch)
         if self.plan is not None:
-            return _assigned(shards, strided, g, G, self._units_of("plan"))
+            return _assigned(shards, strided, g, G, self._units_of("plan")).tolist()
         if self.max_tokens is not None:
-            lengths = _assigned(shards, strided, g, G, self._units_of("tokens"))
+            lengths = _assigned(shards, strided, g, G, self._units_of("tokens")).tolist()
             if self.shuffle:
                 lengths = buffer_shuffle(lengths, self.buffer_size, np.random.default_rng([self.seed, epoch, g]))
             return [len(p) for p in OnlinePacker(self.max_tokens, self.open_packs, length=int, name=str).pack(lengths)]
@@ -425,7 +463,7 @@ class ShardDataset(IterableDataset):
         b = self.batch_size or 1
         return [b] * (n // b) + ([n % b] if n % b else [])
 
-    def _units_of(self, kind: str) -> dict[str, list[int]]:
+    def _units_of(self, kind: str) -> dict[str, np.ndarray]:
         """Per shard, in stored order: the pack plan's pack sizes (kind "plan", packs in the order
         `_plan_groups` yields them) or the manifest's n_tokens (kind "tokens"). Read once."""
         if self._units is None:
@@ -439,11 +477,15 @@ class ShardDataset(IterableDataset):
                     if pack >= 0:
                         d = per.setdefault(shard, {})
                         d[pack] = d.get(pack, 0) + 1
-                units = {s: list(d.values()) for s, d in per.items()}
+                units = {s: np.asarray(list(d.values()), np.int32) for s, d in per.items()}
             else:
                 t = pq.read_table(self.manifest_path, columns=["shard", "n_tokens"])
-                for shard, n in zip(t.column("shard").to_pylist(), t.column("n_tokens").to_pylist()):
-                    units.setdefault(shard, []).append(int(n))
+                shard = t.column("shard").combine_chunks().dictionary_encode()
+                codes, ntok = shard.indices.to_numpy(), t.column("n_tokens").to_numpy().astype(np.int32)
+                order = np.argsort(codes, kind="stable")          # stored order within each shard
+                bounds = np.searchsorted(codes[order], np.arange(len(shard.dictionary) + 1))
+                units = {name: ntok[order[bounds[i]:bounds[i + 1]]]
+                         for i, name in enumerate(shard.dictionary.to_pylist())}
             self._units = units
         return self._units
 
@@ -471,7 +513,7 @@ class ShardDataset(IterableDataset):
         if self.plan is not None:
             return len(self._units_of("plan").get(shard, ()))
         if self.max_tokens is not None:
-            return sum(self._units_of("tokens").get(shard, ()))
+            return int(self._units_of("tokens")[shard].sum()) if shard in self._units_of("tokens") else 0
         return self.shard_counts[shard]
 
     def _samples(self, g: int, G: int) -> Iterator[dict]:
@@ -554,25 +596,27 @@ class ShardDataset(IterableDataset):
 
 def balanced_split(shards: list[str], weights: list[int], world: int, workers: int) -> list[list[str]]:
     """The epoch's shards (in its order) dealt to world × workers readers (reader g = rank × workers +
-    worker): each shard goes to the rank with the least weight so far, then to that rank's worker with
-    the least (ties: the lowest index). Ranks end within one shard's weight of each other, so
-    equalising drops little; the split is a function of the manifest and the epoch's order alone."""
+    worker), longest-processing-time first: heaviest shard first (ties: the epoch's order), each to the
+    rank with the least weight so far, then to that rank's reader with the least (ties: the lowest
+    index). Each reader reads its shards in the epoch's order. Ranks end within about one light
+    shard's weight of each other, so equalising drops little; a function of the manifest and the
+    epoch's order alone."""
     rank_w = [0] * world
     reader_w = [0] * (world * workers)
-    out: list[list[str]] = [[] for _ in range(world * workers)]
-    for shard, w in zip(shards, weights):
-        r = min(range(world), key=lambda i: (rank_w[i], i))
-        g = min(range(r * workers, (r + 1) * workers), key=lambda i: (reader_w[i], i))
-        rank_w[r] += w
-        reader_w[g] += w
-        out[g].append(shard)
-    return out
+    mine: list[list[int]] = [[] for _ in range(world * workers)]
+    for i in sorted(range(len(shards)), key=lambda i: (-weights[i], i)):
+        r = min(range(world), key=lambda k: (rank_w[k], k))
+        g = min(range(r * workers, (r + 1) * workers), key=lambda k: (reader_w[k], k))
+        rank_w[r] += weights[i]
+        reader_w[g] += weights[i]
+        mine[g].append(i)
+    return [[shards[i] for i in sorted(m)] for m in mine]
 
 
-def _assigned(shards: list[str], strided: bool, g: int, G: int, units: dict[str, list[int]]) -> list[int]:
-    """A reader's units (samples or packs) of its shards in order; every G-th from g when strided
-    (the same split `_samples` / `_plan_groups` make while reading)."""
-    flat = [u for s in shards for u in units.get(s, ())]
+def _assigned(shards: list[str], strided: bool, g: int, G: int, units: dict[str, np.ndarray]) -> np.ndarray:
+    """A reader's units (tokens of samples, or samples of packs) of its shards in order; every G-th
+    from g when strided (the same split `_samples` / `_plan_groups` make while reading)."""
+    flat = np.concatenate([units.get(s, np.zeros(0, np.int32)) for s in shards] or [np.zeros(0, np.int32)])
     return flat[g::G] if strided else flat
 
 

@@ -1,5 +1,5 @@
 """Issue 12: every rank yields the same number of batches per epoch (equalize), so DDP's collectives
-never wait on a rank that ran out. Uneven shards (10 shards of 2 … 61 samples) over 2 and
+never wait on a rank that ran out. Uneven shards (10 shards of 2 … 200 samples, the largest more than any rank's fair share) over 2 and
 3 ranks × 0/2/3 DataLoader workers, and 5 shards of 37, 5, 23, 61, 14 over more readers than shards, padded / packed online / packed from a plan: identical batch
 counts per rank per epoch, every yielded sample once, the rest counted as dropped (or too long)."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pipeline.writer import ShardWriter
 from tests.dataset_factory import tiny_sample
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
-SIZES = (37, 5, 23, 61, 14, 2, 48, 9, 30, 11)       # 240 samples, ≥ 9 readers' worth of shards
+SIZES = (200, 5, 23, 30, 14, 2, 48, 9, 30, 11)      # 372 samples; one shard outweighs a rank's share
 FEW = (37, 5, 23, 61, 14)                             # fewer shards than readers: every G-th sample
 MAX_TOKENS = 300
 
