@@ -290,8 +290,8 @@ class ShardDataset(IterableDataset):
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"state version {state.get('version')!r} is not {STATE_VERSION}: saved by another vlprep")
         for key in ("seed", "world_size", "rank", "num_samples", "equalize"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(f"cannot resume: the state was saved with {key}={state[key]}, this dataset has "
+            if state.get(key) != getattr(self, key):
+                raise ValueError(f"cannot resume: the state was saved with {key}={state.get(key)}, this dataset has "
                                  f"{key}={getattr(self, key)}; resume with the same {key}")
         self.epoch, self.num_workers = int(state["epoch"]), int(state["num_workers"])
         self._consumed, self._next = list(state["consumed"]), int(state["next_worker"])
@@ -501,6 +501,8 @@ class ShardDataset(IterableDataset):
         shards = self._shard_order(epoch)
         if len(shards) < G:
             return shards, True
+        if G == 1:
+            return shards, False
         key = (self.epoch if epoch is None else int(epoch), G)
         if getattr(self, "_split", (None,))[0] != key:
             self._split = (key, balanced_split(shards, [self._shard_weight(s) for s in shards],
