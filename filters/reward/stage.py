@@ -123,7 +123,7 @@ def make_scorer(name: str, cfg: ScoreConfig):
         from .verify import VerifyScorer
 
         return VerifyScorer(cfg.model, max_new_tokens=cfg.max_new_tokens, iou_threshold=cfg.iou_threshold,
-                            dtype=cfg.dtype, tokenizer=cfg.tokenizer)
+                            dtype=cfg.dtype, tokenizer=cfg.tokenizer, engine=getattr(cfg, "engine", "auto"))
     from .vlm_scorer import VLMScorer
 
     return VLMScorer(cfg.model, pack=cfg.pack, visual_gain=cfg.visual_gain, dtype=cfg.dtype, tokenizer=cfg.tokenizer)
