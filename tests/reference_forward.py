@@ -60,7 +60,7 @@ def reference_mean_logprob(model, s, preset, *, input_ids=None, labels=None, vis
 
 
 def reference_generate(model, prompt, preset, input_ids=None, *, max_new_tokens: int, stop: list[int], pad: int,
-                       suppress: list[int], image_pad=IMAGE_PAD_ID, video_pad=VIDEO_PAD_ID) -> list[int]:
+                       suppress: list[int] | None, image_pad=IMAGE_PAD_ID, video_pad=VIDEO_PAD_ID) -> list[int]:
     """Greedy `generate` of one prompt sample (its ids, or `input_ids` with its pixels; no padding), the
     new ids up to the first `stop` id."""
     kw = model_inputs(model, prompt, preset, input_ids, image_pad=image_pad, video_pad=video_pad)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_models import build_tiny_model, tiny_config  # noqa: F401  (re-exported: the builders live there)
+from tiny_models import VOCAB, build_tiny_model, tiny_config  # noqa: F401  (re-exported: the builders live there)
 
 
 @pytest.fixture(scope="session")
