@@ -8,44 +8,31 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from test_reward_fixtures import VOCAB, photo, tiny_config
+from reference_forward import reference_generate
+from test_reward_fixtures import photo
+from tiny_models import build_qwen3_vl, build_tiny_model, load_model
 
 NEW_TOKENS = 6
 FAMILIES = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
 
 
 def build_model(family: str, folder: Path, seed: int = 0):
-    """A tiny random checkpoint (initializer_range 0.2: greedy answers vary with the input) saved with
-    the image processor config of its preset, as a released checkpoint folder has them."""
-    import torch
+    """A tiny random checkpoint (tests/tiny_models.py, `varied`: greedy answers vary with the input) saved
+    with the image processor config of its preset, as a released checkpoint folder has them."""
     import transformers
 
     from processors.presets import get_preset
 
-    torch.manual_seed(seed)
     if family == "qwen3-vl":
-        cfg = transformers.Qwen3VLConfig(
-            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                             num_key_value_heads=1, head_dim=16, vocab_size=VOCAB, initializer_range=0.2,
-                             rope_scaling={"rope_type": "default", "mrope_section": [4, 2, 2],
-                                           "mrope_interleaved": True}),
-            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
-                               num_position_embeddings=64, deepstack_visual_indexes=[1], initializer_range=0.2))
-        cls = transformers.Qwen3VLForConditionalGeneration
+        build_qwen3_vl(folder, varied=True, seed=seed)
     else:
-        cfg = tiny_config(family)
-        cfg.text_config.initializer_range = 0.2
-        cls = (transformers.Qwen2VLForConditionalGeneration if family == "qwen2-vl"
-               else transformers.Qwen2_5_VLForConditionalGeneration)
-    cfg.initializer_range = 0.2
-    model = cls(cfg).eval()
-    model.save_pretrained(folder)
+        build_tiny_model(family, folder, seed, varied=True)
     p = get_preset(family)
     common = dict(patch_size=p.patch_size, temporal_patch_size=2, merge_size=2, image_mean=list(p.image_mean),
                   image_std=list(p.image_std), size={"shortest_edge": 4 * p.patch_size ** 2 * 4,
                                                       "longest_edge": 16384 * p.patch_size ** 2 * 4})
     transformers.Qwen2VLImageProcessor(**common).save_pretrained(folder)  # (torchvision absent: its PIL twin)
-    return model
+    return load_model(folder)
 
 
 def encode_conversation(sid: str, turns: list[tuple[str, str]], *, images: dict | None = None,
@@ -88,36 +75,13 @@ def encode_conversation(sid: str, turns: list[tuple[str, str]], *, images: dict 
 
 
 def greedy(model, prompt: dict, preset, special, new_tokens: int = NEW_TOKENS, top: int | None = None) -> list[int]:
-    """Per-turn plain transformers path: the prompt alone, no padding, greedy, the stop ids of `special`."""
-    import torch
-
-    from processors.patches import normalize_patches
-
-    ids = torch.tensor(np.asarray(prompt["input_ids"]), dtype=torch.long)[None]
-    tt = torch.zeros_like(ids)
-    tt[ids == special.image_pad] = 1
-    tt[ids == special.video_pad] = 2
-    kw = {}
-    pv = torch.from_numpy(normalize_patches(prompt["pixel_values"], preset.image_mean, preset.image_std,
-                                            patch_size=preset.patch_size))
-    ig, vg = np.asarray(prompt["image_grid_thw"]).reshape(-1, 3), np.asarray(prompt["video_grid_thw"]).reshape(-1, 3)
-    n_img = int(np.prod(ig, axis=1).sum()) if len(ig) else 0
-    if n_img:
-        kw.update(pixel_values=pv[:n_img], image_grid_thw=torch.from_numpy(ig).long())
-    if len(vg):
-        kw.update(pixel_values_videos=pv[n_img:], video_grid_thw=torch.from_numpy(vg).long())
-        if model.config.model_type == "qwen2_5_vl":
-            kw["second_per_grid_ts"] = torch.from_numpy(np.asarray(prompt["second_per_grid_ts"]))
+    """Per-turn plain transformers path (tests/reference_forward.py): the prompt alone, no padding,
+    greedy, the stop ids and vision ids of `special`."""
     eos = [special.im_end, special.im_end - 2]  # <|im_end|>, <|endoftext|> (adjacent in both vocabularies)
     rows = model.get_output_embeddings().weight.shape[0]
-    top = top or 151665
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=tt, **kw,
-                             max_new_tokens=new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos[1],
-                             suppress_tokens=list(range(top, rows)) or None)
-    row = out[0, ids.shape[1]:].tolist()
-    stop = [k for k, t in enumerate(row) if t in eos]
-    return row[:stop[0]] if stop else row
+    return reference_generate(model, prompt, preset, max_new_tokens=new_tokens, stop=eos, pad=eos[1],
+                              suppress=list(range(top or 151665, rows)) or None, image_pad=special.image_pad,
+                              video_pad=special.video_pad)
 
 
 def as_sample(enc) -> dict:

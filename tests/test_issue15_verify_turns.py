@@ -20,7 +20,6 @@ from issue15_verify_fixtures import (NEW_TOKENS, as_sample, build_model, encode_
 from jobs.cli import main
 from processors.presets import get_preset
 from processors.tokenizer import get_tokenizer, special_ids
-from test_qwen3_tokenizer_score import tiny_qwen35_varied  # noqa: F401  (fixture)
 
 WRONG = "It is definitely a bright green colour."
 

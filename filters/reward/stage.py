@@ -99,7 +99,7 @@ def make_scorer(name: str, cfg: ScoreConfig):
     if name == "text":
         from .text_scorer import TextScorer
 
-        return TextScorer(cfg.text_model)
+        return TextScorer(cfg.text_model, tokenizer=cfg.tokenizer)
     if name == "pixels":
         from .pixel_scorer import PixelScorer
 
@@ -107,7 +107,7 @@ def make_scorer(name: str, cfg: ScoreConfig):
     if name == "category":
         from .category_scorer import CategoryScorer
 
-        return CategoryScorer(cfg.taxonomy, cfg.text_model)
+        return CategoryScorer(cfg.taxonomy, cfg.text_model, tokenizer=cfg.tokenizer)
     if name == "vlm_category":
         from .vlm_category import VLMCategoryScorer
 

@@ -336,13 +336,15 @@ class VerifyScorer:
             return out
         answers, errors = self._answers(turns, batch)
         fmt = batch.preset.grounding
+        timestamps = batch.preset.video_timestamps is not None  # Qwen3-VL: no `<t s>` text in the question
         per_sample: dict[int, list[dict]] = {}
         for k, (t, ans_ids) in enumerate(zip(turns, answers)):
             rec = {"turn": t.turn, "kind": None, "match": None, "value": None, "answer": None}
             if ans_ids is None:
                 rec["error"] = errors.get(k, "not generated")
             else:
-                users = [x for r, x in conversation_turns(t.prompt["input_ids"], tok, sp) if r == "user"]
+                users = [x for r, x in conversation_turns(t.prompt["input_ids"], tok, sp, timestamps)
+                         if r == "user"]
                 answer = tok.decode(ans_ids).strip()
                 c = check_answer(users[-1] if users else "", answer, tok.decode(t.reference.tolist()).strip(), fmt,
                                  iou_threshold=self.iou_threshold)
