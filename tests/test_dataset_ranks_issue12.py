@@ -73,9 +73,9 @@ def _run_epochs(out, mode, world, workers, epochs=2, **kw):
     return got, plans
 
 
-def _check(out, got, plans, world, surplus=True):
+def _check(out, got, plans, world, surplus=True, all_ids=None):
     """Equal counts per rank, each sample at most once, the rest exactly the counted drops."""
-    all_ids = set(ShardLoader(out).ids())
+    all_ids = set(ShardLoader(out).ids()) if all_ids is None else all_ids
     dropped_sets = []
     for e in range(len(got)):
         p = plans[e][0]
@@ -109,6 +109,21 @@ def test_equal_batches_per_rank_every_sample_once_dropped_counted(out, mode, wor
 def test_fewer_shards_than_readers(out_few, mode):
     got, plans = _run_epochs(out_few, mode, 2, 3)
     _check(out_few, got, plans, 2, surplus=False)
+
+
+@pytest.mark.parametrize("mode", ["padded", "packed"])
+def test_selection_equalised(tmp_path, mode):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = make_uneven(tmp_path / "out")
+    table = pq.read_table(root / "manifest.parquet")
+    keep = pa.array([i % 3 != 0 for i in range(table.num_rows)])
+    (root / "selection").mkdir()
+    pq.write_table(table.filter(keep), root / "selection" / "manifest.parquet")
+    want = set(table.filter(keep).column("id").to_pylist())
+    got, plans = _run_epochs(root, mode, 2, 2, selection=True)
+    _check(root, got, plans, 2, all_ids=want)
 
 
 @pytest.mark.parametrize("mode", ["padded", "plan"])
