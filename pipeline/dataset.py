@@ -267,7 +267,7 @@ class ShardDataset(IterableDataset):
             self.collate = None
         self.equalize = self.world_size > 1 if equalize is None else bool(equalize)
         self._epoch_plans: dict[tuple[int, int], EpochPlan] = {}
-        self._units: dict[str, list[int]] | None = None
+        self._units: dict[str, np.ndarray] | None = None
         self.epoch = int(epoch)
         self.num_workers = 1
         self._consumed = [0]
