@@ -216,12 +216,15 @@ def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int,
         return resize_frames_into(batch)
 
     def resize_frames_into(batch: list[tuple[int, np.ndarray]]) -> int:
-        small = resize_frames(np.stack([f for _, f in batch]), H, W, mode=resize)
+        # Each decoded frame is resized straight into its first slot of `out` (no stacked copy);
+        # a frame sampled twice (short clips) is copied to its other slots.
+        resize_frames([f for _, f in batch], H, W, mode=resize, out=[out[slots[i][0]] for i, _ in batch])
         n = 0
-        for (i, _), s in zip(batch, small):
-            for k in slots[i]:
-                out[k] = s
-                n += 1
+        for i, _ in batch:
+            first, *rest = slots[i]
+            for k in rest:
+                out[k] = out[first]
+            n += 1 + len(rest)
         return n
 
     filled = 0
