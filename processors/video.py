@@ -74,9 +74,10 @@ def _load_frame(item) -> np.ndarray:
 
 
 def _result(frames: np.ndarray, preset: Preset, *, indices, times, sample_fps, original_size, duration,
-            video_fps, is_vfr=False, rotation=0, backend="") -> VideoResult:
+            video_fps, is_vfr=False, rotation=0, backend="", patched=None) -> VideoResult:
+    """`patched`: (patches, grid) of `frames` already made (`_GroupPatches`), else patchify here."""
     tp = preset.temporal_patch_size
-    patches, grid = patchify(frames, preset.patch_size, preset.merge_size, tp)
+    patches, grid = patched or patchify(frames, preset.patch_size, preset.merge_size, tp)
     times = [float(t) for t in times]
     return VideoResult(
         patches=patches, grid_thw=tuple(int(g) for g in grid), second_per_grid_ts=float(tp / sample_fps),
@@ -195,12 +196,13 @@ def _single_torch_thread() -> None:
 
 
 def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int, list[int]], *,
-                       resize: str = "qwen-vl-utils") -> int:
+                       resize: str = "qwen-vl-utils", filled_rows=None) -> int:
     """Resize decoded frames into `out` in small batches on a worker thread while this thread keeps
     decoding (FFmpeg and torch both release the GIL, so the two overlap on two cores). At most
     `_RESIZE_IN_FLIGHT` batches are handed to the worker at once (plus the one being filled: at most
     3 batches of full-size frames alive): memory stays bounded by the kept, resized frames. Returns
-    how many slots of `out` were filled. (Letting this thread resize a batch itself when the worker
+    how many slots of `out` were filled; `filled_rows(list of slots)` is called after each batch, on
+    the thread that resized it (`_GroupPatches`). (Letting this thread resize a batch itself when the worker
     is behind, instead of waiting, was measured for issue #14: no gain on 240p–4K clips and more
     system time on the 10-min 240p one, so it waits.)"""
     from concurrent.futures import ThreadPoolExecutor
@@ -219,13 +221,15 @@ def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int,
         # Each decoded frame is resized straight into its first slot of `out` (no stacked copy);
         # a frame sampled twice (short clips) is copied to its other slots.
         resize_frames([f for _, f in batch], H, W, mode=resize, out=[out[slots[i][0]] for i, _ in batch])
-        n = 0
+        rows = []
         for i, _ in batch:
             first, *rest = slots[i]
             for k in rest:
                 out[k] = out[first]
-            n += 1 + len(rest)
-        return n
+            rows += slots[i]
+        if filled_rows is not None:
+            filled_rows(rows)
+        return len(rows)
 
     filled = 0
     in_flight: list = []
@@ -256,6 +260,44 @@ def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int,
                 close()  # an abandoned decode generator closes its container now, not at GC
             torch.set_num_threads(caller_threads)  # the process-wide default the worker's overwrote
     return filled
+
+
+class _GroupPatches:
+    """Patchify each temporal group of `out` (rows g*tp … g*tp+tp-1) as soon as all its rows are
+    resized, on the thread that resized the last of them: the patch copy overlaps decoding instead of
+    following it (issue #14). Groups are patchified by `patchify` itself (the one owner of the patch
+    layout; the last group, if short, is padded there as in a whole-clip call) into their rows of the
+    result: time is the outermost patch axis, so the rows of group g are exactly
+    `patchify(out)[0][g*gh*gw:(g+1)*gh*gw]`."""
+
+    def __init__(self, out: np.ndarray, preset: Preset):
+        import threading
+
+        self.out, self.p, self.m, self.tp = out, preset.patch_size, preset.merge_size, preset.temporal_patch_size
+        n, H, W = out.shape[:3]
+        self.gt, self.per = -(-n // self.tp), (H // self.p) * (W // self.p)
+        self.need = [min(self.tp, n - g * self.tp) for g in range(self.gt)]
+        self.done = [0] * self.gt
+        self.patches = np.empty((self.gt * self.per, 3 * self.tp * self.p * self.p), dtype=np.uint8)
+        self.lock = threading.Lock()
+
+    def __call__(self, rows: list[int]) -> None:
+        ready = []
+        with self.lock:
+            for k in rows:
+                g = k // self.tp
+                self.done[g] += 1
+                if self.done[g] == self.need[g]:
+                    ready.append(g)
+        for g in ready:
+            part, _ = patchify(self.out[g * self.tp:g * self.tp + self.need[g]], self.p, self.m, self.tp)
+            self.patches[g * self.per:(g + 1) * self.per] = part
+
+    def result(self) -> tuple[np.ndarray, tuple[int, int, int]]:
+        if self.done != self.need:
+            raise RuntimeError("patches read before every row was resized")
+        H, W = self.out.shape[1:3]
+        return self.patches, (self.gt, H // self.p, W // self.p)
 
 
 def process_video(
@@ -327,10 +369,12 @@ def process_video(
     for k, i in enumerate(idx.tolist()):
         slots.setdefault(i, []).append(k)
     decode = decode_pyav if backend == "pyav" else decode_decord
-    filled = _decode_and_resize(decode(info, idx, timeout_s=timeout_s), H, W, out, slots, resize=resize)
+    groups = _GroupPatches(out, preset)
+    filled = _decode_and_resize(decode(info, idx, timeout_s=timeout_s), H, W, out, slots, resize=resize,
+                                filled_rows=groups)
     if filled != n:
         raise VideoDecodeError(f"{info.path}: decoded {filled} of {n} sampled frames")
     times = info.frame_times[idx]
     return _result(out, preset, indices=idx, times=times, sample_fps=sfps, original_size=(h, w),
                    duration=info.duration, video_fps=info.avg_fps, is_vfr=info.is_vfr,
-                   rotation=info.rotation, backend=backend)
+                   rotation=info.rotation, backend=backend, patched=groups.result())
