@@ -83,7 +83,7 @@ def _result(frames: np.ndarray, preset: Preset, *, indices, times, sample_fps, o
         patches=patches, grid_thw=tuple(int(g) for g in grid), second_per_grid_ts=float(tp / sample_fps),
         sample_fps=float(sample_fps), frame_indices=[int(i) for i in indices], frame_times=times,
         timestamps=times[::tp], original_size=tuple(int(v) for v in original_size),
-        resized_size=(int(frames.shape[1]), int(frames.shape[2])), duration=float(duration),
+        resized_size=(int(grid[1]) * preset.patch_size, int(grid[2]) * preset.patch_size), duration=float(duration),
         video_fps=float(video_fps), is_vfr=is_vfr, rotation=rotation, backend=backend,
         num_tokens=preset.visual_tokens(grid),
     )
@@ -263,23 +263,36 @@ def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int,
 
 
 class _GroupPatches:
-    """Patchify each temporal group of `out` (rows g*tp … g*tp+tp-1) as soon as all its rows are
-    resized, on the thread that resized the last of them: the patch copy overlaps decoding instead of
-    following it (issue #14). Groups are patchified by `patchify` itself (the one owner of the patch
-    layout; the last group, if short, is padded there as in a whole-clip call) into their rows of the
-    result: time is the outermost patch axis, so the rows of group g are exactly
-    `patchify(out)[0][g*gh*gw:(g+1)*gh*gw]`."""
+    """The rows `_decode_and_resize` fills (`rows[k]`: a writable [H, W, 3] frame), kept one temporal
+    group at a time (rows g*tp … g*tp+tp-1): as soon as all rows of a group are resized (`self(rows)`,
+    on the thread that resized the last of them) the group is patchified into its rows of the result
+    and its frames are dropped. So the patch copy overlaps decoding, and memory holds the patches plus
+    the few groups in flight instead of every resized frame and then the patches too (issue #14).
+    Groups are patchified by `patchify` itself (the one owner of the patch layout; the last group, if
+    short, is padded there as in a whole-clip call): time is the outermost patch axis, so the rows of
+    group g are exactly `patchify(frames)[0][g*gh*gw:(g+1)*gh*gw]`."""
 
-    def __init__(self, out: np.ndarray, preset: Preset):
+    def __init__(self, n: int, H: int, W: int, preset: Preset):
         import threading
 
-        self.out, self.p, self.m, self.tp = out, preset.patch_size, preset.merge_size, preset.temporal_patch_size
-        n, H, W = out.shape[:3]
+        self.H, self.W, self.p, self.m, self.tp = H, W, preset.patch_size, preset.merge_size, preset.temporal_patch_size
         self.gt, self.per = -(-n // self.tp), (H // self.p) * (W // self.p)
         self.need = [min(self.tp, n - g * self.tp) for g in range(self.gt)]
         self.done = [0] * self.gt
+        self.frames: dict[int, np.ndarray] = {}
         self.patches = np.empty((self.gt * self.per, 3 * self.tp * self.p * self.p), dtype=np.uint8)
         self.lock = threading.Lock()
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        g = k // self.tp
+        with self.lock:
+            buf = self.frames.get(g)
+            if buf is None:
+                buf = self.frames[g] = np.empty((self.need[g], self.H, self.W, 3), dtype=np.uint8)
+        return buf[k - g * self.tp]
+
+    def __setitem__(self, k: int, frame: np.ndarray) -> None:
+        self[k][...] = frame
 
     def __call__(self, rows: list[int]) -> None:
         ready = []
@@ -288,16 +301,15 @@ class _GroupPatches:
                 g = k // self.tp
                 self.done[g] += 1
                 if self.done[g] == self.need[g]:
-                    ready.append(g)
-        for g in ready:
-            part, _ = patchify(self.out[g * self.tp:g * self.tp + self.need[g]], self.p, self.m, self.tp)
+                    ready.append((g, self.frames.pop(g)))
+        for g, frames in ready:
+            part, _ = patchify(frames, self.p, self.m, self.tp)
             self.patches[g * self.per:(g + 1) * self.per] = part
 
     def result(self) -> tuple[np.ndarray, tuple[int, int, int]]:
         if self.done != self.need:
             raise RuntimeError("patches read before every row was resized")
-        H, W = self.out.shape[1:3]
-        return self.patches, (self.gt, H // self.p, W // self.p)
+        return self.patches, (self.gt, self.H // self.p, self.W // self.p)
 
 
 def process_video(
@@ -364,17 +376,16 @@ def process_video(
     h, w = info.display_size
     H, W = frame_size(h, w, n, preset, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels,
                       resized_height=resized_height, resized_width=resized_width)
-    out = np.empty((n, H, W, 3), dtype=np.uint8)
     slots: dict[int, list[int]] = {}
     for k, i in enumerate(idx.tolist()):
         slots.setdefault(i, []).append(k)
     decode = decode_pyav if backend == "pyav" else decode_decord
-    groups = _GroupPatches(out, preset)
-    filled = _decode_and_resize(decode(info, idx, timeout_s=timeout_s), H, W, out, slots, resize=resize,
+    groups = _GroupPatches(n, H, W, preset)
+    filled = _decode_and_resize(decode(info, idx, timeout_s=timeout_s), H, W, groups, slots, resize=resize,
                                 filled_rows=groups)
     if filled != n:
         raise VideoDecodeError(f"{info.path}: decoded {filled} of {n} sampled frames")
     times = info.frame_times[idx]
-    return _result(out, preset, indices=idx, times=times, sample_fps=sfps, original_size=(h, w),
+    return _result(None, preset, indices=idx, times=times, sample_fps=sfps, original_size=(h, w),
                    duration=info.duration, video_fps=info.avg_fps, is_vfr=info.is_vfr,
                    rotation=info.rotation, backend=backend, patched=groups.result())

@@ -82,20 +82,30 @@ def test_group_patches_in_any_order_from_threads_equal_one_patchify(n, preset):
     want, grid = patchify(out, preset.patch_size, preset.merge_size, preset.temporal_patch_size)
     rows = list(range(n))
     random.Random(n).shuffle(rows)
-    gp = _GroupPatches(out, preset)
+    gp = _GroupPatches(n, 224, 224, preset)
+
+    def fill(chunk):
+        for k in chunk:
+            gp[k] = out[k]
+        gp(chunk)
+
     chunks = [rows[i:i + 3] for i in range(0, n, 3)]
-    threads = [threading.Thread(target=gp, args=(c,)) for c in chunks]
+    threads = [threading.Thread(target=fill, args=(c,)) for c in chunks]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     got, got_grid = gp.result()
     assert got_grid == tuple(grid) and np.array_equal(got, want)
+    assert not gp.frames  # every group's frames dropped once patchified
 
 
 def test_group_patches_refuse_to_be_read_early():
-    gp = _GroupPatches(_frames(4, 56, 84), QWEN25_VL)
+    gp = _GroupPatches(4, 56, 84, QWEN25_VL)
+    for k in range(3):
+        gp[k][...] = 0
     gp([0, 1, 2])
+    assert list(gp.frames) == [1]  # group 0 done and dropped, group 1 waits for row 3
     with pytest.raises(RuntimeError, match="before every row"):
         gp.result()
 
