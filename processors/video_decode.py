@@ -77,6 +77,7 @@ def decode_pyav(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None
             return
         to_rgb = _RGB()
         pts = info.frame_pts
+        index_by_pts = _index_by_pts(pts)
         keys = info.key_indices
         skip_ok = _nonref_skip_safe(stream, info)
         target_pts = frozenset(int(p) for p in pts[targets]) if skip_ok else frozenset()
@@ -108,7 +109,7 @@ def decode_pyav(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None
                     if want != mode:
                         cc.skip_frame = mode = want
                 for frame in _decode_packet(packet, info):
-                    idx = _index_of(frame, pts)
+                    idx = _index_of(frame, index_by_pts)
                     if idx is None:
                         continue
                     if first_after_seek and idx > target:
@@ -223,13 +224,16 @@ def _decode_packet(packet, info: VideoInfo):
         raise VideoDecodeError(f"{info.path}: {info.codec} decoder error at pts {packet.pts} ({e})") from e
 
 
-def _index_of(frame, pts: np.ndarray) -> int | None:
-    if frame.pts is None:
-        return None
-    i = int(np.searchsorted(pts, frame.pts))
-    if i < len(pts) and pts[i] == frame.pts:
-        return i
-    return None
+def _index_by_pts(pts: np.ndarray) -> dict[int, int]:
+    """Presentation index of each pts (the first, if a broken file repeats one): a dict lookup per
+    decoded frame instead of a numpy searchsorted call (issue #14: 0.4 of 2.8 CPU s on the 10-min
+    240p clip's 11 000 decoded frames)."""
+    vals = pts.tolist()
+    return dict(zip(reversed(vals), range(len(vals) - 1, -1, -1)))
+
+
+def _index_of(frame, index_by_pts: dict[int, int]) -> int | None:
+    return None if frame.pts is None else index_by_pts.get(frame.pts)
 
 
 def _decode_sequential(container, stream, info: VideoInfo, targets: np.ndarray, deadline: _Deadline):
