@@ -138,3 +138,22 @@ def test_process_video_patches_equal_patchify_of_the_resized_full_decode(tmp_pat
         frames = resize_frames(full[r.frame_indices], *r.resized_size, mode=resize)
         want, grid = patchify(frames)
         assert tuple(grid) == r.grid_thw and np.array_equal(r.patches, want), req
+
+
+def test_vp9_decodes_with_frame_threads_and_the_same_frames(tmp_path):
+    import dataclasses
+
+    from processors import video_decode
+    from processors.video import probe_video, select_frames
+    from video_factory import full_decode, make_clip
+
+    path = make_clip(tmp_path / "v.webm", codec="libvpx-vp9", num_frames=40, gop=12, width=320, height=180)
+    info = probe_video(path)
+    assert video_decode.decoder_thread_type(info) == "AUTO"
+    assert video_decode.decoder_thread_type(dataclasses.replace(info, codec="h264")) == "SLICE"
+    full, _ = full_decode(path)
+    idx, _ = select_frames(info, preset="qwen2.5-vl", fps=7)
+    for threads in (1, 2, 0):
+        got = dict(video_decode.decode_pyav(info, idx, threads=threads))
+        assert sorted(got) == sorted(set(idx.tolist()))
+        assert all(np.array_equal(f, full[i]) for i, f in got.items()), threads
