@@ -271,8 +271,9 @@ def category_stats(scores, manifest) -> dict:
     ids = strings(scores, "id")
     out = {}
     for name in scores.column_names:
-        if name == "id" or not pa.types.is_string(scores.schema.field(name).type) or name.endswith(".answer"):
-            continue  # free text (verify.answer) is no label
+        if name == "id" or not pa.types.is_string(scores.schema.field(name).type) or \
+                name.endswith((".answer", ".answers")):
+            continue  # free text (verify.answer, verify.answers) is no label
         block: dict = {}
         for sid, label in zip(ids, strings(scores, name)):
             if sid in tok_by_id:
