@@ -5,7 +5,8 @@
 
 Steps (spec §6): probe (no pixel decode) → pick frames (§6.2–6.4; by presentation time on
 variable-rate clips) → per-frame size (§6.5) → decode only the picked frames → bicubic+antialias
-resize → temporal padding + patchify (§4 step 8). Memory holds the kept, resized frames only.
+resize → temporal padding + patchify (§4 step 8), group by group as frames arrive. Memory holds the
+kept frames' patches and the few frames in flight.
 Split across video_probe / video_sampling / video_decode / video_resize; this module is the API.
 """
 from __future__ import annotations
@@ -195,12 +196,12 @@ def _single_torch_thread() -> None:
         torch.set_num_threads(1)
 
 
-def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int, list[int]], *,
+def _decode_and_resize(frames, H: int, W: int, out, slots: dict[int, list[int]], *,
                        resize: str = "qwen-vl-utils", filled_rows=None) -> int:
-    """Resize decoded frames into `out` in small batches on a worker thread while this thread keeps
-    decoding (FFmpeg and torch both release the GIL, so the two overlap on two cores). At most
-    `_RESIZE_IN_FLIGHT` batches are handed to the worker at once (plus the one being filled: at most
-    3 batches of full-size frames alive): memory stays bounded by the kept, resized frames. Returns
+    """Resize decoded frames into `out` (rows `out[k]`: an [n, H, W, 3] array or `_GroupPatches`) in
+    small batches on a worker thread while this thread keeps decoding (FFmpeg and torch both release
+    the GIL, so the two overlap on two cores). At most `_RESIZE_IN_FLIGHT` batches are handed to the
+    worker at once (plus the one being filled: at most 3 batches of full-size frames alive). Returns
     how many slots of `out` were filled; `filled_rows(list of slots)` is called after each batch, on
     the thread that resized it (`_GroupPatches`). (Letting this thread resize a batch itself when the worker
     is behind, instead of waiting, was measured for issue #14: no gain on 240p–4K clips and more
