@@ -17,8 +17,11 @@ On CUDA, GPU utilisation is sampled every 100 ms during each side (torch.cuda.ut
 
 --curation adds the #15 scorers (category, vlm_category, grounding, query, verify) on the same shards
 (every second answer replaced by a Qwen2-VL box so the grounding signal has work): each through the
-stage with the batch budget, beside the same scorer one sample (one candidate row) per forward/generate
-call -- the per-sample loop whose values tests/test_issue15_*.py compare with transformers.
+stage with the batch budget, beside the same scorer one sample per forward/generate call (batch budget
+1 token). vlm_category and grounding also beside their candidate rows each read whole (the sample and
+its vision re-read per candidate, batched): the computation before the prefix KV cache, with the same
+log-probs (tests/test_issue15_share.py). Last, the start-up of all checkpoint scorers in one worker
+(one shared load) vs each loading its own copy.
 """
 from __future__ import annotations
 
@@ -302,12 +305,89 @@ def curation_table(config: str, device, n: int, max_side: int, budget: int) -> N
             batched = timed(scorer, budget)
             single = timed(scorer, 1)  # every sample (and candidate row) in a batch of its own
             rows.append((scorer, n / single, n / batched, single / batched))
+            if scorer in ("vlm_category", "grounding"):  # the same values, every candidate row read whole
+                whole = whole_rows_run(scorer, tmp / "out", model_path, device, units, budget)
+                rows.append((f"{scorer}: each candidate row read whole (vision per candidate), batched",
+                             n / whole, n / batched, whole / batched))
+        loads = startup_run(tmp / "out", model_path, device)
     print(f"\ncuration scorers ({config} Qwen2-VL, random init, {n} samples, half with a box answer; "
           f"verify generates 16 tokens):\n")
-    print("| scorer | per sample: samples/s | vlprep stage: samples/s | speed-up |")
+    print("| scorer | reference: samples/s | vlprep stage: samples/s | speed-up |")
     print("|---|---:|---:|---:|")
     for name, a, b, x in rows:
         print(f"| {name} | {a:,.2f} | {b:,.2f} | {x:.2f}x |")
+    print(f"\nworker start-up, scorers {','.join(CHECKPOINT_SCORERS)}: {loads['shared_s']:.2f} s with "
+          f"{loads['shared_loads']} checkpoint load (shared), {loads['separate_s']:.2f} s with one load per scorer")
+
+
+CHECKPOINT_SCORERS = ("vlm", "vlm_category", "grounding", "query", "verify")
+
+
+def startup_run(out: Path, model_path: Path, device) -> dict:
+    """Seconds to set up every checkpoint scorer: in one ScoreWorker (one shared load) vs each on its own."""
+    from filters.reward.stage import ScoreConfig, ScoreWorker, make_scorer
+    from pipeline.loader import ShardLoader
+
+    cfg = ScoreConfig(str(out), CHECKPOINT_SCORERS, model=str(model_path), preset="qwen2-vl", device=str(device))
+    t0 = time.perf_counter()
+    worker = ScoreWorker(cfg, ShardLoader)
+    shared = time.perf_counter() - t0
+    del worker
+    t0 = time.perf_counter()
+    for name in CHECKPOINT_SCORERS:  # outside a ModelCache: each loads its own copy (the behaviour before)
+        make_scorer(name, cfg).setup(device)
+    return {"shared_s": shared, "shared_loads": 1, "separate_s": time.perf_counter() - t0}
+
+
+def whole_rows_run(name: str, out: Path, model_path: Path, device, units, budget: int) -> float:
+    """Seconds for `name`'s values computed from whole candidate rows (each re-reads the sample and its
+    vision; candidates.row_logprobs in token-budget batches): the computation before the prefix cache,
+    which tests/test_issue15_share.py shows gives the same log-probs."""
+    import torch
+
+    from filters.reward.batching import HostBatch, plan_batches
+    from filters.reward.candidates import extend, first_answer, truncate
+    from filters.reward.grounding_scorer import BOX_PATTERNS, box_limits, perturbed_answers
+    from filters.reward.stage import ScoreConfig, make_scorer
+    from pipeline.loader import ShardLoader
+    from processors.presets import get_preset
+
+    cfg = ScoreConfig(str(out), (name,), model=str(model_path), preset="qwen2-vl", batch_tokens=budget,
+                      device=str(device))
+    scorer = make_scorer(name, cfg)
+    scorer.setup(device)
+    preset, loader = get_preset("qwen2-vl"), ShardLoader(str(out))
+    dtype = scorer.vlm.dtype
+    t0 = time.perf_counter()
+    for u in units:
+        samples = list(loader.iter_shard(u.shard, pixels="frames"))
+        lengths = [len(s["input_ids"]) for s in samples]
+        for group in plan_batches(lengths, budget, 0.10):
+            batch = HostBatch([samples[i] for i in group], preset, device, dtype)
+            tok, sp = scorer._tok(batch), scorer._ids(batch)
+            if name == "vlm_category":
+                coarse = [(c.name, c.description) for c in scorer.taxonomy.coarse]
+                ctxs = [truncate(s, first_answer(s, sp.im_end)[1] + 1, sp) for s in batch.samples]
+                rows = [r for c in ctxs for r in scorer.rows_for(c, tok, coarse, preset, sp)]
+                mean, cnt = scorer.logprobs(rows, batch)
+                best = (mean * cnt).reshape(len(ctxs), len(coarse)).argmax(axis=1)
+                fine = [r for c, b in zip(ctxs, best) for r in scorer.rows_for(
+                    c, tok, [(f.name, f.description) for f in scorer.taxonomy.coarse[b].fine], preset, sp)]
+                scorer.logprobs(fine, batch)
+            else:
+                rows = []
+                for s in batch.samples:
+                    span = first_answer(s, sp.im_end)
+                    text = tok.decode(np.asarray(s["input_ids"])[span[0]:span[1]].tolist())
+                    if not BOX_PATTERNS["qwen2-vl"].search(text):
+                        continue
+                    alts = perturbed_answers(text, "qwen2-vl", box_limits("qwen2-vl", s["image_grid_thw"]))
+                    rows += [extend(truncate(s, span[0], sp), tok.encode(t) + [sp.im_end], preset, special=sp)
+                             for t in [text, *alts]]
+                scorer.logprobs(rows, batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":
