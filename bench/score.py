@@ -58,7 +58,18 @@ TINY = {
                    spatial_merge_size=2, temporal_patch_size=2),
     "tie_word_embeddings": True,
 }
-CONFIGS = {"tiny": TINY, "qwen2-vl-2b": QWEN2_VL_2B}
+# Between the two: a text model wide and deep enough that reading a 400-token row costs more than
+# lm_head over its few scored tokens (in TINY the 151 936-word lm_head dwarfs everything), small
+# enough for CPU: what a candidate scorer's prefix KV cache saves shows here, not in TINY.
+SMALL = {
+    "text": dict(vocab_size=151936, hidden_size=512, intermediate_size=2048, num_hidden_layers=4,
+                 num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=32768,
+                 rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [8, 12, 12]}),
+    "vision": dict(depth=4, embed_dim=256, hidden_size=512, num_heads=4, mlp_ratio=4, patch_size=14,
+                   spatial_merge_size=2, temporal_patch_size=2),
+    "tie_word_embeddings": True,
+}
+CONFIGS = {"tiny": TINY, "small": SMALL, "qwen2-vl-2b": QWEN2_VL_2B}
 WORDS = ("red blue green cat dog car tree house street window person table river mountain sky cloud light "
          "small large old new left right behind near bright dark wooden metal open closed").split()
 
@@ -221,6 +232,8 @@ def main(argv=None) -> int:
     p.add_argument("--per-shard", type=int, default=128)
     p.add_argument("--curation", action="store_true", help="also time the #15 curation scorers")
     p.add_argument("--curation-samples", type=int, default=None, help="default 16 (cpu) / 128 (cuda)")
+    p.add_argument("--curation-scorers", default=",".join(CURATION_SCORERS),
+                   help=f"comma list, default {','.join(CURATION_SCORERS)}")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -271,14 +284,19 @@ def main(argv=None) -> int:
     print(f"\nmax |mean log-prob difference| stage vs reference: {max_diff:.2e} "
           f"({'bf16' if gpu else 'float32'}; same tokens: {ref_tokens == tokens})")
     if args.curation:
-        curation_table(config, device, args.curation_samples or (128 if gpu else 16), max_side, budget)
+        curation_table(config, device, args.curation_samples or (128 if gpu else 16), max_side, budget,
+                       tuple(args.curation_scorers.split(",")))
     return 0
 
 
 BOX_ANSWER = "<|object_ref_start|>the {w}<|object_ref_end|><|box_start|>(120,200),(500,640)<|box_end|>"
 
 
-def curation_table(config: str, device, n: int, max_side: int, budget: int) -> None:
+CURATION_SCORERS = ("category", "vlm_category", "grounding", "query", "verify")
+
+
+def curation_table(config: str, device, n: int, max_side: int, budget: int,
+                   scorers: tuple[str, ...] = CURATION_SCORERS) -> None:
     """samples/s of each #15 scorer: the stage's batches vs one sample (row) per model call."""
     from filters.reward.stage import ScoreConfig, ScoreWorker, Unit
     from pipeline.loader import ShardLoader
@@ -301,7 +319,7 @@ def curation_table(config: str, device, n: int, max_side: int, budget: int) -> N
                 worker.run_unit(u)
             return time.perf_counter() - t0
 
-        for scorer in ("category", "vlm_category", "grounding", "query", "verify"):
+        for scorer in scorers:
             batched = timed(scorer, budget)
             single = timed(scorer, 1)  # every sample (and candidate row) in a batch of its own
             rows.append((scorer, n / single, n / batched, single / batched))

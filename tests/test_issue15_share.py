@@ -176,8 +176,8 @@ def test_continuations_equal_per_sample_transformers(family, tiny_qwen2_vl, tiny
     question = tok.encode("\n<|im_start|>user\nIs it a cat?<|im_end|>\n<|im_start|>assistant\n")
     seen = 0
     with torch.inference_mode():
-        for i, p in encode_prefixes(scorer.vlm, prefixes, batch, budget_tokens=300):  # several prefix batches
-            seen += 1
+        for i, p in (x for group in encode_prefixes(scorer.vlm, prefixes, batch, budget_tokens=300) for x in group):
+            seen += 1  # several prefix batches
             sums, counts = continuation_logprobs(scorer.vlm, p, conts, batch, budget_tokens=250)  # chunks of rows
             rows = [extend(prefixes[i], c, preset) for c in conts]
             ref = np.array([reference_mean_logprob(model, r, preset, own_positions=True) for r in rows])

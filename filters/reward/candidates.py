@@ -115,10 +115,10 @@ class Prefix:
 
 
 def encode_prefixes(vlm, rows: list[dict], batch: HostBatch, budget_tokens: int = 16384):
-    """(index, Prefix) for every row, each read once with its vision: rows are grouped by length into
-    right-padded batches of at most `budget_tokens` (plan_batches), so a batch's vision tower runs once
-    over its rows' images/videos. Yielded batch by batch: a batch's keys/values are freed once its
-    prefixes are consumed."""
+    """Batches of [(index, Prefix)] covering every row, each row read once with its vision: rows are
+    grouped by length into right-padded batches of at most `budget_tokens` (plan_batches), so a batch's
+    vision tower runs once over its rows' images/videos. Yielded batch by batch: a batch's keys/values
+    are freed once its prefixes are consumed."""
     import torch
 
     lengths = np.array([len(r["input_ids"]) for r in rows], dtype=np.int64)
@@ -126,16 +126,17 @@ def encode_prefixes(vlm, rows: list[dict], batch: HostBatch, budget_tokens: int 
         hb = HostBatch([rows[i] for i in group], batch.preset, batch.device, batch.dtype)
         with torch.inference_mode():
             hs, _, kv = vlm.forward_cached(hb)
-        for j, i in enumerate(group):
-            n = int(lengths[i])
-            yield i, Prefix(rows[i], [(k[j:j + 1, :, :n], v[j:j + 1, :, :n]) for k, v in kv], hs[j, n - 1])
+        yield [(i, Prefix(rows[i], [(k[j:j + 1, :, :int(lengths[i])], v[j:j + 1, :, :int(lengths[i])])
+                                   for k, v in kv], hs[j, int(lengths[i]) - 1]))
+               for j, i in enumerate(group)]
         del hs, kv
 
 
 def _continue(vlm, prefix: Prefix, conts: list, batch: HostBatch, *, keep: bool = False):
     """Run token lists `conts` after `prefix` (its keys/values repeated per row; rows right-padded):
     (hidden states [k, W, H] with the prefix's last hidden state shifted in, so row r's position j
-    predicts conts[r][j]; ids [k, W]; real-token mask [k, W]; grown keys/values when `keep`)."""
+    predicts conts[r][j]; the hidden states themselves; ids [k, W]; real-token mask [k, W]; grown
+    keys/values when `keep`)."""
     import torch
 
     sp = vlm.vocab(batch.preset).ids
@@ -144,10 +145,15 @@ def _continue(vlm, prefix: Prefix, conts: list, batch: HostBatch, *, keep: bool 
     ids = np.full((k, width), vlm.vocab(batch.preset).pad, np.int64)
     real = np.zeros((k, width), bool)
     pos = np.zeros((3, k, width), np.int64)
+    vision = (sp.vision_start, sp.image_pad, sp.video_pad)
+    # positions of the appended text: get_rope_index on the whole row (extend), as written rows get them;
+    # text positions do not depend on which text, so the longest continuation's serve every row
+    tail = None if any(np.isin(c, vision).any() for c in conts) else \
+        extend(prefix.row, max(conts, key=len), batch.preset, special=sp)["position_ids"][:, n:]
     for r, c in enumerate(conts):
         ids[r, :len(c)], real[r, :len(c)] = c, True
-        # text after the prefix: positions from get_rope_index on the whole row (extend), as written rows get
-        pos[:, r, :len(c)] = extend(prefix.row, c, batch.preset, special=sp)["position_ids"][:, n:]
+        pos[:, r, :len(c)] = (tail if tail is not None
+                              else extend(prefix.row, c, batch.preset, special=sp)["position_ids"][:, n:])[:, :len(c)]
     mask = np.concatenate([np.ones((k, n), np.int64), real.astype(np.int64)], axis=1)
     kv = [(a.expand(k, -1, -1, -1), b.expand(k, -1, -1, -1)) for a, b in prefix.kv]
     t = lambda x: torch.from_numpy(x).to(dev)  # noqa: E731
@@ -167,27 +173,57 @@ def extend_prefix(vlm, prefix: Prefix, ids, batch: HostBatch) -> Prefix:
     return Prefix(extend(prefix.row, ids, batch.preset, supervised=[False] * len(ids), special=sp), grown, hs[0, -1])
 
 
+class Continuations:
+    """Candidate continuations of any number of prefixes, each read from its prefix's keys/values;
+    `sums()` sends all their tokens through lm_head at once (one pass over the vocabulary, as
+    row_logprobs makes one per batch). Rows go in chunks whose repeated keys/values stay within
+    `budget_tokens`."""
+
+    def __init__(self, vlm, batch: HostBatch, budget_tokens: int = 16384):
+        self.vlm, self.batch, self.budget = vlm, batch, budget_tokens
+        self.h, self.target, self.row, self.counts = [], [], [], []
+
+    def add(self, prefix: Prefix, conts: list) -> np.ndarray:
+        """Queue token lists `conts` after `prefix`; returns their row numbers in `sums()`."""
+        import torch
+
+        conts = [[int(x) for x in c] for c in conts]
+        first = len(self.counts)
+        if not conts:
+            return np.zeros(0, np.int64)
+        step = max(1, self.budget // (len(prefix) + max(len(c) for c in conts)))
+        for a in range(0, len(conts), step):
+            with torch.inference_mode():
+                pred, _, ids, real, _ = _continue(self.vlm, prefix, conts[a:a + step], self.batch)
+                self.h.append(pred[real])
+                self.target.append(ids[real])
+                self.row.append(torch.nonzero(real)[:, 0] + first + a)
+        self.counts += [len(c) for c in conts]
+        return np.arange(first, len(self.counts))
+
+    def sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """(summed log-prob, token count) of every queued row."""
+        import torch
+
+        from .vlm_scorer import token_logprobs
+
+        n = len(self.counts)
+        if not n:
+            return np.zeros(0), np.zeros(0, np.int64)
+        with torch.inference_mode():
+            lp = token_logprobs(torch.cat(self.h), torch.cat(self.target), self.vlm.model.lm_head)
+            s = torch.zeros(n, dtype=torch.float64, device=lp.device).index_add_(0, torch.cat(self.row), lp.double())
+        return s.cpu().numpy(), np.array(self.counts, dtype=np.int64)
+
+
 def continuation_logprobs(vlm, prefix: Prefix, conts: list, batch: HostBatch,
                           budget_tokens: int = 16384) -> tuple[np.ndarray, np.ndarray]:
     """(summed log-prob, token count) of each token list in `conts` after `prefix`: the values
     row_logprobs gives `extend(prefix.row, c)` (every appended token supervised), from one read of the
-    prefix. Rows go in chunks whose repeated keys/values stay within `budget_tokens`."""
-    import torch
-
-    from .vlm_scorer import token_logprobs
-
-    conts = [[int(x) for x in c] for c in conts]
-    sums = np.zeros(len(conts))
-    width = max(len(c) for c in conts) if conts else 0
-    step = max(1, budget_tokens // (len(prefix) + width)) if conts else 1
-    for a in range(0, len(conts), step):
-        with torch.inference_mode():
-            pred, _, ids, real, _ = _continue(vlm, prefix, conts[a:a + step], batch)
-            lp = token_logprobs(pred[real], ids[real], vlm.model.lm_head)
-            who = torch.nonzero(real)[:, 0]
-            s = torch.zeros(len(real), dtype=torch.float64, device=lp.device).index_add_(0, who, lp.double())
-        sums[a:a + step] = s.cpu().numpy()
-    return sums, np.array([len(c) for c in conts], dtype=np.int64)
+    prefix (Continuations with one prefix)."""
+    c = Continuations(vlm, batch, budget_tokens)
+    c.add(prefix, conts)
+    return c.sums()
 
 
 class CandidateScorer:
@@ -226,9 +262,9 @@ class CandidateScorer:
         """encode_prefixes with this scorer's model and token budget."""
         return encode_prefixes(self.vlm, rows, batch, self.batch_tokens)
 
-    def continuations(self, prefix: Prefix, conts: list, batch: HostBatch):
-        """continuation_logprobs with this scorer's model and token budget: (sums, counts)."""
-        return continuation_logprobs(self.vlm, prefix, conts, batch, self.batch_tokens)
+    def continuations(self, batch: HostBatch) -> Continuations:
+        """A Continuations collector with this scorer's model and token budget."""
+        return Continuations(self.vlm, batch, self.batch_tokens)
 
 
 def first_answer(sample: dict, im_end: int | None = None) -> tuple[int, int] | None:

@@ -84,7 +84,7 @@ class GroundingScorer(CandidateScorer):
 
     def score(self, batch: HostBatch) -> dict[str, np.ndarray]:
         """Each sample with a box is read once up to its first answer (vision included); the given and
-        the perturbed answers continue from its keys/values (candidates.continuation_logprobs)."""
+        the perturbed answers continue from its keys/values (candidates.Continuations)."""
         import torch
 
         tok, sp = self._tok(batch), self._ids(batch)
@@ -106,8 +106,12 @@ class GroundingScorer(CandidateScorer):
             answers.append([tok.encode(t) + [sp.im_end] for t in [text, *alts]])
             owner.append(i)
         with torch.inference_mode():
-            for j, prefix in self.prefixes(prefixes, batch):
-                t, _ = self.continuations(prefix, answers[j], batch)
-                margin[owner[j]] = t[0] - t[1:].max()
-                rank[owner[j]] = float((t[1:] < t[0]).mean())
+            for group in self.prefixes(prefixes, batch):
+                scored = self.continuations(batch)
+                rows = {j: scored.add(prefix, answers[j]) for j, prefix in group}
+                total, _ = scored.sums()
+                for j, r in rows.items():
+                    t = total[r]
+                    margin[owner[j]] = t[0] - t[1:].max()
+                    rank[owner[j]] = float((t[1:] < t[0]).mean())
         return {"grounding.box_margin": margin, "grounding.box_rank": rank}

@@ -6,7 +6,7 @@ asking which category describes the request (the categories listed with their de
 candidate name as the assistant's answer. Coarse first (one row per coarse category), then the fine
 categories of the winning coarse one. Probabilities: softmax of the names' summed log-probabilities.
 Cost: the sample (vision included) is read once; the coarse and the fine question continue from its
-keys/values (candidates.extend_prefix) and the candidate names from theirs (continuation_logprobs), so
+keys/values (candidates.extend_prefix) and the candidate names from theirs (candidates.Continuations), so
 a sample costs one prefix pass plus a few short passes, however many categories the taxonomy holds.
 Equal to scoring each `rows_for` row on its own (tested ≤ 1e-4). Use the zero-shot `category` scorer for
 bulk tagging and this one where its labels need a second opinion.
@@ -76,20 +76,25 @@ class VLMCategoryScorer(CandidateScorer):
             end = span[1] + 1 if span else len(s["input_ids"])  # through the answer's <|im_end|>
             contexts.append(truncate(s, end, sp))
         coarse = [(c.name, c.description) for c in self.taxonomy.coarse]
+        coarse_q = self.question_ids(tok, coarse)
+        names = lambda nd: [tok.encode(name) + [sp.im_end] for name, _ in nd]  # noqa: E731
         with torch.inference_mode():
-            for i, ctx in self.prefixes(contexts, batch):
-                b, p = self._choose(ctx, coarse, tok, sp, batch)
-                out["vlm_category.coarse"][i], out["vlm_category.coarse_confidence"][i] = coarse[b][0], p
-                fines = [(f.name, f.description) for f in self.taxonomy.coarse[b].fine]
-                fb, fp = self._choose(ctx, fines, tok, sp, batch)
-                out["vlm_category.fine"][i], out["vlm_category.confidence"][i] = fines[fb][0], fp * p
+            for group in self.prefixes(contexts, batch):
+                asked = self.continuations(batch)
+                rows = {i: asked.add(extend_prefix(self.vlm, ctx, coarse_q, batch), names(coarse)) for i, ctx in group}
+                total, _ = asked.sums()
+                asked, fine_sets = self.continuations(batch), {}
+                for i, ctx in group:
+                    p = _softmax(total[rows[i]])
+                    b = int(p.argmax())
+                    out["vlm_category.coarse"][i], out["vlm_category.coarse_confidence"][i] = coarse[b][0], float(p[b])
+                    fine_sets[i] = [(f.name, f.description) for f in self.taxonomy.coarse[b].fine]
+                    q = extend_prefix(self.vlm, ctx, self.question_ids(tok, fine_sets[i]), batch)
+                    rows[i] = asked.add(q, names(fine_sets[i]))
+                total, _ = asked.sums()
+                for i, _ in group:
+                    p = _softmax(total[rows[i]])
+                    b = int(p.argmax())
+                    out["vlm_category.fine"][i] = fine_sets[i][b][0]
+                    out["vlm_category.confidence"][i] = float(p[b]) * out["vlm_category.coarse_confidence"][i]
         return out
-
-    def _choose(self, ctx, names_descs, tok, sp, batch) -> tuple[int, float]:
-        """(index, probability) of the most likely name after the question listing `names_descs`;
-        the summed log-probs of the names of `rows_for`'s rows, softmaxed."""
-        asked = extend_prefix(self.vlm, ctx, self.question_ids(tok, names_descs), batch)
-        total, _ = self.continuations(asked, [tok.encode(name) + [sp.im_end] for name, _ in names_descs], batch)
-        p = _softmax(total)
-        b = int(p.argmax())
-        return b, float(p[b])
