@@ -97,33 +97,30 @@ def _strip_code(text: str) -> tuple[str, list[str]]:
     return _INLINE_CODE.sub("", text), problems
 
 
-def _special_token_problems(text: str) -> list[str]:
+def _nesting_problems(events, unmatched, unclosed) -> list[str]:
+    """Problems of (name, opens) events that must nest: a close that is not the innermost open
+    name's (`unmatched(name)`, skipped), then every open never closed (`unclosed(name)`)."""
     stack: list[str] = []
     problems = []
-    for m in _SPECIAL_PAIR.finditer(text):
-        kind, edge = m.groups()
-        if edge == "start":
-            stack.append(kind)
-        elif stack and stack[-1] == kind:
+    for name, opens in events:
+        if opens:
+            stack.append(name)
+        elif stack and stack[-1] == name:
             stack.pop()
         else:
-            problems.append(f"<|{kind}_end|> without <|{kind}_start|>")
-    problems += [f"<|{k}_start|> never closed" for k in stack]
-    return problems
+            problems.append(unmatched(name))
+    return problems + [unclosed(n) for n in stack]
+
+
+def _special_token_problems(text: str) -> list[str]:
+    return _nesting_problems(((kind, edge == "start") for kind, edge in _SPECIAL_PAIR.findall(text)),
+                             lambda k: f"<|{k}_end|> without <|{k}_start|>", lambda k: f"<|{k}_start|> never closed")
 
 
 def _latex_problems(text: str) -> list[str]:
-    stack: list[str] = []
-    problems = []
-    for m in _LATEX_ENV.finditer(text):
-        edge, env = m.groups()
-        if edge == "begin":
-            stack.append(env)
-        elif stack and stack[-1] == env:
-            stack.pop()
-        else:
-            problems.append(f"\\end{{{env}}} without matching \\begin")
-    problems += [f"\\begin{{{env}}} never ended" for env in stack]
+    problems = _nesting_problems(((env, edge == "begin") for edge, env in _LATEX_ENV.findall(text)),
+                                 lambda env: f"\\end{{{env}}} without matching \\begin",
+                                 lambda env: f"\\begin{{{env}}} never ended")
     if text.count("$$") % 2:
         problems.append("odd number of $$")
     delims = Counter(_LATEX_DELIM.findall(text))

@@ -12,21 +12,26 @@ from jobs.cli import positive_int
 HELP = "answer each sample with a checkpoint and check the reference (rejection sampling); adds verify.* scores"
 DESCRIPTION = """Verify reference answers with a model (greedy generation from the prepared shards).
 
-Each sample's prompt (every token before its first supervised answer) is answered by the checkpoint;
-a checker chosen from the reference -- box IoU, multiple-choice letter, number, normalised text -- says
-whether the model's answer confirms it (filters/reward/answer_check.py, docs/curation.md).
-Columns: verify.match (1/0, NaN = nothing to check), verify.value, verify.kind, verify.answer.
+Every supervised assistant turn is answered by the checkpoint (the conversation up to it as the prompt,
+earlier reference answers as history); a checker chosen from the reference -- box IoU, multiple-choice
+letter, number, normalised text -- says whether the model's answer confirms it
+(filters/reward/answer_check.py, docs/curation.md).
+Columns: verify.match (1 = every checked answer confirmed, 0 = not, NaN = nothing to check),
+verify.turns, verify.turns_matched, verify.value, verify.kind, verify.answer (the first answer),
+verify.answers (JSON, one object per turn).
+Engine: vLLM (`LLM.generate`) when it is installed and a GPU is used, else transformers `generate`.
 Finished units are skipped; --overwrite re-runs them.
 
 examples:
   vlprep verify out/ --model /models/Qwen2.5-VL-7B-Instruct
+  vlprep verify out/ --model /models/Qwen2.5-VL-7B-Instruct --engine transformers
   vlprep select out/ --rule "verify.match == 1"
 """
 
 
 def add_arguments(p) -> None:
     p.add_argument("out_dir", help="output directory of `vlprep prepare`")
-    p.add_argument("--model", required=True, help="local Qwen2-VL / Qwen2.5-VL checkpoint folder")
+    p.add_argument("--model", required=True, help="local Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint folder")
     p.add_argument("--max-new-tokens", type=positive_int, default=128, help="greedy answer length (default 128)")
     p.add_argument("--iou", type=float, default=0.5, help="box answers match at IoU >= this (default 0.5)")
     p.add_argument("--batch-tokens", type=positive_int, default=16384, help="padded prompt tokens per batch (default 16384)")
@@ -35,14 +40,17 @@ def add_arguments(p) -> None:
     p.add_argument("--num-gpus", type=float, default=1.0, help="GPUs per Ray actor")
     p.add_argument("--tokenizer", help="tokenizer folder the shards were prepared with (default: OUT/job.json's "
                    "`tokenizer:`, else the built-in Qwen2 ranks)")
+    p.add_argument("--engine", default="auto", choices=("auto", "vllm", "transformers"),
+                   help="generation engine: auto (vllm when installed and on a GPU, else transformers)")
     p.add_argument("--overwrite", action="store_true", help="re-verify units that already have verify.* columns")
 
 
 def run(args) -> int:
     import pyarrow.parquet as pq
 
-    from filters.reward.protocol import ScorerError
-    from filters.reward.stage import ScoreConfig, pending, run_local, run_ray
+    from filters.reward.protocol import ScorerError, resolve_device
+    from filters.reward.stage import pending, run_local, run_ray
+    from filters.reward.verify import resolve_engine, verify_config
     from pipeline.score_inputs import shards_tokenizer, units_from_manifest
     from pipeline.loader import ShardLoader
 
@@ -51,12 +59,16 @@ def run(args) -> int:
         if not 0 < args.iou <= 1:
             raise ValueError(f"--iou must be in (0, 1], got {args.iou}")
         units, preset = units_from_manifest(out)
-        cfg = ScoreConfig(str(out), ("verify",), model=args.model, preset=preset, batch_tokens=args.batch_tokens,
-                          device=args.device, overwrite=args.overwrite, max_new_tokens=args.max_new_tokens,
-                          iou_threshold=args.iou, tokenizer=shards_tokenizer(out, args.tokenizer, preset))
+        cfg = verify_config(str(out), engine=args.engine, model=args.model, preset=preset,
+                            batch_tokens=args.batch_tokens, device=args.device, overwrite=args.overwrite,
+                            max_new_tokens=args.max_new_tokens, iou_threshold=args.iou,
+                            tokenizer=shards_tokenizer(out, args.tokenizer, preset))
         from filters.reward.vlm_scorer import VLMScorer
 
         VLMScorer(args.model)  # a wrong --model fails here, with its message
+        if not args.address:  # a vllm that is asked for but missing fails here (Ray workers: at start-up)
+            engine = resolve_engine(args.engine, resolve_device(args.device))
+            print(f"engine: {engine}")
     except (ScorerError, FileNotFoundError, ValueError) as exc:
         print(f"vlprep verify: {exc}", file=sys.stderr)
         return 2

@@ -102,10 +102,12 @@ def dist_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]
 
 
 def sample_bytes(x) -> int:
-    """Array bytes held by a sample (or a list of samples)."""
+    """Array bytes held by a sample (or a list of samples), its stored frames (pixels="frames") included."""
     if isinstance(x, list):
         return sum(sample_bytes(s) for s in x)
-    return sum(v.nbytes for v in x.values() if isinstance(v, np.ndarray))
+    n = sum(v.nbytes for v in x.values() if isinstance(v, np.ndarray))
+    sp = x.get("stored_pixels")
+    return n + sum(f.nbytes for _, f in sp.items) if sp is not None else n
 
 
 def buffer_shuffle(items, size: int, rng: np.random.Generator, max_bytes: int | None = None) -> Iterator:
@@ -266,7 +268,7 @@ class ShardDataset(IterableDataset):
                              f"DataLoader has {info.num_workers}; use ds.loader(num_workers=...) with the same number")
         logical = (info.id + self._next) % info.num_workers
         for k, item in self._reader_stream(logical, info.num_workers, self._consumed[logical]):
-            yield (item, logical, k) if self._tracked else item
+            yield (to_transfer(item), logical, k) if self._tracked else item
 
     def _reader_stream(self, worker: int, num_workers: int, skip: int) -> Iterator[tuple[int, object]]:
         g, G = self.rank * num_workers + worker, self.world_size * num_workers
@@ -393,6 +395,95 @@ def _chunks(items, n: int) -> Iterator[list]:
         yield chunk
 
 
+_ALIGN = 64        # byte offset of every tensor in a TransferBatch buffer (any dtype's view needs <= 8)
+# a batch buffer up to this size crosses through the worker's pipe, a larger one as one shared-memory
+# segment: the two cost the same CPU at ~4 MiB on this machine (docs/training.md "## Speed")
+PIPE_MAX_BYTES = 4 << 20
+
+
+class TransferBatch:
+    """A Batch on its way from a DataLoader worker to the training process: ONE uint8 buffer plus a
+    small spec (key, dtype, shape, offset), viewed back into bit-identical tensors on arrival.
+
+    Why: torch moves every tensor a worker yields into its own shared-memory segment, and each
+    segment's file descriptor is handed over through multiprocessing's resource sharer (a socket
+    connection with an HMAC handshake per descriptor): measured 5-10 ms of CPU per segment on the
+    loaded 2-core dev machine, more than reading a small sample. A padded batch has ~8 tensors, a frames batch
+    one more per image or video. Here a batch is one buffer: up to `PIPE_MAX_BYTES` it is a numpy
+    array pickled through the worker's result pipe (~0.1 ms for 64 KiB), above it one shared-memory
+    segment (one handshake, no per-byte pipe copies). `pin_memory=True` pins the one buffer."""
+
+    __slots__ = ("buf", "tensors", "frames", "plain", "ids", "geometry", "cls")
+
+    def __init__(self, buf, tensors, frames, plain, ids, geometry, cls):
+        self.buf, self.tensors, self.frames, self.plain = buf, tensors, frames, plain
+        self.ids, self.geometry, self.cls = ids, geometry, cls
+
+    def __getstate__(self):
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __setstate__(self, state):
+        for k, v in zip(self.__slots__, state):
+            setattr(self, k, v)
+
+    def pin_memory(self, device=None):
+        buf = self._tensor()
+        buf = buf.pin_memory(device) if device is not None else buf.pin_memory()
+        return TransferBatch(buf, self.tensors, self.frames, self.plain, self.ids, self.geometry, self.cls)
+
+    def _tensor(self):
+        return torch.from_numpy(self.buf) if isinstance(self.buf, np.ndarray) else self.buf
+
+    def unpack(self):
+        buf = self._tensor()
+
+        def view(spec):
+            dtype, shape, off, nbytes = spec
+            return buf[off:off + nbytes].view(dtype).view(shape)
+
+        out = self.cls()
+        for k, spec in self.tensors:
+            out[k] = view(spec)
+        out.update(self.plain)
+        out.ids = self.ids
+        out.frames = [(kind, view(spec)) for kind, spec in self.frames]
+        out.geometry = self.geometry
+        return out
+
+
+def to_transfer(item):
+    """A built-in collator's Batch → TransferBatch (one buffer: pickled up to PIPE_MAX_BYTES, else one
+    shared-memory segment); anything else (a custom collate's output) as it is."""
+    from .packing import Batch
+
+    if not isinstance(item, Batch):
+        return item
+    frames = getattr(item, "frames", None) or []
+    tensors = [(k, v) for k, v in item.items() if isinstance(v, torch.Tensor)]
+    if any(v.device.type != "cpu" for _, v in tensors) or any(f.device.type != "cpu" for _, f in frames):
+        return item                   # collated onto an accelerator in the worker: leave it to torch
+    specs, total = [], 0
+    for t in [v for _, v in tensors] + [f for _, f in frames]:
+        nbytes = t.numel() * t.element_size()
+        specs.append((t.dtype, tuple(t.shape), total, nbytes))
+        total += -(-nbytes // _ALIGN) * _ALIGN
+    size = max(total, 1)
+    if size <= PIPE_MAX_BYTES:
+        arr = np.empty(size, np.uint8)          # pickled through the result pipe
+        buf = torch.from_numpy(arr)
+    else:                                       # one shared-memory segment, as torch's default_collate makes
+        buf = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size), 0, (size,), (1,))
+        arr = buf
+    for t, (_, _, off, nbytes) in zip([v for _, v in tensors] + [f for _, f in frames], specs):
+        if nbytes:
+            buf[off:off + nbytes].view(t.dtype).view(t.shape).copy_(t)
+    n = len(tensors)
+    return TransferBatch(arr, [(k, spec) for (k, _), spec in zip(tensors, specs[:n])],
+                         [(kind, spec) for (kind, _), spec in zip(frames, specs[n:])],
+                         {k: v for k, v in item.items() if not isinstance(v, torch.Tensor)},
+                         list(getattr(item, "ids", [])), getattr(item, "geometry", None), type(item))
+
+
 class StatefulLoader(DataLoader):
     """torch DataLoader over a ShardDataset that reports each delivered batch back to the dataset,
     so that `dataset.state_dict()` in the training process is exact, with any num_workers."""
@@ -421,6 +512,8 @@ class StatefulLoader(DataLoader):
         finally:
             ds._tracked = False
         for item, logical, k in it:
+            if isinstance(item, TransferBatch):
+                item = item.unpack()
             ds._consumed[logical] = k + 1
             ds._next = (logical + 1) % self.num_workers
             yield item

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -166,7 +167,7 @@ def tar_members(f) -> Iterator[tuple[str, bytes]]:
                 int.from_bytes(hdr[125:136], "big")
         except ValueError:
             raise tarfile.ReadError("invalid header") from None
-        if chk != sum(hdr[:148]) + 256 + sum(hdr[156:]):
+        if chk != _header_sum(hdr):
             raise tarfile.ReadError("bad checksum")
         typ = hdr[156:157]
         if "size" in pax:
@@ -198,6 +199,15 @@ def tar_members(f) -> Iterator[tuple[str, bytes]]:
 
 
 _ZERO_BLOCK = bytes(512)
+
+
+def _header_sum(hdr: bytes) -> int:
+    """The ustar header checksum: the sum of the 512 header bytes with the 8-byte checksum field
+    read as spaces. Exact and in C: the low 16 bits of Adler-32 are 1 + the byte sum mod 65521, and
+    a 256-byte half sums to at most 65 280, so each half's sum comes out unreduced (a Python
+    `sum()` over the bytes was ~4 us a member, most of the header parse)."""
+    a = (zlib.adler32(hdr[:256]) & 0xFFFF) + (zlib.adler32(hdr[256:]) & 0xFFFF) - 2
+    return a - sum(hdr[148:156]) + 256
 
 
 def _pax_records(data: bytes) -> dict[str, str]:

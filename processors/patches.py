@@ -55,14 +55,20 @@ def unpatchify(
     temporal_patch_size: int = 2,
 ) -> np.ndarray:
     """Inverse of `patchify`: patches [N, 3*tp*p*p] -> frames [gt*tp, gh*p, gw*p, 3]."""
+    x, (gt, gh, gw) = _grid_view(patches, grid_thw, patch_size, merge_size, temporal_patch_size)
+    p, tp = patch_size, temporal_patch_size
+    x = x.transpose(0, 6, 1, 3, 7, 2, 4, 8, 5)
+    return np.ascontiguousarray(x).reshape(gt * tp, gh * p, gw * p, 3)
+
+
+def _grid_view(patches: np.ndarray, grid_thw, p: int, m: int, tp: int):
+    """Patch rows as `patchify` laid them out, [gt, gh/m, gw/m, m(h), m(w), C, tp, p(y), p(x)] (a view),
+    and the grid as ints; rows that do not fit the grid are an error."""
     gt, gh, gw = (int(v) for v in grid_thw)
-    p, m, tp = patch_size, merge_size, temporal_patch_size
     c = 3
     if patches.shape != (gt * gh * gw, c * tp * p * p):
         raise ValueError(f"patches shape {patches.shape} does not match grid {grid_thw}")
-    x = patches.reshape(gt, gh // m, gw // m, m, m, c, tp, p, p)
-    x = x.transpose(0, 6, 1, 3, 7, 2, 4, 8, 5)
-    return np.ascontiguousarray(x).reshape(gt * tp, gh * p, gw * p, c)
+    return patches.reshape(gt, gh // m, gw // m, m, m, c, tp, p, p), (gt, gh, gw)
 
 
 def _normalize_table(mean, std) -> np.ndarray:
@@ -115,12 +121,9 @@ def stored_frames(
     the last temporal group that equal the frame before them carry nothing: they are dropped here and
     `patchify(stored_frames(x, g, ...), ...)` gives back exactly `x` (the padding is rebuilt).
     """
-    gt, gh, gw = (int(v) for v in grid_thw)
     p, m, tp = patch_size, merge_size, temporal_patch_size
     c = 3
-    if patches.shape != (gt * gh * gw, c * tp * p * p):
-        raise ValueError(f"patches shape {patches.shape} does not match grid {grid_thw}")
-    x = patches.reshape(gt, gh // m, gw // m, m, m, c, tp, p, p)
+    x, (gt, gh, gw) = _grid_view(patches, grid_thw, p, m, tp)
     n = gt * tp
     # compare temporal slots of the last group in place (views), then copy out only the kept frames:
     # ~4x cheaper than unpatchify-ing every copy first

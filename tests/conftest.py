@@ -21,3 +21,4 @@ def shared_corpus() -> Path:
     if not (SHARED_CORPUS / "mllm_demo.json").exists():
         pytest.skip(f"shared demo corpus not found at {SHARED_CORPUS}")
     return SHARED_CORPUS
+from tiny_models import tiny_qwen3_vl, tiny_qwen35, tiny_qwen35_varied  # noqa: E402,F401  (session fixtures for every module)

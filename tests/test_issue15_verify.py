@@ -9,56 +9,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from filters.reward.verify import split_prompt
 from jobs.cli import main
-from processors.patches import normalize_patches
-from processors.presets import ENDOFTEXT_ID, IM_END_ID, IMAGE_PAD_ID, VIDEO_PAD_ID, get_preset
+from processors.presets import ENDOFTEXT_ID, IM_END_ID, get_preset
 from processors.tokenizer import get_tokenizer
-from test_reward_fixtures import encode_frames, photo, tiny_config, write_shard
+from reference_forward import reference_generate
+from test_reward_fixtures import encode_frames, photo, write_shard
+from tiny_models import build_tiny_model, load_model
 
 NEW_TOKENS = 6
 
 
-def build_varied_model(family: str, folder, seed: int = 0):
-    """A tiny random checkpoint whose greedy answers depend on the input (initializer_range 0.2: at
-    the default 0.02 every greedy step picks the same token)."""
-    import transformers
-
-    cfg = tiny_config(family)
-    cfg.initializer_range = cfg.text_config.initializer_range = 0.2
-    torch.manual_seed(seed)
-    cls = (transformers.Qwen2VLForConditionalGeneration if family == "qwen2-vl"
-           else transformers.Qwen2_5_VLForConditionalGeneration)
-    model = cls(cfg).eval()
-    model.save_pretrained(folder)
-    return model
-
-
 def reference_answer(model, sample, preset) -> list[int]:
-    """Per-sample transformers path: the prompt alone, no padding, greedy."""
-    p, _ = split_prompt(sample)
-    ids = torch.tensor(p["input_ids"], dtype=torch.long)[None]
-    tt = torch.zeros_like(ids)
-    tt[ids == IMAGE_PAD_ID] = 1
-    tt[ids == VIDEO_PAD_ID] = 2
-    kw = {}
-    pv = torch.from_numpy(normalize_patches(p["pixel_values"], preset.image_mean, preset.image_std))
-    n_img = int(np.prod(p["image_grid_thw"], axis=1).sum()) if len(p["image_grid_thw"]) else 0
-    if n_img:
-        kw.update(pixel_values=pv[:n_img], image_grid_thw=torch.from_numpy(p["image_grid_thw"]).long())
-    if len(p["video_grid_thw"]):
-        kw.update(pixel_values_videos=pv[n_img:], video_grid_thw=torch.from_numpy(p["video_grid_thw"]).long())
-        if model.config.model_type == "qwen2_5_vl":
-            kw["second_per_grid_ts"] = torch.from_numpy(p["second_per_grid_ts"])
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=tt, **kw,
-                             max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=[IM_END_ID, ENDOFTEXT_ID],
-                             pad_token_id=ENDOFTEXT_ID, suppress_tokens=list(range(151665, 151936)))
-    row = out[0, ids.shape[1]:].tolist()
-    stop = [k for k, t in enumerate(row) if t in (IM_END_ID, ENDOFTEXT_ID)]
-    return row[:stop[0]] if stop else row
+    """Per-sample transformers path: the prompt alone, no padding, greedy (tests/reference_forward.py)."""
+    return reference_generate(model, split_prompt(sample)[0], preset, max_new_tokens=NEW_TOKENS,
+                              stop=[IM_END_ID, ENDOFTEXT_ID], pad=ENDOFTEXT_ID, suppress=list(range(151665, 151936)))
 
 
 QUESTIONS = [
@@ -111,7 +77,7 @@ def _prepared(tmp_path, family, model):
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
 def test_verify_end_to_end_on_cpu(tmp_path, family, capsys):
     ckpt = tmp_path / f"ckpt-{family}"
-    model = build_varied_model(family, ckpt)
+    model = load_model(build_tiny_model(family, ckpt, varied=True))
     out, answers = _prepared(tmp_path, family, model)
     assert len({a for a in answers.values()}) >= 3  # the model's answers differ from sample to sample
     assert main(["verify", str(out), "--model", str(ckpt), "--max-new-tokens", str(NEW_TOKENS),

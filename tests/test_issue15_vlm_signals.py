@@ -20,7 +20,8 @@ from jobs.cli import main
 from processors.presets import IM_END_ID, get_preset
 from processors.tokenizer import get_tokenizer
 from test_reward_fixtures import encode_frames, photo, tiny_qwen2_vl, tiny_qwen25_vl, write_shard  # noqa: F401
-from test_reward_vlm import _load, _reference
+from test_reward_vlm import _reference
+from tiny_models import load_model as _load
 from reference_forward import reference_mean_logprob
 
 CPU = torch.device("cpu")

@@ -14,7 +14,6 @@ import torch
 
 from pipeline.loader import to_model_inputs
 from pipeline.packing import PackedCollator, pack_collate
-from test_qwen3_vl_scorer import tiny_qwen3_vl  # noqa: F401  (fixture)
 from test_reward_fixtures import encode_frames, photo, tiny_config
 
 

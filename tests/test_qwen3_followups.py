@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 from jobs.cli import main  # noqa: E402
 from media_factory import make_image, make_video  # noqa: E402
 from test_qwen3_vl_tokenizer import QWEN35_IDS, make_tokenizer_folder  # noqa: E402
+from tiny_models import build_qwen3_vl, load_model  # noqa: E402
 
 
 def _corpus(root: Path, tokenizer: Path | None, preset: str = "qwen3-vl") -> Path:
@@ -84,29 +85,8 @@ def test_encode_checks_the_tokenizer_up_front(monkeypatch, tmp_path, no_video_pa
 
 # ------------------------------------------------------------------ 2 + 5. a 248k tokenizer to the model
 
-@pytest.fixture(scope="module")
-def tiny_qwen35(tmp_path_factory) -> Path:
-    """A tiny Qwen3-VL whose vocabulary and vision ids are Qwen3.5's (248 320 rows, image 248056 …)."""
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
-    torch.manual_seed(0)
-    cfg = Qwen3VLConfig(
-        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, head_dim=8, vocab_size=248320,
-                         rope_scaling={"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True}),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=16,
-                           num_position_embeddings=64, deepstack_visual_indexes=[1]),
-        image_token_id=QWEN35_IDS["<|image_pad|>"], video_token_id=QWEN35_IDS["<|video_pad|>"],
-        vision_start_token_id=QWEN35_IDS["<|vision_start|>"], vision_end_token_id=QWEN35_IDS["<|vision_end|>"])
-    folder = tmp_path_factory.mktemp("tiny_qwen35")
-    Qwen3VLForConditionalGeneration(cfg).eval().save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.parametrize("preset", ["qwen3-vl", "qwen3-vl-tf5"])
 def test_qwen35_tokenizer_prepare_dataset_collators(tmp_path, tiny_qwen35, preset):
-    import transformers
-
     from pipeline.dataset import ShardDataset, out_pad_id
     from pipeline.loader import ShardLoader, to_model_inputs
     from processors.tokenizer import get_tokenizer
@@ -133,8 +113,7 @@ def test_qwen35_tokenizer_prepare_dataset_collators(tmp_path, tiny_qwen35, prese
     ids, mask = batch["input_ids"], batch["attention_mask"]
     assert (mask == 0).any() and bool((ids[mask == 0] == pad).all())
 
-    model = transformers.Qwen3VLForConditionalGeneration.from_pretrained(
-        tiny_qwen35, dtype=torch.float32, attn_implementation="sdpa").eval()
+    model = load_model(tiny_qwen35)
     losses, weights = [], []
     with torch.no_grad():
         for s in samples:
@@ -179,7 +158,7 @@ def test_process_video_follows_the_preset_video_resize(tmp_path, name):
 
 # ------------------------------------------------------------------ 4. the #15 curation scorers on Qwen3-VL
 
-from test_qwen3_vl_scorer import CLIP, tiny_qwen3_vl  # noqa: E402,F401  (fixture)
+from test_qwen3_vl_scorer import CLIP  # noqa: E402
 
 BOX3 = '[{"bbox_2d": [120, 250, 480, 700], "label": "cat"}]'   # Qwen3-VL: relative 0-1000 JSON
 CPU = torch.device("cpu")
@@ -207,19 +186,12 @@ def _q3_samples(tmp_path, name="qwen3-vl"):
     return out
 
 
-def _q3_model(path):
-    import transformers
-
-    return transformers.Qwen3VLForConditionalGeneration.from_pretrained(
-        path, dtype=torch.float32, attn_implementation="sdpa").eval()
-
-
 def _ref(model, row, preset, with_vision=True):
-    """Per-sample transformers forward (its own positions from mm_token_type_ids, full logits)."""
-    from test_qwen3_vl_scorer import _reference as with_vis
-    from test_reward_vlm import _reference as text_only
+    """Per-sample transformers forward (its own positions from mm_token_type_ids, full logits; without
+    vision: the vision blocks stripped)."""
+    from test_reward_vlm import _reference
 
-    return with_vis(model, row, preset) if with_vision else text_only(model, row, preset, with_vision=False)
+    return _reference(model, row, preset, with_vision)
 
 
 @pytest.mark.parametrize("name", ["qwen3-vl", "qwen3-vl-tf5"])
@@ -232,7 +204,7 @@ def test_q3_candidate_rows_match_per_sample_transformers(tmp_path, tiny_qwen3_vl
 
     preset, tok = get_preset(name), get_tokenizer(preset=name)
     samples = _q3_samples(tmp_path, name)
-    model = _q3_model(tiny_qwen3_vl)
+    model = load_model(tiny_qwen3_vl)
     scorer = GroundingScorer(str(tiny_qwen3_vl), batch_tokens=600)   # small budget: several batches
     scorer.setup(CPU)
     texts = ("Yes.", "A cat is sleeping on the red sofa.")
@@ -257,7 +229,7 @@ def test_q3_grounding_signal(tmp_path, tiny_qwen3_vl):
 
     preset, tok = get_preset("qwen3-vl"), get_tokenizer(preset="qwen3-vl")
     samples = _q3_samples(tmp_path)
-    model = _q3_model(tiny_qwen3_vl)
+    model = load_model(tiny_qwen3_vl)
     scorer = GroundingScorer(str(tiny_qwen3_vl))
     scorer.setup(CPU)
     out = scorer.score(HostBatch(samples, preset))
@@ -284,7 +256,7 @@ def test_q3_query_signal_leaves_out_the_timestamps(tmp_path, tiny_qwen3_vl, name
 
     preset, tok = get_preset(name), get_tokenizer(preset=name)
     samples = _q3_samples(tmp_path, name)
-    model = _q3_model(tiny_qwen3_vl)
+    model = load_model(tiny_qwen3_vl)
     scorer = QueryScorer(str(tiny_qwen3_vl))
     scorer.setup(CPU)
     out = scorer.score(HostBatch(samples, preset))
@@ -314,7 +286,7 @@ def test_q3_vlm_category_tagger(tmp_path, tiny_qwen3_vl):
 
     preset, tok = get_preset("qwen3-vl"), get_tokenizer(preset="qwen3-vl")
     samples = [s for s in _q3_samples(tmp_path) if s["id"] in ("g1", "g3")]   # an image, a video with timestamps
-    model = _q3_model(tiny_qwen3_vl)
+    model = load_model(tiny_qwen3_vl)
     tax = load_taxonomy()
     scorer = VLMCategoryScorer(str(tiny_qwen3_vl), batch_tokens=4096)
     scorer.setup(CPU)
@@ -333,42 +305,20 @@ def test_q3_vlm_category_tagger(tmp_path, tiny_qwen3_vl):
 
 
 def test_q3_verify_generates_what_per_sample_generate_does(tmp_path):
-    import transformers
-
     from filters.reward.batching import HostBatch
     from filters.reward.verify import VerifyScorer, split_prompt
-    from processors.presets import ENDOFTEXT_ID, IM_END_ID, IMAGE_PAD_ID, VIDEO_PAD_ID, get_preset
+    from processors.presets import ENDOFTEXT_ID, IM_END_ID, get_preset
     from processors.tokenizer import get_tokenizer
+    from reference_forward import reference_generate
 
     preset, tok = get_preset("qwen3-vl"), get_tokenizer(preset="qwen3-vl")
-    cfg = transformers.AutoConfig.from_pretrained(_tiny_varied(tmp_path / "m"))
-    model = _q3_model(tmp_path / "m")
+    model = load_model(build_qwen3_vl(tmp_path / "m", varied=True))
     samples = _q3_samples(tmp_path)
     want = []
     for s in samples:   # one prompt at a time, no padding, transformers' own positions
-        p, _ = split_prompt(s)
-        ids = torch.tensor(p["input_ids"], dtype=torch.long)[None]
-        tt = torch.zeros_like(ids)
-        tt[ids == IMAGE_PAD_ID] = 1
-        tt[ids == VIDEO_PAD_ID] = 2
-        kw = {}
-        from processors.patches import normalize_patches
-
-        pv = torch.from_numpy(normalize_patches(p["pixel_values"], preset.image_mean, preset.image_std,
-                                                patch_size=preset.patch_size))
-        n_img = int(np.prod(p["image_grid_thw"], axis=1).sum()) if len(p["image_grid_thw"]) else 0
-        if n_img:
-            kw.update(pixel_values=pv[:n_img], image_grid_thw=torch.from_numpy(p["image_grid_thw"]).long())
-        if len(p["video_grid_thw"]):
-            kw.update(pixel_values_videos=pv[n_img:], video_grid_thw=torch.from_numpy(p["video_grid_thw"]).long())
-        with torch.no_grad():
-            o = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=tt, **kw,
-                               max_new_tokens=6, do_sample=False, eos_token_id=[IM_END_ID, ENDOFTEXT_ID],
-                               pad_token_id=ENDOFTEXT_ID,
-                               suppress_tokens=list(range(tok.vocab_size, cfg.text_config.vocab_size)))
-        row = o[0, ids.shape[1]:].tolist()
-        stop = [k for k, t in enumerate(row) if t in (IM_END_ID, ENDOFTEXT_ID)]
-        want.append(tok.decode(row[:stop[0]] if stop else row).strip())
+        row = reference_generate(model, split_prompt(s)[0], preset, max_new_tokens=6, stop=[IM_END_ID, ENDOFTEXT_ID],
+                                 pad=ENDOFTEXT_ID, suppress=list(range(tok.vocab_size, model.config.text_config.vocab_size)))
+        want.append(tok.decode(row).strip())
     assert len(set(want)) > 1            # the answers depend on the input
     scorer = VerifyScorer(str(tmp_path / "m"), max_new_tokens=6)
     scorer.setup(CPU)
@@ -376,20 +326,3 @@ def test_q3_verify_generates_what_per_sample_generate_does(tmp_path):
     assert list(out["verify.answer"]) == want
     assert list(out["verify.kind"])[0] == "box" and set(out["verify.kind"][1:]) <= {"text", "choice", "number"}
     assert ((out["verify.match"] == 0) | np.isnan(out["verify.match"])).all()   # random answers confirm nothing
-
-
-def _tiny_varied(folder):
-    """A tiny random Qwen3-VL whose greedy answers depend on the input (initializer_range 0.2)."""
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
-    torch.manual_seed(1)
-    cfg = Qwen3VLConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, head_dim=8, vocab_size=151680, initializer_range=0.2,
-                         rope_scaling={"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True}),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
-                           num_position_embeddings=64, deepstack_visual_indexes=[1], initializer_range=0.2),
-        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
-    cfg.initializer_range = 0.2
-    Qwen3VLForConditionalGeneration(cfg).eval().save_pretrained(folder)
-    return folder

@@ -21,9 +21,10 @@ torch = pytest.importorskip("torch")
 
 from jobs.cli import main  # noqa: E402
 from media_factory import make_image  # noqa: E402
-from test_qwen3_followups import tiny_qwen35  # noqa: E402,F401  (fixture)
+from reference_forward import reference_generate, reference_mean_logprob  # noqa: E402
 from test_qwen3_vl_scorer import CLIP  # noqa: E402
 from test_qwen3_vl_tokenizer import QWEN35_IDS, make_tokenizer_folder  # noqa: E402
+from tiny_models import load_model  # noqa: E402
 
 BOX3 = '[{"bbox_2d": [120, 250, 480, 700], "label": "cat"}]'
 V_START, V_END = QWEN35_IDS["<|vision_start|>"], QWEN35_IDS["<|vision_end|>"]
@@ -71,32 +72,11 @@ def _scores(out: Path) -> dict[str, dict]:
     return rows
 
 
-def _model(path):
-    import transformers
-
-    return transformers.Qwen3VLForConditionalGeneration.from_pretrained(
-        path, dtype=torch.float32, attn_implementation="sdpa").eval()
-
-
-def _inputs(s, preset, ids):
-    """transformers' keyword inputs for one sample (pixels normalised as the processor does)."""
-    from processors.patches import normalize_patches
-
-    ids_t = torch.tensor(ids, dtype=torch.long)[None]
-    kw = {"input_ids": ids_t}
-    if (ids_t == IMG).any() or (ids_t == VID).any():
-        pv = torch.from_numpy(normalize_patches(s["pixel_values"], preset.image_mean, preset.image_std,
-                                                patch_size=preset.patch_size))
-        n_img = int(np.prod(s["image_grid_thw"], axis=1).sum()) if len(s["image_grid_thw"]) else 0
-        tt = torch.zeros_like(ids_t)
-        tt[ids_t == IMG] = 1
-        tt[ids_t == VID] = 2
-        kw["mm_token_type_ids"] = tt
-        if n_img:
-            kw.update(pixel_values=pv[:n_img], image_grid_thw=torch.from_numpy(s["image_grid_thw"]).long())
-        if len(s["video_grid_thw"]):
-            kw.update(pixel_values_videos=pv[n_img:], video_grid_thw=torch.from_numpy(s["video_grid_thw"]).long())
-    return kw
+def _generate(model, s, preset, ids, top: int) -> list[int]:
+    """Greedy ids for one prompt (tests/reference_forward.py), vision found by the Qwen3.5 ids written
+    out, stopping at Qwen3.5's <|im_end|> / <|endoftext|>, rows above the tokenizer's ids suppressed."""
+    return reference_generate(model, s, preset, ids, max_new_tokens=6, stop=[IM_END, EOT], pad=EOT,
+                              suppress=list(range(top, 248320)), image_pad=IMG, video_pad=VID)
 
 
 def _no_vision(ids, labels):
@@ -113,14 +93,12 @@ def _no_vision(ids, labels):
 
 
 def _ref(model, s, preset, with_vision=True):
-    """Mean log-prob of the supervised tokens: one sample, transformers' positions, full logits."""
+    """Mean log-prob of the supervised tokens and their count: one sample, transformers' positions, full
+    logits (tests/reference_forward.py) with the Qwen3.5 vision ids."""
     ids, labels = (s["input_ids"], s["labels"]) if with_vision else _no_vision(s["input_ids"], s["labels"])
-    kw = _inputs(s, preset, ids)
-    with torch.no_grad():
-        logits = model(**kw).logits[0].float()
-    lp = torch.log_softmax(logits[:-1], -1).gather(1, kw["input_ids"][0, 1:, None])[:, 0]
-    sup = torch.from_numpy(np.asarray(labels[1:]) != -100)
-    return float(lp[sup].mean()), int(sup.sum())
+    mean = reference_mean_logprob(model, s, preset, input_ids=ids, labels=labels, vision=with_vision,
+                                  image_pad=IMG, video_pad=VID)
+    return mean, int((np.asarray(labels[1:]) != -100).sum())
 
 
 def _first_answer(s):
@@ -171,7 +149,7 @@ def test_score_reads_the_shards_with_their_tokenizer(tmp_path, tiny_qwen35, name
     assert rc == 0
     got = _scores(out)
     assert set(got) == {s["id"] for s in samples}
-    model, tok = _model(tiny_qwen35), get_tokenizer(tok_dir)
+    model, tok = load_model(tiny_qwen35), get_tokenizer(tok_dir)
     sp = special_ids(tok, preset)
     for s in samples:
         g = got[s["id"]]
@@ -243,25 +221,6 @@ def test_a_missing_shard_tokenizer_is_one_line_and_tokenizer_flag_replaces_it(tm
         assert r["vlm.mean_logprob"] == pytest.approx(again[k]["vlm.mean_logprob"], abs=1e-9)
 
 
-@pytest.fixture(scope="module")
-def tiny_qwen35_varied(tmp_path_factory) -> Path:
-    """Qwen3.5 ids and vocabulary; initializer_range 0.2 so that greedy answers depend on the input."""
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
-    torch.manual_seed(1)
-    cfg = Qwen3VLConfig(
-        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, head_dim=8, vocab_size=248320, initializer_range=0.2,
-                         rope_scaling={"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True}),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=16,
-                           num_position_embeddings=64, deepstack_visual_indexes=[1], initializer_range=0.2),
-        image_token_id=IMG, video_token_id=VID, vision_start_token_id=V_START, vision_end_token_id=V_END)
-    cfg.initializer_range = 0.2
-    folder = tmp_path_factory.mktemp("tiny_qwen35_varied")
-    Qwen3VLForConditionalGeneration(cfg).eval().save_pretrained(folder)
-    return folder
-
-
 def test_verify_generates_with_the_shards_tokenizer(tmp_path, tiny_qwen35_varied):
     from processors.presets import get_preset
     from processors.tokenizer import get_tokenizer
@@ -269,7 +228,7 @@ def test_verify_generates_with_the_shards_tokenizer(tmp_path, tiny_qwen35_varied
     preset = get_preset("qwen3-vl")
     out, tok_dir = _prepare(tmp_path / "raw")
     tok = get_tokenizer(tok_dir)
-    model = _model(tiny_qwen35_varied)
+    model = load_model(tiny_qwen35_varied)
     top = max(tok.vocab_size, *(i + 1 for i in QWEN35_IDS.values()))
     want, want_ids = {}, {}
     for s in _samples(out):   # one prompt at a time, no padding, transformers' own positions
@@ -277,14 +236,7 @@ def test_verify_generates_with_the_shards_tokenizer(tmp_path, tiny_qwen35_varied
         ids = np.asarray(s["input_ids"])[:start]
         if np.isin(ids, [IMG, VID]).sum() != np.isin(s["input_ids"], [IMG, VID]).sum():
             pytest.fail("these samples hold all their vision before the answer")
-        kw = _inputs(s, preset, ids)
-        with torch.no_grad():
-            o = model.generate(**kw, attention_mask=torch.ones_like(kw["input_ids"]), max_new_tokens=6,
-                               do_sample=False, eos_token_id=[IM_END, EOT], pad_token_id=EOT,
-                               suppress_tokens=list(range(top, 248320)))
-        row = o[0, len(ids):].tolist()
-        stop = [k for k, t in enumerate(row) if t in (IM_END, EOT)]
-        want_ids[s["id"]] = row[:stop[0]] if stop else row
+        want_ids[s["id"]] = _generate(model, s, preset, ids, top)
         want[s["id"]] = tok.decode(want_ids[s["id"]]).strip()
     assert len({tuple(v) for v in want_ids.values()}) > 1      # the answers depend on the input
     assert all(t < top for v in want_ids.values() for t in v)
@@ -307,18 +259,11 @@ def test_verify_scorer_generates_the_reference_ids(tmp_path, tiny_qwen35_varied)
     out, tok_dir = _prepare(tmp_path / "raw")
     sp = special_ids(get_tokenizer(tok_dir), preset)
     samples = _samples(out)
-    model = _model(tiny_qwen35_varied)
+    model = load_model(tiny_qwen35_varied)
     top = max(get_tokenizer(tok_dir).vocab_size, *(i + 1 for i in QWEN35_IDS.values()))
     scorer = VerifyScorer(str(tiny_qwen35_varied), max_new_tokens=6, tokenizer=str(tok_dir))
     scorer.setup(torch.device("cpu"))
     prompts = [split_prompt(s, sp)[0] for s in samples]
     got = scorer.generate(prompts, HostBatch(samples, preset))
     for s, p, g in zip(samples, prompts, got):
-        kw = _inputs(p, preset, p["input_ids"])
-        with torch.no_grad():
-            o = model.generate(**kw, attention_mask=torch.ones_like(kw["input_ids"]), max_new_tokens=6,
-                               do_sample=False, eos_token_id=[IM_END, EOT], pad_token_id=EOT,
-                               suppress_tokens=list(range(top, 248320)))
-        row = o[0, len(p["input_ids"]):].tolist()
-        stop = [k for k, t in enumerate(row) if t in (IM_END, EOT)]
-        assert g == (row[:stop[0]] if stop else row), s["id"]
+        assert g == _generate(model, p, preset, p["input_ids"], top), s["id"]

@@ -5,9 +5,11 @@ One checker per kind of reference, chosen by `answer_kind(question, reference, f
   box     the reference holds grounding boxes in the shard's format (processors/grounding.py:
           Qwen2-VL <|box_start|>(x1,y1),(x2,y2)<|box_end|> in 0..1000, Qwen2.5-VL {"bbox_2d": [...]} in
           resized-image pixels, Qwen-VL <box>). Boxes are compared as written (both answers use the
-          same coordinate frame, and IoU does not change under a per-axis scale); the model's boxes are
-          matched one-to-one to the reference's (greedy by IoU); match when the counts agree and every
-          pair has IoU >= `iou_threshold` (default 0.5). Value: the mean IoU of the pairs.
+          same coordinate frame, and IoU does not change under a per-axis scale); match when the counts
+          agree and every reference box can be paired one-to-one with a model box at IoU >=
+          `iou_threshold` (default 0.5; a maximum bipartite matching, so order and a greedy pairing do
+          not matter). Value: the mean IoU per reference box of the greedy-by-IoU pairing (0 for
+          reference boxes left unpaired).
   choice  a multiple-choice question (options A-H in the question) answered by a letter: the letter
           the model picks ("C", "(C)", "C. blue", "The answer is C") equals the reference's
   number  a reference whose final answer is a number ("14", "$23.45", "45%", "#### 14",
@@ -152,7 +154,8 @@ def check_boxes(answer: str, reference: str, fmt: str, iou_threshold: float = 0.
     pred = boxes_in(answer, fmt)
     if not pred:
         return Check("box", False, 0.0)
-    pairs = sorted(((iou(p, r), i, j) for i, p in enumerate(pred) for j, r in enumerate(ref)), reverse=True)
+    m = [[iou(p, r) for r in ref] for p in pred]
+    pairs = sorted(((m[i][j], i, j) for i in range(len(pred)) for j in range(len(ref))), reverse=True)
     used_p, used_r, ious = set(), set(), []
     for v, i, j in pairs:
         if i not in used_p and j not in used_r:
@@ -160,8 +163,26 @@ def check_boxes(answer: str, reference: str, fmt: str, iou_threshold: float = 0.
             used_r.add(j)
             ious.append(v)
     mean = sum(ious) / len(ref)  # unmatched reference boxes count as IoU 0
-    ok = len(pred) == len(ref) and all(v >= iou_threshold for v in ious)
+    ok = len(pred) == len(ref) and matched_pairs(m, iou_threshold) == len(ref)
     return Check("box", ok, mean)
+
+
+def matched_pairs(ious: list[list[float]], threshold: float) -> int:
+    """The most one-to-one (model box, reference box) pairs with IoU >= `threshold`: a maximum
+    bipartite matching (augmenting paths), so a valid pairing is found even where pairing greedily by
+    IoU takes a box another reference needed."""
+    owner: dict[int, int] = {}  # reference box -> model box
+
+    def augment(i: int, seen: set) -> bool:
+        for j, v in enumerate(ious[i]):
+            if v >= threshold and j not in seen:
+                seen.add(j)
+                if j not in owner or augment(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+
+    return sum(augment(i, set()) for i in range(len(ious)))
 
 
 def answer_kind(question: str, reference: str, fmt: str) -> str:

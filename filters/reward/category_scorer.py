@@ -2,7 +2,8 @@
 with the bundled sentence model, offline, on CPU or GPU.
 
 The sample's text is its first user turn plus the first `ANSWER_CHARS` characters of the answer that
-follows (recovered from the shard's token ids by the `text` scorer's code). It is embedded once and
+follows (recovered from the shard's token ids by the `text` scorer's code, with the ids of the
+tokenizer the shards were prepared with: `tokenizer`, as for `text`). It is embedded once and
 compared with every fine category's description and examples (cosine; the best prototype counts).
 Media the sample holds (image, video, none) and whether its text is mostly non-Latin script gate
 the fine categories that `require` them and add their `boost`.
@@ -20,11 +21,9 @@ import re
 
 import numpy as np
 
-from processors.presets import IMAGE_PAD_ID, VIDEO_PAD_ID
-
 from .batching import HostBatch
 from .taxonomy import Taxonomy, load_taxonomy
-from .text_scorer import TextScorer, conversation_turns, qa_pairs
+from .text_scorer import TextScorer, conversation_turns, qa_pairs, shard_vocab
 
 COLUMNS = ["category.coarse", "category.fine", "category.confidence", "category.coarse_confidence"]
 LABEL_COLUMNS = ("category.coarse", "category.fine")
@@ -54,9 +53,10 @@ def sample_features(has_image: bool, has_video: bool, text: str) -> set[str]:
     return feats
 
 
-def sample_text(sample: dict, tokenizer) -> str:
-    """First user turn + the start of its answer, from the shard's token ids (vision blocks dropped)."""
-    turns = conversation_turns(sample["input_ids"], tokenizer)
+def sample_text(sample: dict, tokenizer, special=None, timestamps: bool = False) -> str:
+    """First user turn + the start of its answer, from the shard's token ids (vision blocks dropped;
+    `special`, `timestamps`: as text_scorer.conversation_turns)."""
+    turns = conversation_turns(sample["input_ids"], tokenizer, special, timestamps)
     pairs = qa_pairs(turns)
     if pairs:
         q, a = pairs[0]
@@ -114,15 +114,17 @@ class CategoryScorer:
             "category.coarse_confidence": coarse_prob[rows, self._coarse_of[best]].astype(np.float64),
         }
 
-    def score(self, batch: HostBatch) -> dict[str, np.ndarray]:
-        if self.tokenizer is None:
-            from processors.tokenizer import get_tokenizer
-
-            self.tokenizer = get_tokenizer(preset=batch.preset)
+    def texts(self, batch: HostBatch) -> tuple[list[str], list[set[str]]]:
+        """Each sample's text and media features as the tagger sees them."""
+        tok, sp = shard_vocab(self.tokenizer, batch.preset)
+        ts = batch.preset.video_timestamps is not None
         texts, feats = [], []
         for s in batch.samples:
             ids = np.asarray(s["input_ids"])
-            text = sample_text(s, self.tokenizer)
+            text = sample_text(s, tok, sp, ts)
             texts.append(text)
-            feats.append(sample_features(bool((ids == IMAGE_PAD_ID).any()), bool((ids == VIDEO_PAD_ID).any()), text))
-        return self.tag_texts(texts, feats)
+            feats.append(sample_features(bool((ids == sp.image_pad).any()), bool((ids == sp.video_pad).any()), text))
+        return texts, feats
+
+    def score(self, batch: HostBatch) -> dict[str, np.ndarray]:
+        return self.tag_texts(*self.texts(batch))

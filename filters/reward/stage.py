@@ -99,7 +99,7 @@ def make_scorer(name: str, cfg: ScoreConfig):
     if name == "text":
         from .text_scorer import TextScorer
 
-        return TextScorer(cfg.text_model)
+        return TextScorer(cfg.text_model, tokenizer=cfg.tokenizer)
     if name == "pixels":
         from .pixel_scorer import PixelScorer
 
@@ -107,7 +107,7 @@ def make_scorer(name: str, cfg: ScoreConfig):
     if name == "category":
         from .category_scorer import CategoryScorer
 
-        return CategoryScorer(cfg.taxonomy, cfg.text_model)
+        return CategoryScorer(cfg.taxonomy, cfg.text_model, tokenizer=cfg.tokenizer)
     if name == "vlm_category":
         from .vlm_category import VLMCategoryScorer
 
@@ -123,7 +123,7 @@ def make_scorer(name: str, cfg: ScoreConfig):
         from .verify import VerifyScorer
 
         return VerifyScorer(cfg.model, max_new_tokens=cfg.max_new_tokens, iou_threshold=cfg.iou_threshold,
-                            dtype=cfg.dtype, tokenizer=cfg.tokenizer)
+                            dtype=cfg.dtype, tokenizer=cfg.tokenizer, engine=getattr(cfg, "engine", "auto"))
     from .vlm_scorer import VLMScorer
 
     return VLMScorer(cfg.model, pack=cfg.pack, visual_gain=cfg.visual_gain, dtype=cfg.dtype, tokenizer=cfg.tokenizer)

