@@ -38,7 +38,8 @@ def _path(family, a, b):
 
 
 def _pixel_rows(s) -> int:
-    return sum(int(np.prod(np.asarray(s[k]).reshape(-1, 3), axis=1).sum()) for k in ("image_grid_thw", "video_grid_thw"))
+    grids = (np.asarray(s[k]).reshape(-1, 3) for k in ("image_grid_thw", "video_grid_thw"))
+    return sum(int(np.prod(g, axis=1).sum()) for g in grids)
 
 
 class VisionCount:

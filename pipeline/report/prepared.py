@@ -45,7 +45,7 @@ def build_prepared_report(out: str | Path, *, examples: int = EXAMPLES) -> Repor
     scores = read_scores(out)
     stats["scores"] = score_stats(scores, manifest, series) if scores is not None else {}
     stats["storage"] = _storage(out, manifest)
-    stats["categories"] = category_stats(out, scores, manifest) if scores is not None else {}
+    stats["categories"] = category_stats(scores, manifest, out) if scores is not None else {}
     stats["headline"] = headline(stats)
     stats["headline"].update(bytes_headline(stats["storage"]))
     return Report(stats, series)
@@ -265,22 +265,22 @@ def score_stats(scores, manifest, series: dict) -> dict:
     return out
 
 
-def category_stats(out: Path, scores, manifest) -> dict:
+def category_stats(scores, manifest, out: Path | None = None) -> dict:
     """{label column: {label: {stage: {"samples", "tokens"}}}} for every label column of the scores
     (category.coarse, category.fine, vlm_category.*, verify.kind; not the free text verify.answer(s)):
     filters.reward.mixing.category_table, the table `vlprep select` prints. Stages: `scored` (the
-    prepared manifest: what select chose from); when a selection exists (OUT/selection, or OUT is one)
-    also `after_rules` (not dropped by a --rule) and `selected` (its manifest)."""
+    prepared manifest: what select chose from); with `out` (the directory reported on) and a selection
+    there (OUT/selection, or OUT is one) also `after_rules` (not dropped by a --rule) and `selected`."""
     from filters.reward.mixing import category_table
 
-    base, sel = out, out / "selection"
-    if out.name == "selection" and is_prepared_dir(out.parent):  # the report of a selection: its parent's rows
-        base, sel = out.parent, out
+    base, sel = out, None if out is None else out / "selection"
+    if out is not None and out.name == "selection" and is_prepared_dir(out.parent):
+        base, sel = out.parent, out  # the report of a selection: its parent's rows are what select chose from
     if base != out:
         manifest = read_manifest(base)
     ids = strings(manifest, "id")
     masks = {"scored": np.ones(len(ids), dtype=bool)}
-    if is_prepared_dir(sel) and (sel / "selection.json").exists():
+    if sel is not None and is_prepared_dir(sel) and (sel / "selection.json").exists():
         chosen = set(strings(read_manifest(sel), "id"))
         led = read_ledger(sel)
         # a --rule drop: stage select, rule text not a quota's (filters.reward.mixing names those "quota ...")
