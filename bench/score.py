@@ -17,8 +17,11 @@ On CUDA, GPU utilisation is sampled every 100 ms during each side (torch.cuda.ut
 
 --curation adds the #15 scorers (category, vlm_category, grounding, query, verify) on the same shards
 (every second answer replaced by a Qwen2-VL box so the grounding signal has work): each through the
-stage with the batch budget, beside the same scorer one sample (one candidate row) per forward/generate
-call -- the per-sample loop whose values tests/test_issue15_*.py compare with transformers.
+stage with the batch budget, beside the same scorer one sample per forward/generate call (batch budget
+1 token). vlm_category and grounding also beside their candidate rows each read whole (the sample and
+its vision re-read per candidate, batched): the computation before the prefix KV cache, with the same
+log-probs (tests/test_issue15_share.py). Last, the start-up of all checkpoint scorers in one worker
+(one shared load) vs each loading its own copy.
 """
 from __future__ import annotations
 
@@ -55,7 +58,18 @@ TINY = {
                    spatial_merge_size=2, temporal_patch_size=2),
     "tie_word_embeddings": True,
 }
-CONFIGS = {"tiny": TINY, "qwen2-vl-2b": QWEN2_VL_2B}
+# Between the two: a text model wide and deep enough that reading a 400-token row costs more than
+# lm_head over its few scored tokens (in TINY the 151 936-word lm_head dwarfs everything), small
+# enough for CPU: what a candidate scorer's prefix KV cache saves shows here, not in TINY.
+SMALL = {
+    "text": dict(vocab_size=151936, hidden_size=512, intermediate_size=2048, num_hidden_layers=4,
+                 num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=32768,
+                 rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [8, 12, 12]}),
+    "vision": dict(depth=4, embed_dim=256, hidden_size=512, num_heads=4, mlp_ratio=4, patch_size=14,
+                   spatial_merge_size=2, temporal_patch_size=2),
+    "tie_word_embeddings": True,
+}
+CONFIGS = {"tiny": TINY, "small": SMALL, "qwen2-vl-2b": QWEN2_VL_2B}
 WORDS = ("red blue green cat dog car tree house street window person table river mountain sky cloud light "
          "small large old new left right behind near bright dark wooden metal open closed").split()
 
@@ -218,6 +232,8 @@ def main(argv=None) -> int:
     p.add_argument("--per-shard", type=int, default=128)
     p.add_argument("--curation", action="store_true", help="also time the #15 curation scorers")
     p.add_argument("--curation-samples", type=int, default=None, help="default 16 (cpu) / 128 (cuda)")
+    p.add_argument("--curation-scorers", default=",".join(CURATION_SCORERS),
+                   help=f"comma list, default {','.join(CURATION_SCORERS)}")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -268,14 +284,19 @@ def main(argv=None) -> int:
     print(f"\nmax |mean log-prob difference| stage vs reference: {max_diff:.2e} "
           f"({'bf16' if gpu else 'float32'}; same tokens: {ref_tokens == tokens})")
     if args.curation:
-        curation_table(config, device, args.curation_samples or (128 if gpu else 16), max_side, budget)
+        curation_table(config, device, args.curation_samples or (128 if gpu else 16), max_side, budget,
+                       tuple(args.curation_scorers.split(",")))
     return 0
 
 
 BOX_ANSWER = "<|object_ref_start|>the {w}<|object_ref_end|><|box_start|>(120,200),(500,640)<|box_end|>"
 
 
-def curation_table(config: str, device, n: int, max_side: int, budget: int) -> None:
+CURATION_SCORERS = ("category", "vlm_category", "grounding", "query", "verify")
+
+
+def curation_table(config: str, device, n: int, max_side: int, budget: int,
+                   scorers: tuple[str, ...] = CURATION_SCORERS) -> None:
     """samples/s of each #15 scorer: the stage's batches vs one sample (row) per model call."""
     from filters.reward.stage import ScoreConfig, ScoreWorker, Unit
     from pipeline.loader import ShardLoader
@@ -298,16 +319,93 @@ def curation_table(config: str, device, n: int, max_side: int, budget: int) -> N
                 worker.run_unit(u)
             return time.perf_counter() - t0
 
-        for scorer in ("category", "vlm_category", "grounding", "query", "verify"):
+        for scorer in scorers:
             batched = timed(scorer, budget)
             single = timed(scorer, 1)  # every sample (and candidate row) in a batch of its own
             rows.append((scorer, n / single, n / batched, single / batched))
+            if scorer in ("vlm_category", "grounding"):  # the same values, every candidate row read whole
+                whole = whole_rows_run(scorer, tmp / "out", model_path, device, units, budget)
+                rows.append((f"{scorer}: each candidate row read whole (vision per candidate), batched",
+                             n / whole, n / batched, whole / batched))
+        loads = startup_run(tmp / "out", model_path, device)
     print(f"\ncuration scorers ({config} Qwen2-VL, random init, {n} samples, half with a box answer; "
           f"verify generates 16 tokens):\n")
-    print("| scorer | per sample: samples/s | vlprep stage: samples/s | speed-up |")
+    print("| scorer | reference: samples/s | vlprep stage: samples/s | speed-up |")
     print("|---|---:|---:|---:|")
     for name, a, b, x in rows:
         print(f"| {name} | {a:,.2f} | {b:,.2f} | {x:.2f}x |")
+    print(f"\nworker start-up, scorers {','.join(CHECKPOINT_SCORERS)}: {loads['shared_s']:.2f} s with "
+          f"{loads['shared_loads']} checkpoint load (shared), {loads['separate_s']:.2f} s with one load per scorer")
+
+
+CHECKPOINT_SCORERS = ("vlm", "vlm_category", "grounding", "query", "verify")
+
+
+def startup_run(out: Path, model_path: Path, device) -> dict:
+    """Seconds to set up every checkpoint scorer: in one ScoreWorker (one shared load) vs each on its own."""
+    from filters.reward.stage import ScoreConfig, ScoreWorker, make_scorer
+    from pipeline.loader import ShardLoader
+
+    cfg = ScoreConfig(str(out), CHECKPOINT_SCORERS, model=str(model_path), preset="qwen2-vl", device=str(device))
+    t0 = time.perf_counter()
+    worker = ScoreWorker(cfg, ShardLoader)
+    shared = time.perf_counter() - t0
+    del worker
+    t0 = time.perf_counter()
+    for name in CHECKPOINT_SCORERS:  # outside a ModelCache: each loads its own copy (the behaviour before)
+        make_scorer(name, cfg).setup(device)
+    return {"shared_s": shared, "shared_loads": 1, "separate_s": time.perf_counter() - t0}
+
+
+def whole_rows_run(name: str, out: Path, model_path: Path, device, units, budget: int) -> float:
+    """Seconds for `name`'s values computed from whole candidate rows (each re-reads the sample and its
+    vision; candidates.row_logprobs in token-budget batches): the computation before the prefix cache,
+    which tests/test_issue15_share.py shows gives the same log-probs."""
+    import torch
+
+    from filters.reward.batching import HostBatch, plan_batches
+    from filters.reward.candidates import extend, first_answer, truncate
+    from filters.reward.grounding_scorer import BOX_PATTERNS, box_limits, perturbed_answers
+    from filters.reward.stage import ScoreConfig, make_scorer
+    from pipeline.loader import ShardLoader
+    from processors.presets import get_preset
+
+    cfg = ScoreConfig(str(out), (name,), model=str(model_path), preset="qwen2-vl", batch_tokens=budget,
+                      device=str(device))
+    scorer = make_scorer(name, cfg)
+    scorer.setup(device)
+    preset, loader = get_preset("qwen2-vl"), ShardLoader(str(out))
+    dtype = scorer.vlm.dtype
+    t0 = time.perf_counter()
+    for u in units:
+        samples = list(loader.iter_shard(u.shard, pixels="frames"))
+        lengths = [len(s["input_ids"]) for s in samples]
+        for group in plan_batches(lengths, budget, 0.10):
+            batch = HostBatch([samples[i] for i in group], preset, device, dtype)
+            tok, sp = scorer._tok(batch), scorer._ids(batch)
+            if name == "vlm_category":
+                coarse = [(c.name, c.description) for c in scorer.taxonomy.coarse]
+                ctxs = [truncate(s, first_answer(s, sp.im_end)[1] + 1, sp) for s in batch.samples]
+                rows = [r for c in ctxs for r in scorer.rows_for(c, tok, coarse, preset, sp)]
+                mean, cnt = scorer.logprobs(rows, batch)
+                best = (mean * cnt).reshape(len(ctxs), len(coarse)).argmax(axis=1)
+                fine = [r for c, b in zip(ctxs, best) for r in scorer.rows_for(
+                    c, tok, [(f.name, f.description) for f in scorer.taxonomy.coarse[b].fine], preset, sp)]
+                scorer.logprobs(fine, batch)
+            else:
+                rows = []
+                for s in batch.samples:
+                    span = first_answer(s, sp.im_end)
+                    text = tok.decode(np.asarray(s["input_ids"])[span[0]:span[1]].tolist())
+                    if not BOX_PATTERNS["qwen2-vl"].search(text):
+                        continue
+                    alts = perturbed_answers(text, "qwen2-vl", box_limits("qwen2-vl", s["image_grid_thw"]))
+                    rows += [extend(truncate(s, span[0], sp), tok.encode(t) + [sp.im_end], preset, special=sp)
+                             for t in [text, *alts]]
+                scorer.logprobs(rows, batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

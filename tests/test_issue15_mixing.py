@@ -200,10 +200,10 @@ def test_score_category_then_stats_and_select(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "per category.coarse" in printed and "video" in printed
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["categories"]["category.coarse"]["video"] == {"samples": 1, "tokens": 46}
+    assert stats["categories"]["category.coarse"]["video"]["scored"] == {"samples": 1, "tokens": 46}
     assert "category.coarse" not in stats["scores"] and "category.confidence" in stats["scores"]
     # the selection's report counts what was kept: one sample per category
     assert main(["stats", str(out / "selection"), "--no-html"]) == 0
     sel = json.loads((out / "selection" / "stats.json").read_text())
-    assert {k: v["samples"] for k, v in sel["categories"]["category.coarse"].items()} == {
+    assert {k: v["selected"]["samples"] for k, v in sel["categories"]["category.coarse"].items()} == {
         "general_vqa": 1, "text_dialogue": 1, "video": 1}

@@ -102,6 +102,130 @@ def row_logprobs(vlm, rows: list[dict], batch: HostBatch, budget_tokens: int = 1
     return mean, counts
 
 
+class Prefix:
+    """A row the model has read once (vision included): its keys/values per layer [1, heads, L, d], the
+    final hidden state of its last token (it predicts the first continued token) and the row itself
+    (a sample: what follows takes its positions from `extend` on it)."""
+
+    def __init__(self, row: dict, kv: list, last):
+        self.row, self.kv, self.last = row, kv, last
+
+    def __len__(self) -> int:
+        return len(self.row["input_ids"])
+
+
+def encode_prefixes(vlm, rows: list[dict], batch: HostBatch, budget_tokens: int = 16384):
+    """Batches of [(index, Prefix)] covering every row, each row read once with its vision: rows are
+    grouped by length into right-padded batches of at most `budget_tokens` (plan_batches), so a batch's
+    vision tower runs once over its rows' images/videos. Yielded batch by batch: a batch's keys/values
+    are freed once its prefixes are consumed."""
+    import torch
+
+    lengths = np.array([len(r["input_ids"]) for r in rows], dtype=np.int64)
+    for group in plan_batches(lengths, budget_tokens, 0.25):
+        hb = HostBatch([rows[i] for i in group], batch.preset, batch.device, batch.dtype)
+        with torch.inference_mode():
+            hs, _, kv = vlm.forward_cached(hb)
+        yield [(i, Prefix(rows[i], [(k[j:j + 1, :, :int(lengths[i])], v[j:j + 1, :, :int(lengths[i])])
+                                   for k, v in kv], hs[j, int(lengths[i]) - 1]))
+               for j, i in enumerate(group)]
+        del hs, kv
+
+
+def _continue(vlm, prefix: Prefix, conts: list, batch: HostBatch, *, keep: bool = False):
+    """Run token lists `conts` after `prefix` (its keys/values repeated per row; rows right-padded):
+    (hidden states [k, W, H] with the prefix's last hidden state shifted in, so row r's position j
+    predicts conts[r][j]; the hidden states themselves; ids [k, W]; real-token mask [k, W]; grown
+    keys/values when `keep`)."""
+    import torch
+
+    sp = vlm.vocab(batch.preset).ids
+    k, width, n = len(conts), max(len(c) for c in conts), len(prefix)
+    _, dev, _ = batch._torch()
+    ids = np.full((k, width), vlm.vocab(batch.preset).pad, np.int64)
+    real = np.zeros((k, width), bool)
+    pos = np.zeros((3, k, width), np.int64)
+    vision = (sp.vision_start, sp.image_pad, sp.video_pad)
+    # positions of the appended text: get_rope_index on the whole row (extend), as written rows get them;
+    # text positions do not depend on which text, so the longest continuation's serve every row
+    tail = None if any(np.isin(c, vision).any() for c in conts) else \
+        extend(prefix.row, max(conts, key=len), batch.preset, special=sp)["position_ids"][:, n:]
+    for r, c in enumerate(conts):
+        ids[r, :len(c)], real[r, :len(c)] = c, True
+        pos[:, r, :len(c)] = (tail if tail is not None
+                              else extend(prefix.row, c, batch.preset, special=sp)["position_ids"][:, n:])[:, :len(c)]
+    mask = np.concatenate([np.ones((k, n), np.int64), real.astype(np.int64)], axis=1)
+    kv = [(a.expand(k, -1, -1, -1), b.expand(k, -1, -1, -1)) for a, b in prefix.kv]
+    t = lambda x: torch.from_numpy(x).to(dev)  # noqa: E731
+    hs, grown = vlm.forward_continue(t(ids), t(mask), t(pos), kv, keep)
+    pred = torch.cat([prefix.last[None, None].expand(k, 1, -1), hs[:, :-1]], dim=1)
+    return pred, hs, t(ids), t(real), grown
+
+
+def extend_prefix(vlm, prefix: Prefix, ids, batch: HostBatch) -> Prefix:
+    """`prefix` followed by the text `ids`, read from the prefix's keys/values (no vision re-encoded)."""
+    import torch
+
+    ids = [int(x) for x in ids]
+    with torch.inference_mode():
+        _, hs, _, _, grown = _continue(vlm, prefix, [ids], batch, keep=True)
+    sp = vlm.vocab(batch.preset).ids
+    return Prefix(extend(prefix.row, ids, batch.preset, supervised=[False] * len(ids), special=sp), grown, hs[0, -1])
+
+
+class Continuations:
+    """Candidate continuations of any number of prefixes, each read from its prefix's keys/values;
+    `sums()` sends all their tokens through lm_head at once (one pass over the vocabulary, as
+    row_logprobs makes one per batch). Rows go in chunks whose repeated keys/values stay within
+    `budget_tokens`."""
+
+    def __init__(self, vlm, batch: HostBatch, budget_tokens: int = 16384):
+        self.vlm, self.batch, self.budget = vlm, batch, budget_tokens
+        self.h, self.target, self.row, self.counts = [], [], [], []
+
+    def add(self, prefix: Prefix, conts: list) -> np.ndarray:
+        """Queue token lists `conts` after `prefix`; returns their row numbers in `sums()`."""
+        import torch
+
+        conts = [[int(x) for x in c] for c in conts]
+        first = len(self.counts)
+        if not conts:
+            return np.zeros(0, np.int64)
+        step = max(1, self.budget // (len(prefix) + max(len(c) for c in conts)))
+        for a in range(0, len(conts), step):
+            with torch.inference_mode():
+                pred, _, ids, real, _ = _continue(self.vlm, prefix, conts[a:a + step], self.batch)
+                self.h.append(pred[real])
+                self.target.append(ids[real])
+                self.row.append(torch.nonzero(real)[:, 0] + first + a)
+        self.counts += [len(c) for c in conts]
+        return np.arange(first, len(self.counts))
+
+    def sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """(summed log-prob, token count) of every queued row."""
+        import torch
+
+        from .vlm_scorer import token_logprobs
+
+        n = len(self.counts)
+        if not n:
+            return np.zeros(0), np.zeros(0, np.int64)
+        with torch.inference_mode():
+            lp = token_logprobs(torch.cat(self.h), torch.cat(self.target), self.vlm.model.lm_head)
+            s = torch.zeros(n, dtype=torch.float64, device=lp.device).index_add_(0, torch.cat(self.row), lp.double())
+        return s.cpu().numpy(), np.array(self.counts, dtype=np.int64)
+
+
+def continuation_logprobs(vlm, prefix: Prefix, conts: list, batch: HostBatch,
+                          budget_tokens: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """(summed log-prob, token count) of each token list in `conts` after `prefix`: the values
+    row_logprobs gives `extend(prefix.row, c)` (every appended token supervised), from one read of the
+    prefix (Continuations with one prefix)."""
+    c = Continuations(vlm, batch, budget_tokens)
+    c.add(prefix, conts)
+    return c.sums()
+
+
 class CandidateScorer:
     """Base of the scorers that rank candidate continuations with a local checkpoint: the `vlm`
     scorer owns loading it (dtype, attention backend, device); rows are padded, never packed."""
@@ -133,6 +257,14 @@ class CandidateScorer:
 
     def logprobs(self, rows: list[dict], batch: HostBatch, with_vision: bool = True):
         return row_logprobs(self.vlm, rows, batch, self.batch_tokens, with_vision)
+
+    def prefixes(self, rows: list[dict], batch: HostBatch):
+        """encode_prefixes with this scorer's model and token budget."""
+        return encode_prefixes(self.vlm, rows, batch, self.batch_tokens)
+
+    def continuations(self, batch: HostBatch) -> Continuations:
+        """A Continuations collector with this scorer's model and token budget."""
+        return Continuations(self.vlm, batch, self.batch_tokens)
 
 
 def first_answer(sample: dict, im_end: int | None = None) -> tuple[int, int] | None:

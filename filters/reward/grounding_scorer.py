@@ -24,7 +24,7 @@ import re
 import numpy as np
 
 from .batching import HostBatch
-from .candidates import CandidateScorer, extend, first_answer, truncate
+from .candidates import CandidateScorer, first_answer, truncate
 
 COLUMNS = ["grounding.box_margin", "grounding.box_rank"]
 # (dx, dy) in box widths/heights, then a scale about the centre
@@ -83,11 +83,15 @@ class GroundingScorer(CandidateScorer):
         return list(COLUMNS)
 
     def score(self, batch: HostBatch) -> dict[str, np.ndarray]:
+        """Each sample with a box is read once up to its first answer (vision included); the given and
+        the perturbed answers continue from its keys/values (candidates.Continuations)."""
+        import torch
+
         tok, sp = self._tok(batch), self._ids(batch)
         fmt = batch.preset.grounding
         n = len(batch)
         margin, rank = np.full(n, np.nan), np.full(n, np.nan)
-        rows, owner = [], []
+        prefixes, answers, owner = [], [], []
         for i, s in enumerate(batch.samples):
             span = first_answer(s, sp.im_end)
             limits = box_limits(fmt, s["image_grid_thw"])
@@ -97,16 +101,17 @@ class GroundingScorer(CandidateScorer):
             alts = perturbed_answers(text, fmt, limits)
             if not alts:
                 continue
-            prefix = truncate(s, span[0], sp)
-            for t in [text, *alts]:  # the given answer first, re-tokenised like the others
-                rows.append(extend(prefix, tok.encode(t) + [sp.im_end], batch.preset, special=sp))
-                owner.append(i)
-        if not rows:
-            return {"grounding.box_margin": margin, "grounding.box_rank": rank}
-        mean, cnt = self.logprobs(rows, batch)
-        total, owner = mean * cnt, np.array(owner)
-        for i in np.unique(owner):
-            t = total[owner == i]
-            margin[i] = t[0] - t[1:].max()
-            rank[i] = float((t[1:] < t[0]).mean())
+            prefixes.append(truncate(s, span[0], sp))
+            # the given answer first, re-tokenised like the others
+            answers.append([tok.encode(t) + [sp.im_end] for t in [text, *alts]])
+            owner.append(i)
+        with torch.inference_mode():
+            for group in self.prefixes(prefixes, batch):
+                scored = self.continuations(batch)
+                rows = {j: scored.add(prefix, answers[j]) for j, prefix in group}
+                total, _ = scored.sums()
+                for j, r in rows.items():
+                    t = total[r]
+                    margin[owner[j]] = t[0] - t[1:].max()
+                    rank[owner[j]] = float((t[1:] < t[0]).mean())
         return {"grounding.box_margin": margin, "grounding.box_rank": rank}

@@ -191,9 +191,14 @@ class ScoreWorker:
             import torch
 
             torch.cuda.set_per_process_memory_fraction(self.memory_fraction, self.device)
+        from .vlm_scorer import ModelCache
+
         self.scorers = {name: make_scorer(name, cfg) for name in cfg.scorers}
-        for s in self.scorers.values():
-            s.setup(self.device)
+        # one load per checkpoint: the checkpoint scorers set up here share the worker's models
+        self.models = ModelCache()
+        with self.models:
+            for s in self.scorers.values():
+                s.setup(self.device)
         vlm = self.scorers.get("vlm")
         self.pack = bool(vlm is not None and vlm.pack)
         self.warnings = [w for w in [vlm.check_preset(self.preset.name)] if w] if vlm is not None else []
@@ -201,7 +206,7 @@ class ScoreWorker:
     def describe(self) -> dict:
         return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""), "pack": self.pack,
                 "columns": [c for s in self.scorers.values() for c in s.columns()], "warnings": self.warnings,
-                "memory_fraction": self.memory_fraction}
+                "memory_fraction": self.memory_fraction, "model_loads": self.models.loads}
 
     def run_unit(self, unit: Unit, progress: Callable[[int, int], None] | None = None) -> UnitResult:
         t0 = time.perf_counter()

@@ -5,8 +5,11 @@ Row per candidate: the sample up to the end of its first answer (vision included
 asking which category describes the request (the categories listed with their descriptions) and the
 candidate name as the assistant's answer. Coarse first (one row per coarse category), then the fine
 categories of the winning coarse one. Probabilities: softmax of the names' summed log-probabilities.
-Cost: n_coarse + n_fine(best) forward passes per sample (each re-encodes the sample's vision); use the
-zero-shot `category` scorer for bulk tagging and this one where its labels need a second opinion.
+Cost: the sample (vision included) is read once; the coarse and the fine question continue from its
+keys/values (candidates.extend_prefix) and the candidate names from theirs (candidates.Continuations), so
+a sample costs one prefix pass plus a few short passes, however many categories the taxonomy holds.
+Equal to scoring each `rows_for` row on its own (tested ≤ 1e-4). Use the zero-shot `category` scorer for
+bulk tagging and this one where its labels need a second opinion.
 
 Columns (as `category`): vlm_category.coarse, vlm_category.fine (strings), vlm_category.confidence
 (P(coarse) * P(fine | coarse)), vlm_category.coarse_confidence (P(coarse)).
@@ -16,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from .batching import HostBatch
-from .candidates import CandidateScorer, extend, first_answer, truncate
+from .candidates import CandidateScorer, extend, extend_prefix, first_answer, truncate
 from .taxonomy import Taxonomy, load_taxonomy
 
 COLUMNS = ["vlm_category.coarse", "vlm_category.fine", "vlm_category.confidence", "vlm_category.coarse_confidence"]
@@ -59,37 +62,39 @@ class VLMCategoryScorer(CandidateScorer):
         return rows
 
     def score(self, batch: HostBatch) -> dict[str, np.ndarray]:
+        """Each sample is read once (vision included) up to the end of its first answer; the coarse
+        and the fine question continue from its keys/values, and every candidate name from theirs."""
+        import torch
+
         tok, sp = self._tok(batch), self._ids(batch)
         n = len(batch)
         out = {"vlm_category.coarse": np.full(n, None, dtype=object), "vlm_category.fine": np.full(n, None, dtype=object),
                "vlm_category.confidence": np.full(n, np.nan), "vlm_category.coarse_confidence": np.full(n, np.nan)}
-        contexts = {}
-        for i, s in enumerate(batch.samples):
+        contexts = []
+        for s in batch.samples:
             span = first_answer(s, sp.im_end)
             end = span[1] + 1 if span else len(s["input_ids"])  # through the answer's <|im_end|>
-            contexts[i] = truncate(s, end, sp)
+            contexts.append(truncate(s, end, sp))
         coarse = [(c.name, c.description) for c in self.taxonomy.coarse]
-        rows, owner = [], []
-        for i, ctx in contexts.items():
-            rows += self.rows_for(ctx, tok, coarse, batch.preset, sp)
-            owner += [i] * len(coarse)
-        mean, cnt = self.logprobs(rows, batch)
-        total = (mean * cnt).reshape(n, len(coarse))
-        fine_rows, fine_owner, fine_sets = [], [], {}
-        for i in range(n):
-            p = _softmax(total[i])
-            b = int(p.argmax())
-            out["vlm_category.coarse"][i] = coarse[b][0]
-            out["vlm_category.coarse_confidence"][i] = float(p[b])
-            fines = [(f.name, f.description) for f in self.taxonomy.coarse[b].fine]
-            fine_sets[i] = fines
-            fine_rows += self.rows_for(contexts[i], tok, fines, batch.preset, sp)
-            fine_owner += [i] * len(fines)
-        fmean, fcnt = self.logprobs(fine_rows, batch)
-        ftotal, fine_owner = fmean * fcnt, np.array(fine_owner)
-        for i in range(n):
-            p = _softmax(ftotal[fine_owner == i])
-            b = int(p.argmax())
-            out["vlm_category.fine"][i] = fine_sets[i][b][0]
-            out["vlm_category.confidence"][i] = float(p[b]) * out["vlm_category.coarse_confidence"][i]
+        coarse_q = self.question_ids(tok, coarse)
+        names = lambda nd: [tok.encode(name) + [sp.im_end] for name, _ in nd]  # noqa: E731
+        with torch.inference_mode():
+            for group in self.prefixes(contexts, batch):
+                asked = self.continuations(batch)
+                rows = {i: asked.add(extend_prefix(self.vlm, ctx, coarse_q, batch), names(coarse)) for i, ctx in group}
+                total, _ = asked.sums()
+                asked, fine_sets = self.continuations(batch), {}
+                for i, ctx in group:
+                    p = _softmax(total[rows[i]])
+                    b = int(p.argmax())
+                    out["vlm_category.coarse"][i], out["vlm_category.coarse_confidence"][i] = coarse[b][0], float(p[b])
+                    fine_sets[i] = [(f.name, f.description) for f in self.taxonomy.coarse[b].fine]
+                    q = extend_prefix(self.vlm, ctx, self.question_ids(tok, fine_sets[i]), batch)
+                    rows[i] = asked.add(q, names(fine_sets[i]))
+                total, _ = asked.sums()
+                for i, _ in group:
+                    p = _softmax(total[rows[i]])
+                    b = int(p.argmax())
+                    out["vlm_category.fine"][i] = fine_sets[i][b][0]
+                    out["vlm_category.confidence"][i] = float(p[b]) * out["vlm_category.coarse_confidence"][i]
         return out

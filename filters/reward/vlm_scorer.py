@@ -61,6 +61,31 @@ def _load_reward_head(path: str):
     return None
 
 
+class ModelCache:
+    """Checkpoints loaded once per worker: every checkpoint scorer (vlm, vlm_category, grounding, query,
+    verify — each holds a VLMScorer) set up while the cache is active (`with cache:`) shares one model
+    per (checkpoint folder, compute dtype, device, attention backend). The stage's ScoreWorker owns one,
+    so a Ray actor holds one copy of the weights however many scorers use them; the scorers only read
+    the model (inference mode), and each keeps its own layout settings (pack) beside it."""
+
+    _stack: list["ModelCache"] = []
+
+    def __init__(self):
+        self.models: dict[tuple, tuple] = {}  # key -> (model, loaded straight to the device, reward head)
+        self.loads = 0  # checkpoints read from disk while this cache was active
+
+    def __enter__(self) -> "ModelCache":
+        ModelCache._stack.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        ModelCache._stack.remove(self)
+
+    @classmethod
+    def active(cls) -> "ModelCache | None":
+        return cls._stack[-1] if cls._stack else None
+
+
 class VLMScorer:
     name = "vlm"
 
@@ -98,22 +123,33 @@ class VLMScorer:
         # On a GPU with `accelerate` installed (the `gpu` extra) the weights go straight to the device;
         # otherwise they are read into host RAM and moved (transformers needs accelerate for device_map).
         direct = device.type != "cpu" and importlib.util.find_spec("accelerate") is not None
+        key = (os.path.realpath(self.model_path), str(self.dtype), str(device), attn)
+        shared = ModelCache.active()
+        if shared is not None and key in shared.models:  # another checkpoint scorer of this worker loaded it
+            self.model, direct, self.head = shared.models[key]
+        else:
+            self.model, self.head = self._load(cls, device, attn, direct), None
+            head = _load_reward_head(self.model_path)
+            if head is not None:
+                w, b = head
+                self.head = (w.to(device, torch.float32), None if b is None else b.to(device, torch.float32))
+            if shared is not None:
+                shared.models[key] = (self.model, direct, self.head)
+                shared.loads += 1
+        self.device = device
+        self.loaded_direct = direct
+        self.pack = self.pack_mode == "on" or (self.pack_mode == "auto" and attn == "flash_attention_2")
+
+    def _load(self, cls, device, attn: str, direct: bool):
         try:
-            self.model = cls.from_pretrained(self.model_path, dtype=self.dtype, attn_implementation=attn,
-                                             **({"device_map": device} if direct else {}))
-            self.model.to(device).eval()
+            model = cls.from_pretrained(self.model_path, dtype=self.dtype, attn_implementation=attn,
+                                        **({"device_map": device} if direct else {}))
+            return model.to(device).eval()
         except Exception as exc:  # noqa: BLE001 - unreadable weights, OOM at load, ...: one line, not a traceback
             oom = "out of memory" in str(exc).lower()
             raise ScorerError(f"{self.model_path}: loading the checkpoint on {device} failed: {type(exc).__name__}: "
                               f"{_first_line(exc)}" + ("; give each actor a larger --num-gpus share or use a GPU "
                                                        "with more memory" if oom else "")) from exc
-        self.device = device
-        self.loaded_direct = direct
-        head = _load_reward_head(self.model_path)
-        if head is not None:
-            w, b = head
-            self.head = (w.to(device, torch.float32), None if b is None else b.to(device, torch.float32))
-        self.pack = self.pack_mode == "on" or (self.pack_mode == "auto" and attn == "flash_attention_2")
 
     def columns(self) -> list[str]:
         cols = ["vlm.mean_logprob"] + (["vlm.text_only_logprob", "vlm.visual_gain"] if self.visual_gain else [])
@@ -155,8 +191,30 @@ class VLMScorer:
     def forward_hidden(self, batch: HostBatch, with_vision: bool = True):
         """Final hidden states for the batch layout (padded or packed) plus that layout's tensors."""
         t = batch.packed() if self.pack else batch.padded(self.vocab(batch.preset).pad)
-        kw = dict(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=t["position_ids"],
-                  use_cache=False)
+        hs = self.model.model(**self._forward_kwargs(batch, t, with_vision), use_cache=False).last_hidden_state
+        return hs, t
+
+    def forward_cached(self, batch: HostBatch):
+        """(final hidden states [B, L, H], the padded layout's tensors, per-layer (keys, values)
+        [B, kv heads, L, head dim]) of a right-padded batch with vision: the prefixes the candidate
+        scorers continue from (candidates.encode_prefixes). A sample's own keys/values are its first
+        len(sample) positions (causal: the padding after them never reaches them)."""
+        t = batch.padded(self.vocab(batch.preset).pad)
+        out = self.model.model(**self._forward_kwargs(batch, t, True), use_cache=True)
+        return out.last_hidden_state, t, cache_tensors(_cache_out(out))
+
+    def forward_continue(self, ids, attention_mask, position_ids, kv, use_cache: bool):
+        """Final hidden states of `ids` [B, W] after cached keys/values `kv` (per layer, [B, heads, P, d]);
+        attention_mask [B, P + W], position_ids [3, B, W]. With use_cache, also the grown (keys, values)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(ddp_cache_data=kv)
+        out = self.model.model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=use_cache, **{_cache_kw(self.model.model): cache})
+        return out.last_hidden_state, (cache_tensors(_cache_out(out)) if use_cache else None)
+
+    def _forward_kwargs(self, batch: HostBatch, t: dict, with_vision: bool) -> dict:
+        kw = dict(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=t["position_ids"])
         if with_vision:
             img_pv, vid_pv = batch.normalized_patches()
             img_grid, vid_grid, sec = batch.grids()
@@ -166,8 +224,7 @@ class VLMScorer:
                 kw.update(pixel_values_videos=vid_pv, video_grid_thw=vid_grid)
                 if self.model_type == "qwen2_5_vl":
                     kw["second_per_grid_ts"] = sec
-        hs = self.model.model(**kw).last_hidden_state
-        return hs, t
+        return kw
 
     def _answer_logprob(self, batch: HostBatch, with_vision: bool):
         import torch
@@ -199,6 +256,22 @@ class VLMScorer:
             r = last.float() @ w.T
             reward = (r[:, 0] + (b[0] if b is not None else 0)).double().cpu().numpy()
         return mean, reward
+
+
+def _cache_kw(model) -> str:
+    """The forward's name for the KV cache: `cache` (transformers >= 5.x), `past_key_values` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_out(out):
+    return getattr(out, "cache", None) if getattr(out, "cache", None) is not None else out.past_key_values
+
+
+def cache_tensors(cache) -> list[tuple]:
+    """Per-layer (keys, values) of a transformers DynamicCache."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def token_logprobs(h, target, lm_head):

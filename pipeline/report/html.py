@@ -95,7 +95,8 @@ def _dist_rows(blocks: dict) -> list[list]:
 DIST_HEAD = ["", "count", "sum", "mean", "min", *(f"p{q}" for q in PERCENTILES), "max"]
 
 SECTIONS = (("accounting", "Kept, dropped and errors"), ("tokens", "Tokens per sample"), ("images", "Images"),
-            ("videos", "Videos"), ("boxes", "Grounding boxes"), ("sources", "Per source"), ("scores", "Scores"))
+            ("videos", "Videos"), ("boxes", "Grounding boxes"), ("sources", "Per source"), ("scores", "Scores"),
+            ("categories", "Per category"))
 
 
 def _q(block: dict | None, key: str):
@@ -327,6 +328,43 @@ def tables_scores(stats: dict) -> str:
     return _details(*out, label="table: percentiles, what each decile threshold keeps")
 
 
+STAGE_NAMES = {"scored": "scored", "after_rules": "after rules", "selected": "selected"}
+
+
+def take_categories(stats: dict) -> str:
+    cats = stats["categories"]
+    name = "category.coarse" if "category.coarse" in cats else next(iter(cats))
+    block = cats[name]
+    total = sum(r["scored"]["tokens"] for r in block.values())
+    top = max(block, key=lambda c: block[c]["scored"]["tokens"])
+    s = (f"<b>{len(block)}</b> labels in <b>{html.escape(name)}</b>; the largest, <b>{html.escape(top)}</b>, holds "
+         f"{pct(block[top]['scored']['tokens'] / total if total else None)} of the tokens")
+    if "selected" in block[top]:
+        n = sum(r["scored"]["samples"] for r in block.values())
+        k = sum(r["selected"]["samples"] for r in block.values())
+        kt = sum(r["selected"]["tokens"] for r in block.values())
+        s += (f"; the selection keeps <b>{k:,}</b> of {n:,} samples ({pct(kt / total if total else None)} of tokens)")
+    return s + "."
+
+
+def tables_categories(stats: dict) -> str:
+    """One table per label column: samples and tokens per label, per stage (scored; after the --rule
+    drops and selected when a selection exists): the numbers `vlprep select` prints."""
+    out = []
+    for name, block in stats["categories"].items():
+        stages = list(next(iter(block.values()), {}))
+        totals = {st: sum(r[st]["tokens"] for r in block.values()) for st in stages}
+        head = ["label"] + [f"{STAGE_NAMES.get(st, st)} {k}" for st in stages for k in ("samples", "tokens")]
+        head += [f"{STAGE_NAMES.get(st, st)} token share" for st in stages[-1:]]
+        rows = [[label] + [r[st][k] for st in stages for k in ("samples", "tokens")]
+                + [_pct_cell(r[st]["tokens"] / totals[st] if totals[st] else None) for st in stages[-1:]]
+                for label, r in block.items()]
+        rows.append([RawHTML("<b>all</b>")] + [sum(r[st][k] for r in block.values()) for st in stages
+                                               for k in ("samples", "tokens")] + [None])
+        out.append(f'<div><p class="sub">per <b>{html.escape(name)}</b></p>{table(head, rows)}</div>')
+    return '<div class="tables">' + "".join(out) + "</div>"
+
+
 def _present(stats: dict, key: str) -> bool:
     if key == "accounting":
         return bool(stats.get("accounting"))
@@ -340,10 +378,10 @@ def _present(stats: dict, key: str) -> bool:
 
 
 TAKE = {"accounting": take_accounting, "tokens": take_tokens, "images": take_images, "videos": take_videos,
-        "boxes": take_boxes, "sources": take_sources, "scores": take_scores}
+        "boxes": take_boxes, "sources": take_sources, "scores": take_scores, "categories": take_categories}
 TABLES = {"accounting": tables_accounting, "tokens": tables_tokens,
           "images": lambda st: tables_media(st["images"]), "videos": lambda st: tables_media(st["videos"]),
-          "boxes": tables_boxes, "sources": tables_sources, "scores": tables_scores}
+          "boxes": tables_boxes, "sources": tables_sources, "scores": tables_scores, "categories": tables_categories}
 
 
 def render_report(stats: dict, figs: list[tuple[str, bytes]] | None) -> str:

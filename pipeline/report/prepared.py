@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from ..sizes import bytes_headline
 from .summary import Report, share, size_block, summarize
-from .tables import (column, flat_values, pairs, read_ledger, read_manifest, read_scores, strings)
+from .tables import (column, flat_values, is_prepared_dir, pairs, read_ledger, read_manifest, read_scores, strings)
 
 EXAMPLES = 5
 TOKEN_KINDS = {  # stats.json key → manifest column
@@ -45,7 +45,7 @@ def build_prepared_report(out: str | Path, *, examples: int = EXAMPLES) -> Repor
     scores = read_scores(out)
     stats["scores"] = score_stats(scores, manifest, series) if scores is not None else {}
     stats["storage"] = _storage(out, manifest)
-    stats["categories"] = category_stats(scores, manifest) if scores is not None else {}
+    stats["categories"] = category_stats(scores, manifest, out) if scores is not None else {}
     stats["headline"] = headline(stats)
     stats["headline"].update(bytes_headline(stats["storage"]))
     return Report(stats, series)
@@ -265,23 +265,42 @@ def score_stats(scores, manifest, series: dict) -> dict:
     return out
 
 
-def category_stats(scores, manifest) -> dict:
-    """Per label column (e.g. category.coarse): samples and tokens of this directory's manifest per label."""
-    tok_by_id = dict(zip(strings(manifest, "id"), column(manifest, "n_tokens", np.zeros(manifest.num_rows))))
-    ids = strings(scores, "id")
-    out = {}
+def category_stats(scores, manifest, out: Path | None = None) -> dict:
+    """{label column: {label: {stage: {"samples", "tokens"}}}} for every label column of the scores
+    (category.coarse, category.fine, vlm_category.*, verify.kind; not the free text verify.answer(s)):
+    filters.reward.mixing.category_table, the table `vlprep select` prints. Stages: `scored` (the
+    prepared manifest: what select chose from); with `out` (the directory reported on) and a selection
+    there (OUT/selection, or OUT is one) also `after_rules` (not dropped by a --rule) and `selected`."""
+    from filters.reward.mixing import category_table
+
+    base, sel = out, None if out is None else out / "selection"
+    if out is not None and out.name == "selection" and is_prepared_dir(out.parent):
+        base, sel = out.parent, out  # the report of a selection: its parent's rows are what select chose from
+    if base != out:
+        manifest = read_manifest(base)
+    ids = strings(manifest, "id")
+    masks = {"scored": np.ones(len(ids), dtype=bool)}
+    if sel is not None and is_prepared_dir(sel) and (sel / "selection.json").exists():
+        chosen = set(strings(read_manifest(sel), "id"))
+        led = read_ledger(sel)
+        # a --rule drop: stage select, rule text not a quota's (filters.reward.mixing names those "quota ...")
+        by_rule = {i for i, st, stage, rule in zip(strings(led, "id"), strings(led, "status"), strings(led, "stage"),
+                                                   strings(led, "rule"))
+                   if st == "dropped" and stage == "select" and not rule.startswith("quota ")}
+        masks["after_rules"] = np.array([i not in by_rule for i in ids], dtype=bool)
+        masks["selected"] = np.array([i in chosen for i in ids], dtype=bool)
+    tokens = column(manifest, "n_tokens", np.zeros(len(ids)))
+    row_of = {sid: k for k, sid in enumerate(strings(scores, "id"))}
+    take = [row_of.get(sid) for sid in ids]
+    out_: dict = {}
     for name in scores.column_names:
         if name == "id" or not pa.types.is_string(scores.schema.field(name).type) or \
                 name.endswith((".answer", ".answers")):
             continue  # free text (verify.answer, verify.answers) is no label
-        block: dict = {}
-        for sid, label in zip(ids, strings(scores, name)):
-            if sid in tok_by_id:
-                b = block.setdefault(label or "(none)", {"samples": 0, "tokens": 0})
-                b["samples"] += 1
-                b["tokens"] += int(tok_by_id[sid])
-        out[name] = dict(sorted(block.items(), key=lambda kv: -kv[1]["tokens"]))
-    return out
+        values = scores.column(name).to_pylist()
+        labels = np.array([None if k is None else values[k] for k in take], dtype=object)
+        out_[name] = category_table(labels, tokens, masks)
+    return out_
 
 
 def headline(stats: dict) -> dict:

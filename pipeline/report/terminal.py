@@ -91,10 +91,13 @@ def print_report(stats: dict, console: Console | None = None) -> None:
         c.print(t)
     for name, block in stats.get("categories", {}).items():
         t = Table(title=f"per {name}", title_justify="left")
-        for col in ("label", "samples", "tokens"):
-            t.add_column(col, justify="left" if col == "label" else "right")
+        stages = list(next(iter(block.values()), {}))
+        t.add_column("label", justify="left")
+        for st in stages:
+            t.add_column(f"{st} n", justify="right")
+            t.add_column(f"{st} tok", justify="right")
         for label, r in block.items():
-            t.add_row(label, fmt(r["samples"]), fmt(r["tokens"]))
+            t.add_row(escape(label), *[fmt(r[st][k]) for st in stages for k in ("samples", "tokens")])
         c.print(t)
     if stats.get("timing"):
         tm = stats["timing"]
