@@ -52,6 +52,7 @@ from typing import Iterator
 import numpy as np
 
 from .loader import PAD_ID, ShardLoader
+from .storage import LazyFrames
 from .packing import OnlinePacker, PackedCollator, PaddedCollator, manifest_digest, read_plan
 
 try:
@@ -120,7 +121,7 @@ def sample_bytes(x) -> int:
         return sum(sample_bytes(s) for s in x)
     n = sum(v.nbytes for v in x.values() if isinstance(v, np.ndarray))
     sp = x.get("stored_pixels")
-    return n + sum(f.nbytes for _, f in sp.items) if sp is not None else n
+    return n + sp.frames_nbytes if sp is not None else n
 
 
 def buffer_shuffle(items, size: int, rng: np.random.Generator, max_bytes: int | None = None) -> Iterator:
@@ -273,6 +274,7 @@ class ShardDataset(IterableDataset):
         self._consumed = [0]
         self._next = 0
         self._tracked = False
+        self.lazy = True        # frames decoded in to_transfer (see _lazy_frames); False: the eager reference
         self.too_long: list[str] = []
 
     # -- state -----------------------------------------------------------------------------------
@@ -536,7 +538,7 @@ class ShardDataset(IterableDataset):
         keep = self._selected(shard) if self.selection else None
         n = 0
         try:
-            for s in self.loader_.iter_shard(shard, pixels=self.pixels):
+            for s in self.loader_.iter_shard(shard, pixels=self.pixels, lazy=self._lazy_frames()):
                 if keep is not None:
                     if s["id"] not in keep:
                         continue
@@ -553,6 +555,13 @@ class ShardDataset(IterableDataset):
             missing = f" (missing ids, e.g. {sorted(keep)[:3]})" if keep else ""
             raise ShardDataError(f"shard {path} holds {n} samples but {self.manifest_path} lists {want}{missing}; "
                                  f"the shard is truncated or stale — re-run `vlprep prepare` for it")
+
+    def _lazy_frames(self) -> bool:
+        """Read frames compressed (storage.LazyPixels) when they are decoded straight into the batch's
+        transfer buffer: a StatefulLoader worker with a built-in collator of uint8 frames (to_transfer)."""
+        return (self.lazy and self._tracked and self.pixels == "frames" and get_worker_info() is not None
+                and isinstance(self.collate, (PaddedCollator, PackedCollator)) and not self.collate.normalize
+                and str(self.collate.device) == "cpu")
 
     def _selected(self, shard: str) -> set[str]:
         import pyarrow.parquet as pq
@@ -698,10 +707,15 @@ def to_transfer(item):
         return item
     frames = getattr(item, "frames", None) or []
     tensors = [(k, v) for k, v in item.items() if isinstance(v, torch.Tensor)]
-    if any(v.device.type != "cpu" for _, v in tensors) or any(f.device.type != "cpu" for _, f in frames):
+    if any(v.device.type != "cpu" for _, v in tensors) or \
+            any(not isinstance(f, LazyFrames) and f.device.type != "cpu" for _, f in frames):
         return item                   # collated onto an accelerator in the worker: leave it to torch
     specs, total = [], 0
     for t in [v for _, v in tensors] + [f for _, f in frames]:
+        if isinstance(t, LazyFrames):         # still compressed: decoded into the buffer below
+            specs.append((torch.uint8, tuple(t.shape), total, t.nbytes))
+            total += -(-t.nbytes // _ALIGN) * _ALIGN
+            continue
         nbytes = t.numel() * t.element_size()
         specs.append((t.dtype, tuple(t.shape), total, nbytes))
         total += -(-nbytes // _ALIGN) * _ALIGN
@@ -713,7 +727,10 @@ def to_transfer(item):
         buf = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size), 0, (size,), (1,))
         arr = buf
     for t, (_, _, off, nbytes) in zip([v for _, v in tensors] + [f for _, f in frames], specs):
-        if nbytes:
+        if isinstance(t, LazyFrames):
+            if nbytes:
+                t.decode_into(buf[off:off + nbytes].numpy().reshape(t.shape))   # StorageError names the member
+        elif nbytes:
             buf[off:off + nbytes].view(t.dtype).view(t.shape).copy_(t)
     n = len(tensors)
     return TransferBatch(arr, [(k, spec) for (k, _), spec in zip(tensors, specs[:n])],

@@ -66,14 +66,16 @@ class ShardLoader:
         return self.manifest.column("id").to_pylist()
 
     # -- reading ---------------------------------------------------------------------------------
-    def iter_shard(self, shard: str, *, pixels: str = "rows") -> Iterator[dict]:
+    def iter_shard(self, shard: str, *, pixels: str = "rows", lazy: bool = False) -> Iterator[dict]:
         """Samples of one shard in stored order: {"id", 7 arrays, "meta"}.
 
         `pixels="frames"`: no `pixel_values`; a `stored_pixels` (storage.StoredPixels: the distinct
         frames and the patch geometry) instead, for consumers that rebuild the rows on their device
-        (`to_model_inputs` does). A damaged shard raises StorageError naming the shard and sample."""
+        (`to_model_inputs` does). A damaged shard raises StorageError naming the shard and sample.
+        `lazy=True` (with pixels="frames"): the frames stay compressed until used (storage.LazyPixels;
+        ShardDataset's workers decode them straight into the batch's transfer buffer)."""
         for key, members in self._iter_members(shard):
-            yield _assemble(key, members, shard, pixels)
+            yield _assemble(key, members, shard, pixels, lazy)
 
     def _iter_members(self, shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
         path = self._path(shard)
@@ -224,7 +226,8 @@ def _pax_records(data: bytes) -> dict[str, str]:
 PIXEL_MODES = ("rows", "frames")
 
 
-def _assemble(key: str, members: dict[str, bytes], shard: str = "?", pixels: str = "rows") -> dict:
+def _assemble(key: str, members: dict[str, bytes], shard: str = "?", pixels: str = "rows",
+              lazy: bool = False) -> dict:
     if pixels not in PIXEL_MODES:
         raise ValueError(f"pixels={pixels!r}: use one of {PIXEL_MODES}")
     where = f"{shard}, sample {key!r}"
@@ -244,7 +247,7 @@ def _assemble(key: str, members: dict[str, bytes], shard: str = "?", pixels: str
         except (ValueError, OSError, EOFError) as exc:
             raise StorageError(f"{where}: member {key}.{name}.npy is corrupt ({exc})") from None
     if not v1:
-        stored = read_pixels(members, where)
+        stored = read_pixels(members, where, lazy=lazy and pixels == "frames")
         if pixels == "frames":
             out["stored_pixels"] = stored
         else:

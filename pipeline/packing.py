@@ -130,8 +130,13 @@ def _frames_batch(samples: list[dict], np_batch: dict, preset, device, dtype) ->
     empty = np.zeros((0, 0), np.uint8)
     out = Batch(batch_to_model_inputs({**np_batch, "pixel_values": empty, "pixel_values_videos": empty},
                                       preset, device, dtype, normalize=False))
-    frames = [(k, torch.from_numpy(np.ascontiguousarray(f))) for kind in ("image", "video")
-              for sp in sps for k, f in sp.items if k == kind]
+    # frames read lazily (storage.LazyPixels, only in ShardDataset's workers) stay compressed here:
+    # pipeline.dataset.to_transfer decodes them straight into the batch's buffer
+    if all(hasattr(sp, "lazy") for sp in sps):
+        frames = [(lf.kind, lf) for kind in ("image", "video") for sp in sps for lf in sp.lazy if lf.kind == kind]
+    else:
+        frames = [(k, torch.from_numpy(np.ascontiguousarray(f))) for kind in ("image", "video")
+                  for sp in sps for k, f in sp.items if k == kind]
     kinds = {k for k, _ in frames}
     if "image" in kinds:
         out["image_grid_thw"] = torch.from_numpy(np_batch["image_grid_thw"].astype(np.int64)).to(device)

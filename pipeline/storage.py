@@ -370,11 +370,89 @@ class StoredPixels:
             raise StorageError(f"rebuilt {len(pv)} pixel rows, the descriptor says {self.rows}")
         return pv
 
+    @property
+    def frames_nbytes(self) -> int:
+        return sum(f.nbytes for _, f in self.items)
 
-def read_pixels(members: dict[str, bytes], where: str) -> StoredPixels:
+
+class LazyFrames:
+    """One item's frames still compressed: (kind, shape [n, H, W, 3] uint8) known, the members decoded
+    (crc32 checked) only by `decode_into` — straight into a caller's buffer, e.g. a batch's transfer
+    buffer (pipeline.dataset.to_transfer), so no per-sample frame array is allocated and copied."""
+
+    __slots__ = ("kind", "shape", "members", "where")
+    dtype = np.uint8
+
+    def __init__(self, kind: str, shape: tuple, members: list, where: str):
+        self.kind, self.shape, self.members, self.where = kind, shape, members, where
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape)
+
+    def decode_into(self, out: np.ndarray) -> np.ndarray:
+        """Decode into `out` (uint8, `self.shape`, C-contiguous); a damaged member raises StorageError
+        naming the shard, the sample and the member."""
+        h, w = self.shape[1:3]
+        try:
+            for j, (name, crc, data) in enumerate(self.members):
+                _decode_member(name, crc, data, h, w, out[j])
+        except StorageError as exc:
+            raise StorageError(f"{self.where}: {exc}") from None
+        return out
+
+    def numpy(self) -> np.ndarray:
+        return self.decode_into(np.empty(self.shape, dtype=np.uint8))
+
+
+class LazyPixels:
+    """StoredPixels whose frames stay compressed until used (`read_pixels(..., lazy=True)`): `.items`
+    decodes them all on first access (then it is a StoredPixels in all but name); `.lazy` gives the
+    LazyFrames for a consumer that decodes them into its own buffer."""
+
+    def __init__(self, geometry: Geometry, lazy: list[LazyFrames], rows: int):
+        self.geometry, self.lazy, self.rows = geometry, lazy, rows
+        self._items = None
+
+    @property
+    def items(self) -> list[tuple[str, np.ndarray]]:
+        if self._items is None:
+            self._items = [(lf.kind, lf.numpy()) for lf in self.lazy]
+        return self._items
+
+    pixel_values = StoredPixels.pixel_values
+
+    @property
+    def frames_nbytes(self) -> int:
+        return sum(lf.nbytes for lf in self.lazy)
+
+
+def _decode_member(name: str, crc, data, h: int, w: int, out: np.ndarray) -> None:
+    """One frame member into `out` ([H, W, 3] uint8), its crc32 checked; StorageError names the member."""
+    if data is None:
+        raise StorageError(f"member {name} is missing")
+    if isinstance(data, np.ndarray):     # already decoded by a webdataset reader
+        if data.dtype != np.uint8 or data.shape != (h, w, 3):
+            raise StorageError(f"member {name} was decoded to {data.dtype} {data.shape}; read the "
+                               f"shard without image decoding (raw bytes) to get exact pixels")
+        out[...] = data
+        return
+    if zlib.crc32(data) != int(crc):
+        raise StorageError(f"member {name} is corrupt (crc32 mismatch, {len(data)} bytes)")
+    try:
+        decode_frame(_ext_of(name), data, (h, w), out)
+    except StorageError as exc:
+        raise StorageError(f"member {name}: {exc}") from None
+    except Exception as exc:    # a decoder's own error on damaged bytes
+        raise StorageError(f"member {name} does not decode ({type(exc).__name__}: {exc})") from None
+
+
+def read_pixels(members: dict[str, bytes], where: str, lazy: bool = False) -> StoredPixels | LazyPixels:
     """Decode a format-2 sample's pixel members (`members`: suffix after `{key}.` -> bytes).
 
-    `where` names the shard and sample in every error ("shards/u0.tar, sample 'abc'")."""
+    `where` names the shard and sample in every error ("shards/u0.tar, sample 'abc'"). `lazy=True`:
+    the descriptor is checked and every member's presence too, but the frames stay compressed (a
+    LazyPixels); a corrupt member's StorageError then comes where the frames are decoded."""
     raw = members.get(DESCRIPTOR)
     if raw is None:
         raise StorageError(f"{where}: no {DESCRIPTOR} member (not a vlprep shard, or written by a different version)")
@@ -391,26 +469,20 @@ def read_pixels(members: dict[str, bytes], where: str) -> StoredPixels:
         items = []
         for it in desc["items"]:
             h, w = (int(v) for v in it["size"])
-            frames = np.empty((len(it["members"]), h, w, 3), dtype=np.uint8)
-            for j, (name, crc) in enumerate(zip(it["members"], it["crc32"])):
-                data = members.get(name)
-                if data is None:
-                    raise StorageError(f"member {name} is missing")
-                if isinstance(data, np.ndarray):     # already decoded by a webdataset reader
-                    if data.dtype != np.uint8 or data.shape != (h, w, 3):
-                        raise StorageError(f"member {name} was decoded to {data.dtype} {data.shape}; read the "
-                                           f"shard without image decoding (raw bytes) to get exact pixels")
-                    frames[j] = data
-                    continue
-                if zlib.crc32(data) != int(crc):
-                    raise StorageError(f"member {name} is corrupt (crc32 mismatch, {len(data)} bytes)")
-                try:
-                    decode_frame(_ext_of(name), data, (h, w), frames[j])
-                except StorageError as exc:
-                    raise StorageError(f"member {name}: {exc}") from None
-                except Exception as exc:    # a decoder's own error on damaged bytes
-                    raise StorageError(f"member {name} does not decode ({type(exc).__name__}: {exc})") from None
+            names, crcs = it["members"], it["crc32"]
+            if lazy:
+                got = [(name, crc, members.get(name)) for name, crc in zip(names, crcs)]
+                for name, _, data in got:
+                    if data is None:
+                        raise StorageError(f"member {name} is missing")
+                items.append(LazyFrames(it["kind"], (len(names), h, w, 3), got, where))
+                continue
+            frames = np.empty((len(names), h, w, 3), dtype=np.uint8)
+            for j, (name, crc) in enumerate(zip(names, crcs)):
+                _decode_member(name, crc, members.get(name), h, w, frames[j])
             items.append((it["kind"], frames))
+        if lazy:
+            return LazyPixels(geometry, items, int(desc["rows"]))
         return StoredPixels(geometry, items, int(desc["rows"]))
     except StorageError as exc:
         raise StorageError(f"{where}: {exc}") from None
