@@ -236,7 +236,7 @@ class Online:
         return time.perf_counter() - t0, n, tokens, cpu_s() - c0
 
 
-def vlprep(out: Path, workers: int, epochs: int, **mode) -> tuple[float, int, int, float, float, float]:
+def vlprep(out: Path, workers: int, epochs: int, lazy: bool = True, **mode) -> tuple[float, int, int, float, float, float]:
     """(seconds, samples, tokens, seconds to the first batch, samples/s after it, CPU seconds of the
     training process and its workers). Worker start-up
     (fork, first shard open, the shuffle buffer's fill) is paid again every epoch; the steady rate
@@ -244,6 +244,7 @@ def vlprep(out: Path, workers: int, epochs: int, **mode) -> tuple[float, int, in
     from pipeline.dataset import ShardDataset
 
     ds = ShardDataset(out, seed=0, **mode)
+    ds.lazy = lazy
     dl = ds.loader(num_workers=workers)
     n = tokens = 0
     first = None
@@ -398,6 +399,19 @@ def handoff(out: Path, mode: dict, epochs: int = 1) -> list[tuple[str, float, fl
     return [(label, rate, us) for label, (rate, us) in best.items()]
 
 
+def lazy_ab(out: Path, mode: dict, workers: int = 1, rounds: int = 3) -> list[tuple[str, float, float]]:
+    """(label, samples/s, process+worker CPU µs per sample) with frames decoded straight into the
+    batch's transfer buffer (lazy, the default) and into per-sample arrays first (eager), alternated,
+    best of `rounds`."""
+    best: dict[str, tuple[float, float]] = {}
+    for _ in range(rounds):
+        for label, lazy in (("lazy: decoded into the batch buffer", True), ("eager: per-sample arrays + copy", False)):
+            t, n, _, _, _, c = vlprep(out, workers, 1, lazy=lazy, **mode)
+            rate, us = best.get(label, (0.0, 1e12))
+            best[label] = (max(rate, n / t), min(us, c / n * 1e6))
+    return [(label, rate, us) for label, (rate, us) in best.items()]
+
+
 CLASSES = ("photos", "camera", "documents", "clips", "mix")
 # samples the online path runs per class (~2-4 s each on an idle core); the loader reads --loader-scale x
 ONLINE_N = {"photos": 240, "camera": 60, "documents": 16, "clips": 12, "mix": 60}
@@ -415,6 +429,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-waste", action="store_true", help="skip the padding-waste table")
     ap.add_argument("--profile", action="store_true",
                     help="only the per-step read profile and the hand-off comparison (photos, camera)")
+    ap.add_argument("--lazy", action="store_true",
+                    help="only lazy vs eager frame decoding, 1 worker, uint8 frames (the --classes given)")
     args = ap.parse_args(argv)
     if not (CORPUS / "mllm_demo.json").exists():
         print(f"LLaMA-Factory demo corpus not found at {CORPUS} (set VLPREP_SHARED_CORPUS)", file=sys.stderr)
@@ -444,6 +460,21 @@ def main(argv=None) -> int:
                                     ("padded b=4, float pixels", dict(batch_size=4))):
                     for how, rate, us in handoff(out, mode):  # all the OUT's samples, 1 epoch
                         print(f"  1 worker, {label:<28} {how:<38} {rate:>8.1f} samples/s {us:>8.0f} CPU µs/sample")
+            return 0
+        if args.lazy:
+            for name in wanted:
+                recs = mix(classes, 60) if name == "mix" else classes[name]
+                out = Path(tmp) / f"lazy-{name}"
+                write_out(out, recs, max(1, round(ONLINE_N[name] * args.scale * args.loader_scale / len(recs)))
+                          if name != "mix" else max(1, args.loader_scale), media_root=root)
+                print(f"\n{name}: lazy vs eager frames, 1 worker, best of 3 alternated; load {os.getloadavg()[0]:.1f}")
+                for label, mode in (("padded b=4, uint8 frames", dict(batch_size=4, normalize=False, pixels="frames")),
+                                    (f"packed ≤{args.max_tokens}, uint8 frames",
+                                     dict(max_tokens=args.max_tokens, normalize=False, pixels="frames"))):
+                    for how, rate, us in lazy_ab(out, mode):
+                        print(f"  {label:<28} {how:<38} {rate:>8.1f} samples/s {us:>8.0f} CPU µs/sample")
+                shutil.rmtree(out)
+            print(f"load after: {os.getloadavg()[0]:.1f}")
             return 0
         for name in wanted:
             n_online = max(1, round(ONLINE_N[name] * args.scale))

@@ -52,7 +52,7 @@ from typing import Iterator
 import numpy as np
 
 from .loader import PAD_ID, ShardLoader
-from .storage import LazyFrames
+from .storage import LazyFrames, StorageError
 from .packing import OnlinePacker, PackedCollator, PaddedCollator, manifest_digest, read_plan
 
 try:
@@ -324,7 +324,15 @@ class ShardDataset(IterableDataset):
                              f"DataLoader has {info.num_workers}; use ds.loader(num_workers=...) with the same number")
         logical = (info.id + self._next) % info.num_workers
         for k, item in self._reader_stream(logical, info.num_workers, self._consumed[logical]):
-            yield (to_transfer(item), logical, k) if self._tracked else item
+            if not self._tracked:
+                yield item
+                continue
+            try:
+                item = to_transfer(item)      # lazily read frames are decoded here (_lazy_frames)
+            except StorageError as exc:       # names shard, sample and member; raised as the eager read does
+                raise ShardDataError(f"{self.root}: {exc}; the shard is corrupt — re-run `vlprep prepare` "
+                                     f"for it") from exc
+            yield item, logical, k
 
     def _reader_stream(self, worker: int, num_workers: int, skip: int) -> Iterator[tuple[int, object]]:
         g, G = self.rank * num_workers + worker, self.world_size * num_workers
