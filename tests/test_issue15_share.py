@@ -25,7 +25,7 @@ from pipeline.score_inputs import units_from_manifest
 from processors.presets import IM_END_ID, get_preset
 from processors.tokenizer import get_tokenizer
 from reference_forward import reference_mean_logprob
-from test_issue15_vlm_signals import _samples
+from test_issue15_vlm_signals import _corpus, _samples
 from test_reward_fixtures import encode_frames, photo, tiny_qwen2_vl, tiny_qwen25_vl, write_shard  # noqa: F401
 from test_reward_vlm import _load
 
@@ -59,18 +59,6 @@ class VisionCount:
 
 
 # -- one model load ------------------------------------------------------------------------------------
-
-def _corpus(tmp_path):
-    enc, _ = _samples("qwen2-vl")
-    out = tmp_path / "out"
-    rows = []
-    for unit, part in (("u0000", enc[:2]), ("u0001", enc[2:])):
-        shard = write_shard(out, unit, part)
-        rows += [{"id": e.id, "unit": unit, "shard": shard, "preset": "qwen2-vl", "n_tokens": len(e.input_ids)}
-                 for e in part]
-    pq.write_table(pa.Table.from_pylist(rows), out / "manifest.parquet")
-    return out
-
 
 def _count_loads(monkeypatch):
     cls = transformers.Qwen2VLForConditionalGeneration

@@ -178,7 +178,8 @@ def test_vlm_category_tagger(family, tiny_qwen2_vl, tiny_qwen25_vl):
         assert "ocr_document: Reading text" in tok.decode(np.asarray(r["input_ids"]).tolist())
 
 
-def test_score_cli_with_the_checkpoint_signals(tmp_path, tiny_qwen2_vl, capsys):
+def _corpus(tmp_path):
+    """tmp_path/out: the qwen2-vl samples as a two-unit prepared directory (shards + manifest)."""
     enc, _ = _samples("qwen2-vl")
     out = tmp_path / "out"
     rows = []
@@ -187,6 +188,11 @@ def test_score_cli_with_the_checkpoint_signals(tmp_path, tiny_qwen2_vl, capsys):
         rows += [{"id": e.id, "unit": unit, "shard": shard, "preset": "qwen2-vl", "n_tokens": len(e.input_ids)}
                  for e in part]
     pq.write_table(pa.Table.from_pylist(rows), out / "manifest.parquet")
+    return out
+
+
+def test_score_cli_with_the_checkpoint_signals(tmp_path, tiny_qwen2_vl, capsys):
+    out = _corpus(tmp_path)
     args = ["score", str(out), "--model", str(tiny_qwen2_vl), "--scorers", "grounding,query", "--device", "cpu"]
     assert main(args) == 0
     s = pa.concat_tables([pq.read_table(p) for p in sorted((out / "scores").glob("*.parquet"))])
