@@ -37,7 +37,8 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-tokens", type=positive_int, default=16384, help="padded prompt tokens per batch (default 16384)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
     p.add_argument("--address", help="Ray cluster address: one actor per --num-gpus share of every GPU")
-    p.add_argument("--num-gpus", type=float, default=1.0, help="GPUs per Ray actor")
+    p.add_argument("--num-gpus", type=float, default=1.0,
+                   help="one Ray actor's share of a GPU, in (0, 1]: 0.5 = two actors per GPU (default 1)")
     p.add_argument("--tokenizer", help="tokenizer folder the shards were prepared with (default: OUT/job.json's "
                    "`tokenizer:`, else the built-in Qwen2 ranks)")
     p.add_argument("--engine", default="auto", choices=("auto", "vllm", "transformers"),
@@ -49,7 +50,7 @@ def run(args) -> int:
     import pyarrow.parquet as pq
 
     from filters.reward.protocol import ScorerError, resolve_device
-    from filters.reward.stage import pending, run_local, run_ray
+    from filters.reward.stage import check_num_gpus, pending, run_local, run_ray
     from filters.reward.verify import resolve_engine, verify_config
     from pipeline.score_inputs import shards_tokenizer, units_from_manifest
     from pipeline.loader import ShardLoader
@@ -58,6 +59,7 @@ def run(args) -> int:
     try:
         if not 0 < args.iou <= 1:
             raise ValueError(f"--iou must be in (0, 1], got {args.iou}")
+        check_num_gpus(args.num_gpus)
         units, preset = units_from_manifest(out)
         cfg = verify_config(str(out), engine=args.engine, model=args.model, preset=preset,
                             batch_tokens=args.batch_tokens, device=args.device, overwrite=args.overwrite,
