@@ -50,7 +50,7 @@ def run(args) -> int:
     import pyarrow.parquet as pq
 
     from filters.reward.protocol import ScorerError, resolve_device
-    from filters.reward.stage import check_num_gpus, pending, run_local, run_ray
+    from filters.reward.stage import check_num_gpus, pending, run_local, run_ray, scores_path
     from filters.reward.verify import resolve_engine, verify_config
     from pipeline.score_inputs import shards_tokenizer, units_from_manifest
     from pipeline.loader import ShardLoader
@@ -90,7 +90,9 @@ def run(args) -> int:
     if report.samples:
         print(f"verified {report.samples} samples in {secs:.1f}s ({report.samples / secs:,.2f} samples/s)")
     kinds, matched = Counter(), Counter()
-    for f in sorted((out / "scores").glob("*.parquet")):
+    for f in [scores_path(out, u.unit) for u in units]:  # this manifest's units, not stray files
+        if not f.exists() or not {"verify.kind", "verify.match"} <= set(pq.read_schema(f).names):
+            continue
         t = pq.read_table(f, columns=["verify.kind", "verify.match"])
         for k, m in zip(t.column("verify.kind").to_pylist(), t.column("verify.match").to_pylist()):
             kinds[k or "(no answer)"] += 1
