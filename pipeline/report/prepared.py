@@ -299,7 +299,9 @@ def category_stats(scores, manifest, out: Path | None = None) -> dict:
             continue  # free text (verify.answer, verify.answers) is no label
         values = scores.column(name).to_pylist()
         labels = np.array([None if k is None else values[k] for k in take], dtype=object)
-        out_[name] = category_table(labels, tokens, masks)
+        table = category_table(labels, tokens, masks)
+        if table:  # no rows (nothing kept): no table, rather than an empty one the report cannot summarise
+            out_[name] = table
     return out_
 
 
