@@ -296,16 +296,17 @@ def to_model_inputs(sample_or_batch: dict | list[dict], preset=None, device="cpu
 
 
 def _check_pad_id(samples: list[dict], pad_id: int) -> None:
-    """Padding a batch whose ids lie beyond the built-in Qwen2 vocabulary with its pad id (PAD_ID)
+    """Padding a batch whose ids lie beyond every built-in vocabulary with Qwen2's pad id (PAD_ID)
     would not give the prepared tokenizer's padding: one-line error naming the id to pass."""
     if pad_id != PAD_ID or len({int(s["input_ids"].shape[0]) for s in samples}) < 2:
         return
+    from processors.presets import PRESETS
     from processors.tokenizer import get_tokenizer
 
-    n = get_tokenizer().vocab_size
-    top = max(int(s["input_ids"].max()) for s in samples if s["input_ids"].size)
+    n = max(get_tokenizer(preset=p).vocab_size for p in PRESETS.values())  # every built-in table (Qwen-VL's too)
+    top = max((int(s["input_ids"].max()) for s in samples if s["input_ids"].size), default=-1)
     if top >= n:
-        raise ValueError(f"these samples hold token id {top}, beyond the built-in Qwen2 vocabulary ({n}), so "
+        raise ValueError(f"these samples hold token id {top}, beyond the built-in vocabularies ({n} ids), so "
                          f"PAD_ID {PAD_ID} is not their pad token: pass pad_id=ShardLoader(out).pad_id")
 
 

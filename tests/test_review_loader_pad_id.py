@@ -40,3 +40,16 @@ def test_builtin_tokenizer_shards_keep_pad_id(tmp_path):
     ids, mask = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
     assert (ids[mask == 0] == PAD_ID).all() and (mask == 0).any()
     assert np.array_equal(ids, to_model_inputs(samples, "qwen3-vl", pad_id=loader.pad_id)["input_ids"].numpy())
+
+
+def test_qwen_vl_ids_beyond_qwen2_ranks_pad_as_before():
+    """Qwen-VL (v1) samples hold its table's ids (<img> 151857 ...), above Qwen2's ranks: PAD_ID as before."""
+    from test_reward_fixtures import encode_frames, photo
+
+    enc = [encode_frames(f"s{i}", "What is it?", "A photo." * (i + 1), images=[photo(448, 448, i)], preset="qwen-vl")
+           for i in range(2)]
+    samples = [{**e.arrays(), "id": e.id, "meta": e.meta} for e in enc]
+    assert max(int(s["input_ids"].max()) for s in samples) > 151665
+    batch = to_model_inputs(samples, "qwen-vl")
+    ids, mask = batch["input_ids"].numpy(), batch["attention_mask"].numpy()
+    assert (ids[mask == 0] == PAD_ID).all() and (mask == 0).any()
