@@ -2,6 +2,11 @@
 
     python bench/video.py [--rounds 2] [--clips a,b]   # generates clips into bench/_data/ once
 
+One command prints the whole table (7 clips x 4 methods; ≈ 2 min per round on an idle 2-core
+machine, 4-6 min at load 5, plus ≈ 1.5 min to generate the clips the first time). The reference
+column needs a venv with qwen-vl-utils 0.0.14 + decord + torchvision: `.venv-ref` (`make reference`)
+or VLPREP_REF_PYTHON=/path/to/python.
+
 Each case runs in a fresh subprocess so that its peak RSS (ru_maxrss) is its own; the timer covers
 the work only (probe/open, sampling, decode, resize, patchify), not interpreter start or imports.
 All produce the same frame indices, sizes and patch layout (qwen-vl-utils 0.0.14 rules):
@@ -161,8 +166,8 @@ def child(method: str, path: str) -> dict:
         torch.set_num_threads(1)
         for mode, key in (("qwen-vl-utils", "resize_float_cpu"), ("transformers", "resize_uint8_cpu")):
             c = _cpu()
-            for k in range(0, len(frames), 8):  # vlprep's batches
-                resize_frames(np.stack(frames[k:k + 8]), H, W, mode=mode)
+            for k in range(0, len(frames), 8):  # vlprep's batches, each frame from its decoded buffer
+                resize_frames(frames[k:k + 8], H, W, mode=mode)
             extra[key] = _cpu() - c
         n = len(idx)
         grid, dur, first = (n // 2 + n % 2, H // 14, W // 14), info.duration, frames[0][:4].copy()

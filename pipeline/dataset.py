@@ -9,9 +9,18 @@
 Who reads what. The shard list and per-shard sample counts come from the manifest (the selection's
 manifest with `selection=True`); rank / world size from torch.distributed when it is initialised
 (else the arguments, default 0 / 1); each DataLoader worker is one of `world_size × num_workers`
-readers. With at least that many shards, reader g reads shards g, g+G, … of the epoch's shard
-order; with fewer, every reader streams all shards and keeps every G-th sample. Either way each
-sample is read by exactly one reader per epoch.
+readers. With at least that many shards, the shards are dealt heaviest first to the rank, then the
+reader of that rank, with the fewest samples (packs, tokens) so far (`balanced_split`); with fewer,
+every reader streams all shards and keeps every G-th sample. Either way each sample is read by
+exactly one reader per epoch.
+
+Equal ranks (`equalize`, default on with several ranks). DDP's collectives hang when one rank runs
+out of batches first, so every rank yields the smallest rank's batch count; `epoch_plan()` computes
+every reader's count from the manifest (padded / samples), the pack plan, or a replay of the
+shuffle + online packing on the manifest's n_tokens — no shard read, no communication. A longer
+rank leaves out a random subset (drawn per seed, epoch and reader) of its readers' samples (padded)
+or plan packs before the shuffle, or the last packs of its online-packed streams, and counts what it
+left out (`dropped`, a log warning).
 
 Order. Per epoch, the shard order is a permutation drawn from (seed, epoch), the same on every
 rank; each reader then shuffles its stream through a buffer of `buffer_size` samples drawn from
@@ -33,7 +42,10 @@ naming the file.
 from __future__ import annotations
 
 import os
+import logging
 from collections import Counter
+from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
@@ -48,7 +60,8 @@ try:
 except ImportError:  # pragma: no cover - torch is a core dependency
     raise
 
-STATE_VERSION = 1
+STATE_VERSION = 2          # 2: shards dealt to readers by balanced_split (1: every G-th shard)
+log = logging.getLogger("vlprep.dataset")
 
 
 class ShardDataError(RuntimeError):
@@ -130,6 +143,38 @@ def buffer_shuffle(items, size: int, rng: np.random.Generator, max_bytes: int | 
     yield from buf
 
 
+@dataclass
+class EpochPlan:
+    """How many batches every reader yields in one epoch, computed from the manifest (and the pack plan)
+    alone, the same on every rank and worker: `ShardDataset.epoch_plan()`.
+
+    - batches: what every rank yields this epoch (equalised: the smallest rank's count).
+    - rank_batches[r]: what rank r would yield without equalising.
+    - quotas[r][w]: batches reader (r, w) yields; sum(quotas[r]) == batches when equalised.
+    - dropped_batches[r], dropped_samples[r]: what rank r leaves out this epoch to match the others
+      (samples longer than max_tokens are not in these counts: they are in `too_long`)."""
+
+    epoch: int
+    world_size: int
+    num_workers: int
+    equalize: bool
+    batches: int
+    rank_batches: list
+    quotas: list
+    dropped_batches: list
+    dropped_samples: list
+
+
+def equal_quotas(counts: list[int], target: int) -> list[int]:
+    """Per-worker batch quotas ≤ counts summing to `target` (≤ sum(counts)): batches are taken off the
+    worker with the most left (ties: the highest worker index), so the workers stay as even as they can."""
+    q = list(counts)
+    for _ in range(sum(q) - target):
+        j = max(range(len(q)), key=lambda i: (q[i], i))
+        q[j] -= 1
+    return q
+
+
 class ShardDataset(IterableDataset):
     """Samples (numpy dicts), padded batches (`batch_size`) or packed rows (`max_tokens`) of a prepared OUT.
 
@@ -150,6 +195,11 @@ class ShardDataset(IterableDataset):
       pixel rows (half the bytes for images, no patchify in the workers); `to_device` rebuilds and
       normalises the rows on the device, bit-identical to the "rows" path.
     - collate: your own function list[sample] → batch, instead of the built-in collators.
+    - equalize: every rank yields the same number of batches per epoch (DDP's collectives hang when
+      one rank runs out first); the longer ranks drop their surplus, counted in `epoch_plan()` and
+      `dropped`. Default: on when world_size > 1. Computed from the manifest (padded, samples), the
+      pack plan (pack_plan=True) or a replay of the online packing on the manifest's token counts
+      (max_tokens; the shuffle buffer is then bounded by buffer_size only, see docs/training.md).
     """
 
     def __init__(self, out_dir: str | os.PathLike, *, seed: int = 0, shuffle: bool = True, buffer_size: int = 256,
@@ -158,7 +208,7 @@ class ShardDataset(IterableDataset):
                  batch_size: int | None = None, max_tokens: int | None = None, pack_plan: bool = False,
                  open_packs: int = 8, preset=None, device="cpu", dtype=None, normalize: bool = True,
                  flash_kwargs: bool = False, collate=None, epoch: int = 0, pad_id: int | None = None,
-                 pixels: str = "rows"):
+                 pixels: str = "rows", equalize: bool | None = None):
         self.root = Path(out_dir)
         if pixels not in ("rows", "frames"):
             raise ValueError(f"pixels={pixels!r}: use 'rows' or 'frames'")
@@ -215,6 +265,9 @@ class ShardDataset(IterableDataset):
             self.collate = PaddedCollator(self.preset, device, dtype, normalize=normalize, pad_id=self.pad_id)
         else:
             self.collate = None
+        self.equalize = self.world_size > 1 if equalize is None else bool(equalize)
+        self._epoch_plans: dict[tuple[int, int], EpochPlan] = {}
+        self._units: dict[str, np.ndarray] | None = None
         self.epoch = int(epoch)
         self.num_workers = 1
         self._consumed = [0]
@@ -230,15 +283,15 @@ class ShardDataset(IterableDataset):
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "seed": self.seed, "epoch": self.epoch, "rank": self.rank,
                 "world_size": self.world_size, "num_workers": self.num_workers,
-                "consumed": list(self._consumed), "next_worker": self._next,
+                "consumed": list(self._consumed), "next_worker": self._next, "equalize": self.equalize,
                 "manifest": str(self.manifest_path.relative_to(self.root)), "num_samples": self.num_samples}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"state version {state.get('version')!r} is not {STATE_VERSION}: saved by another vlprep")
-        for key in ("seed", "world_size", "rank", "num_samples"):
-            if state[key] != getattr(self, key):
-                raise ValueError(f"cannot resume: the state was saved with {key}={state[key]}, this dataset has "
+        for key in ("seed", "world_size", "rank", "num_samples", "equalize"):
+            if state.get(key) != getattr(self, key):
+                raise ValueError(f"cannot resume: the state was saved with {key}={state.get(key)}, this dataset has "
                                  f"{key}={getattr(self, key)}; resume with the same {key}")
         self.epoch, self.num_workers = int(state["epoch"]), int(state["num_workers"])
         self._consumed, self._next = list(state["consumed"]), int(state["next_worker"])
@@ -258,6 +311,7 @@ class ShardDataset(IterableDataset):
             self.num_workers = 1
             if len(self._consumed) != 1:
                 self._consumed = [0]
+            self._announce()
             for k, item in self._reader_stream(0, 1, self._consumed[0]):
                 self._consumed[0] = k + 1
                 yield item
@@ -273,18 +327,25 @@ class ShardDataset(IterableDataset):
     def _reader_stream(self, worker: int, num_workers: int, skip: int) -> Iterator[tuple[int, object]]:
         g, G = self.rank * num_workers + worker, self.world_size * num_workers
         rng = np.random.default_rng([self.seed, self.epoch, g])
+        quota = self.epoch_plan(num_workers).quotas[self.rank][worker] if self.equalize else None
         if self.plan is not None:
             groups = self._plan_groups(g, G)
+            if quota is not None:
+                groups = self._equalized(groups, g, G, quota)
             if self.shuffle:
                 groups = buffer_shuffle(groups, max(1, self.buffer_size // 16), rng, self.buffer_bytes)
         else:
             samples = self._samples(g, G)
+            if quota is not None and self.max_tokens is None:
+                samples = self._equalized(samples, g, G, quota)
             if self.shuffle:
-                samples = buffer_shuffle(samples, self.buffer_size, rng, self.buffer_bytes)
+                samples = buffer_shuffle(samples, self.buffer_size, rng, self._shuffle_bytes())
             if self.max_tokens is not None:
                 packer = OnlinePacker(self.max_tokens, self.open_packs)
                 self.too_long = packer.stats.too_long
                 groups = packer.pack(samples)
+                if quota is not None:
+                    groups = self._replayed(groups, quota, g)
             elif self.batch_size is not None:
                 groups = _chunks(samples, self.batch_size)
             else:
@@ -294,17 +355,168 @@ class ShardDataset(IterableDataset):
                 continue
             yield k, (self.collate(group) if self.collate is not None else group)
 
-    def _shard_order(self) -> list[str]:
+    def _equalized(self, units: Iterator, g: int, G: int, quota: int) -> Iterator:
+        """Reader g's samples (padded, samples) or plan packs without the ones equalising drops: a random
+        subset drawn per (seed, epoch, reader), so what is left out rotates across epochs even when a
+        reader holds one shard; exactly `quota` batches remain."""
+        total, keep = self._reader_units(g, G, self.epoch, quota)
+        if keep >= total:
+            yield from units
+            return
+        drop = set(self._drop_positions(g, self.epoch, total, keep).tolist())
+        for i, x in enumerate(units):
+            if i not in drop:
+                yield x
+
+    def _reader_units(self, g: int, G: int, epoch: int, quota: int) -> tuple[int, int]:
+        """(units reader g streams in `epoch`, units it keeps for `quota` batches): packs (pack plan)
+        or samples (padded: quota × batch_size)."""
+        sizes = self._reader_batch_sizes(g, G, epoch)
+        if self.plan is not None:
+            return len(sizes), min(len(sizes), quota)
+        total = int(sum(sizes))
+        return total, min(total, quota * (self.batch_size or 1))
+
+    def _drop_positions(self, g: int, epoch: int, total: int, keep: int) -> np.ndarray:
+        """Which of reader g's `total` units (stream positions) equalising leaves out in `epoch`."""
+        rng = np.random.default_rng([self.seed, epoch, g, 1])
+        return np.sort(rng.choice(total, total - keep, replace=False))
+
+    def _shuffle_bytes(self) -> int | None:
+        """The shuffle buffer's byte bound; none when equalised online packing replays the shuffle on
+        the manifest's token counts (which cannot know the arrays' bytes): buffer_size bounds it then."""
+        return None if (self.equalize and self.max_tokens is not None and self.plan is None) else self.buffer_bytes
+
+    def _replayed(self, groups: Iterator[list], quota: int, g: int) -> Iterator[list]:
+        """The first `quota` packs of an online-packed stream; fewer means the shards disagree with the
+        manifest's n_tokens that the epoch plan was replayed from — an error, never a short rank (a hang)."""
+        n = 0
+        for n, group in enumerate(islice(groups, quota), 1):
+            yield group
+        if n < quota:
+            raise ShardDataError(f"reader {g} of {self.root} packed {n} rows, but {self.manifest_path}'s n_tokens "
+                                 f"give {quota}: the shards disagree with the manifest — re-run `vlprep prepare`")
+
+    # -- equal batches per rank ------------------------------------------------------------------
+    def _announce(self) -> None:
+        """Compute the epoch plan in the training process and say what equalising drops (never silently)."""
+        if not self.equalize:
+            return
+        p = self.epoch_plan()
+        if p.dropped_batches[self.rank]:
+            log.warning("rank %d, epoch %d: %d samples (%d batches) left out so that all %d ranks yield %d batches; "
+                        "ShardDataset.epoch_plan() has every rank's counts", self.rank, p.epoch,
+                        p.dropped_samples[self.rank], p.dropped_batches[self.rank], p.world_size, p.batches)
+
+    @property
+    def dropped(self) -> int:
+        """Samples this rank leaves out of the current epoch so that every rank yields the same number
+        of batches (0 without equalize); see epoch_plan() for every rank's counts."""
+        return self.epoch_plan().dropped_samples[self.rank]
+
+    def epoch_plan(self, num_workers: int | None = None, epoch: int | None = None) -> EpochPlan:
+        """Every reader's batch count for an epoch (default: the current one, this dataset's num_workers),
+        computed from the manifest / pack plan without reading a shard; the same on every rank."""
+        nw = self.num_workers if num_workers is None else max(1, int(num_workers))
+        key = (self.epoch if epoch is None else int(epoch), nw)
+        if key not in self._epoch_plans:
+            self._epoch_plans = {key: self._compute_epoch_plan(*key)}
+        return self._epoch_plans[key]
+
+    def _compute_epoch_plan(self, epoch: int, nw: int) -> EpochPlan:
+        W, G = self.world_size, self.world_size * nw
+        sizes = [self._reader_batch_sizes(g, G, epoch) for g in range(G)]      # samples per batch, in order
+        counts = [len(x) for x in sizes]
+        rank_batches = [sum(counts[r * nw:(r + 1) * nw]) for r in range(W)]
+        target = min(rank_batches) if self.equalize else None
+        quotas = [equal_quotas(counts[r * nw:(r + 1) * nw], target) if self.equalize else counts[r * nw:(r + 1) * nw]
+                  for r in range(W)]
+        dropped_b = [rank_batches[r] - sum(quotas[r]) for r in range(W)]
+        def dropped(g: int, q: int) -> int:
+            if q >= len(sizes[g]):
+                return 0
+            if self.plan is None and self.max_tokens is not None:          # online: the packs after the quota
+                return int(sum(sizes[g][q:]))
+            total, keep = self._reader_units(g, G, epoch, q)
+            if self.plan is None:
+                return total - keep
+            return int(np.asarray(sizes[g])[self._drop_positions(g, epoch, total, keep)].sum())
+
+        dropped_s = [sum(dropped(r * nw + w, q) for w, q in enumerate(quotas[r])) for r in range(W)]
+        return EpochPlan(epoch, W, nw, self.equalize, target if self.equalize else rank_batches[self.rank],
+                         rank_batches, quotas, dropped_b, dropped_s)
+
+    def _reader_batch_sizes(self, g: int, G: int, epoch: int) -> list[int]:
+        """How many samples each batch reader g yields in `epoch` holds, in the order the stream yields
+        them before the shuffle of packs (the order the equalising cut keeps them): a replay of
+        `_reader_stream` on the manifest's counts, with the same shard assignment, shuffle and packer."""
+        shards, strided = self._my_shards(g, G, epoch)
+        if self.plan is not None:
+            return _assigned(shards, strided, g, G, self._units_of("plan")).tolist()
+        if self.max_tokens is not None:
+            lengths = _assigned(shards, strided, g, G, self._units_of("tokens")).tolist()
+            if self.shuffle:
+                lengths = buffer_shuffle(lengths, self.buffer_size, np.random.default_rng([self.seed, epoch, g]))
+            return [len(p) for p in OnlinePacker(self.max_tokens, self.open_packs, length=int, name=str).pack(lengths)]
+        total = sum(self.shard_counts[s] for s in shards)
+        n = len(range(g, total, G)) if strided else total
+        b = self.batch_size or 1
+        return [b] * (n // b) + ([n % b] if n % b else [])
+
+    def _units_of(self, kind: str) -> dict[str, np.ndarray]:
+        """Per shard, in stored order: the pack plan's pack sizes (kind "plan", packs in the order
+        `_plan_groups` yields them) or the manifest's n_tokens (kind "tokens"). Read once."""
+        if self._units is None:
+            import pyarrow.parquet as pq
+
+            units: dict[str, list[int]] = {}
+            if kind == "plan":
+                t = pq.read_table(self.plan.path, columns=["shard", "pack"])
+                per: dict[str, dict[int, int]] = {}
+                for shard, pack in zip(t.column("shard").to_pylist(), t.column("pack").to_pylist()):
+                    if pack >= 0:
+                        d = per.setdefault(shard, {})
+                        d[pack] = d.get(pack, 0) + 1
+                units = {s: np.asarray(list(d.values()), np.int32) for s, d in per.items()}
+            else:
+                t = pq.read_table(self.manifest_path, columns=["shard", "n_tokens"])
+                shard = t.column("shard").combine_chunks().dictionary_encode()
+                codes, ntok = shard.indices.to_numpy(), t.column("n_tokens").to_numpy().astype(np.int32)
+                order = np.argsort(codes, kind="stable")          # stored order within each shard
+                bounds = np.searchsorted(codes[order], np.arange(len(shard.dictionary) + 1))
+                units = {name: ntok[order[bounds[i]:bounds[i + 1]]]
+                         for i, name in enumerate(shard.dictionary.to_pylist())}
+            self._units = units
+        return self._units
+
+    def _shard_order(self, epoch: int | None = None) -> list[str]:
         shards = list(self.shard_counts)
         if self.shuffle:
-            perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(shards))
+            perm = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch]).permutation(len(shards))
             shards = [shards[i] for i in perm]
         return shards
 
-    def _my_shards(self, g: int, G: int) -> tuple[list[str], bool]:
+    def _my_shards(self, g: int, G: int, epoch: int | None = None) -> tuple[list[str], bool]:
         """(shards this reader opens, whether it must keep only every G-th item of them)."""
-        shards = self._shard_order()
-        return (shards[g::G], False) if len(shards) >= G else (shards, True)
+        shards = self._shard_order(epoch)
+        if len(shards) < G:
+            return shards, True
+        if G == 1:
+            return shards, False
+        key = (self.epoch if epoch is None else int(epoch), G)
+        if getattr(self, "_split", (None,))[0] != key:
+            self._split = (key, balanced_split(shards, [self._shard_weight(s) for s in shards],
+                                               self.world_size, G // self.world_size))
+        return self._split[1][g], False
+
+    def _shard_weight(self, shard: str) -> int:
+        """What a shard adds to a reader's batch count: its packs (pack plan), tokens (online packing)
+        or samples."""
+        if self.plan is not None:
+            return len(self._units_of("plan").get(shard, ()))
+        if self.max_tokens is not None:
+            return int(self._units_of("tokens")[shard].sum()) if shard in self._units_of("tokens") else 0
+        return self.shard_counts[shard]
 
     def _samples(self, g: int, G: int) -> Iterator[dict]:
         shards, strided = self._my_shards(g, G)
@@ -382,6 +594,32 @@ class ShardDataset(IterableDataset):
                                 continue
                         yield [held.pop(r) for r in pack_rows]
                 i += 1
+
+
+def balanced_split(shards: list[str], weights: list[int], world: int, workers: int) -> list[list[str]]:
+    """The epoch's shards (in its order) dealt to world × workers readers (reader g = rank × workers +
+    worker), longest-processing-time first: heaviest shard first (ties: the epoch's order), each to the
+    rank with the least weight so far, then to that rank's reader with the least (ties: the lowest
+    index). Each reader reads its shards in the epoch's order. Ranks end within about one light
+    shard's weight of each other, so equalising drops little; a function of the manifest and the
+    epoch's order alone."""
+    rank_w = [0] * world
+    reader_w = [0] * (world * workers)
+    mine: list[list[int]] = [[] for _ in range(world * workers)]
+    for i in sorted(range(len(shards)), key=lambda i: (-weights[i], i)):
+        r = min(range(world), key=lambda k: (rank_w[k], k))
+        g = min(range(r * workers, (r + 1) * workers), key=lambda k: (reader_w[k], k))
+        rank_w[r] += weights[i]
+        reader_w[g] += weights[i]
+        mine[g].append(i)
+    return [[shards[i] for i in sorted(m)] for m in mine]
+
+
+def _assigned(shards: list[str], strided: bool, g: int, G: int, units: dict[str, np.ndarray]) -> np.ndarray:
+    """A reader's units (tokens of samples, or samples of packs) of its shards in order; every G-th
+    from g when strided (the same split `_samples` / `_plan_groups` make while reading)."""
+    flat = np.concatenate([units.get(s, np.zeros(0, np.int32)) for s in shards] or [np.zeros(0, np.int32)])
+    return flat[g::G] if strided else flat
 
 
 def _chunks(items, n: int) -> Iterator[list]:
@@ -506,6 +744,7 @@ class StatefulLoader(DataLoader):
                 raise ValueError(f"the dataset's state was saved with num_workers={ds.num_workers}; resume with "
                                  f"ds.loader(num_workers={ds.num_workers})")
             ds.num_workers, ds._consumed, ds._next = self.num_workers, [0] * self.num_workers, 0
+        ds._announce()                 # the epoch plan is computed here, once, and forked into the workers
         ds._tracked = True
         try:
             it = super().__iter__()

@@ -5,7 +5,8 @@
 
 Steps (spec §6): probe (no pixel decode) → pick frames (§6.2–6.4; by presentation time on
 variable-rate clips) → per-frame size (§6.5) → decode only the picked frames → bicubic+antialias
-resize → temporal padding + patchify (§4 step 8). Memory holds the kept, resized frames only.
+resize → temporal padding + patchify (§4 step 8), group by group as frames arrive. Memory holds the
+kept frames' patches and the few frames in flight.
 Split across video_probe / video_sampling / video_decode / video_resize; this module is the API.
 """
 from __future__ import annotations
@@ -74,15 +75,16 @@ def _load_frame(item) -> np.ndarray:
 
 
 def _result(frames: np.ndarray, preset: Preset, *, indices, times, sample_fps, original_size, duration,
-            video_fps, is_vfr=False, rotation=0, backend="") -> VideoResult:
+            video_fps, is_vfr=False, rotation=0, backend="", patched=None) -> VideoResult:
+    """`patched`: (patches, grid) of `frames` already made (`_GroupPatches`), else patchify here."""
     tp = preset.temporal_patch_size
-    patches, grid = patchify(frames, preset.patch_size, preset.merge_size, tp)
+    patches, grid = patched or patchify(frames, preset.patch_size, preset.merge_size, tp)
     times = [float(t) for t in times]
     return VideoResult(
         patches=patches, grid_thw=tuple(int(g) for g in grid), second_per_grid_ts=float(tp / sample_fps),
         sample_fps=float(sample_fps), frame_indices=[int(i) for i in indices], frame_times=times,
         timestamps=times[::tp], original_size=tuple(int(v) for v in original_size),
-        resized_size=(int(frames.shape[1]), int(frames.shape[2])), duration=float(duration),
+        resized_size=(int(grid[1]) * preset.patch_size, int(grid[2]) * preset.patch_size), duration=float(duration),
         video_fps=float(video_fps), is_vfr=is_vfr, rotation=rotation, backend=backend,
         num_tokens=preset.visual_tokens(grid),
     )
@@ -194,13 +196,14 @@ def _single_torch_thread() -> None:
         torch.set_num_threads(1)
 
 
-def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int, list[int]], *,
-                       resize: str = "qwen-vl-utils") -> int:
-    """Resize decoded frames into `out` in small batches on a worker thread while this thread keeps
-    decoding (FFmpeg and torch both release the GIL, so the two overlap on two cores). At most
-    `_RESIZE_IN_FLIGHT` batches are handed to the worker at once (plus the one being filled: at most
-    3 batches of full-size frames alive): memory stays bounded by the kept, resized frames. Returns
-    how many slots of `out` were filled. (Letting this thread resize a batch itself when the worker
+def _decode_and_resize(frames, H: int, W: int, out, slots: dict[int, list[int]], *,
+                       resize: str = "qwen-vl-utils", filled_rows=None) -> int:
+    """Resize decoded frames into `out` (rows `out[k]`: an [n, H, W, 3] array or `_GroupPatches`) in
+    small batches on a worker thread while this thread keeps decoding (FFmpeg and torch both release
+    the GIL, so the two overlap on two cores). At most `_RESIZE_IN_FLIGHT` batches are handed to the
+    worker at once (plus the one being filled: at most 3 batches of full-size frames alive). Returns
+    how many slots of `out` were filled; `filled_rows(list of slots)` is called after each batch, on
+    the thread that resized it (`_GroupPatches`). (Letting this thread resize a batch itself when the worker
     is behind, instead of waiting, was measured for issue #14: no gain on 240p–4K clips and more
     system time on the 10-min 240p one, so it waits.)"""
     from concurrent.futures import ThreadPoolExecutor
@@ -216,13 +219,18 @@ def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int,
         return resize_frames_into(batch)
 
     def resize_frames_into(batch: list[tuple[int, np.ndarray]]) -> int:
-        small = resize_frames(np.stack([f for _, f in batch]), H, W, mode=resize)
-        n = 0
-        for (i, _), s in zip(batch, small):
-            for k in slots[i]:
-                out[k] = s
-                n += 1
-        return n
+        # Each decoded frame is resized straight into its first slot of `out` (no stacked copy);
+        # a frame sampled twice (short clips) is copied to its other slots.
+        resize_frames([f for _, f in batch], H, W, mode=resize, out=[out[slots[i][0]] for i, _ in batch])
+        rows = []
+        for i, _ in batch:
+            first, *rest = slots[i]
+            for k in rest:
+                out[k] = out[first]
+            rows += slots[i]
+        if filled_rows is not None:
+            filled_rows(rows)
+        return len(rows)
 
     filled = 0
     in_flight: list = []
@@ -253,6 +261,56 @@ def _decode_and_resize(frames, H: int, W: int, out: np.ndarray, slots: dict[int,
                 close()  # an abandoned decode generator closes its container now, not at GC
             torch.set_num_threads(caller_threads)  # the process-wide default the worker's overwrote
     return filled
+
+
+class _GroupPatches:
+    """The rows `_decode_and_resize` fills (`rows[k]`: a writable [H, W, 3] frame), kept one temporal
+    group at a time (rows g*tp … g*tp+tp-1): as soon as all rows of a group are resized (`self(rows)`,
+    on the thread that resized the last of them) the group is patchified into its rows of the result
+    and its frames are dropped. So the patch copy overlaps decoding, and memory holds the patches plus
+    the few groups in flight instead of every resized frame and then the patches too (issue #14).
+    Groups are patchified by `patchify` itself (the one owner of the patch layout; the last group, if
+    short, is padded there as in a whole-clip call): time is the outermost patch axis, so the rows of
+    group g are exactly `patchify(frames)[0][g*gh*gw:(g+1)*gh*gw]`."""
+
+    def __init__(self, n: int, H: int, W: int, preset: Preset):
+        import threading
+
+        self.H, self.W, self.p, self.m, self.tp = H, W, preset.patch_size, preset.merge_size, preset.temporal_patch_size
+        self.gt, self.per = -(-n // self.tp), (H // self.p) * (W // self.p)
+        self.need = [min(self.tp, n - g * self.tp) for g in range(self.gt)]
+        self.done = [0] * self.gt
+        self.frames: dict[int, np.ndarray] = {}
+        self.patches = np.empty((self.gt * self.per, 3 * self.tp * self.p * self.p), dtype=np.uint8)
+        self.lock = threading.Lock()
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        g = k // self.tp
+        with self.lock:
+            buf = self.frames.get(g)
+            if buf is None:
+                buf = self.frames[g] = np.empty((self.need[g], self.H, self.W, 3), dtype=np.uint8)
+        return buf[k - g * self.tp]
+
+    def __setitem__(self, k: int, frame: np.ndarray) -> None:
+        self[k][...] = frame
+
+    def __call__(self, rows: list[int]) -> None:
+        ready = []
+        with self.lock:
+            for k in rows:
+                g = k // self.tp
+                self.done[g] += 1
+                if self.done[g] == self.need[g]:
+                    ready.append((g, self.frames.pop(g)))
+        for g, frames in ready:
+            part, _ = patchify(frames, self.p, self.m, self.tp)
+            self.patches[g * self.per:(g + 1) * self.per] = part
+
+    def result(self) -> tuple[np.ndarray, tuple[int, int, int]]:
+        if self.done != self.need:
+            raise RuntimeError("patches read before every row was resized")
+        return self.patches, (self.gt, self.H // self.p, self.W // self.p)
 
 
 def process_video(
@@ -319,15 +377,16 @@ def process_video(
     h, w = info.display_size
     H, W = frame_size(h, w, n, preset, min_pixels=min_pixels, max_pixels=max_pixels, total_pixels=total_pixels,
                       resized_height=resized_height, resized_width=resized_width)
-    out = np.empty((n, H, W, 3), dtype=np.uint8)
     slots: dict[int, list[int]] = {}
     for k, i in enumerate(idx.tolist()):
         slots.setdefault(i, []).append(k)
     decode = decode_pyav if backend == "pyav" else decode_decord
-    filled = _decode_and_resize(decode(info, idx, timeout_s=timeout_s), H, W, out, slots, resize=resize)
+    groups = _GroupPatches(n, H, W, preset)
+    filled = _decode_and_resize(decode(info, idx, timeout_s=timeout_s), H, W, groups, slots, resize=resize,
+                                filled_rows=groups)
     if filled != n:
         raise VideoDecodeError(f"{info.path}: decoded {filled} of {n} sampled frames")
     times = info.frame_times[idx]
-    return _result(out, preset, indices=idx, times=times, sample_fps=sfps, original_size=(h, w),
+    return _result(None, preset, indices=idx, times=times, sample_fps=sfps, original_size=(h, w),
                    duration=info.duration, video_fps=info.avg_fps, is_vfr=info.is_vfr,
-                   rotation=info.rotation, backend=backend)
+                   rotation=info.rotation, backend=backend, patched=groups.result())

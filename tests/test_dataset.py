@@ -44,7 +44,8 @@ def _epochs(ds, workers, epochs=2):
 def test_exactly_once_2_ranks_3_workers_2_epochs(which, request):
     root = request.getfixturevalue(which)
     all_ids = set(ShardLoader(root).ids())
-    per_rank = [_epochs(ShardDataset(root, seed=5, rank=r, world_size=2, buffer_size=16), 3) for r in range(2)]
+    per_rank = [_epochs(ShardDataset(root, seed=5, rank=r, world_size=2, buffer_size=16, equalize=False), 3)
+                for r in range(2)]
     for e in range(2):
         seen = Counter(per_rank[0][e] + per_rank[1][e])
         assert set(seen) == all_ids and set(seen.values()) == {1}, (e, len(seen))
@@ -109,7 +110,7 @@ def test_selection_trains_on_what_select_kept(out):
     want = {i for i, k in zip(table.column("id").to_pylist(), keep) if k}
     got = Counter()
     for r in range(2):
-        got.update(_epochs(ShardDataset(out, selection=True, rank=r, world_size=2), 2, epochs=1)[0])
+        got.update(_epochs(ShardDataset(out, selection=True, rank=r, world_size=2, equalize=False), 2, epochs=1)[0])
     assert set(got) == want and set(got.values()) == {1}
     assert len(ShardDataset(out).shard_counts) == 12
     (out / "selection" / "manifest.parquet").unlink()
