@@ -16,7 +16,7 @@ Every supervised assistant turn is answered by the checkpoint (the conversation 
 earlier reference answers as history); a checker chosen from the reference -- box IoU, multiple-choice
 letter, number, normalised text -- says whether the model's answer confirms it
 (filters/reward/answer_check.py, docs/curation.md).
-Columns: verify.match (1 = every checked answer confirmed, 0 = not, NaN = nothing to check),
+Columns: verify.match (1 = every checked answer confirmed, 0 = not, NaN = nothing to check: passes a rule),
 verify.turns, verify.turns_matched, verify.value, verify.kind, verify.answer (the first answer),
 verify.answers (JSON, one object per turn).
 Engine: vLLM (`LLM.generate`) when it is installed and a GPU is used, else transformers `generate`.
@@ -25,7 +25,7 @@ Finished units are skipped; --overwrite re-runs them.
 examples:
   vlprep verify out/ --model /models/Qwen2.5-VL-7B-Instruct
   vlprep verify out/ --model /models/Qwen2.5-VL-7B-Instruct --engine transformers
-  vlprep select out/ --rule "verify.match == 1"
+  vlprep select out/ --rule "verify.match == 1" --rule "verify.turns >= 1"
 """
 
 
@@ -100,5 +100,5 @@ def run(args) -> int:
     for k, n in sorted(kinds.items()):
         print(f"  {k:<12} {n:>8} samples, {matched[k]:>8} confirmed ({matched[k] / n:.1%})")
     print(f"wrote verify.* columns to {out / 'scores'}/{{unit}}.parquet; keep confirmed samples with "
-          f"`vlprep select {out} --rule \"verify.match == 1\"`")
+          f"`vlprep select {out} --rule \"verify.match == 1\" --rule \"verify.turns >= 1\"`")
     return 0
