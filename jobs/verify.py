@@ -41,6 +41,9 @@ def add_arguments(p) -> None:
                    help="one Ray actor's share of a GPU, in (0, 1]: 0.5 = two actors per GPU (default 1)")
     p.add_argument("--tokenizer", help="tokenizer folder the shards were prepared with (default: OUT/job.json's "
                    "`tokenizer:`, else the built-in Qwen2 ranks)")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="compute dtype, as `vlprep score` (auto: bf16 on GPUs with native bf16, fp16 on older GPUs, "
+                   "fp32 on CPU)")
     p.add_argument("--engine", default="auto", choices=("auto", "vllm", "transformers"),
                    help="generation engine: auto (vllm when installed and on a GPU, else transformers)")
     p.add_argument("--overwrite", action="store_true", help="re-verify units that already have verify.* columns")
@@ -62,7 +65,7 @@ def run(args) -> int:
         check_num_gpus(args.num_gpus)
         units, preset = units_from_manifest(out)
         cfg = verify_config(str(out), engine=args.engine, model=args.model, preset=preset,
-                            batch_tokens=args.batch_tokens, device=args.device, overwrite=args.overwrite,
+                            batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype, overwrite=args.overwrite,
                             max_new_tokens=args.max_new_tokens, iou_threshold=args.iou,
                             tokenizer=shards_tokenizer(out, args.tokenizer, preset))
         from filters.reward.vlm_scorer import VLMScorer

@@ -30,3 +30,28 @@ def test_verify_summary_reads_only_this_manifests_units(tmp_path, capsys):
     assert main(["verify", str(out), "--model", str(ckpt), "--device", "cpu", "--max-new-tokens", "2"]) == 0
     printed = capsys.readouterr().out
     assert "verified 1 samples" in printed and "1 samples," in printed
+
+
+def test_verify_dtype_reaches_the_model(tmp_path, capsys, monkeypatch):
+    """`vlprep verify --dtype` is the score stage's option: fp16 on CPU reaches the scorer's model load
+    (the run records it), and an unknown value is refused by argparse."""
+    from filters.reward import verify as verify_mod
+    from issue15_verify_fixtures import build_model, encode_conversation, write_out
+
+    seen = []
+    real = verify_mod.VerifyScorer.__init__
+
+    def spy(self, *a, **kw):
+        seen.append(kw.get("dtype"))
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(verify_mod.VerifyScorer, "__init__", spy)
+    ckpt = tmp_path / "ckpt"
+    build_model("qwen2-vl", ckpt)
+    out = write_out(tmp_path / "out", "qwen2-vl",
+                    {"u0000": [encode_conversation("a", [("How many?", "3")], preset="qwen2-vl")]})
+    assert main(["verify", str(out), "--model", str(ckpt), "--device", "cpu", "--max-new-tokens", "2",
+                 "--dtype", "fp32"]) == 0
+    assert seen and set(seen) == {"fp32"}
+    with pytest.raises(SystemExit):
+        main(["verify", str(out), "--model", str(ckpt), "--dtype", "half"])
