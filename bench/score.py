@@ -385,7 +385,7 @@ def whole_rows_run(name: str, out: Path, model_path: Path, device, units, budget
             tok, sp = scorer._tok(batch), scorer._ids(batch)
             if name == "vlm_category":
                 coarse = [(c.name, c.description) for c in scorer.taxonomy.coarse]
-                ctxs = [truncate(s, first_answer(s, sp.im_end)[1] + 1, sp) for s in batch.samples]
+                ctxs = [truncate(s, first_answer(s, sp)[1] + 1, sp) for s in batch.samples]
                 rows = [r for c in ctxs for r in scorer.rows_for(c, tok, coarse, preset, sp)]
                 mean, cnt = scorer.logprobs(rows, batch)
                 best = (mean * cnt).reshape(len(ctxs), len(coarse)).argmax(axis=1)
@@ -395,7 +395,7 @@ def whole_rows_run(name: str, out: Path, model_path: Path, device, units, budget
             else:
                 rows = []
                 for s in batch.samples:
-                    span = first_answer(s, sp.im_end)
+                    span = first_answer(s, sp)
                     text = tok.decode(np.asarray(s["input_ids"])[span[0]:span[1]].tolist())
                     if not BOX_PATTERNS["qwen2-vl"].search(text):
                         continue

@@ -13,7 +13,7 @@ INTERRUPTED = "the units already scored are kept in OUT/scores; run the same com
 HELP = "score prepared shards with models (text, pixels, vlm) on GPUs or CPU; writes OUT/scores/{unit}.parquet"
 DESCRIPTION = """Score every kept sample of a prepared output directory without decoding any media again.
 
-Scorers (columns are `{scorer}.{signal}`, float64, one row per sample; see docs/scoring.md):
+Scorers (columns are `{scorer}.{signal}`, float64 but the labels, one row per sample; docs/scoring.md):
   text    question/answer relevance, informativeness, lexical diversity (bundled MiniLM, offline)
   pixels  blank share, luminance std, sharpness, brightness, clipping (from the uint8 patches, on device)
   vlm     answer mean log-prob, text-only log-prob, visual gain [, reward] (needs --model PATH)
@@ -21,6 +21,7 @@ Scorers (columns are `{scorer}.{signal}`, float64, one row per sample; see docs/
   vlm_category  the same labels from a checkpoint: log-prob of each category name (needs --model)
   grounding  box_margin / box_rank: the given box vs perturbed boxes (needs --model)
   query   question log-prob and its visual relevance (needs --model)
+The checkpoint scorers (vlm, vlm_category, grounding, query) share one loaded model per worker.
 
 Finished units are skipped, so an interrupted run resumes; adding a scorer later adds its columns.
 
@@ -33,7 +34,7 @@ examples:
 
 def add_arguments(p) -> None:
     p.add_argument("out_dir", help="output directory of `vlprep prepare`")
-    p.add_argument("--model", help="local Qwen2-VL / Qwen2.5-VL checkpoint folder (enables the vlm scorer)")
+    p.add_argument("--model", help="local Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint folder (enables the vlm scorer)")
     p.add_argument("--scorers", help="comma list of text,pixels,vlm,category,vlm_category,grounding,query "
                    "(default: text,pixels, plus vlm with --model)")
     p.add_argument("--batch-tokens", type=positive_int, default=16384, help="padded tokens per batch (default 16384)")

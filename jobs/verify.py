@@ -16,7 +16,7 @@ Every supervised assistant turn is answered by the checkpoint (the conversation 
 earlier reference answers as history); a checker chosen from the reference -- box IoU, multiple-choice
 letter, number, normalised text -- says whether the model's answer confirms it
 (filters/reward/answer_check.py, docs/curation.md).
-Columns: verify.match (1 = every checked answer confirmed, 0 = not, NaN = nothing to check),
+Columns: verify.match (1 = every checked answer confirmed, 0 = not, NaN = nothing to check: passes a rule),
 verify.turns, verify.turns_matched, verify.value, verify.kind, verify.answer (the first answer),
 verify.answers (JSON, one object per turn).
 Engine: vLLM (`LLM.generate`) when it is installed and a GPU is used, else transformers `generate`.
@@ -25,7 +25,7 @@ Finished units are skipped; --overwrite re-runs them.
 examples:
   vlprep verify out/ --model /models/Qwen2.5-VL-7B-Instruct
   vlprep verify out/ --model /models/Qwen2.5-VL-7B-Instruct --engine transformers
-  vlprep select out/ --rule "verify.match == 1"
+  vlprep select out/ --rule "verify.match == 1" --rule "verify.turns >= 1"
 """
 
 
@@ -37,9 +37,13 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-tokens", type=positive_int, default=16384, help="padded prompt tokens per batch (default 16384)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
     p.add_argument("--address", help="Ray cluster address: one actor per --num-gpus share of every GPU")
-    p.add_argument("--num-gpus", type=float, default=1.0, help="GPUs per Ray actor")
+    p.add_argument("--num-gpus", type=float, default=1.0,
+                   help="one Ray actor's share of a GPU, in (0, 1]: 0.5 = two actors per GPU (default 1)")
     p.add_argument("--tokenizer", help="tokenizer folder the shards were prepared with (default: OUT/job.json's "
                    "`tokenizer:`, else the built-in Qwen2 ranks)")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="compute dtype, as `vlprep score` (auto: bf16 on GPUs with native bf16, fp16 on older GPUs, "
+                   "fp32 on CPU)")
     p.add_argument("--engine", default="auto", choices=("auto", "vllm", "transformers"),
                    help="generation engine: auto (vllm when installed and on a GPU, else transformers)")
     p.add_argument("--overwrite", action="store_true", help="re-verify units that already have verify.* columns")
@@ -49,7 +53,7 @@ def run(args) -> int:
     import pyarrow.parquet as pq
 
     from filters.reward.protocol import ScorerError, resolve_device
-    from filters.reward.stage import pending, run_local, run_ray
+    from filters.reward.stage import check_num_gpus, pending, run_local, run_ray, scores_path
     from filters.reward.verify import resolve_engine, verify_config
     from pipeline.score_inputs import shards_tokenizer, units_from_manifest
     from pipeline.loader import ShardLoader
@@ -58,9 +62,10 @@ def run(args) -> int:
     try:
         if not 0 < args.iou <= 1:
             raise ValueError(f"--iou must be in (0, 1], got {args.iou}")
+        check_num_gpus(args.num_gpus)
         units, preset = units_from_manifest(out)
         cfg = verify_config(str(out), engine=args.engine, model=args.model, preset=preset,
-                            batch_tokens=args.batch_tokens, device=args.device, overwrite=args.overwrite,
+                            batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype, overwrite=args.overwrite,
                             max_new_tokens=args.max_new_tokens, iou_threshold=args.iou,
                             tokenizer=shards_tokenizer(out, args.tokenizer, preset))
         from filters.reward.vlm_scorer import VLMScorer
@@ -88,7 +93,9 @@ def run(args) -> int:
     if report.samples:
         print(f"verified {report.samples} samples in {secs:.1f}s ({report.samples / secs:,.2f} samples/s)")
     kinds, matched = Counter(), Counter()
-    for f in sorted((out / "scores").glob("*.parquet")):
+    for f in [scores_path(out, u.unit) for u in units]:  # this manifest's units, not stray files
+        if not f.exists() or not {"verify.kind", "verify.match"} <= set(pq.read_schema(f).names):
+            continue
         t = pq.read_table(f, columns=["verify.kind", "verify.match"])
         for k, m in zip(t.column("verify.kind").to_pylist(), t.column("verify.match").to_pylist()):
             kinds[k or "(no answer)"] += 1
@@ -96,5 +103,5 @@ def run(args) -> int:
     for k, n in sorted(kinds.items()):
         print(f"  {k:<12} {n:>8} samples, {matched[k]:>8} confirmed ({matched[k] / n:.1%})")
     print(f"wrote verify.* columns to {out / 'scores'}/{{unit}}.parquet; keep confirmed samples with "
-          f"`vlprep select {out} --rule \"verify.match == 1\"`")
+          f"`vlprep select {out} --rule \"verify.match == 1\" --rule \"verify.turns >= 1\"`")
     return 0

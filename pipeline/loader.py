@@ -48,6 +48,17 @@ class ShardLoader:
             raise FileNotFoundError(f"{self.root}/shards not found: is {self.root} the output of `vlprep prepare`?")
         self._manifest = None
         self._index: dict[str, dict[str, tuple[int, int]]] = {}
+        self._pad_id: int | None = None
+
+    @property
+    def pad_id(self) -> int:
+        """The pad id of the tokenizer these shards were prepared with (pipeline.dataset.out_pad_id:
+        248044 for a Qwen3.5-style 248k `tokenizer:`, else PAD_ID); pass it to to_model_inputs."""
+        if self._pad_id is None:
+            from .dataset import out_pad_id
+
+            self._pad_id = out_pad_id(self.root)
+        return self._pad_id
 
     # -- listing ---------------------------------------------------------------------------------
     def shards(self) -> list[str]:
@@ -273,8 +284,11 @@ def to_model_inputs(sample_or_batch: dict | list[dict], preset=None, device="cpu
     qwen-vl: pixel_values [k, 3, 448, 448]; position_ids [1, B, L] → [B, L].
     Samples read with pixels="frames" send only their stored frames to `device`, where they are
     patchified (bit-identical rows, each pixel crossing to the device once).
+    `pad_id` fills the padded slots: PAD_ID (151643) is the built-in Qwen2 tokenizer's; shards
+    prepared with another `tokenizer:` (a 248k vocabulary) need theirs, `ShardLoader(out).pad_id`.
     """
     samples = sample_or_batch if isinstance(sample_or_batch, list) else [sample_or_batch]
+    _check_pad_id(samples, pad_id)
     if not any("stored_pixels" in s for s in samples):
         return batch_to_model_inputs(collate(samples, pad_id), preset, device, dtype)
     batch = collate(samples, pad_id, pixels=False)
@@ -282,6 +296,21 @@ def to_model_inputs(sample_or_batch: dict | list[dict], preset=None, device="cpu
         rows = device_pixel_rows(samples, kind, device)
         batch[key] = rows if rows is not None else np.zeros((0, 0), dtype=np.uint8)
     return batch_to_model_inputs(batch, preset, device, dtype)
+
+
+def _check_pad_id(samples: list[dict], pad_id: int) -> None:
+    """Padding a batch whose ids lie beyond every built-in vocabulary with Qwen2's pad id (PAD_ID)
+    would not give the prepared tokenizer's padding: one-line error naming the id to pass."""
+    if pad_id != PAD_ID or len({int(s["input_ids"].shape[0]) for s in samples}) < 2:
+        return
+    from processors.presets import PRESETS
+    from processors.tokenizer import get_tokenizer
+
+    n = max(get_tokenizer(preset=p).vocab_size for p in PRESETS.values())  # every built-in table (Qwen-VL's too)
+    top = max((int(s["input_ids"].max()) for s in samples if s["input_ids"].size), default=-1)
+    if top >= n:
+        raise ValueError(f"these samples hold token id {top}, beyond the built-in vocabularies ({n} ids), so "
+                         f"PAD_ID {PAD_ID} is not their pad token: pass pad_id=ShardLoader(out).pad_id")
 
 
 def iter_batches(samples: Iterable[dict], max_tokens: int, max_samples: int | None = None) -> Iterator[list[dict]]:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reference_forward import reference_generate
-from test_reward_fixtures import photo
+from test_reward_fixtures import photo, write_shard
 from tiny_models import build_qwen3_vl, build_tiny_model, load_model
 
 NEW_TOKENS = 6
@@ -88,19 +88,22 @@ def as_sample(enc) -> dict:
     return {"id": enc.id, **enc.arrays(), "meta": enc.meta}
 
 
-def write_out(root: Path, family: str, units: dict[str, list]) -> Path:
+def write_out(root: Path, family: str, units: dict[str, list], *, v1: bool = False) -> Path:
     """OUT with format-2 shards (pipeline.writer.ShardWriter: stored frames), manifest and ledger for
-    {unit: [EncodedSample]}."""
+    {unit: [EncodedSample]}; v1=True writes format-1 shards (raw pixel_values members) instead."""
     from pipeline.writer import ShardWriter
     from processors.presets import get_preset
 
     out = Path(root)
     rows = []
     for unit, enc in units.items():
-        shard = f"shards/{unit}.tar"
-        with ShardWriter(out / shard, preset=get_preset(family)) as w:  # format 2: stored frames
-            for e in enc:
-                w.write(e.id, e, e.meta)
+        if v1:
+            shard = write_shard(out, unit, enc)
+        else:
+            shard = f"shards/{unit}.tar"
+            with ShardWriter(out / shard, preset=get_preset(family)) as w:  # format 2: stored frames
+                for e in enc:
+                    w.write(e.id, e, e.meta)
         rows += [{"id": e.id, "unit": unit, "shard": shard, "preset": family, "n_tokens": len(e.input_ids)}
                  for e in enc]
     pq.write_table(pa.Table.from_pylist(rows), out / "manifest.parquet")

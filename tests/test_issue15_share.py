@@ -22,19 +22,14 @@ from filters.reward.vlm_scorer import ModelCache
 from jobs.cli import main
 from pipeline.loader import ShardLoader
 from pipeline.score_inputs import units_from_manifest
-from processors.presets import IM_END_ID, get_preset
-from processors.tokenizer import get_tokenizer
+from processors.presets import IM_END_ID
 from reference_forward import reference_mean_logprob
-from test_issue15_vlm_signals import _samples
+from test_issue15_vlm_signals import _corpus, _samples, _setup
 from test_reward_fixtures import encode_frames, photo, tiny_qwen2_vl, tiny_qwen25_vl, write_shard  # noqa: F401
-from test_reward_vlm import _load
+from tiny_models import load_model as _load
 
 CPU = torch.device("cpu")
 CHECKPOINT_SCORERS = ("vlm", "vlm_category", "grounding", "query", "verify")
-
-
-def _path(family, a, b):
-    return str(a if family == "qwen2-vl" else b)
 
 
 def _pixel_rows(s) -> int:
@@ -59,18 +54,6 @@ class VisionCount:
 
 
 # -- one model load ------------------------------------------------------------------------------------
-
-def _corpus(tmp_path):
-    enc, _ = _samples("qwen2-vl")
-    out = tmp_path / "out"
-    rows = []
-    for unit, part in (("u0000", enc[:2]), ("u0001", enc[2:])):
-        shard = write_shard(out, unit, part)
-        rows += [{"id": e.id, "unit": unit, "shard": shard, "preset": "qwen2-vl", "n_tokens": len(e.input_ids)}
-                 for e in part]
-    pq.write_table(pa.Table.from_pylist(rows), out / "manifest.parquet")
-    return out
-
 
 def _count_loads(monkeypatch):
     cls = transformers.Qwen2VLForConditionalGeneration
@@ -164,12 +147,9 @@ def test_continuations_equal_per_sample_transformers(family, tiny_qwen2_vl, tiny
     """continuation_logprobs (one read of the prefix, candidates from its keys/values, two levels deep as
     vlm_category uses them) equals the per-sample transformers forward of every whole row and the
     batched row path, for image, video and text-only samples."""
-    path = _path(family, tiny_qwen2_vl, tiny_qwen25_vl)
-    preset, tok = get_preset(family), get_tokenizer(preset=get_preset(family))
+    path, preset, tok, scorer = _setup(family, tiny_qwen2_vl, tiny_qwen25_vl, GroundingScorer)
     model = _load(path)
     _, samples = _samples(family)
-    scorer = GroundingScorer(path)
-    scorer.setup(CPU)
     batch = HostBatch(samples, preset)
     texts = ("Yes.", "A cat is sleeping on the red sofa.", "No")
     conts = [tok.encode(t) + [IM_END_ID] for t in texts]
@@ -217,11 +197,8 @@ def _category_by_rows(scorer, samples, batch, tok):
 
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
 def test_vlm_category_reads_vision_once_per_sample(family, tiny_qwen2_vl, tiny_qwen25_vl):
-    path = _path(family, tiny_qwen2_vl, tiny_qwen25_vl)
-    preset, tok = get_preset(family), get_tokenizer(preset=get_preset(family))
+    path, preset, tok, scorer = _setup(family, tiny_qwen2_vl, tiny_qwen25_vl, VLMCategoryScorer, batch_tokens=4096)
     _, samples = _samples(family)
-    scorer = VLMCategoryScorer(path, batch_tokens=4096)
-    scorer.setup(CPU)
     batch = HostBatch(samples, preset)
     hook = VisionCount(scorer.vlm.model)
     out = scorer.score(batch)
@@ -241,16 +218,13 @@ def test_vlm_category_reads_vision_once_per_sample(family, tiny_qwen2_vl, tiny_q
 
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
 def test_grounding_reads_vision_once_per_sample(family, tiny_qwen2_vl, tiny_qwen25_vl):
-    path = _path(family, tiny_qwen2_vl, tiny_qwen25_vl)
-    preset, tok = get_preset(family), get_tokenizer(preset=get_preset(family))
+    path, preset, tok, scorer = _setup(family, tiny_qwen2_vl, tiny_qwen25_vl, GroundingScorer, batch_tokens=4096)
     model = _load(path)
     enc, samples = _samples(family)
     box = {"qwen2-vl": "<|box_start|>(100,100),(500,600)<|box_end|>",
            "qwen2.5-vl": '[{"bbox_2d": [20, 8, 60, 30], "label": "dog"}]'}[family]
     samples.append({**(e := encode_frames("g4", "Where is the dog?", box, images=[photo(84, 84, 5)],
                                           preset=family)).arrays(), "id": e.id, "meta": e.meta})
-    scorer = GroundingScorer(path, batch_tokens=4096)
-    scorer.setup(CPU)
     hook = VisionCount(scorer.vlm.model)
     out = scorer.score(HostBatch(samples, preset))
     hook.close()

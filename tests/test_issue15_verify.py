@@ -14,8 +14,9 @@ from filters.reward.verify import split_prompt
 from jobs.cli import main
 from processors.presets import ENDOFTEXT_ID, IM_END_ID, get_preset
 from processors.tokenizer import get_tokenizer
+from issue15_verify_fixtures import write_out
 from reference_forward import reference_generate
-from test_reward_fixtures import encode_frames, photo, write_shard
+from test_reward_fixtures import encode_frames, photo
 from tiny_models import build_tiny_model, load_model
 
 NEW_TOKENS = 6
@@ -58,19 +59,7 @@ def _prepared(tmp_path, family, model):
         ref = answers[sid] if sid != "v4" else "It is definitely a bright green colour."
         encoded.append(encode_frames(sid, q, ref, preset=family, **media))
     out = tmp_path / f"out-{family}"
-    units = {"u0000": encoded[:3], "u0001": encoded[3:]}
-    rows = []
-    for unit, enc in units.items():
-        shard = write_shard(out, unit, enc)
-        rows += [{"id": e.id, "unit": unit, "shard": shard, "preset": family, "n_tokens": len(e.input_ids)}
-                 for e in enc]
-    pq.write_table(pa.Table.from_pylist(rows), out / "manifest.parquet")
-    led = [{"id": r["id"], "source": "t", "record_index": i, "unit": r["unit"], "status": "kept", "stage": "write",
-            "rule": None, "value": None, "message": None} for i, r in enumerate(rows)]
-    schema = pa.schema([("id", pa.string()), ("source", pa.string()), ("record_index", pa.int64()),
-                        ("unit", pa.string()), ("status", pa.string()), ("stage", pa.string()),
-                        ("rule", pa.string()), ("value", pa.float64()), ("message", pa.string())])
-    pq.write_table(pa.Table.from_pylist(led, schema=schema), out / "ledger.parquet")
+    write_out(out, family, {"u0000": encoded[:3], "u0001": encoded[3:]}, v1=True)
     return out, answers
 
 

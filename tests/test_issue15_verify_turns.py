@@ -152,12 +152,12 @@ def test_multi_turn_generation_with_qwen35_tokenizer(tmp_path, tiny_qwen35_varie
     generates every turn's answer token for token as the per-turn transformers path does (stop ids
     <|im_end|> / <|endoftext|> of that vocabulary), and reports one entry per turn."""
     import torch
-    import transformers
 
     from filters.reward.batching import HostBatch
     from filters.reward.protocol import vocab_for
     from filters.reward.verify import Turn, VerifyScorer
     from test_qwen3_vl_tokenizer import make_tokenizer_folder
+    from tiny_models import load_model
 
     preset = get_preset("qwen3-vl")
     tok_dir = make_tokenizer_folder(tmp_path / "tok")
@@ -168,8 +168,7 @@ def test_multi_turn_generation_with_qwen35_tokenizer(tmp_path, tiny_qwen35_varie
            encode_conversation("q1", [("Say hi.", "Hi."), ("Again?", "Hi again."), ("Done?", "Yes.")],
                                preset="qwen3-vl", tokenizer=tok)]
     samples = [as_sample(e) for e in enc]
-    model = transformers.Qwen3VLForConditionalGeneration.from_pretrained(
-        tiny_qwen35_varied, dtype=torch.float32, attn_implementation="sdpa").eval()
+    model = load_model(tiny_qwen35_varied)
     top = vocab_for(str(tok_dir), preset).top()
     scorer = VerifyScorer(str(tiny_qwen35_varied), max_new_tokens=NEW_TOKENS, tokenizer=str(tok_dir),
                           engine="transformers")

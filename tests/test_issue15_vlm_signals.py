@@ -53,14 +53,21 @@ def _path(family, a, b):
     return str(a if family == "qwen2-vl" else b)
 
 
+def _setup(family, a, b, cls, **kw):
+    """(checkpoint folder, preset, tokenizer, scorer) for the tiny `family` checkpoint (a: qwen2-vl, b:
+    qwen2.5-vl): `cls(path, **kw)` set up on the CPU."""
+    path, preset = _path(family, a, b), get_preset(family)
+    scorer = cls(path, **kw)
+    scorer.setup(CPU)
+    return path, preset, get_tokenizer(preset=preset), scorer
+
+
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
 def test_candidate_rows_match_per_sample_transformers(family, tiny_qwen2_vl, tiny_qwen25_vl):
-    path = _path(family, tiny_qwen2_vl, tiny_qwen25_vl)
-    preset, tok = get_preset(family), get_tokenizer(preset=get_preset(family))
+    # a small budget: several batches
+    path, preset, tok, scorer = _setup(family, tiny_qwen2_vl, tiny_qwen25_vl, GroundingScorer, batch_tokens=600)
     model = _load(path)
     _, samples = _samples(family)
-    scorer = GroundingScorer(path, batch_tokens=600)  # small budget: several batches
-    scorer.setup(CPU)
     rows = []
     for s in samples:  # a few continuations per sample, vision in the prefix
         start, end = first_answer(s)
@@ -82,12 +89,9 @@ def test_candidate_rows_match_per_sample_transformers(family, tiny_qwen2_vl, tin
 
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
 def test_grounding_signal(family, tiny_qwen2_vl, tiny_qwen25_vl):
-    path = _path(family, tiny_qwen2_vl, tiny_qwen25_vl)
-    preset, tok = get_preset(family), get_tokenizer(preset=get_preset(family))
+    path, preset, tok, scorer = _setup(family, tiny_qwen2_vl, tiny_qwen25_vl, GroundingScorer)
     model = _load(path)
     _, samples = _samples(family)
-    scorer = GroundingScorer(path)
-    scorer.setup(CPU)
     out = scorer.score(HostBatch(samples, preset))
     assert set(out) == set(scorer.columns())
     assert np.isnan(out["grounding.box_margin"][1:]).all() and np.isnan(out["grounding.box_rank"][1:]).all()
@@ -125,12 +129,9 @@ def test_perturbed_boxes_are_clamped_and_formatted():
 
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
 def test_query_signal(family, tiny_qwen2_vl, tiny_qwen25_vl):
-    path = _path(family, tiny_qwen2_vl, tiny_qwen25_vl)
-    preset, tok = get_preset(family), get_tokenizer(preset=get_preset(family))
+    path, preset, tok, scorer = _setup(family, tiny_qwen2_vl, tiny_qwen25_vl, QueryScorer)
     model = _load(path)
     _, samples = _samples(family)
-    scorer = QueryScorer(path)
-    scorer.setup(CPU)
     out = scorer.score(HostBatch(samples, preset))
     user = tok.encode("user")[0]
     for i, s in enumerate(samples):
@@ -151,13 +152,10 @@ def test_query_signal(family, tiny_qwen2_vl, tiny_qwen25_vl):
 
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
 def test_vlm_category_tagger(family, tiny_qwen2_vl, tiny_qwen25_vl):
-    path = _path(family, tiny_qwen2_vl, tiny_qwen25_vl)
-    preset, tok = get_preset(family), get_tokenizer(preset=get_preset(family))
+    path, preset, tok, scorer = _setup(family, tiny_qwen2_vl, tiny_qwen25_vl, VLMCategoryScorer, batch_tokens=4096)
     model = _load(path)
     _, samples = _samples(family)
     tax = load_taxonomy()
-    scorer = VLMCategoryScorer(path, batch_tokens=4096)
-    scorer.setup(CPU)
     out = scorer.score(HostBatch(samples[:2], preset))
     assert set(out) == set(scorer.columns())
     coarse = [(c.name, c.description) for c in tax.coarse]
@@ -178,7 +176,8 @@ def test_vlm_category_tagger(family, tiny_qwen2_vl, tiny_qwen25_vl):
         assert "ocr_document: Reading text" in tok.decode(np.asarray(r["input_ids"]).tolist())
 
 
-def test_score_cli_with_the_checkpoint_signals(tmp_path, tiny_qwen2_vl, capsys):
+def _corpus(tmp_path):
+    """tmp_path/out: the qwen2-vl samples as a two-unit prepared directory (shards + manifest)."""
     enc, _ = _samples("qwen2-vl")
     out = tmp_path / "out"
     rows = []
@@ -187,6 +186,11 @@ def test_score_cli_with_the_checkpoint_signals(tmp_path, tiny_qwen2_vl, capsys):
         rows += [{"id": e.id, "unit": unit, "shard": shard, "preset": "qwen2-vl", "n_tokens": len(e.input_ids)}
                  for e in part]
     pq.write_table(pa.Table.from_pylist(rows), out / "manifest.parquet")
+    return out
+
+
+def test_score_cli_with_the_checkpoint_signals(tmp_path, tiny_qwen2_vl, capsys):
+    out = _corpus(tmp_path)
     args = ["score", str(out), "--model", str(tiny_qwen2_vl), "--scorers", "grounding,query", "--device", "cpu"]
     assert main(args) == 0
     s = pa.concat_tables([pq.read_table(p) for p in sorted((out / "scores").glob("*.parquet"))])

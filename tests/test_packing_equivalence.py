@@ -119,15 +119,13 @@ def test_normalize_pixels_matches_the_numpy_reference_normalisation():
 @pytest.mark.parametrize("name", ["qwen3-vl"])
 def test_packed_loss_equals_one_by_one_qwen3_vl(tiny_qwen3_vl, tmp_path, name):
     """Qwen3-VL reads the same 4-row packed position ids (transformers 5.x Qwen3VLTextModel)."""
-    import transformers
-
     from processors.presets import get_preset
     from test_qwen3_vl_scorer import _samples as qwen3_samples
+    from tiny_models import load_model
 
     preset = get_preset(name)
     samples = qwen3_samples(tmp_path, preset)
-    model = transformers.Qwen3VLForConditionalGeneration.from_pretrained(
-        tiny_qwen3_vl, dtype=torch.float32, attn_implementation="sdpa").eval()
+    model = load_model(tiny_qwen3_vl)
     losses, weights = [], []
     with torch.no_grad():
         for s in samples:

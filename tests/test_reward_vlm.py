@@ -13,6 +13,7 @@ from processors.presets import (IGNORE_INDEX, IM_END_ID, IMAGE_PAD_ID, VIDEO_PAD
                                 VISION_START_ID, get_preset)
 from reference_forward import reference_mean_logprob
 from test_reward_fixtures import tiny_qwen2_vl, tiny_qwen25_vl  # noqa: F401  (fixtures)
+from tiny_models import load_model as _load
 
 RNG = np.random.default_rng(7)
 
@@ -43,15 +44,6 @@ def _sample(sid, prompt_len, answer_len, images=(), videos=(), secs=()):
         "video_grid_thw": np.array(videos, np.int32).reshape(-1, 3),
         "second_per_grid_ts": np.array(secs, np.float32), "meta": {},
     }
-
-
-def _load(path):
-    import transformers
-
-    cfg = transformers.AutoConfig.from_pretrained(path)
-    cls = (transformers.Qwen2VLForConditionalGeneration if cfg.model_type == "qwen2_vl"
-           else transformers.Qwen2_5_VLForConditionalGeneration)
-    return cls.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
 
 
 def _reference(model, s, preset, with_vision=True):

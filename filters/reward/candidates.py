@@ -267,16 +267,29 @@ class CandidateScorer:
         return Continuations(self.vlm, batch, self.batch_tokens)
 
 
-def first_answer(sample: dict, im_end: int | None = None) -> tuple[int, int] | None:
-    """(start, end) token span of the first supervised answer (end at its <|im_end|>: `im_end`, default
-    Qwen2/Qwen3's), or None."""
-    from processors.presets import IM_END_ID
+def answer_spans(sample: dict, special=None, most: int | None = None) -> list[tuple[int, int]]:
+    """(start, end) of every supervised assistant answer (the first `most`): start = its first
+    supervised token, end = its <|im_end|> (exclusive; the end of the row when absent). Supervised
+    runs not separated by an <|im_start|> belong to one answer. `special`: the tokenizer's SpecialIds
+    (None = Qwen2/Qwen3's)."""
+    from processors.presets import IM_END_ID, IM_START_ID
 
-    im_end = IM_END_ID if im_end is None else im_end
     ids, labels = np.asarray(sample["input_ids"]), np.asarray(sample["labels"])
-    sup = np.flatnonzero(labels != IGNORE_INDEX)
-    if not len(sup):
-        return None
-    first = int(sup[0])
-    ends = np.flatnonzero(ids[first:] == im_end)
-    return first, first + int(ends[0]) if len(ends) else len(ids)
+    im_start, im_end = (IM_START_ID, IM_END_ID) if special is None else (special.im_start, special.im_end)
+    sup = labels != IGNORE_INDEX
+    starts = np.flatnonzero(sup & ~np.concatenate([[False], sup[:-1]]))
+    spans: list[tuple[int, int]] = []
+    for s in starts.tolist():
+        if most is not None and len(spans) >= most:
+            break
+        if spans and not (ids[spans[-1][0]:s] == im_start).any():
+            continue  # a gap inside one answer (e.g. an unsupervised token): same turn
+        ends = np.flatnonzero(ids[s:] == im_end)
+        spans.append((s, s + int(ends[0]) if len(ends) else len(ids)))
+    return spans
+
+
+def first_answer(sample: dict, special=None) -> tuple[int, int] | None:
+    """(start, end) token span of the first supervised answer (answer_spans' first), or None."""
+    spans = answer_spans(sample, special, most=1)
+    return spans[0] if spans else None

@@ -93,7 +93,7 @@ class GroundingScorer(CandidateScorer):
         margin, rank = np.full(n, np.nan), np.full(n, np.nan)
         prefixes, answers, owner = [], [], []
         for i, s in enumerate(batch.samples):
-            span = first_answer(s, sp.im_end)
+            span = first_answer(s, sp)
             limits = box_limits(fmt, s["image_grid_thw"])
             if span is None or limits is None or fmt not in BOX_PATTERNS:
                 continue

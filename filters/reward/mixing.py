@@ -25,6 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 
 NO_LABEL = "(none)"
+QUOTA = "quota "  # the first word of every ledger rule a quota (--keep-top/--cap/--mix) drops by
+
+
+def is_quota_rule(rule: str | None) -> bool:
+    """Whether a select-stage ledger rule is a quota's (else a --rule's)."""
+    return bool(rule) and rule.startswith(QUOTA)
 _SPEC = re.compile(r"^(?:(?P<label>[^=]+)=)?(?P<num>\d+(?:\.\d+)?)(?P<pct>%?)$")
 
 
@@ -156,7 +162,7 @@ def apply_mix(plan: MixPlan, ids: list[str], labels: np.ndarray, eligible: np.nd
             if spec is None:
                 continue
             k = spec.count(len(idx))
-            rule = f"quota {plan.by}={c} keep-top {spec.value:g}{'%' if spec.percent else ''}"
+            rule = f"{QUOTA}{plan.by}={c} keep-top {spec.value:g}{'%' if spec.percent else ''}"
             drop(idx[k:], rule, f"{plan.by}={c}: outside the top {k} of {len(idx)}{how}")
             ordered[c] = idx[:k]
             counts[c]["after_top"] = counts[c]["kept"] = k
@@ -170,7 +176,7 @@ def apply_mix(plan: MixPlan, ids: list[str], labels: np.ndarray, eligible: np.nd
         for c in avail:
             if w[c] == 0:
                 target[c] = 0
-                why[c] = (f"quota {plan.by}={c} not in --mix", f"{plan.by}={c} is not among the --mix categories")
+                why[c] = (f"{QUOTA}{plan.by}={c} not in --mix", f"{plan.by}={c} is not among the --mix categories")
         wsum = sum(w.values())
         pos = [c for c in avail if w[c] > 0]
         if wsum <= 0:
@@ -188,7 +194,7 @@ def apply_mix(plan: MixPlan, ids: list[str], labels: np.ndarray, eligible: np.nd
             base[c] += 1
         for c in pos:
             target[c] = base[c]
-            why[c] = (f"quota {plan.by}={c} mix {100 * w[c] / wsum:.4g}%",
+            why[c] = (f"{QUOTA}{plan.by}={c} mix {100 * w[c] / wsum:.4g}%",
                       f"{plan.by}={c}: {base[c]} of {total} in the --mix proportion {w[c]:g}/{wsum:g}")
     # 2b. caps: a fixed point of n_c = min(avail_c, N_c, floor(share_c * sum(n)))
     if plan.caps:
@@ -213,7 +219,7 @@ def apply_mix(plan: MixPlan, ids: list[str], labels: np.ndarray, eligible: np.nd
             if target[c] < avail[c]:
                 binding = [a for a in caps_of[c] if (not a.percent and int(a.value) == target[c])] or caps_of[c]
                 a = binding[0]
-                why[c] = (f"quota {plan.by}={c} cap {a.text.split('=')[-1]}",
+                why[c] = (f"{QUOTA}{plan.by}={c} cap {a.text.split('=')[-1]}",
                           f"{plan.by}={c}: over its cap {a.text.split('=')[-1]} (kept {target[c]} of {avail[c]}"
                           f" of a selection of {sum(target.values())})")
     for c, idx in ordered.items():

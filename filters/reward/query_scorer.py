@@ -84,7 +84,7 @@ class QueryScorer(CandidateScorer):
         lp, rel = np.full(n, np.nan), np.full(n, np.nan)
         rows, owner = [], []
         for i, s in enumerate(batch.samples):
-            span = first_answer(s, sp.im_end)
+            span = first_answer(s, sp)
             prompt = truncate(s, span[0] if span else len(s["input_ids"]), sp)
             mask = question_mask(np.asarray(prompt["input_ids"]), user_head,
                                  tok if batch.preset.video_timestamps else None, sp)

@@ -143,12 +143,15 @@ def base_columns(name: str, visual_gain: bool = True) -> list[str]:
     """Columns a scorer always writes (known before loading any weights)."""
     if name == "vlm" and not visual_gain:
         return ["vlm.mean_logprob"]
+    if name == "verify":
+        from .verify import COLUMNS  # the verify scorer owns its column list
+
+        return list(COLUMNS)
     return {
         "text": ["text.qa_relevance", "text.informativeness", "text.lexical_diversity"],
         "pixels": ["pixels.blank", "pixels.luma_std", "pixels.sharpness", "pixels.brightness", "pixels.clipped"],
         "vlm": ["vlm.mean_logprob", "vlm.text_only_logprob", "vlm.visual_gain"],
         "category": ["category.coarse", "category.fine", "category.confidence", "category.coarse_confidence"],
-        "verify": ["verify.match", "verify.value", "verify.kind", "verify.answer"],
         "vlm_category": ["vlm_category.coarse", "vlm_category.fine", "vlm_category.confidence",
                          "vlm_category.coarse_confidence"],
         "grounding": ["grounding.box_margin", "grounding.box_rank"],

@@ -36,11 +36,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from processors.presets import IGNORE_INDEX, IM_END_ID, IM_START_ID
 
 from .answer_check import check_answer
 from .batching import HostBatch, plan_batches
-from .candidates import truncate
+from .candidates import answer_spans, truncate
 from .protocol import ScorerError
 from .stage import ScoreConfig
 from .text_scorer import conversation_turns
@@ -54,23 +53,6 @@ VLLM_LIMITS = {"image": 8, "video": 2}
 
 
 # -- turns ------------------------------------------------------------------------------------------
-
-def answer_spans(sample: dict, special=None) -> list[tuple[int, int]]:
-    """(start, end) of every supervised assistant answer: start = its first supervised token, end =
-    its <|im_end|> (exclusive; the end of the row when absent). Supervised runs not separated by an
-    <|im_start|> belong to one answer. `special`: the tokenizer's SpecialIds (None = Qwen2/Qwen3's)."""
-    ids, labels = np.asarray(sample["input_ids"]), np.asarray(sample["labels"])
-    im_start, im_end = (IM_START_ID, IM_END_ID) if special is None else (special.im_start, special.im_end)
-    sup = labels != IGNORE_INDEX
-    starts = np.flatnonzero(sup & ~np.concatenate([[False], sup[:-1]]))
-    spans: list[tuple[int, int]] = []
-    for s in starts.tolist():
-        if spans and not (ids[spans[-1][0]:s] == im_start).any():
-            continue  # a gap inside one answer (e.g. an unsupervised token): same turn
-        ends = np.flatnonzero(ids[s:] == im_end)
-        spans.append((s, s + int(ends[0]) if len(ends) else len(ids)))
-    return spans
-
 
 def split_turns(sample: dict, special=None) -> list[tuple[dict, np.ndarray]]:
     """[(turn k's prompt as a shard sample, its reference answer's token ids)] for every supervised turn."""

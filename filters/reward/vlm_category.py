@@ -72,7 +72,7 @@ class VLMCategoryScorer(CandidateScorer):
                "vlm_category.confidence": np.full(n, np.nan), "vlm_category.coarse_confidence": np.full(n, np.nan)}
         contexts = []
         for s in batch.samples:
-            span = first_answer(s, sp.im_end)
+            span = first_answer(s, sp)
             end = span[1] + 1 if span else len(s["input_ids"])  # through the answer's <|im_end|>
             contexts.append(truncate(s, end, sp))
         coarse = [(c.name, c.description) for c in self.taxonomy.coarse]

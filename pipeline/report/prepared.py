@@ -271,7 +271,7 @@ def category_stats(scores, manifest, out: Path | None = None) -> dict:
     filters.reward.mixing.category_table, the table `vlprep select` prints. Stages: `scored` (the
     prepared manifest: what select chose from); with `out` (the directory reported on) and a selection
     there (OUT/selection, or OUT is one) also `after_rules` (not dropped by a --rule) and `selected`."""
-    from filters.reward.mixing import category_table
+    from filters.reward.mixing import category_table, is_quota_rule
 
     base, sel = out, None if out is None else out / "selection"
     if out is not None and out.name == "selection" and is_prepared_dir(out.parent):
@@ -283,10 +283,10 @@ def category_stats(scores, manifest, out: Path | None = None) -> dict:
     if sel is not None and is_prepared_dir(sel) and (sel / "selection.json").exists():
         chosen = set(strings(read_manifest(sel), "id"))
         led = read_ledger(sel)
-        # a --rule drop: stage select, rule text not a quota's (filters.reward.mixing names those "quota ...")
+        # a --rule drop: stage select, rule text not a quota's
         by_rule = {i for i, st, stage, rule in zip(strings(led, "id"), strings(led, "status"), strings(led, "stage"),
                                                    strings(led, "rule"))
-                   if st == "dropped" and stage == "select" and not rule.startswith("quota ")}
+                   if st == "dropped" and stage == "select" and not is_quota_rule(rule)}
         masks["after_rules"] = np.array([i not in by_rule for i in ids], dtype=bool)
         masks["selected"] = np.array([i in chosen for i in ids], dtype=bool)
     tokens = column(manifest, "n_tokens", np.zeros(len(ids)))
@@ -299,7 +299,9 @@ def category_stats(scores, manifest, out: Path | None = None) -> dict:
             continue  # free text (verify.answer, verify.answers) is no label
         values = scores.column(name).to_pylist()
         labels = np.array([None if k is None else values[k] for k in take], dtype=object)
-        out_[name] = category_table(labels, tokens, masks)
+        table = category_table(labels, tokens, masks)
+        if table:  # no rows (nothing kept): no table, rather than an empty one the report cannot summarise
+            out_[name] = table
     return out_
 
 
