@@ -67,7 +67,9 @@ def test_a_changed_config_is_refused_naming_the_keys_that_differ(tmp_path, capsy
 
 
 def test_ctrl_c_prints_one_line_exits_130_and_the_same_command_resumes(tmp_path):
-    cfg = _corpus(tmp_path, n=400)
+    # 2 000 records in 500 units: after the first unit's part appears, seconds of work remain even on an
+    # idle machine (with 400 the job could finish between the first part and the signal)
+    cfg = _corpus(tmp_path, n=2000)
     out = tmp_path / "out"
     cmd = [PY, "-m", "jobs.cli", "prepare", str(cfg), "--out", str(out), "--executor", "local", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -83,7 +85,7 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_same_command_resumes(tmp_path)
     assert "interrupted" in err and "run the same command again to resume" in err
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "already done" in r.stdout and "inputs 400 == kept 400" in r.stdout, r.stdout
+    assert "already done" in r.stdout and "inputs 2000 == kept 2000" in r.stdout, r.stdout
 
 
 # -- broken setups are said, up front and in the summary ------------------------------------------
