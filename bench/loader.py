@@ -28,7 +28,9 @@ The online path, one sample at a time as an online collator (LLaMA-Factory style
 Samples/s over the whole epoch(s) (worker start-up, paid again every epoch, and the shuffle buffer's
 fill included), the time to the first batch, and the steady rate after it. The loader reads more
 samples than the online path runs (--loader-scale x), so that start-up is a fair share of an epoch;
-both rates are per sample. `--codecs` adds reader rows for the npy / zstd codecs (docs/storage.md).
+both rates are per sample. `--codecs [zstd,npy,lz4-delta]` adds reader rows on shards written in those
+codecs (docs/storage.md), `--codec-loader` the packed uint8-frames loader on them too (`codec ...` rows;
+the summary's best configuration is over the default codec's `vlprep` rows only).
 Then the padding waste of padded batches vs packed rows on the demo-like length mix (all nine
 demo records, images and videos, as vlprep encodes them), at 16 384 tokens.
 """
@@ -425,7 +427,10 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--max-tokens", type=int, default=16384)
     ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--codecs", action="store_true", help="also the reader alone on npy / zstd shards")
+    ap.add_argument("--codecs", nargs="?", const="zstd,npy,lz4-delta", default="",
+                    help="also the reader alone on shards in these codecs (default list: zstd,npy,lz4-delta)")
+    ap.add_argument("--codec-loader", action="store_true",
+                    help="with --codecs: also the loader (packed uint8 frames, each --workers) on those shards")
     ap.add_argument("--no-waste", action="store_true", help="skip the padding-waste table")
     ap.add_argument("--profile", action="store_true",
                     help="only the per-step read profile and the hand-off comparison (photos, camera)")
@@ -488,13 +493,17 @@ def main(argv=None) -> int:
             for pixels in ("rows", "frames"):
                 t, n, tok, c = reader_alone(out, pixels)
                 rows.append((f"(ceiling) reader alone, in process, pixels={pixels}", t, n, tok, 0.0, n / t, c))
-            if args.codecs:
-                for codec in ("zstd", "npy"):
-                    cout = Path(tmp) / f"out-{name}-{codec}"
-                    write_out(cout, recs, online_repeat * args.loader_scale, media_root=root, codec=codec)
-                    t, n, tok, c = reader_alone(cout, "frames")
-                    rows.append((f"(ceiling) reader alone, frames, codec {codec}", t, n, tok, 0.0, n / t, c))
-                    shutil.rmtree(cout)
+            for codec in filter(None, args.codecs.split(",")):
+                cout = Path(tmp) / f"out-{name}-{codec}"
+                write_out(cout, recs, online_repeat * args.loader_scale, media_root=root, codec=codec)
+                t, n, tok, c = reader_alone(cout, "frames")
+                rows.append((f"(ceiling) reader alone, frames, codec {codec}", t, n, tok, 0.0, n / t, c))
+                if args.codec_loader:
+                    for w in workers:
+                        mode = dict(max_tokens=args.max_tokens, normalize=False, pixels="frames")
+                        rows.append((f"codec {codec}: packed ≤{args.max_tokens}, uint8 frames, {w} worker{'s' * (w > 1)}",
+                                     *vlprep(cout, w, args.epochs, **mode)))
+                shutil.rmtree(cout)
             t, n, tok, c = device_side(out, args.max_tokens)
             rows.append(("(device side) to_device on CPU: patchify+normalise", t, n, tok, 0.0, n / t, c))
             for w in workers:
