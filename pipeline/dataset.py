@@ -279,6 +279,7 @@ class ShardDataset(IterableDataset):
         # loader's prefetch_factor + 2; 0: a fresh buffer per batch (the reference)
         self.ring_depth: int | None = None
         self._ring = 0
+        self._shared_state = None      # persistent DataLoader workers read each epoch's state from it
         self.too_long: list[str] = []
 
     # -- state -----------------------------------------------------------------------------------
@@ -323,6 +324,11 @@ class ShardDataset(IterableDataset):
                 yield item
             self.set_epoch(self.epoch + 1)
             return
+        shared = getattr(self, "_shared_state", None)
+        if shared is not None and shared.numel() == 3 + info.num_workers:     # a persistent worker: this epoch's state
+            st = shared.tolist()
+            self.epoch, self._next, self._ring, self._consumed = st[0], st[1], st[2], st[3:]
+            self.num_workers = info.num_workers
         if info.num_workers != self.num_workers:
             raise ValueError(f"the dataset expects num_workers={self.num_workers} (state saved so), the "
                              f"DataLoader has {info.num_workers}; use ds.loader(num_workers=...) with the same number")
@@ -868,15 +874,22 @@ def to_transfer(item, ring: int = 0):
 
 class StatefulLoader(DataLoader):
     """torch DataLoader over a ShardDataset that reports each delivered batch back to the dataset,
-    so that `dataset.state_dict()` in the training process is exact, with any num_workers."""
+    so that `dataset.state_dict()` in the training process is exact, with any num_workers.
+
+    `persistent_workers=True` keeps the workers (and their hand-off slots) across epochs: each epoch
+    the training process writes the epoch, the resume position and the hand-off depth into a small
+    shared tensor that the workers read when they start the epoch's iteration, so every epoch has
+    its own shuffle and `load_state_dict` works as without it."""
 
     def __init__(self, dataset: ShardDataset, num_workers: int = 0, **kwargs):
-        if kwargs.get("persistent_workers"):
-            raise ValueError("persistent_workers=True would keep the first epoch's shuffle; leave it off")
         kwargs.setdefault("batch_size", None)
         if kwargs["batch_size"] is not None:
             raise ValueError("ShardDataset batches itself: give batch_size/max_tokens to the dataset, not the loader")
         super().__init__(dataset, num_workers=num_workers, **kwargs)
+        # persistent workers: [epoch, next worker, ring depth, consumed per worker], written here each
+        # epoch, read by the workers (which got the tensor when they were started)
+        self._shared = torch.zeros(3 + num_workers, dtype=torch.int64).share_memory_() \
+            if self.persistent_workers else None
 
     def __iter__(self):
         ds: ShardDataset = self.dataset
@@ -891,10 +904,13 @@ class StatefulLoader(DataLoader):
         ds._announce()                 # the epoch plan is computed here, once, and forked into the workers
         ds._tracked = True
         ds._ring = ds.ring_depth if ds.ring_depth is not None else (self.prefetch_factor or 2) + 2
+        if self._shared is not None:
+            self._shared.copy_(torch.tensor([ds.epoch, ds._next, ds._ring, *ds._consumed], dtype=torch.int64))
+        ds._shared_state = self._shared
         try:
             it = super().__iter__()
         finally:
-            ds._tracked = False
+            ds._tracked, ds._shared_state = False, None
         pids = [w.pid for w in getattr(it, "_workers", [])]
         try:
             for item, logical, k in it:
@@ -904,7 +920,8 @@ class StatefulLoader(DataLoader):
                 ds._next = (logical + 1) % self.num_workers
                 yield item
         finally:
-            forget_ring_slots(pids)
+            if not self.persistent_workers:
+                forget_ring_slots(pids)
         ds.set_epoch(ds.epoch + 1)
 
 

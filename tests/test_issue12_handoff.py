@@ -132,3 +132,50 @@ def test_the_ring_falls_back_when_every_slot_is_busy():
     t0[0] = 0
     t, r = ring.take(4 << 20)                                   # too big for slot 0: it grows
     assert r.slot == 0 and r.gen == 1 and r.tensor is t and t.numel() >= (4 << 20) + D.RING_HEADER
+
+
+def _ids_per_epoch(dl, epochs):
+    return [[list(b.ids) for b in dl] for _ in range(epochs)]
+
+
+@pytest.mark.parametrize("mode", ["padded frames", "packed rows"])
+def test_persistent_workers_give_every_epoch_its_own_order(out, mode):
+    """persistent_workers=True: the same batches, epoch by epoch, as workers started afresh each
+    epoch (so each epoch has its own shuffle), the batches bit-identical."""
+    def run(persistent):
+        ds = ShardDataset(out, seed=5, buffer_size=8, **MODES[mode])
+        dl = ds.loader(num_workers=2, persistent_workers=persistent)
+        return [[_clone(b) for b in dl] for _ in range(3)]
+
+    ref, got = run(False), run(True)
+    assert [[b.ids for b in e] for e in got] == [[b.ids for b in e] for e in ref]
+    assert [b.ids for b in got[0]] != [b.ids for b in got[1]]
+    for e_got, e_ref in zip(got, ref):
+        for a, b in zip(e_got, e_ref):
+            assert_same_batch(a, b)
+
+
+def test_persistent_workers_resume(out):
+    """Stopping mid-epoch, iterating again, and loading a saved state into a dataset whose persistent
+    workers are already running give the same batches as workers started afresh: after
+    load_state_dict exactly the remaining batches of the saved epoch, then the next epoch."""
+    mode = MODES["padded frames"]
+    ref_dl = ShardDataset(out, seed=5, buffer_size=8, **mode).loader(num_workers=2)
+    ref = [[b.ids for b in ref_dl] for _ in range(2)]
+
+    def scenario(persistent):
+        ds = ShardDataset(out, seed=5, buffer_size=8, **mode)
+        dl = ds.loader(num_workers=2, persistent_workers=persistent)
+        it = iter(dl)
+        first = [next(it).ids for _ in range(3)]
+        state = ds.state_dict()
+        del it
+        rest = [b.ids for b in dl]                # iterating again continues where the dataset stands
+        ds.load_state_dict(state)
+        again = [b.ids for b in dl]
+        return first, rest, again, [b.ids for b in dl]
+
+    got = scenario(True)
+    assert got == scenario(False)
+    first, rest, again, after = got
+    assert first == ref[0][:3] and again == ref[0][3:] and after == ref[1]
