@@ -481,8 +481,7 @@ def profile_read(out: Path, rounds: int = 3) -> list[tuple[str, float]]:
     return list(best.items())
 
 
-HANDOFFS = (("ring of reused slots (default)", None), ("fresh buffer per batch (ring 0)", 0),
-            ("one segment per tensor (torch's own)", "torch"))
+HANDOFFS = (("ring of slots", None), ("fresh buffer", 0), ("torch's own", "torch"))
 
 
 def handoff(out: Path, mode: dict, workers: int = 1, rounds: int = 2) -> list[tuple[str, dict]]:
@@ -595,12 +594,12 @@ def main(argv=None) -> int:
                         print(f"    {step:<56} {us:>8.1f} µs")
                 print(f"  through the DataLoader, 1 epoch, CPU µs and minor faults per sample by process "
                       f"(best of 2, alternated); load {os.getloadavg()[0]:.1f}")
-                print(f"    {'':<60} {'samples/s':>9} {'main µs':>8} {'flt':>5} {'workers µs':>10} {'flt':>5} {'total µs':>8}")
+                print(f"    {'':<53} {'samples/s':>9} {'main µs':>8} {'flt':>5} {'workers µs':>10} {'flt':>5} {'total µs':>8}")
                 for label, mode in (("padded b=4, uint8 frames", dict(batch_size=4, normalize=False, pixels="frames")),
                                     ("packed ≤16384, uint8 frames", packed)):
                     for w in (1, 2):
                         for how, r in handoff(out, mode, w):  # all the OUT's samples, 1 epoch
-                            print(f"    {w} worker{'s' * (w > 1)}, {label:<27} {how:<22.22} {r['rate']:>9.1f} "
+                            print(f"    {w} worker{'s' * (w > 1)}, {label:<27} {how:<14} {r['rate']:>9.1f} "
                                   f"{r['main_us']:>8.0f} {r['main_flt']:>5.0f} {r['worker_us']:>10.0f} "
                                   f"{r['worker_flt']:>5.0f} {r['main_us'] + r['worker_us']:>8.0f}")
             print(f"load after: {os.getloadavg()[0]:.1f}")
