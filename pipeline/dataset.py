@@ -859,12 +859,17 @@ def to_transfer(item, ring: int = 0):
     else:                                       # one shared-memory segment, as torch's default_collate makes
         buf = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size), 0, (size,), (1,))
         arr = buf
-    for t, (_, _, off, nbytes) in zip([v for _, v in tensors] + [f for _, f in frames], specs):
-        if isinstance(t, LazyFrames):
-            if nbytes:
-                t.decode_into(buf[off:off + nbytes].numpy().reshape(t.shape))   # StorageError names the member
-        elif nbytes:
-            buf[off:off + nbytes].view(t.dtype).view(t.shape).copy_(t)
+    try:
+        for t, (_, _, off, nbytes) in zip([v for _, v in tensors] + [f for _, f in frames], specs):
+            if isinstance(t, LazyFrames):
+                if nbytes:
+                    t.decode_into(buf[off:off + nbytes].numpy().reshape(t.shape))   # StorageError names the member
+            elif nbytes:
+                buf[off:off + nbytes].view(t.dtype).view(t.shape).copy_(t)
+    except BaseException:
+        if slot is not None:                    # the batch is not sent: its slot is free again
+            slot[0][0] = 0
+        raise
     n = len(tensors)
     return TransferBatch(arr, [(k, spec) for (k, _), spec in zip(tensors, specs[:n])],
                          [(kind, spec) for (kind, _), spec in zip(frames, specs[n:])],
@@ -912,6 +917,11 @@ class StatefulLoader(DataLoader):
         finally:
             ds._tracked, ds._shared_state = False, None
         pids = [w.pid for w in getattr(it, "_workers", [])]
+        if self.persistent_workers and getattr(self, "_ring_owner", None) is not it:
+            import weakref
+
+            self._ring_owner = it       # the kept workers' slots are forgotten when their iterator goes
+            weakref.finalize(it, forget_ring_slots, pids)
         try:
             for item, logical, k in it:
                 if isinstance(item, TransferBatch):

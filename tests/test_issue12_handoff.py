@@ -179,3 +179,34 @@ def test_persistent_workers_resume(out):
     assert got == scenario(False)
     first, rest, again, after = got
     assert first == ref[0][:3] and again == ref[0][3:] and after == ref[1]
+
+
+def test_persistent_loader_forgets_its_slots_when_it_goes(out):
+    ds = ShardDataset(out, seed=3, buffer_size=8, batch_size=2, normalize=False, pixels="frames")
+    dl = ds.loader(num_workers=2, persistent_workers=True)
+    for _ in range(2):
+        for b in dl:
+            pass
+    del b
+    assert D._RING_SLOTS                       # kept across epochs with the workers
+    del dl
+    gc.collect()
+    assert not D._RING_SLOTS
+
+
+def test_a_damaged_member_frees_its_slot(out, tmp_path):
+    """A batch whose frame does not decode is not sent, and its slot is not left busy."""
+    from pipeline.storage import LazyFrames
+
+    ds = ShardDataset(out, seed=3, buffer_size=8, batch_size=2, normalize=False, pixels="frames")
+    b = ds.collate([s for _, s in zip(range(2), ds.loader_.iter_shard(ds.loader_.shards()[0], pixels="frames",
+                                                                          lazy=True))])
+    lf = next(f for _, f in b.frames if isinstance(f, LazyFrames))
+    name, crc, data = lf.members[0]
+    lf.members[0] = (name, crc, data[:-7] + b"garbage")
+    D._WORKER_RING = None
+    with pytest.raises(Exception, match="corrupt"):
+        D.to_transfer(b, 2)
+    ring = D._WORKER_RING
+    assert ring is not None and len(ring.slots) == 1 and int(ring.slots[0][0][0]) == 0
+    D._WORKER_RING = None
