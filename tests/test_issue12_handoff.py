@@ -57,11 +57,14 @@ def test_ring_batches_equal_fresh_buffer_batches(out, mode):
         assert_same_batch(a, b)
 
 
+@pytest.mark.parametrize("via", ["pipe", "shm"])
 @pytest.mark.parametrize("depth", [1, 2])
 @pytest.mark.parametrize("mode", ["padded frames", "packed frames", "packed rows"])
-def test_held_batches_are_never_overwritten(out, mode, depth):
+def test_held_batches_are_never_overwritten(out, mode, depth, via, monkeypatch):
     """The loop keeps every batch (as a list of them): every slot stays busy, later batches take the
-    fresh-buffer way, and at the end every kept batch still equals the reference."""
+    fresh-buffer way (through the pipe or a fresh shared-memory segment), and at the end every kept
+    batch still equals the reference."""
+    monkeypatch.setattr(D, "PIPE_MAX_BYTES", 1 << 30 if via == "pipe" else 0)
     ref = _epochs(out, MODES[mode], 2, ring_depth=0)
     kept = _epochs(out, MODES[mode], 2, ring_depth=depth, keep=True)
     assert len(kept) == len(ref)
