@@ -263,6 +263,24 @@ def _decode_and_resize(frames, H: int, W: int, out, slots: dict[int, list[int]],
     return filled
 
 
+def _small_page_array(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised uint8 array on ordinary 4 KiB pages (private anonymous memory).
+
+    numpy asks the kernel for transparent huge pages (madvise) for every array of 4 MiB or more; with
+    THP defrag set to "madvise" (the common default) each 2 MiB fault of such an array may compact
+    memory synchronously first. On this long-running shared machine that made the clip's patch array
+    (60-110 MB) cost 0.06-0.4 s of system time and stalls, varying run to run; on 4 KiB pages it is
+    a steady ~0.1 s (issue #14, 480p MPEG-4, 120 frames). It is the result of the call, read by the
+    caller like any array (np.frombuffer of an mmap, writable; the mapping lives as long as it)."""
+    import mmap
+
+    size = int(np.prod(shape))
+    if size == 0:
+        return np.empty(shape, dtype=np.uint8)
+    return np.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS),
+                         dtype=np.uint8).reshape(shape)
+
+
 class _GroupPatches:
     """The rows `_decode_and_resize` fills (`rows[k]`: a writable [H, W, 3] frame), kept one temporal
     group at a time (rows g*tp … g*tp+tp-1): as soon as all rows of a group are resized (`self(rows)`,
@@ -282,7 +300,7 @@ class _GroupPatches:
         self.done = [0] * self.gt
         self.frames: dict[int, np.ndarray] = {}
         self.spare: list[np.ndarray] = []  # full groups' frame buffers, patchified and free again
-        self.patches = np.empty((self.gt * self.per, 3 * self.tp * self.p * self.p), dtype=np.uint8)
+        self.patches = _small_page_array((self.gt * self.per, 3 * self.tp * self.p * self.p))
         self.lock = threading.Lock()
 
     def __getitem__(self, k: int) -> np.ndarray:
