@@ -247,7 +247,12 @@ def _decode_and_resize(frames, H: int, W: int, out, slots: dict[int, list[int]],
                     in_flight.append((pool.submit(resize_into, pending), pending))
                     pending, batch_bytes = [], 0
             # Decoding is done: this thread takes the batches the worker has not started, so both
-            # cores work until the end.
+            # cores work until the end — on one torch thread, like the worker: with the caller's
+            # count (2 here) its OpenMP team and the worker oversubscribed the cores, and the team's
+            # threads spin at every barrier while descheduled (issue #14: 4K default mode, whose strip
+            # resize is ~70 small parallel regions per frame, spent 1.5 CPU s more than the floor plus
+            # the resize at load 6; the caller's count is restored below).
+            _single_torch_thread()
             if pending:
                 filled += resize_frames_into(pending)
             for f, batch in in_flight:
