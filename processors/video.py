@@ -280,10 +280,10 @@ def _small_page_array(shape: tuple[int, ...]) -> np.ndarray:
     import mmap
 
     size = int(np.prod(shape))
-    if size == 0:
+    flags = getattr(mmap, "MAP_PRIVATE", None), getattr(mmap, "MAP_ANONYMOUS", None)
+    if size == 0 or None in flags:  # (Windows has no such flags: numpy's allocation then)
         return np.empty(shape, dtype=np.uint8)
-    return np.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS),
-                         dtype=np.uint8).reshape(shape)
+    return np.frombuffer(mmap.mmap(-1, size, flags=flags[0] | flags[1]), dtype=np.uint8).reshape(shape)
 
 
 class _GroupPatches:
