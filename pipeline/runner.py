@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import setup_checks
+from .cluster import check_ray_address, unreachable
 from .config import ConfigError, JobConfig
 from .dedup import decide
 from .io import LEDGER_SCHEMA, MANIFEST_SCHEMA, Layout, write_table, write_text
@@ -182,6 +183,10 @@ def _index_rows(layout: Layout, unit: Unit) -> list[dict]:
 def _check_out(layout: Layout, cfg: JobConfig, overwrite: bool) -> None:
     """Refuse an OUT holding another job's output (naming the keys that differ); --overwrite clears it."""
     root = layout.root
+    taken = next((p for p in (root, *root.parents) if p.exists()), None)
+    if taken is not None and not taken.is_dir():
+        raise ConfigError(f"OUT {root}: {taken} is a file, not a folder; give --out (or the config's `out:`) "
+                          f"a folder path (created if missing)")
     if overwrite:
         for name in _DERIVED:
             p = root / name
@@ -405,17 +410,21 @@ class _executor:
 def _connect(ray, addr: str, attempts: int = 3) -> None:
     """ray.init on a cluster. Through Ray Client (`ray://`) the head starts a server per client, and
     Ray 2.60's proxy can lose a race with that server's start-up (`ZombieProcess` while it reads the
-    starting process's command line) and abort the connection: try again, a few times."""
+    starting process's command line) and abort the connection: try again, a few times. An address
+    where nothing answers fails first, in one line (pipeline.cluster)."""
+    check_ray_address(addr)
     for attempt in range(1, attempts + 1):
         try:
             ray.init(address=addr, log_to_driver=True, logging_level="WARNING")
             return
-        except ConnectionAbortedError:
+        except ConnectionAbortedError as exc:
             if not addr.startswith("ray://") or attempt == attempts:
-                raise
+                raise unreachable(addr, exc) from None
             if ray.is_initialized():
                 ray.shutdown()
             time.sleep(2.0 * attempt)
+        except ConnectionError as exc:
+            raise unreachable(addr, exc) from None
 
 
 open_executor = _executor   # shared with the stats pre-flight, which runs its work units the same way
