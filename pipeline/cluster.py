@@ -39,12 +39,35 @@ def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
             return
     host, port = _host_port(address, target)
     try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            pass
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            answer = _grpc_answer(sock)
     except OSError as exc:
         why = "no answer" if isinstance(exc, (TimeoutError, socket.timeout)) else (exc.strerror or str(exc))
         raise ClusterUnreachable(f"--address {address}: no Ray cluster answers at {host}:{port} "
                                  f"({why} within {timeout_s:g} s); {_HINT}") from None
+    if answer is not None:
+        raise ClusterUnreachable(f"--address {address}: {host}:{port} answers, but not as a Ray cluster ({answer}; "
+                                 f"the GCS listens on 6379, Ray Client on 10001, the dashboard's 8265 is not "
+                                 f"an --address); {_HINT}")
+
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"   # + empty SETTINGS
+
+
+def _grpc_answer(sock: socket.socket) -> str | None:
+    """None when the peer speaks HTTP/2 as every gRPC server does (Ray's GCS and its Client server):
+    it answers the client preface with a SETTINGS frame. Else what it did instead, in a few words.
+    (Without this, `ray.init` on a port held by something else waits for minutes.)"""
+    sock.sendall(_H2_PREFACE)
+    head = b""
+    while len(head) < 9:
+        chunk = sock.recv(9 - len(head))     # socket timeout: raises, reported as "no answer"
+        if not chunk:
+            return "it closed the connection" if not head else f"it sent {head!r} and closed"
+        head += chunk
+    if head[3] == 0x04:                      # frame header: length (3 bytes), type 4 = SETTINGS
+        return None
+    return "it speaks HTTP/1" if head.startswith(b"HTTP/") else f"it sent {head[:9]!r}"
 
 
 def unreachable(address: str | None, exc: BaseException) -> ClusterUnreachable:
@@ -59,7 +82,7 @@ def _host_port(address: str, target: str) -> tuple[str, int]:
     rest = target.split("://", 1)[1] if "://" in target else target
     host, sep, port = rest.rstrip("/").rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise ClusterUnreachable(f"--address {address!r} is not a Ray address: give auto, host:port (the GCS, "
+        raise ClusterUnreachable(f"--address {address} is not a Ray address: give auto, host:port (the GCS, "
                                  f"e.g. 10.0.0.1:6379) or ray://host:port (Ray Client, e.g. ray://10.0.0.1:10001)")
     return host.strip("[]"), int(port)
 

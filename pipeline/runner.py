@@ -65,6 +65,8 @@ def run_job(cfg: JobConfig, *, out: str | os.PathLike | None = None, address: st
     units = plan_units(cfg)              # sources that match nothing fail here, before OUT is touched
     check_tokenizer(cfg)                 # a token the preset needs missing: one line now, not one row per sample
     _check_out(layout, cfg, overwrite)
+    if executor == "ray":
+        check_ray_address(cfg.ray.address)   # a wrong --address: one line now, before the media checks
     warnings = setup_checks.before_run(cfg, units)
     for w in warnings:
         warn(w)
