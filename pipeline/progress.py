@@ -44,11 +44,21 @@ def progress_bar(enabled: bool = True):
         yield bar
 
 
+def _shown(path) -> str:
+    """OUT as the user would type it: relative when it lies under the current folder."""
+    from pathlib import Path
+
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def render_summary(result, console: Console | None = None) -> None:
     """The end-of-job table: totals, then every drop/error reason with its count."""
     console = console or Console()
     a = result.accounting
-    t = Table(title=escape(f"vlprep prepare → {result.out_dir}"), show_lines=False)
+    t = Table(title=escape(f"vlprep prepare → {_shown(result.out_dir)}"), show_lines=False)
     t.add_column("status")
     t.add_column("stage")
     t.add_column("rule / error type")

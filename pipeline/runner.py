@@ -391,7 +391,11 @@ class _executor:
             if REPO_ROOT not in paths:
                 os.environ["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, *paths])
             if addr:
-                _connect(ray, addr)
+                check_ray_address(addr)      # nothing (Ray) listening there: one line, not a minute's wait
+                try:
+                    _connect(ray, addr)
+                except ConnectionError as exc:   # something answers there, but ray.init gave up
+                    raise unreachable(addr, exc) from None
             else:
                 # address="local": always a fresh embedded instance, never a cluster that happens
                 # to run on this machine (`ray start`, another job's test cluster)
@@ -412,21 +416,17 @@ class _executor:
 def _connect(ray, addr: str, attempts: int = 3) -> None:
     """ray.init on a cluster. Through Ray Client (`ray://`) the head starts a server per client, and
     Ray 2.60's proxy can lose a race with that server's start-up (`ZombieProcess` while it reads the
-    starting process's command line) and abort the connection: try again, a few times. An address
-    where nothing answers fails first, in one line (pipeline.cluster)."""
-    check_ray_address(addr)
+    starting process's command line) and abort the connection: try again, a few times."""
     for attempt in range(1, attempts + 1):
         try:
             ray.init(address=addr, log_to_driver=True, logging_level="WARNING")
             return
-        except ConnectionAbortedError as exc:
+        except ConnectionAbortedError:
             if not addr.startswith("ray://") or attempt == attempts:
-                raise unreachable(addr, exc) from None
+                raise
             if ray.is_initialized():
                 ray.shutdown()
             time.sleep(2.0 * attempt)
-        except ConnectionError as exc:
-            raise unreachable(addr, exc) from None
 
 
 open_executor = _executor   # shared with the stats pre-flight, which runs its work units the same way
