@@ -268,3 +268,20 @@ def test_top_level_help_shows_a_first_run(capsys):
     for line in ("vlprep demo demo_out/corpus", "vlprep prepare demo_out/corpus/demo.yaml --out demo_out/prepared",
                  "vlprep COMMAND --help"):
         assert line in text, line
+
+
+# -- vlprep encode -------------------------------------------------------------------------------------
+
+def test_encode_mistakes_are_one_line(prepared, tmp_path, capsys):
+    data = prepared[0].parent / "data.jsonl"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"a":\n')
+    for argv, needle in (([str(tmp_path / "nope.jsonl")], "nope.jsonl does not exist; give a .json"),
+                         ([str(tmp_path)], "is a folder; give a .json"),
+                         ([str(bad)], "bad.json is not valid JSON (Expecting value: line 2 column 1"),
+                         ([str(data), "--format", "llavaa"], "--format 'llavaa' is unknown (did you mean 'llava'?)"),
+                         ([str(data), "--media-root", str(tmp_path / "none")], "none is not a folder"),
+                         ([str(data), "--grounding-format", "qwen5"], "--grounding-format: unknown grounding format")):
+        assert main(["encode", *argv]) == 2, argv
+        assert needle in _one_line(capsys), argv
+    assert main(["encode", str(data), "--media-root", str(prepared[0].parent / "media"), "--limit", "2"]) == 0
