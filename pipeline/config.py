@@ -137,6 +137,10 @@ class JobConfig:
             data = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file {path} not found") from None
+        except IsADirectoryError:
+            found = sorted(p.name for p in path.glob("*.y*ml"))[:3]
+            raise ConfigError(f"config file {path} is a folder; give the job YAML itself"
+                              + (f" (here: {', '.join(found)})" if found else "")) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
         data = apply_overrides(data, overrides or [])

@@ -123,6 +123,13 @@ def test_typo_in_a_config_key_suggests_the_key_meant(prepared, tmp_path, capsys)
     assert not (tmp_path / "o").exists()
 
 
+def test_config_path_that_is_missing_or_a_folder(prepared, tmp_path, capsys):
+    assert _prepare(tmp_path / "nope.yaml", tmp_path / "o") == 2
+    assert "config file" in _one_line(capsys)
+    assert _prepare(prepared[0].parent, tmp_path / "o") == 2
+    assert _one_line(capsys).endswith("is a folder; give the job YAML itself (here: job.yaml)")
+
+
 def test_yaml_errors_are_one_line_with_their_place(prepared, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sources: [\n")
