@@ -54,14 +54,17 @@ def add_arguments(p) -> None:
     g.add_argument("--fast", action="store_true",
                    help="header facts cached per file and the job's filters/format checks skipped "
                         "(token predictions unchanged; use on corpora that reference files many times)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (on a terminal) or progress lines (in a log, every 30 s)")
 
 
 def _preflight_kwargs(args) -> dict:
+    from pipeline.progress import progress_mode
+
     return {"preset": args.preset, "overrides": args.overrides, "max_length": args.max_length,
             "min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "workers": args.workers,
             "limit": args.limit, "use_stages": not args.fast, "executor": args.executor, "address": args.address,
-            "progress": not args.no_progress and sys.stderr.isatty()}
+            "progress": progress_mode(args.no_progress)}
 
 
 def _out_dir(args, path: Path | None) -> Path:

@@ -53,7 +53,7 @@ class JobResult:
 
 def run_job(cfg: JobConfig, *, out: str | os.PathLike | None = None, address: str | None = None,
             workers: int | None = None, overwrite: bool = False, executor: str = "ray",
-            progress: bool = True) -> JobResult:
+            progress: "bool | str" = True) -> JobResult:
     t0 = time.perf_counter()
     if out is not None:
         cfg.out = str(Path(out).resolve())

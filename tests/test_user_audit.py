@@ -292,3 +292,29 @@ def test_encode_mistakes_are_one_line(prepared, tmp_path, capsys):
         assert main(["encode", *argv]) == 2, argv
         assert needle in _one_line(capsys), argv
     assert main(["encode", str(data), "--media-root", str(prepared[0].parent / "media"), "--limit", "2"]) == 0
+
+
+# -- progress in a log ----------------------------------------------------------------------------------
+
+def test_prepare_in_a_log_prints_progress_lines(prepared, tmp_path, capsys):
+    assert main(["prepare", str(prepared[0]), "--out", str(tmp_path / "o"), "--executor", "local"]) == 0
+    err = capsys.readouterr().err          # stderr is not a terminal here, as in a log file
+    assert "vlprep: index 6/6 records (100%)" in err and "vlprep: encode 6/6 records (100%)" in err, err
+    assert main(["prepare", str(prepared[0]), "--out", str(tmp_path / "o2"), "--executor", "local",
+                 "--no-progress"]) == 0
+    assert "vlprep: encode" not in capsys.readouterr().err
+
+
+def test_line_progress_is_throttled():
+    import io
+
+    from pipeline.progress import _LineBar
+
+    buf = io.StringIO()
+    bar = _LineBar(every_s=3600, file=buf)
+    task = bar.add_task("encode", total=1000)
+    for _ in range(999):
+        bar.advance(task, 1)
+    assert buf.getvalue() == ""                      # nothing until the interval or the end
+    bar.advance(task, 1)
+    assert buf.getvalue().startswith("vlprep: encode 1,000/1,000 records (100%), ")
