@@ -20,8 +20,10 @@ class ClusterUnreachable(UserInputError, ConnectionError):
 
 
 def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
-    """Return when `address` (None / local / auto / host:port / ray://host:port) names a Ray cluster
-    that accepts a TCP connection; else raise ClusterUnreachable naming the address and what to do."""
+    """Return when `address` (None / local / auto / host:port / ray://host:port) may name a Ray
+    cluster: it accepts a TCP connection and does not show itself to be something else (silent, or
+    HTTP/1) at the gRPC handshake; else raise ClusterUnreachable naming the address and what to do.
+    Anything less certain is left to `ray.init`, whose ConnectionError `unreachable` words."""
     if not address or address == "local":
         return
     target = address
@@ -40,7 +42,7 @@ def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
     host, port = _host_port(address, target)
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            answer = _grpc_answer(sock)
+            answer = None if _tls() else _grpc_answer(sock)
     except OSError as exc:
         why = "no answer" if isinstance(exc, (TimeoutError, socket.timeout)) else (exc.strerror or str(exc))
         raise ClusterUnreachable(f"--address {address}: no Ray cluster answers at {host}:{port} "
@@ -54,20 +56,30 @@ def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"   # + empty SETTINGS
 
 
+def _tls() -> bool:
+    """Ray's gRPC over TLS (RAY_USE_TLS): a plaintext handshake proves nothing there."""
+    import os
+
+    return os.environ.get("RAY_USE_TLS", "0").strip().lower() in ("1", "true", "yes")
+
+
 def _grpc_answer(sock: socket.socket) -> str | None:
-    """None when the peer speaks HTTP/2 as every gRPC server does (Ray's GCS and its Client server):
-    it answers the client preface with a SETTINGS frame. Else what it did instead, in a few words.
-    (Without this, `ray.init` on a port held by something else waits for minutes.)"""
+    """A gRPC server (Ray's GCS, its Client server) answers the HTTP/2 client preface with a SETTINGS
+    frame. Returns what the peer did instead when that shows it is not one — an HTTP/1 or HTML reply —
+    else None (SETTINGS, or a closed connection / other bytes, left to `ray.init` to judge). Silence
+    raises socket.timeout: without this, `ray.init` on a port held by a silent service waits for minutes."""
     sock.sendall(_H2_PREFACE)
     head = b""
     while len(head) < 9:
         chunk = sock.recv(9 - len(head))     # socket timeout: raises, reported as "no answer"
         if not chunk:
-            return "it closed the connection" if not head else f"it sent {head!r} and closed"
+            return None
         head += chunk
-    if head[3] == 0x04:                      # frame header: length (3 bytes), type 4 = SETTINGS
-        return None
-    return "it speaks HTTP/1" if head.startswith(b"HTTP/") else f"it sent {head[:9]!r}"
+    if head.startswith(b"HTTP/"):
+        return "it speaks HTTP/1"
+    if head.lstrip().startswith(b"<"):
+        return "it sends HTML"
+    return None
 
 
 def unreachable(address: str | None, exc: BaseException) -> ClusterUnreachable:

@@ -318,3 +318,39 @@ def test_line_progress_is_throttled():
     assert buf.getvalue() == ""                      # nothing until the interval or the end
     bar.advance(task, 1)
     assert buf.getvalue().startswith("vlprep: encode 1,000/1,000 records (100%), ")
+
+
+def _one_reply_listener(reply: bytes):
+    """A port that answers every connection with `reply` (e.g. an HTTP/1 service such as a dashboard)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(64)
+                conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
+
+
+def test_address_check_tells_http_from_grpc_and_skips_the_handshake_under_tls(monkeypatch):
+    from pipeline.cluster import ClusterUnreachable, check_ray_address
+
+    http1 = _one_reply_listener(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+    settings = _one_reply_listener(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x04\x00\x40\x00\x00")  # an h2 SETTINGS
+    try:
+        with pytest.raises(ClusterUnreachable, match=r"answers, but not as a Ray cluster \(it speaks HTTP/1;"):
+            check_ray_address(f"127.0.0.1:{http1.getsockname()[1]}")
+        check_ray_address(f"ray://127.0.0.1:{settings.getsockname()[1]}")     # a gRPC server: passes
+        monkeypatch.setenv("RAY_USE_TLS", "1")
+        check_ray_address(f"127.0.0.1:{http1.getsockname()[1]}")             # TLS: only TCP is checked
+    finally:
+        http1.close()
+        settings.close()
