@@ -32,7 +32,8 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=positive_int, help="CPUs of the embedded local Ray (default: all)")
     p.add_argument("--overwrite", action="store_true", help="delete previous outputs in OUT and start again")
     p.add_argument("--executor", choices=("ray", "local", "process"), default="ray",
-                   help="ray (default); local = in-process loop, for debugging")
+                   help="ray (default); local = in-process loop, for debugging; process = a local process "
+                        "pool (--workers processes, no Ray)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (on a terminal) or progress lines (in a log, every 30 s)")
 

@@ -37,7 +37,8 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print stats.json to stdout instead of the tables")
     p.add_argument("--no-html", action="store_true", help="skip report.html (and the plots)")
     g = p.add_argument_group("pre-flight (raw corpus)")
-    g.add_argument("--preset", help="qwen2.5-vl (default), qwen2-vl, qwen-vl; overrides the config's")
+    g.add_argument("--preset", help="qwen2.5-vl (default), qwen2-vl, qwen-vl, qwen3-vl (also qwen3-vl-tf5, "
+                                        "qwen3-vl-qvu); overrides the config's")
     g.add_argument("--max-length", type=int, help="count samples whose total tokens exceed this")
     g.add_argument("--min-pixels", type=int, help="image pixel band lower bound (default: the preset's)")
     g.add_argument("--max-pixels", type=int, help="image pixel band upper bound (default: the preset's)")
