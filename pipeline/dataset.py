@@ -235,6 +235,10 @@ class ShardDataset(IterableDataset):
         table = pq.read_table(manifest_path, columns=["id", "shard", "n_tokens", "preset"])
         self.shard_counts: dict[str, int] = dict(sorted(Counter(table.column("shard").to_pylist()).items()))
         self.num_samples = table.num_rows
+        if not self.num_samples:   # an epoch of nothing would look like a working loader
+            why = "`vlprep select` kept none" if selection else "every record was dropped or failed"
+            raise ShardDataError(f"{manifest_path} lists no samples: {why}; see why with `vlprep stats {self.root}` "
+                                 f"({self.root / 'ledger.parquet'})")
         self.preset = preset or (table.column("preset")[0].as_py() if table.num_rows else None)
         for shard in self.shard_counts:
             if not (self.root / shard).is_file():
