@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import os
 import logging
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
@@ -777,6 +778,27 @@ class RingRef:
         return arr
 
 
+_SHM_FULL_WARNED = False
+
+
+def _new_shared_uint8(size: int):
+    """A uint8 tensor over a fresh shared-memory segment of `size` bytes, or None where /dev/shm has
+    no room (ENOSPC: a container's small /dev/shm): the caller sends the batch through the pipe."""
+    global _SHM_FULL_WARNED
+    try:
+        storage = torch.UntypedStorage._new_shared(size)
+    except (RuntimeError, OSError) as exc:
+        if "No space left" not in str(exc) and "ENOSPC" not in str(exc) and "shared memory" not in str(exc):
+            raise
+        if not _SHM_FULL_WARNED:
+            _SHM_FULL_WARNED = True
+            print(f"vlprep: DataLoader worker {os.getpid()}: no room in /dev/shm for {size >> 20} MiB ({exc}); batches "
+                  f"go through the pipe (slower): enlarge /dev/shm (docker --shm-size) or lower ds.ring_depth",
+                  file=sys.stderr, flush=True)
+        return None
+    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (size,), (1,))
+
+
 def _release_slot(whole: np.ndarray) -> None:
     whole[0] = 0
 
@@ -796,6 +818,7 @@ class _Ring:
         self.pid, self.depth = os.getpid(), depth
         self.slots: list = []
         self.fallbacks = 0
+        self.shm_full = False
 
     def take(self, size: int):
         """(slot index, uint8 tensor of the whole slot, RingRef) for a batch of `size` bytes, the slot
@@ -805,9 +828,13 @@ class _Ring:
         send = None
         if fits:
             i = min(fits, key=lambda i: self.slots[i][1])
-        elif len(self.slots) < self.depth or free:
+        elif not self.shm_full and (len(self.slots) < self.depth or free):
             cap = -(-(size + RING_HEADER) * 5 // 4 // _RING_GRAIN) * _RING_GRAIN
-            t = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(cap), 0, (cap,), (1,))
+            t = _new_shared_uint8(cap)
+            if t is None:                           # /dev/shm is full: no new slots (the old ones stay)
+                self.shm_full = True
+                self.fallbacks += 1
+                return None
             if free:                                # grow the smallest free slot
                 i = min(free, key=lambda i: self.slots[i][1])
                 self.slots[i] = [t, cap - RING_HEADER, self.slots[i][2] + 1]
@@ -857,12 +884,14 @@ def to_transfer(item, ring: int = 0):
     if slot is not None:                        # a reused slot: its pages are already mapped on both sides
         whole, arr = slot
         buf = whole[RING_HEADER:RING_HEADER + size]
-    elif size <= PIPE_MAX_BYTES:
-        arr = np.empty(size, np.uint8)          # pickled through the result pipe
-        buf = torch.from_numpy(arr)
-    else:                                       # one shared-memory segment, as torch's default_collate makes
-        buf = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size), 0, (size,), (1,))
-        arr = buf
+    else:
+        # one shared-memory segment above PIPE_MAX_BYTES, as torch's default_collate makes; the pipe
+        # below it, or where /dev/shm is full
+        arr = _new_shared_uint8(size) if size > PIPE_MAX_BYTES else None
+        buf = arr
+        if arr is None:
+            arr = np.empty(size, np.uint8)      # pickled through the result pipe
+            buf = torch.from_numpy(arr)
     try:
         for t, (_, _, off, nbytes) in zip([v for _, v in tensors] + [f for _, f in frames], specs):
             if isinstance(t, LazyFrames):
