@@ -170,3 +170,24 @@ def test_a_real_small_dev_shm(out):
     if r.returncode and "mount" in r.stderr and "OK" not in r.stdout and "Traceback" not in r.stderr:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()[-200:]}")
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+def test_a_numpy_view_of_the_resolved_buffer_keeps_its_slot():
+    """numpy collapses a view's base to the first array that owns its memory or whose base is not
+    an ndarray: a view of the resolved batch buffer points past it (to the slot's whole ndarray),
+    so a finalizer on the buffer alone fires while such a view still reads the slot."""
+    t = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(1 << 20), 0, (1 << 20,), (1,))
+    t[0] = 1                                                    # busy: the worker sent a batch in it
+    arr = D.RingRef(os.getpid() + 10 ** 7, 0, 0, 1000, t).resolve()
+    views = [arr[10:], arr.view(np.int32), np.asarray(arr)[::2]]
+    del arr
+    gc.collect()
+    assert int(t[0]) == 1, "the slot was released while numpy views of its batch live"
+    views.pop()
+    views.pop()
+    gc.collect()
+    assert int(t[0]) == 1
+    views.clear()
+    gc.collect()
+    assert int(t[0]) == 0                                       # released once nothing of the batch is left
+    D.forget_ring_slots([os.getpid() + 10 ** 7])
