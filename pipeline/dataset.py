@@ -736,8 +736,9 @@ class TransferBatch:
 #
 # Safety (a batch held by the training loop is never overwritten): byte 0 of a slot is its busy flag.
 # The worker sets it before writing a batch and reuses only a slot whose flag is 0. The training
-# process clears it in a weakref finalizer of the ndarray that backs the batch's tensors (torch.from_numpy
-# holds that ndarray until the last tensor, view or `.numpy()` of the batch is freed), so a slot is
+# process clears it in a weakref finalizer of a per-batch ndarray over the whole slot, the base of the
+# batch's buffer and of every numpy view of it (torch.from_numpy holds the buffer until the last tensor,
+# view or `.numpy()` of the batch is freed; RingRef.resolve says why not the buffer), so a slot is
 # free again only when nothing of its batch is referenced any more. When every slot is busy (a loop
 # that keeps many batches), the batch goes the old way (a fresh buffer): never a wait, never a reuse.
 RING_HEADER = 64                   # slot bytes before the batch: [0] busy flag (1: in flight or held)
@@ -772,9 +773,13 @@ class RingRef:
         if gen != self.gen:
             raise RuntimeError(f"DataLoader worker {self.pid}: slot {self.slot} generation {self.gen} was never "
                                f"received (have {gen}); batches must be unpickled in the order they were sent")
+        # The finalizer goes on `whole`, a fresh ndarray per batch, not on `arr`: numpy collapses a
+        # view's base to the first array that owns its memory or whose base is not an ndarray, so a
+        # view of `arr` (arr[a:b], arr.view(...)) holds `whole` and not `arr`. Everything of the batch
+        # (arr, its numpy views, torch.from_numpy(arr) and its views) keeps `whole` alive.
         whole = t.numpy()
         arr = whole[RING_HEADER:RING_HEADER + self.size]
-        weakref.finalize(arr, _release_slot, whole)
+        weakref.finalize(whole, _release_slot, t)
         return arr
 
 
@@ -799,8 +804,8 @@ def _new_shared_uint8(size: int):
     return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (size,), (1,))
 
 
-def _release_slot(whole: np.ndarray) -> None:
-    whole[0] = 0
+def _release_slot(slot: torch.Tensor) -> None:
+    slot[0] = 0                       # the busy flag: the worker may reuse the slot
 
 
 def forget_ring_slots(pids) -> None:
