@@ -191,3 +191,28 @@ def test_a_numpy_view_of_the_resolved_buffer_keeps_its_slot():
     gc.collect()
     assert int(t[0]) == 0                                       # released once nothing of the batch is left
     D.forget_ring_slots([os.getpid() + 10 ** 7])
+
+
+def test_a_forked_child_does_not_release_the_parents_slot():
+    """A process forked from the training process (an eval DataLoader's workers, os.fork) inherits
+    the batches it holds and their finalizers; when the child drops its copy (or runs its exit
+    hooks), the release must not write the shared busy flag while the parent still holds the batch."""
+    t = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(1 << 20), 0, (1 << 20,), (1,))
+    t[0] = 1
+    pid = os.getpid() + 2 * 10 ** 7
+    arr = D.RingRef(pid, 0, 0, 1000, t).resolve()
+    child = os.fork()
+    if child == 0:                                   # the child drops the inherited batch, then exits
+        try:
+            del arr
+            gc.collect()
+            import weakref
+            weakref.finalize._exitfunc()             # what a normal interpreter exit runs
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    assert int(t[0]) == 1, "a forked child released a slot the training process still holds"
+    del arr
+    gc.collect()
+    assert int(t[0]) == 0
+    D.forget_ring_slots([pid])
