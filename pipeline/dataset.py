@@ -779,7 +779,7 @@ class RingRef:
         # (arr, its numpy views, torch.from_numpy(arr) and its views) keeps `whole` alive.
         whole = t.numpy()
         arr = whole[RING_HEADER:RING_HEADER + self.size]
-        weakref.finalize(whole, _release_slot, t)
+        weakref.finalize(whole, _release_slot, t, os.getpid())
         return arr
 
 
@@ -804,8 +804,11 @@ def _new_shared_uint8(size: int):
     return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (size,), (1,))
 
 
-def _release_slot(slot: torch.Tensor) -> None:
-    slot[0] = 0                       # the busy flag: the worker may reuse the slot
+def _release_slot(slot: torch.Tensor, owner: int) -> None:
+    # only in the process that received the batch: a child forked from it (an eval loader's workers,
+    # os.fork) inherits the batch and this finalizer, and its copy going says nothing about the parent's
+    if os.getpid() == owner:
+        slot[0] = 0                   # the busy flag: the worker may reuse the slot
 
 
 def forget_ring_slots(pids) -> None:
