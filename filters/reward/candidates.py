@@ -201,6 +201,31 @@ class Continuations:
         self.counts += [len(c) for c in conts]
         return np.arange(first, len(self.counts))
 
+    def add_batch(self, pre: Prefixes, conts: list) -> list:
+        """Queue token lists `conts[j]` after each row j of `pre`, the rows of all prefixes together in
+        as few forward calls as `budget_tokens` allows; returns each prefix's row numbers in `sums()`."""
+        import torch
+
+        flat = [([int(x) for x in c], j) for j, cs in enumerate(conts) for c in cs]
+        first = len(self.counts)
+        out, at = [], first
+        for cs in conts:
+            out.append(np.arange(at, at + len(cs)))
+            at += len(cs)
+        if not flat:
+            return out
+        step = max(1, self.budget // (int(pre.keep.shape[1]) + max(len(c) for c, _ in flat)))
+        for a in range(0, len(flat), step):
+            part = flat[a:a + step]
+            with torch.inference_mode():
+                pred, _, ids, real, _, _ = _continue_rows(self.vlm, pre, [j for _, j in part], [c for c, _ in part],
+                                                          self.batch)
+                self.h.append(pred[real])
+                self.target.append(ids[real])
+                self.row.append(torch.nonzero(real)[:, 0] + first + a)
+        self.counts += [len(c) for c, _ in flat]
+        return out
+
     def sums(self) -> tuple[np.ndarray, np.ndarray]:
         """(summed log-prob, token count) of every queued row."""
         import torch
@@ -224,6 +249,87 @@ def continuation_logprobs(vlm, prefix: Prefix, conts: list, batch: HostBatch,
     c = Continuations(vlm, batch, budget_tokens)
     c.add(prefix, conts)
     return c.sums()
+
+
+class Prefixes:
+    """A batch of rows the model has read (vision included), kept padded: keys/values per layer
+    [B, heads, P, d], `keep` [B, P] (True at a row's own positions; False at padding, which may sit
+    between its tokens once extended), `last` [B, H] (final hidden state of each row's last token) and
+    the rows (samples: what follows takes its positions from `extend` on them). Continuing all rows
+    together is one forward call; the mask hides the padding, so every row sees only its own tokens."""
+
+    def __init__(self, rows: list[dict], kv: list, keep, last):
+        self.rows, self.kv, self.keep, self.last = rows, kv, keep, last
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def extend(self, vlm, ids: list, batch: HostBatch) -> "Prefixes":
+        """Row j followed by the text `ids[j]` (lengths may differ), all rows in one forward call from
+        the cached keys/values (no vision re-encoded)."""
+        import torch
+
+        ids = [[int(x) for x in c] for c in ids]
+        with torch.inference_mode():
+            _, hs, _, real, grown, keep = _continue_rows(vlm, self, list(range(len(self))), ids, batch, keep=True)
+        sp = vlm.vocab(batch.preset).ids
+        last = hs[torch.arange(len(ids), device=hs.device), torch.tensor([len(c) - 1 for c in ids], device=hs.device)]
+        rows = [extend(r, c, batch.preset, supervised=[False] * len(c), special=sp) for r, c in zip(self.rows, ids)]
+        return Prefixes(rows, grown, keep, last)
+
+
+def encode_batches(vlm, rows: list[dict], batch: HostBatch, budget_tokens: int = 16384):
+    """(indices, Prefixes) per batch of `rows` (plan_batches, as encode_prefixes): each batch read once
+    with its vision and kept padded, so its rows continue together (Prefixes.extend, Continuations.add_batch)."""
+    import torch
+
+    lengths = np.array([len(r["input_ids"]) for r in rows], dtype=np.int64)
+    for group in plan_batches(lengths, budget_tokens, 0.25):
+        hb = HostBatch([rows[i] for i in group], batch.preset, batch.device, batch.dtype)
+        with torch.inference_mode():
+            hs, _, kv = vlm.forward_cached(hb)
+            lens = torch.as_tensor(lengths[group], device=hs.device)
+            keep = torch.arange(hs.shape[1], device=hs.device)[None] < lens[:, None]
+            last = hs[torch.arange(len(group), device=hs.device), lens - 1]
+        yield list(group), Prefixes([rows[i] for i in group], kv, keep, last)
+        del hs, kv
+
+
+def _continue_rows(vlm, pre: Prefixes, owner: list, conts: list, batch: HostBatch, *, keep: bool = False):
+    """Run token lists `conts` (row r after prefix row owner[r]; rows right-padded) over `pre`'s padded
+    keys/values in one forward call: as _continue, plus the grown keys' mask when `keep`."""
+    import torch
+
+    sp = vlm.vocab(batch.preset).ids
+    k, width = len(conts), max(len(c) for c in conts)
+    _, dev, _ = batch._torch()
+    ids = np.full((k, width), vlm.vocab(batch.preset).pad, np.int64)
+    real = np.zeros((k, width), bool)
+    pos = np.zeros((3, k, width), np.int64)
+    vision = (sp.vision_start, sp.image_pad, sp.video_pad)
+    # text positions do not depend on which text: per prefix row, the longest continuation's serve all
+    tails = {}
+    for o in set(owner):
+        mine = [c for c, w in zip(conts, owner) if w == o]
+        if not any(np.isin(c, vision).any() for c in mine):
+            n = len(pre.rows[o]["input_ids"])
+            tails[o] = extend(pre.rows[o], max(mine, key=len), batch.preset, special=sp)["position_ids"][:, n:]
+    for r, (c, o) in enumerate(zip(conts, owner)):
+        ids[r, :len(c)], real[r, :len(c)] = c, True
+        n = len(pre.rows[o]["input_ids"])
+        tail = tails[o] if o in tails else extend(pre.rows[o], c, batch.preset, special=sp)["position_ids"][:, n:]
+        pos[:, r, :len(c)] = tail[:, :len(c)]
+    t = lambda x: torch.from_numpy(x).to(dev)  # noqa: E731
+    sel = torch.as_tensor(owner, device=pre.keep.device)
+    same = owner == list(range(len(pre)))
+    kv = pre.kv if same else [(a.index_select(0, sel), b.index_select(0, sel)) for a, b in pre.kv]
+    seen = pre.keep if same else pre.keep.index_select(0, sel)
+    realt = t(real)
+    grown_keep = torch.cat([seen, realt.to(seen.device)], dim=1)
+    hs, grown = vlm.forward_continue(t(ids), grown_keep.long().to(dev), t(pos), kv, keep)
+    last = pre.last if same else pre.last.index_select(0, sel)
+    pred = torch.cat([last[:, None], hs[:, :-1]], dim=1)
+    return pred, hs, t(ids), realt, grown, grown_keep
 
 
 class CandidateScorer:
@@ -261,6 +367,10 @@ class CandidateScorer:
     def prefixes(self, rows: list[dict], batch: HostBatch):
         """encode_prefixes with this scorer's model and token budget."""
         return encode_prefixes(self.vlm, rows, batch, self.batch_tokens)
+
+    def prefix_batches(self, rows: list[dict], batch: HostBatch):
+        """encode_batches with this scorer's model and token budget."""
+        return encode_batches(self.vlm, rows, batch, self.batch_tokens)
 
     def continuations(self, batch: HostBatch) -> Continuations:
         """A Continuations collector with this scorer's model and token budget."""
