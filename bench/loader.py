@@ -28,7 +28,9 @@ The online path, one sample at a time as an online collator (LLaMA-Factory style
 Samples/s over the whole epoch(s) (worker start-up, paid again every epoch, and the shuffle buffer's
 fill included), the time to the first batch, and the steady rate after it. The loader reads more
 samples than the online path runs (--loader-scale x), so that start-up is a fair share of an epoch;
-both rates are per sample. `--codecs` adds reader rows for the npy / zstd codecs (docs/storage.md).
+both rates are per sample. `--codecs [zstd,npy,lz4-delta]` adds reader rows on shards written in those
+codecs (docs/storage.md), `--codec-loader` the packed uint8-frames loader on them too (`codec ...` rows;
+the summary's best configuration is over the default codec's `vlprep` rows only).
 Then the padding waste of padded batches vs packed rows on the demo-like length mix (all nine
 demo records, images and videos, as vlprep encodes them), at 16 384 tokens.
 """
@@ -412,6 +414,20 @@ def lazy_ab(out: Path, mode: dict, workers: int = 1, rounds: int = 3) -> list[tu
     return [(label, rate, us) for label, (rate, us) in best.items()]
 
 
+def codec_ab(outs: dict[str, Path], mode: dict, workers: int = 1, rounds: int = 3) -> list[tuple[str, float, float, float]]:
+    """(codec, reader-alone frames samples/s of process CPU, loader samples/s, loader process+worker
+    CPU µs per sample) per codec's OUT (the same samples), alternated round by round, best of
+    `rounds`: the machine's load moves under sequential runs, alternation shares it out."""
+    best: dict[str, list[float]] = {c: [0.0, 0.0, 1e12] for c in outs}
+    for _ in range(rounds):
+        for codec, out in outs.items():
+            _, n, _, c = reader_alone(out, "frames")
+            t, n2, _, _, _, c2 = vlprep(out, workers, 1, **mode)
+            b = best[codec]
+            b[0], b[1], b[2] = max(b[0], n / c), max(b[1], n2 / t), min(b[2], c2 / n2 * 1e6)
+    return [(codec, *b) for codec, b in best.items()]
+
+
 CLASSES = ("photos", "camera", "documents", "clips", "mix")
 # samples the online path runs per class (~2-4 s each on an idle core); the loader reads --loader-scale x
 ONLINE_N = {"photos": 240, "camera": 60, "documents": 16, "clips": 12, "mix": 60}
@@ -425,7 +441,13 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--max-tokens", type=int, default=16384)
     ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--codecs", action="store_true", help="also the reader alone on npy / zstd shards")
+    ap.add_argument("--codecs", nargs="?", const="zstd,npy,lz4-delta", default="",
+                    help="also the reader alone on shards in these codecs (default list: zstd,npy,lz4-delta)")
+    ap.add_argument("--codec-loader", action="store_true",
+                    help="with --codecs: also the loader (packed uint8 frames, each --workers) on those shards")
+    ap.add_argument("--codec-ab", default="",
+                    help="comma list of codecs (e.g. zstd-delta,lz4-delta,npy): per class only the reader alone "
+                         "and the packed uint8-frames loader (1 worker) on each codec's shards, alternated, best of 3")
     ap.add_argument("--no-waste", action="store_true", help="skip the padding-waste table")
     ap.add_argument("--profile", action="store_true",
                     help="only the per-step read profile and the hand-off comparison (photos, camera)")
@@ -461,6 +483,27 @@ def main(argv=None) -> int:
                     for how, rate, us in handoff(out, mode):  # all the OUT's samples, 1 epoch
                         print(f"  1 worker, {label:<28} {how:<38} {rate:>8.1f} samples/s {us:>8.0f} CPU µs/sample")
             return 0
+        if args.codec_ab:
+            codecs = args.codec_ab.split(",")
+            mode = dict(max_tokens=args.max_tokens, normalize=False, pixels="frames")
+            for name in wanted:
+                recs = mix(classes, 60) if name == "mix" else classes[name]
+                rep = (max(1, round(ONLINE_N[name] * args.scale * args.loader_scale / len(recs)))
+                       if name != "mix" else max(1, args.loader_scale))
+                outs = {}
+                for codec in codecs:
+                    outs[codec] = Path(tmp) / f"ab-{name}-{codec}"
+                    write_out(outs[codec], recs, rep, media_root=root, codec=codec)
+                size = {c: sum(p.stat().st_size for p in (o / "shards").glob("*.tar")) for c, o in outs.items()}
+                print(f"\n{name}: codecs alternated, best of 3; packed ≤{args.max_tokens} uint8 frames, 1 worker; "
+                      f"load {os.getloadavg()[0]:.1f}")
+                print(f"  {'codec':<12} {'shard MB':>9} {'reader/CPU-s':>13} {'loader/s':>9} {'loader CPU µs/sample':>21}")
+                for codec, reader, rate, us in codec_ab(outs, mode):
+                    print(f"  {codec:<12} {size[codec] / 1e6:>9.1f} {reader:>13.1f} {rate:>9.1f} {us:>21.0f}")
+                for o in outs.values():
+                    shutil.rmtree(o)
+            print(f"load after: {os.getloadavg()[0]:.1f}")
+            return 0
         if args.lazy:
             for name in wanted:
                 recs = mix(classes, 60) if name == "mix" else classes[name]
@@ -488,13 +531,17 @@ def main(argv=None) -> int:
             for pixels in ("rows", "frames"):
                 t, n, tok, c = reader_alone(out, pixels)
                 rows.append((f"(ceiling) reader alone, in process, pixels={pixels}", t, n, tok, 0.0, n / t, c))
-            if args.codecs:
-                for codec in ("zstd", "npy"):
-                    cout = Path(tmp) / f"out-{name}-{codec}"
-                    write_out(cout, recs, online_repeat * args.loader_scale, media_root=root, codec=codec)
-                    t, n, tok, c = reader_alone(cout, "frames")
-                    rows.append((f"(ceiling) reader alone, frames, codec {codec}", t, n, tok, 0.0, n / t, c))
-                    shutil.rmtree(cout)
+            for codec in filter(None, args.codecs.split(",")):
+                cout = Path(tmp) / f"out-{name}-{codec}"
+                write_out(cout, recs, online_repeat * args.loader_scale, media_root=root, codec=codec)
+                t, n, tok, c = reader_alone(cout, "frames")
+                rows.append((f"(ceiling) reader alone, frames, codec {codec}", t, n, tok, 0.0, n / t, c))
+                if args.codec_loader:
+                    for w in workers:
+                        mode = dict(max_tokens=args.max_tokens, normalize=False, pixels="frames")
+                        rows.append((f"codec {codec}: packed ≤{args.max_tokens}, uint8 frames, {w} worker{'s' * (w > 1)}",
+                                     *vlprep(cout, w, args.epochs, **mode)))
+                shutil.rmtree(cout)
             t, n, tok, c = device_side(out, args.max_tokens)
             rows.append(("(device side) to_device on CPU: patchify+normalise", t, n, tok, 0.0, n / t, c))
             for w in workers:

@@ -17,6 +17,10 @@ compress, process CPU), and the loader's samples/s of process CPU time (single-t
 for `iter_shard` (rows: decode + rebuild pixel_values on the host) and for `pixels="frames"`
 (decode only; the rebuild then happens on the device in to_model_inputs). CPU time, not wall time,
 because the dev machine is shared; best of `--passes` passes.
+
+    python bench/storage.py --quick --lz4-levels 1,2,3   # lz4-delta rows per LZ4 level (write side only)
+    python bench/storage.py --quick --stages             # the delta filter's output through each entropy
+                                                         # coder pyarrow offers: ratio, encode, decode us
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.loader import ShardLoader  # noqa: E402
+from pipeline import storage  # noqa: E402
 from pipeline.storage import CODECS, DEFAULT_CODEC  # noqa: E402
 from pipeline.writer import ShardWriter  # noqa: E402
 from processors.encode import encode_sample  # noqa: E402
@@ -160,12 +165,66 @@ def measure(encoded: list, layout: str, passes: int) -> dict:
             "rows_per_s": len(encoded) / best["rows"], "frames_per_s": len(encoded) / best["frames"]}
 
 
+STAGE_CODECS = [("zstd 1 (zstd-delta)", "zstd", 1), ("zstd -1", "zstd", -1), ("zstd -3", "zstd", -3),
+                ("zstd 3", "zstd", 3), ("lz4 1 (lz4-delta)", "lz4_raw", 1), ("lz4 HC 2", "lz4_raw", 2),
+                ("lz4 HC 3", "lz4_raw", 3), ("lz4 HC 6", "lz4_raw", 6), ("snappy", "snappy", None)]
+
+
+def stages(encoded: list, passes: int) -> None:
+    """The zstd-delta filter's output of every stored frame through each entropy coder: bytes / raw
+    frame bytes, encode and decode process-CPU us per frame (best of `passes`), and the undelta that
+    every *-delta codec adds to its decode. No tar, no crc: the codec stage alone."""
+    import pyarrow as pa
+
+    from pipeline.storage import split_items, undelta
+    from processors.presets import QWEN25_VL
+    from pipeline.storage import Geometry
+
+    geo = Geometry.of(QWEN25_VL)
+    frames = [f for e in encoded for _, fr in split_items(e.pixel_values, e.image_grid_thw, e.video_grid_thw, geo)
+              for f in fr]
+    if not frames:
+        return
+    filt = []
+    for f in frames:
+        x = f.copy()
+        x[..., 0] -= f[..., 1]
+        x[..., 2] -= f[..., 1]
+        x[1:] -= x[:-1].copy()
+        filt.append(x.tobytes())
+    raw = sum(len(b) for b in filt)
+
+    def best(fn):
+        t = float("inf")
+        for _ in range(max(passes, 2)):
+            t0 = time.process_time()
+            fn()
+            t = min(t, time.process_time() - t0)
+        return t / len(frames) * 1e6
+
+    print(f"| entropy stage on the filtered frames ({len(frames)} frames, {raw / len(frames) / 1024:,.0f} KB raw each) "
+          f"| bytes / raw | encode us/frame | decode us/frame |")
+    print("|---|---:|---:|---:|")
+    for label, name, level in STAGE_CODECS:
+        codec = pa.Codec(name) if level is None else pa.Codec(name, compression_level=level)
+        comp = [codec.compress(b, asbytes=True) for b in filt]
+        assert all(codec.decompress(c, len(b), asbytes=True) == b for c, b in zip(comp, filt))
+        enc = best(lambda: [codec.compress(b, asbytes=True) for b in filt])
+        dec = best(lambda: [codec.decompress(c, len(b)) for c, b in zip(comp, filt)])
+        print(f"| {label} | {sum(map(len, comp)) / raw:.3f} | {enc:,.0f} | {dec:,.0f} |")
+    arrs = [np.frombuffer(b, np.uint8).reshape(f.shape) for b, f in zip(filt, frames)]
+    print(f"| (undelta, added to every -delta decode) | | | {best(lambda: [undelta(a) for a in arrs]):,.0f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="40 photos, 6 documents/screenshots, 1 pass")
     ap.add_argument("--photos", type=int, default=200)
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--codecs", default=",".join(CODECS))
+    ap.add_argument("--lz4-levels", default="", help="comma list: an lz4-delta row per LZ4 level (1 = fast, 2+ = HC)")
+    ap.add_argument("--stages", action="store_true", help="also the entropy-coder table per set (see the docstring)")
+    ap.add_argument("--sets", default="", help="comma list of set-name prefixes to run (default all)")
     args = ap.parse_args()
     n_photo, n_doc, passes = (40, 6, 1) if args.quick else (args.photos, 20, args.passes)
     demo_imgs, demo_vids = demo_media()
@@ -187,6 +246,10 @@ def main() -> None:
         "video (demo + LF clips)": (demo_vids + sorted(DEMO.glob("*.mp4")) + sorted(DEMO.glob("*.avi")), "video"),
     }
     layouts = ["format 1 (raw npy)", *args.codecs.split(",")]
+    for lvl in filter(None, args.lz4_levels.split(",")):
+        layouts.append(f"lz4-delta@{int(lvl)}")
+    if args.sets:
+        sets = {k: v for k, v in sets.items() if any(k.startswith(p) for p in args.sets.split(","))}
     import os
 
     print(f"# bench/storage.py  load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; best of {passes} pass(es); "
@@ -201,11 +264,22 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|---:|")
         base = None
         for layout in layouts:
-            m = measure(enc, layout, passes)
+            codec, _, lvl = layout.partition("@")
+            if lvl:
+                storage.LZ4_DELTA_LEVEL, keep = int(lvl), storage.LZ4_DELTA_LEVEL
+            try:
+                m = measure(enc, codec, passes)
+            finally:
+                if lvl:
+                    storage.LZ4_DELTA_LEVEL = keep
             base = base or m["bytes"]
             mark = " (default)" if layout == DEFAULT_CODEC else ""
+            if layout == "lz4-delta":
+                mark = f" (LZ4 level {storage.LZ4_DELTA_LEVEL})"
             print(f"| {layout}{mark} | {m['bytes'] / 1024:,.0f} | {m['bytes'] / base:.3f} | {m['write_ms']:.1f} | "
                   f"{m['rows_per_s']:,.0f} | {m['frames_per_s']:,.0f} |", flush=True)
+        if args.stages:
+            stages(enc, passes)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ class DedupOptions:
 
 @dataclass
 class StorageOptions:
-    codec: str = "zstd-delta"          # pixel members, each pixel once, lossless: zstd-delta|webp|png|zstd|npy (docs/storage.md)
+    codec: str = "zstd-delta"          # pixel members, each pixel once, lossless: zstd-delta|webp|png|zstd|npy|lz4-delta (docs/storage.md)
 
 
 @dataclass

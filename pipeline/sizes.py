@@ -22,7 +22,7 @@ from .writer import member_bytes
 
 NPY_HEADER = 128          # np.save's header for the small arrays a shard holds (version 1.0, padded to 64)
 # Fallback compressed/raw ratios when the calibration has no item of a kind (bench/storage.py, photos).
-DEFAULT_RATIOS = {"zstd-delta": 0.45, "webp": 0.42, "png": 0.52, "zstd": 0.95, "npy": 1.0}
+DEFAULT_RATIOS = {"zstd-delta": 0.45, "webp": 0.42, "png": 0.52, "zstd": 0.95, "npy": 1.0, "lz4-delta": 0.84}
 
 
 def media_bytes(sources) -> int:
