@@ -60,3 +60,21 @@ def make_out(root, n: int, per_shard: int = 100, seed: int = 0, lengths=(8, 64),
                                  n_videos=0, n_boxes=0, pixel_rows=len(e.pixel_values)))
     write_table(rows_to_table(rows, MANIFEST_SCHEMA), root / "manifest.parquet")
     return root
+
+
+def assert_same_batch(a, b) -> None:
+    """Two loader batches (Batch / PackedBatch, as collated or after the worker hand-off) hold the same
+    keys, ids, tensors (dtype, shape, values), stored frames and geometry."""
+    import torch
+
+    assert type(a) is type(b) and a.keys() == b.keys() and a.ids == b.ids
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]), k
+        else:
+            assert a[k] == b[k], k
+    fa, fb = getattr(a, "frames", []) or [], getattr(b, "frames", []) or []
+    assert [k for k, _ in fa] == [k for k, _ in fb]
+    for (_, x), (_, y) in zip(fa, fb):
+        assert isinstance(x, torch.Tensor) and x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)
+    assert getattr(a, "geometry", None) == getattr(b, "geometry", None)

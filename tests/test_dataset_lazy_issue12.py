@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from dataset_factory import assert_same_batch
 from pipeline.io import MANIFEST_SCHEMA, rows_to_table, write_table
 from pipeline.writer import ShardWriter
 from processors.patches import patchify
@@ -68,20 +69,6 @@ def out(tmp_path_factory):
     return _make_out(tmp_path_factory.mktemp("lazy") / "out")
 
 
-def _same(a, b):
-    assert type(a) is type(b) and a.keys() == b.keys() and a.ids == b.ids
-    for k in a:
-        if isinstance(a[k], torch.Tensor):
-            assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]), k
-        else:
-            assert a[k] == b[k], k
-    fa, fb = getattr(a, "frames", []) or [], getattr(b, "frames", []) or []
-    assert [k for k, _ in fa] == [k for k, _ in fb]
-    for (_, x), (_, y) in zip(fa, fb):
-        assert isinstance(x, torch.Tensor) and x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)
-    assert getattr(a, "geometry", None) == getattr(b, "geometry", None)
-
-
 MODES = {"padded rows": dict(batch_size=4), "padded uint8 rows": dict(batch_size=4, normalize=False),
          "padded frames": dict(batch_size=4, normalize=False, pixels="frames"),
          "packed rows": dict(max_tokens=200), "packed uint8 rows": dict(max_tokens=200, normalize=False),
@@ -105,7 +92,7 @@ def test_lazy_batches_equal_eager_batches(out, monkeypatch, mode, workers, via):
     assert len(a) == len(b) > 2
     assert sorted(i for x in b for i in x.ids) == [f"s{i:06d}" for i in range(36)]
     for x, y in zip(a, b):
-        _same(x, y)
+        assert_same_batch(x, y)
     if "frames" in mode:    # every sample's frames are there: images and videos, patchified = the rows
         assert any(k == "video" for x in b for k, _ in x.frames) and any(k == "image" for x in b for k, _ in x.frames)
 
@@ -128,7 +115,7 @@ def test_the_lazy_path_is_taken_only_where_the_buffer_decodes(out, monkeypatch):
     assert batch.frames and all(isinstance(f, LazyFrames) for _, f in batch.frames)
     eager = ds.collate(list(ds.loader_.iter_shard(ds.loader_.shards()[0], pixels="frames"))[:4])
     assert all(isinstance(f, torch.Tensor) for _, f in eager.frames)
-    _same(to_transfer(eager).unpack(), to_transfer(batch).unpack())
+    assert_same_batch(to_transfer(eager).unpack(), to_transfer(batch).unpack())
     ds.lazy = False
     assert not ds._lazy_frames()
     # a custom collate or normalised pixels: never lazy

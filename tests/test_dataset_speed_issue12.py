@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dataset_factory import assert_same_batch
 from pipeline import storage
 from pipeline.storage import decode_frame, encode_frame, undelta
 
@@ -82,21 +83,6 @@ def test_decode_frame_into_equals_a_fresh_decode(codec, h, w):
 
 # -- the DataLoader hand-off: one shared-memory buffer per batch ---------------------------------------
 
-def _same(a, b):
-    import torch
-
-    assert type(a) is type(b) and a.keys() == b.keys() and a.ids == b.ids
-    for k in a:
-        if isinstance(a[k], torch.Tensor):
-            assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(a[k], b[k]), k
-        else:
-            assert a[k] == b[k], k
-    fa, fb = getattr(a, "frames", []) or [], getattr(b, "frames", []) or []
-    assert [k for k, _ in fa] == [k for k, _ in fb]
-    assert all(x.dtype == y.dtype and torch.equal(x, y) for (_, x), (_, y) in zip(fa, fb))
-    assert getattr(a, "geometry", None) == getattr(b, "geometry", None)
-
-
 MODES = {"padded rows": dict(batch_size=3), "padded uint8": dict(batch_size=3, normalize=False),
          "padded frames": dict(batch_size=3, normalize=False, pixels="frames"),
          "packed frames": dict(max_tokens=300, normalize=False, pixels="frames"),
@@ -122,7 +108,7 @@ def test_worker_batches_equal_in_process_batches(tmp_path, monkeypatch, mode, vi
     there = list(ds.loader(num_workers=1))
     assert len(here) == len(there) > 1
     for a, b in zip(here, there):
-        _same(a, b)
+        assert_same_batch(a, b)
     assert ds.state_dict()["consumed"] == [len(here)] or ds.epoch == 1
 
 
@@ -148,7 +134,7 @@ def test_transfer_batch_round_trip_and_alignment(monkeypatch, via):
     assert isinstance(t, TransferBatch)
     assert isinstance(t.buf, np.ndarray) if via == "pipe" else t.buf.is_shared()
     assert all(spec[2] % 64 == 0 for _, spec in t.tensors + t.frames)
-    _same(b, pickle.loads(pickle.dumps(t)).unpack())
+    assert_same_batch(b, pickle.loads(pickle.dumps(t)).unpack())
     assert to_transfer([1, 2]) == [1, 2]            # not a built-in collator's batch: left to torch
 
 

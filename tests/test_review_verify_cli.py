@@ -53,5 +53,6 @@ def test_verify_dtype_reaches_the_model(tmp_path, capsys, monkeypatch):
     assert main(["verify", str(out), "--model", str(ckpt), "--device", "cpu", "--max-new-tokens", "2",
                  "--dtype", "fp32"]) == 0
     assert seen and set(seen) == {"fp32"}
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         main(["verify", str(out), "--model", str(ckpt), "--dtype", "half"])
+    assert exc.value.code == 2
