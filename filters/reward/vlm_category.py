@@ -5,10 +5,11 @@ Row per candidate: the sample up to the end of its first answer (vision included
 asking which category describes the request (the categories listed with their descriptions) and the
 candidate name as the assistant's answer. Coarse first (one row per coarse category), then the fine
 categories of the winning coarse one. Probabilities: softmax of the names' summed log-probabilities.
-Cost: a batch of samples is read once (vision included, candidates.encode_batches); the coarse and the
-fine questions continue from their padded keys/values (Prefixes.extend) and the candidate names from
-theirs (Continuations.add_batch), all samples of the batch together: five forward calls per batch
-(more only when the candidates outgrow the token budget), however many samples or categories.
+Cost: a batch of samples is read once (vision included, candidates.encode_batches); the coarse
+question and all coarse names of every sample continue from the padded keys/values in one call
+(Continuations.add_batch with the question as head, the names as a prefix tree), then the fine ones:
+three forward calls per batch (more only when the rows outgrow the token budget), however many
+samples or categories.
 Equal to scoring each `rows_for` row on its own (tested ≤ 1e-4). Use the zero-shot `category` scorer for
 bulk tagging and this one where its labels need a second opinion.
 
@@ -81,10 +82,10 @@ class VLMCategoryScorer(CandidateScorer):
         names = lambda nd: [tok.encode(name) + [sp.im_end] for name, _ in nd]  # noqa: E731
         with torch.inference_mode():
             for group, pre in self.prefix_batches(contexts, batch):
-                # the whole batch at once: one call reads the coarse question after every sample, one
-                # scores all their candidate names; the same again for the fine questions
+                # the whole batch at once: one call reads the coarse question after every sample and
+                # all their candidate names (Continuations.add_batch with heads); one the fine ones
                 asked = self.continuations(batch)
-                rows = asked.add_batch(pre.extend(self.vlm, [coarse_q] * len(group), batch), [names(coarse)] * len(group))
+                rows = asked.add_batch(pre, [names(coarse)] * len(group), heads=[coarse_q] * len(group))
                 total, _ = asked.sums()
                 fine_sets = []
                 for j, i in enumerate(group):
@@ -93,8 +94,8 @@ class VLMCategoryScorer(CandidateScorer):
                     out["vlm_category.coarse"][i], out["vlm_category.coarse_confidence"][i] = coarse[b][0], float(p[b])
                     fine_sets.append([(f.name, f.description) for f in self.taxonomy.coarse[b].fine])
                 asked = self.continuations(batch)
-                fine = pre.extend(self.vlm, [self.question_ids(tok, f) for f in fine_sets], batch)
-                rows = asked.add_batch(fine, [names(f) for f in fine_sets])
+                rows = asked.add_batch(pre, [names(f) for f in fine_sets],
+                                       heads=[self.question_ids(tok, f) for f in fine_sets])
                 total, _ = asked.sums()
                 for j, i in enumerate(group):
                     p = _softmax(total[rows[j]])
