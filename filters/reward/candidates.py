@@ -427,10 +427,15 @@ class Prefixes:
         import torch
 
         ids = [[int(x) for x in c] for c in ids]
+        if not any(ids):
+            return self
         with torch.inference_mode():
             _, hs, _, real, grown, keep = _continue_rows(vlm, self, list(range(len(self))), ids, batch, keep=True)
+            end = torch.tensor([len(c) - 1 for c in ids], device=hs.device)
+            # a row extended by nothing keeps its own last state
+            last = torch.where((end >= 0)[:, None], hs[torch.arange(len(ids), device=hs.device), end.clamp(min=0)],
+                               self.last.to(hs.device))
         sp = vlm.vocab(batch.preset).ids
-        last = hs[torch.arange(len(ids), device=hs.device), torch.tensor([len(c) - 1 for c in ids], device=hs.device)]
         rows = [extend(r, c, batch.preset, supervised=[False] * len(c), special=sp) for r, c in zip(self.rows, ids)]
         return Prefixes(rows, grown, keep, last)
 

@@ -80,12 +80,13 @@ class VLMCategoryScorer(CandidateScorer):
         coarse = [(c.name, c.description) for c in self.taxonomy.coarse]
         coarse_q = self.question_ids(tok, coarse)
         names = lambda nd: [tok.encode(name) + [sp.im_end] for name, _ in nd]  # noqa: E731
+        coarse_names, fine_q = names(coarse), {}
         with torch.inference_mode():
             for group, pre in self.prefix_batches(contexts, batch):
                 # the whole batch at once: one call reads the coarse question after every sample and
                 # all their candidate names (Continuations.add_batch with heads); one the fine ones
                 asked = self.continuations(batch)
-                rows = asked.add_batch(pre, [names(coarse)] * len(group), heads=[coarse_q] * len(group))
+                rows = asked.add_batch(pre, [coarse_names] * len(group), heads=[coarse_q] * len(group))
                 total, _ = asked.sums()
                 fine_sets = []
                 for j, i in enumerate(group):
@@ -94,8 +95,11 @@ class VLMCategoryScorer(CandidateScorer):
                     out["vlm_category.coarse"][i], out["vlm_category.coarse_confidence"][i] = coarse[b][0], float(p[b])
                     fine_sets.append([(f.name, f.description) for f in self.taxonomy.coarse[b].fine])
                 asked = self.continuations(batch)
-                rows = asked.add_batch(pre, [names(f) for f in fine_sets],
-                                       heads=[self.question_ids(tok, f) for f in fine_sets])
+                for f in fine_sets:  # one tokenisation per fine list, however many samples ask it
+                    if tuple(f) not in fine_q:
+                        fine_q[tuple(f)] = (self.question_ids(tok, f), names(f))
+                rows = asked.add_batch(pre, [fine_q[tuple(f)][1] for f in fine_sets],
+                                       heads=[fine_q[tuple(f)][0] for f in fine_sets])
                 total, _ = asked.sums()
                 for j, i in enumerate(group):
                     p = _softmax(total[rows[j]])
