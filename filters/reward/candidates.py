@@ -279,8 +279,8 @@ class Continuations:
         import torch
 
         n = len(self.counts)
-        if not n:
-            return np.zeros(0), np.zeros(0, np.int64)
+        if not self.h:  # no rows, or only empty ones
+            return np.zeros(n), np.array(self.counts, dtype=np.int64)
         with torch.inference_mode():
             h = torch.cat(self.h)
             dev = h.device
