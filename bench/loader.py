@@ -238,16 +238,19 @@ class Online:
         return time.perf_counter() - t0, n, tokens, cpu_s() - c0
 
 
-def vlprep(out: Path, workers: int, epochs: int, lazy: bool = True, **mode) -> tuple[float, int, int, float, float, float]:
+def vlprep(out: Path, workers: int, epochs: int, lazy: bool = True, ring: int | None = None,
+           persistent: bool = False, **mode) -> tuple[float, int, int, float, float, float]:
     """(seconds, samples, tokens, seconds to the first batch, samples/s after it, CPU seconds of the
     training process and its workers). Worker start-up
-    (fork, first shard open, the shuffle buffer's fill) is paid again every epoch; the steady rate
-    after the first batch is reported beside the total."""
+    (fork, first shard open, the shuffle buffer's fill) is paid again every epoch unless
+    `persistent` (persistent_workers=True); the steady rate after the first batch is reported beside
+    the total. `ring`: hand-off slots per worker (None: the default, 0: a fresh buffer per batch)."""
     from pipeline.dataset import ShardDataset
 
     ds = ShardDataset(out, seed=0, **mode)
     ds.lazy = lazy
-    dl = ds.loader(num_workers=workers)
+    ds.ring_depth = ring
+    dl = ds.loader(num_workers=workers, persistent_workers=persistent and workers > 0)
     n = tokens = 0
     first = None
     c0, t0 = cpu_s(), time.perf_counter()
@@ -258,9 +261,106 @@ def vlprep(out: Path, workers: int, epochs: int, lazy: bool = True, **mode) -> t
             n += len(batch.ids)
             # real tokens: padded batches mask their padding; packed rows (no pad_to) have none
             tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+    del dl                                 # persistent workers end here: their CPU joins RUSAGE_CHILDREN
     t = time.perf_counter() - t0
     steady = (n - n_first) / (t - first) if n > n_first else float("nan")
     return t, n, tokens, first, steady, cpu_s() - c0
+
+
+def split_run(out: Path, workers: int, mode: dict, **kw) -> dict:
+    """One epoch through the loader, its CPU and minor page faults split by process: the training
+    process (RUSAGE_SELF: DataLoader machinery, unpickling, the batch views) and its joined workers
+    (RUSAGE_CHILDREN: read, shuffle, packing, collation, frame decode into the hand-off buffer)."""
+    import gc
+    import resource
+
+    def ru(who):
+        r = resource.getrusage(who)
+        return r.ru_utime + r.ru_stime, r.ru_minflt
+
+    gc.collect()
+    (s0, f0), (k0, g0) = ru(resource.RUSAGE_SELF), ru(resource.RUSAGE_CHILDREN)
+    t, n, *_ = vlprep(out, workers, 1, **mode, **kw)
+    (s1, f1), (k1, g1) = ru(resource.RUSAGE_SELF), ru(resource.RUSAGE_CHILDREN)
+    return dict(rate=n / t, main_us=(s1 - s0) / n * 1e6, main_flt=(f1 - f0) / n,
+                worker_us=(k1 - k0) / n * 1e6, worker_flt=(g1 - g0) / n)
+
+
+def worker_phases(out: Path, mode: dict, ring: int, rounds: int = 3) -> dict[str, float]:
+    """Process-CPU µs per sample of each step one DataLoader worker runs, replayed in this process
+    (the worker's code path: lazy frames, to_transfer with `ring` slots, the pickle of what crosses
+    the pipe; then the training process's unpickle + unpack), best of `rounds`."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch
+
+    import pipeline.dataset as D
+
+    pt = time.process_time
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        acc: dict[str, float] = {}
+
+        def timed_gen(name, gen):
+            it = iter(gen)
+            while True:
+                c = pt()
+                try:
+                    x = next(it)
+                except StopIteration:
+                    acc[name] = acc.get(name, 0) + pt() - c
+                    return
+                acc[name] = acc.get(name, 0) + pt() - c
+                yield x
+
+        def timed_fn(name, fn):
+            def w(*a, **k):
+                c = pt()
+                r = fn(*a, **k)
+                acc[name] = acc.get(name, 0) + pt() - c
+                return r
+            return w
+
+        ds = D.ShardDataset(out, seed=0, **mode)
+        ds._tracked, ds._ring, ds.num_workers, ds._consumed = True, ring, 1, [0]
+        keep = (D.get_worker_info, D.buffer_shuffle, D.OnlinePacker.pack, D.to_transfer, type(ds.collate).__call__)
+        D.get_worker_info = lambda: type("Info", (), {"id": 0, "num_workers": 1})()
+        samples = ds._samples
+        ds._samples = lambda g, G: timed_gen("read", samples(g, G))
+        D.buffer_shuffle = lambda *a, **k: timed_gen("shuffle", keep[1](*a, **k))
+        D.OnlinePacker.pack = lambda self, x: timed_gen("pack", keep[2](self, x))
+        D.to_transfer = timed_fn("transfer", keep[3])
+        type(ds.collate).__call__ = timed_fn("collate", keep[4])
+        try:
+            n = 0
+            c0 = pt()
+            for item, _, _ in ds:
+                c = pt()
+                blob = ForkingPickler.dumps(item)
+                c2 = pt()
+                b = pickle.loads(blob).unpack()
+                acc["pickle"] = acc.get("pickle", 0) + c2 - c
+                acc["unpickle"] = acc.get("unpickle", 0) + pt() - c2
+                n += len(b.ids)
+                del b, item, blob
+            total = pt() - c0
+        finally:
+            (D.get_worker_info, D.buffer_shuffle, D.OnlinePacker.pack, D.to_transfer,
+             type(ds.collate).__call__) = keep
+        steps = {"read (tar, .npy, .json; frames kept compressed)": acc["read"],
+                 "shuffle buffer": acc["shuffle"] - acc["read"],
+                 "online packing": acc.get("pack", acc["shuffle"]) - acc["shuffle"],
+                 "collate (ids, labels, position ids, grids)": acc["collate"],
+                 "to_transfer (crc32 + zstd + undelta into the buffer)": acc["transfer"],
+                 "pickle what crosses the pipe": acc["pickle"],
+                 "(training process) unpickle + views": acc["unpickle"]}
+        steps["generators, checks, rest"] = total - sum(steps.values())
+        steps["total"] = total
+        for k, v in steps.items():
+            best[k] = min(best.get(k, 1e9), v / n * 1e6)
+    torch.set_num_threads(1)
+    return best
 
 
 def reader_alone(out: Path, pixels: str = "rows") -> tuple[float, int, int, float]:
@@ -381,24 +481,28 @@ def profile_read(out: Path, rounds: int = 3) -> list[tuple[str, float]]:
     return list(best.items())
 
 
-def handoff(out: Path, mode: dict, epochs: int = 1) -> list[tuple[str, float, float]]:
-    """(label, samples/s, process+worker CPU µs per sample) of one worker, with the one-buffer
-    hand-off (TransferBatch) and with torch's own (one shared-memory segment per tensor)."""
+HANDOFFS = (("ring of slots", None), ("fresh buffer", 0), ("torch's own", "torch"))
+
+
+def handoff(out: Path, mode: dict, workers: int = 1, rounds: int = 2) -> list[tuple[str, dict]]:
+    """Per hand-off (HANDOFFS), one epoch with `workers` workers: samples/s and the CPU µs and minor
+    page faults per sample of the training process and of its workers (split_run); alternated, best
+    of `rounds` per column."""
     import pipeline.dataset as D
 
-    best: dict[str, tuple[float, float]] = {}
+    best: dict[str, dict] = {}
     keep = D.to_transfer
-    for _ in range(2):                  # alternated, best of 2: the machine's load moves under the runs
-        for label, fn in (("one buffer per batch (TransferBatch)", keep),
-                          ("one segment per tensor (torch's own)", lambda b: b)):
-            D.to_transfer = fn
+    for _ in range(rounds):             # alternated: the machine's load moves under the runs
+        for label, ring in HANDOFFS:
+            if ring == "torch":                 # torch pickles each tensor: frames must be decoded (eager)
+                D.to_transfer = lambda b, ring=0: b
             try:
-                t, n, _, _, _, c = vlprep(out, 1, epochs, **mode)
+                r = split_run(out, workers, mode, ring=0 if ring == "torch" else ring, lazy=ring != "torch")
             finally:
                 D.to_transfer = keep
-            rate, us = best.get(label, (0.0, 1e12))
-            best[label] = (max(rate, n / t), min(us, c / n * 1e6))
-    return [(label, rate, us) for label, (rate, us) in best.items()]
+            b = best.setdefault(label, r)
+            best[label] = {k: (max if k == "rate" else min)(b[k], r[k]) for k in r}
+    return list(best.items())
 
 
 def lazy_ab(out: Path, mode: dict, workers: int = 1, rounds: int = 3) -> list[tuple[str, float, float]]:
@@ -439,6 +543,9 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every class's sample counts")
     ap.add_argument("--loader-scale", type=int, default=4, help="loader samples per online sample (default 4)")
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--multi-epochs", type=int, default=3,
+                    help="also the packed uint8-frames loader (most workers) over this many epochs, workers "
+                         "restarted every epoch vs persistent_workers=True (1: skip)")
     ap.add_argument("--max-tokens", type=int, default=16384)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--codecs", nargs="?", const="zstd,npy,lz4-delta", default="",
@@ -477,11 +584,25 @@ def main(argv=None) -> int:
                       f"load {os.getloadavg()[0]:.1f}")
                 for step, us in profile_read(out):
                     print(f"  {step:<32} {us:>8.1f}")
+                packed = dict(max_tokens=16384, normalize=False, pixels="frames")
+                for ring in (None, 0):
+                    steps = worker_phases(out, packed, 4 if ring is None else 0)
+                    print(f"  one worker's steps, packed ≤16384 uint8 frames, in process, "
+                          f"{'ring of slots' if ring is None else 'fresh buffer per batch'} (best of 3); "
+                          f"load {os.getloadavg()[0]:.1f}")
+                    for step, us in steps.items():
+                        print(f"    {step:<56} {us:>8.1f} µs")
+                print(f"  through the DataLoader, 1 epoch, CPU µs and minor faults per sample by process "
+                      f"(best of 2, alternated); load {os.getloadavg()[0]:.1f}")
+                print(f"    {'':<53} {'samples/s':>9} {'main µs':>8} {'flt':>5} {'workers µs':>10} {'flt':>5} {'total µs':>8}")
                 for label, mode in (("padded b=4, uint8 frames", dict(batch_size=4, normalize=False, pixels="frames")),
-                                    ("packed ≤16384, uint8 frames", dict(max_tokens=16384, normalize=False, pixels="frames")),
-                                    ("padded b=4, float pixels", dict(batch_size=4))):
-                    for how, rate, us in handoff(out, mode):  # all the OUT's samples, 1 epoch
-                        print(f"  1 worker, {label:<28} {how:<38} {rate:>8.1f} samples/s {us:>8.0f} CPU µs/sample")
+                                    ("packed ≤16384, uint8 frames", packed)):
+                    for w in (1, 2):
+                        for how, r in handoff(out, mode, w):  # all the OUT's samples, 1 epoch
+                            print(f"    {w} worker{'s' * (w > 1)}, {label:<27} {how:<14} {r['rate']:>9.1f} "
+                                  f"{r['main_us']:>8.0f} {r['main_flt']:>5.0f} {r['worker_us']:>10.0f} "
+                                  f"{r['worker_flt']:>5.0f} {r['main_us'] + r['worker_us']:>8.0f}")
+            print(f"load after: {os.getloadavg()[0]:.1f}")
             return 0
         if args.codec_ab:
             codecs = args.codec_ab.split(",")
@@ -550,27 +671,44 @@ def main(argv=None) -> int:
                                     (f"packed ≤{args.max_tokens}, uint8 frames",
                                      dict(max_tokens=args.max_tokens, normalize=False, pixels="frames"))):
                     rows.append((f"vlprep {label}, {w} worker{'s' * (w > 1)}", *vlprep(out, w, args.epochs, **mode)))
+            multi = []
+            if args.multi_epochs > 1:       # workers restarted every epoch vs kept (persistent_workers)
+                mode = dict(max_tokens=args.max_tokens, normalize=False, pixels="frames")
+                w = max(workers)
+                for persistent in (False, True):
+                    how = "persistent workers" if persistent else "workers restarted"
+                    multi.append((f"{args.multi_epochs} epochs: packed, frames, {w} workers, {how}",
+                                  *vlprep(out, w, args.multi_epochs, persistent=persistent, **mode)))
             ref = rows[0][2] / rows[0][1]
             ref_cpu = rows[0][2] / rows[0][6]
             print(f"\n{name}: {len(recs)} records; online {rows[0][2]} samples, loader {rows[-1][2]} "
                   f"({args.epochs} epoch(s)); load {os.getloadavg()[0]:.1f}")
             print(f"{'path':<56} {'samples/s':>10} {'tokens/s':>10} {'vs online':>9} {'1st batch':>9} "
                   f"{'steady/s':>9} {'steady vs':>9} {'/CPU-s':>8} {'CPU vs':>7}")
-            for label, t, n, tok, first, steady, c in rows:
-                print(f"{label:<56} {n / t:>10.1f} {tok / t:>10.0f} {n / t / ref:>8.1f}x {first:>8.2f}s "
+            for label, t, n, tok, first, steady, c in rows + multi:
+                print(f"{label:<56.56} {n / t:>10.1f} {tok / t:>10.0f} {n / t / ref:>8.1f}x {first:>8.2f}s "
                       f"{steady:>9.1f} {steady / ref:>8.1f}x {n / c:>8.1f} {n / c / ref_cpu:>6.1f}x")
             loaders = [r for r in rows if r[0].startswith("vlprep")]
             best = max(loaders, key=lambda r: r[2] / r[1])
             best_cpu = max(loaders, key=lambda r: r[2] / r[6])
             summary.append((name, ref, best[0][7:], best[2] / best[1], best[5], ref_cpu,
-                            best_cpu[2] / best_cpu[6], best_cpu[0][7:]))
+                            best_cpu[2] / best_cpu[6], best_cpu[0][7:],
+                            max(multi, key=lambda r: r[2] / r[1]) if multi else None))
             shutil.rmtree(out)
         print(f"\nsummary: best loader configuration per class (load {os.getloadavg()[0]:.1f})")
         print(f"{'class':<10} {'online/s':>9} {'loader/s':>9} {'vs online':>9} {'steady vs':>9}  {'configuration':<42}"
               f" {'online/CPU-s':>12} {'loader/CPU-s':>12} {'CPU vs':>7}  configuration")
-        for name, ref, label, rate, steady, ref_cpu, rate_cpu, label_cpu in summary:
+        for name, ref, label, rate, steady, ref_cpu, rate_cpu, label_cpu, _ in summary:
             print(f"{name:<10} {ref:>9.1f} {rate:>9.1f} {rate / ref:>8.1f}x {steady / ref:>8.1f}x  {label:<42}"
                   f" {ref_cpu:>12.1f} {rate_cpu:>12.1f} {rate_cpu / ref_cpu:>6.1f}x  {label_cpu}")
+        if args.multi_epochs > 1:
+            print(f"\n{args.multi_epochs} epochs, the faster of workers restarted / persistent (packed, uint8 frames)")
+            print(f"{'class':<10} {'online/s':>9} {'loader/s':>9} {'vs online':>9} {'online/CPU-s':>12} "
+                  f"{'loader/CPU-s':>12} {'CPU vs':>7}  configuration")
+            for x in summary:
+                name, ref, ref_cpu, (label, t, n, _, _, _, c) = x[0], x[1], x[5], x[8]
+                print(f"{name:<10} {ref:>9.1f} {n / t:>9.1f} {n / t / ref:>8.1f}x {ref_cpu:>12.1f} {n / c:>12.1f} "
+                      f"{n / c / ref_cpu:>6.1f}x  {label}")
         if not args.no_waste:
             mixo = Path(tmp) / "mix-waste"
             lengths = write_out(mixo, records("mllm_demo.json") + records("mllm_video_demo.json"), 50)

@@ -1,6 +1,7 @@
 """Video benchmark: vlprep's process_video in both resize modes vs qwen-vl-utils, and the decode floor.
 
     python bench/video.py [--rounds 2] [--clips a,b]   # generates clips into bench/_data/ once
+    python bench/video.py --clips 10s_720p_vp9 --decoder vp9=SLICE:1   # A/B a decoder thread choice
 
 One command prints the whole table (7 clips x 4 methods; ≈ 2 min per round on an idle 2-core
 machine, 4-6 min at load 5, plus ≈ 1.5 min to generate the clips the first time). The reference
@@ -112,6 +113,33 @@ def _cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def parse_decoder_override(spec: str) -> dict[str, tuple[str, int]]:
+    """`--decoder vp9=SLICE:1,h264=AUTO:0` -> {codec: (thread_type, thread_count)} (an A/B knob for
+    video_decode's per-codec thread choice; 0 threads = FFmpeg's count)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        try:
+            codec, rest = part.split("=")
+            kind, n = rest.split(":")
+            if kind.upper() not in ("SLICE", "FRAME", "AUTO") or int(n) < 0:
+                raise ValueError
+        except ValueError:
+            raise SystemExit(f"--decoder {part!r}: write CODEC=SLICE|FRAME|AUTO:THREADS, e.g. vp9=SLICE:1") from None
+        out[codec.strip()] = (kind.upper(), int(n))
+    return out
+
+
+def _apply_decoder_override(spec: str) -> None:
+    import processors.video_decode as vd
+
+    over = parse_decoder_override(spec)
+    if not over:
+        return
+    kind, count = vd.decoder_thread_type, vd.decoder_threads
+    vd.decoder_thread_type = lambda info: over[info.codec][0] if info.codec in over else kind(info)
+    vd.decoder_threads = lambda info: over[info.codec][1] if info.codec in over else count(info)
+
+
 def child(method: str, path: str) -> dict:
     import numpy as np
 
@@ -130,6 +158,8 @@ def child(method: str, path: str) -> dict:
     from processors.video_resize import resize_frames
     from processors.video_sampling import sample_frame_indices, video_frame_size
 
+    if method != "qwen-vl-utils":
+        _apply_decoder_override(os.environ.get("VLPREP_BENCH_DECODER", ""))
     if method == "baseline":
         return {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     extra = {}
@@ -201,8 +231,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2, help="rounds, alternating method order; best wall each")
     ap.add_argument("--clips", default="", help="comma-separated clip names (default: all)")
+    ap.add_argument("--decoder", default="", help="A/B of the decoder threads, e.g. vp9=SLICE:1,h264=AUTO:0 "
+                    "(CODEC=SLICE|FRAME|AUTO:THREADS, 0 = FFmpeg's count) for vlprep's rows and the floor")
     args = ap.parse_args()
-    t_all = time.perf_counter()
+    parse_decoder_override(args.decoder)  # refuse a typo before any work
+    os.environ["VLPREP_BENCH_DECODER"] = args.decoder
+    t_all, load0 = time.perf_counter(), os.getloadavg()[0]
     paths = generate()
     methods = list(METHODS)
     ref = "qwen-vl-utils"
@@ -245,7 +279,8 @@ def main() -> None:
                          v["cpu"] - fl["cpu"] - fl["resize_float_cpu"]))
     print(f"baseline processes (imports only): peak RSS " + ", ".join(
         f"{m} {base[m]['rss_mb']:.0f} MB" for m in methods) + f"; cpu cores: {os.cpu_count()}; "
-        f"load average at the end: {os.getloadavg()[0]:.1f}; rounds: {args.rounds}")
+        f"load average at the start {load0:.1f}, at the end {os.getloadavg()[0]:.1f}; rounds: {args.rounds}"
+        + (f"; decoder override: {args.decoder}" if args.decoder else ""))
     print(f"| clip | method | frames | H×W | wall s | CPU s | peak RSS MB | RSS − baseline MB | {ref} wall / wall "
           f"| wall / floor wall | float resize CPU s | uint8 resize CPU s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -10,9 +10,10 @@ The ledger's `rule` is the config key, so a dropped sample points straight at th
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from processors.errors import did_you_mean
 
 from . import box_rules, image_rules, ocr_rules, repetition, structure_rules, text_rules, video_rules
 from .base import PHASES, Filter
@@ -103,9 +104,7 @@ SPECS: dict[str, RuleSpec] = {s.key: s for s in [
 
 
 def _unknown(what: str, name: str, valid) -> ValueError:
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"unknown {what} {name!r}{hint}; valid: {', '.join(sorted(valid))}")
+    return ValueError(f"unknown {what} {name!r}{did_you_mean(name, valid)}; valid: {', '.join(sorted(valid))}")
 
 
 def _make(spec: RuleSpec, value: Any) -> Filter | None:

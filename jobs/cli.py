@@ -24,6 +24,19 @@ SUBCOMMANDS = {
 }
 
 
+EPILOG = """\
+first run (a generated demo corpus; no network, no GPU):
+  vlprep demo demo_out/corpus                                          # corpus + demo.yaml
+  vlprep prepare demo_out/corpus/demo.yaml --out demo_out/prepared     # shards, manifest, ledger
+  vlprep score demo_out/prepared                                       # text + pixel scores
+  vlprep stats demo_out/prepared                                       # tables, stats.json, report.html
+  vlprep inspect demo_out/prepared                                     # one sample, decoded
+
+vlprep COMMAND --help explains a command, its inputs, outputs and defaults. A wrong setting stops
+a command before it runs with one line (exit 2). Docs: README.md, docs/pipeline.md (config keys).
+"""
+
+
 def _available():
     for name, modname in SUBCOMMANDS.items():
         try:
@@ -39,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prepare image/video + text corpora for Qwen-VL family training: clean, filter, "
         "smart-resize, patchify, sample video with absolute-time ids, build ChatML with labels and "
         "M-RoPE ids, write sharded tensors; score them with a model stage; report statistics.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in _available():
@@ -85,15 +99,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def positive_int(text: str) -> int:
-    """argparse type of counts such as --workers: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
-    return value
+def int_at_least(minimum: int):
+    """argparse type of a count that must be a whole number >= `minimum`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+positive_int = int_at_least(1)   # argparse type of counts such as --workers
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jobs.cli import positive_int
+
 HELP = "generate a small demo corpus (images, clips, four input formats, some bad records) and demo.yaml"
 DESCRIPTION = """\
 Write a demo corpus that needs nothing from the network or ../shared: drawn scenes with their
@@ -40,7 +42,8 @@ unit_size: 8
 
 def add_arguments(p) -> None:
     p.add_argument("dir", type=Path, help="folder to write the corpus into (created)")
-    p.add_argument("--scenes", type=int, default=12, help="number of drawn scenes (default 12)")
+    p.add_argument("--scenes", type=positive_int, default=12,
+                   help="number of drawn scenes (default 12, at least 5: the bad records reuse some)")
 
 
 def run(args) -> int:

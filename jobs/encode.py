@@ -36,7 +36,13 @@ def _records(path: Path):
                 except json.JSONDecodeError as exc:
                     yield i, None, f"line {i + 1}: {exc}"
     else:
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            from processors.errors import UserInputError
+
+            raise UserInputError(f"{path} is not valid JSON ({exc}); a .json file holds a list of records, a "
+                                 f".jsonl file one record per line") from None
         for i, rec in enumerate(data if isinstance(data, list) else [data]):
             yield i, rec, None
 
@@ -58,8 +64,26 @@ def run(args) -> int:
     from rich.table import Table
 
     from processors import EncodeOptions, encode_sample, get_preset, get_tokenizer, parse_record
-    from processors.errors import VlprepError
+    from processors.errors import UserInputError, VlprepError, did_you_mean
+    from processors.formats import FORMATS
 
+    if not args.file.is_file():
+        raise UserInputError(f"{args.file} {'is a folder' if args.file.is_dir() else 'does not exist'}; give a .json "
+                             f"(a list of records) or .jsonl (one record per line) file")
+    if args.media_root is not None and not args.media_root.is_dir():
+        raise UserInputError(f"--media-root {args.media_root} is not a folder; give the folder the records' media "
+                             f"paths are relative to")
+    if args.format not in FORMATS:
+        raise UserInputError(f"--format {args.format!r} is unknown{did_you_mean(args.format, FORMATS)}; choose one of "
+                             f"{', '.join(FORMATS)}")
+    if args.grounding_format is not None:
+        from processors.grounding import _fmt_name
+        from processors.errors import GroundingError
+
+        try:
+            _fmt_name(args.grounding_format)   # once here, not as an error on every record
+        except GroundingError as exc:
+            raise UserInputError(f"--grounding-format: {exc}") from None
     preset = get_preset(args.preset)
     tokenizer = get_tokenizer(preset=preset)
     _check_tokenizer(tokenizer, preset)

@@ -65,12 +65,12 @@ def run(args) -> int:
     except KeyError as exc:
         rows = ledger_rows(args.out, args.id) if args.id else []
         if not rows:
-            print(f"vlprep inspect: {exc}", file=sys.stderr)
-            return 1
+            print(f"vlprep inspect: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+            return 2   # an --id that is neither kept nor in the ledger: a user mistake
         return print_ledger_rows(rows, args.json)
-    except FileNotFoundError as exc:
+    except FileNotFoundError as exc:   # OUT is not a `vlprep prepare` output
         print(f"vlprep inspect: {exc}", file=sys.stderr)
-        return 1
+        return 2
     preset = sample["meta"].get("preset")
     info = describe(sample, get_tokenizer(preset=preset))
     if args.json:

@@ -1,8 +1,6 @@
 """`vlprep prepare CONFIG.yaml`: read, clean, filter, encode and shard a raw corpus."""
 from __future__ import annotations
 
-import sys
-
 from jobs.cli import positive_int
 
 INTERRUPTED = ("the work units already finished are kept in OUT; run the same command again to resume "
@@ -34,18 +32,20 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=positive_int, help="CPUs of the embedded local Ray (default: all)")
     p.add_argument("--overwrite", action="store_true", help="delete previous outputs in OUT and start again")
     p.add_argument("--executor", choices=("ray", "local", "process"), default="ray",
-                   help="ray (default); local = in-process loop, for debugging")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+                   help="ray (default); local = in-process loop, for debugging; process = a local process "
+                        "pool (--workers processes, no Ray)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (on a terminal) or progress lines (in a log, every 30 s)")
 
 
 def run(args) -> int:
     from pipeline.config import JobConfig
-    from pipeline.progress import render_summary
+    from pipeline.progress import progress_mode, render_summary
     from pipeline.runner import run_job
 
     cfg = JobConfig.from_yaml(args.config, args.overrides)   # ConfigError: one line, exit 2 (jobs.cli)
     result = run_job(cfg, out=args.out, address=args.address, workers=args.workers,
                      overwrite=args.overwrite, executor=args.executor,
-                     progress=not args.no_progress and sys.stderr.isatty())
+                     progress=progress_mode(args.no_progress))
     render_summary(result)
     return 0 if result.ok else 1

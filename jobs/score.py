@@ -103,6 +103,7 @@ def run(args) -> int:
     from filters.reward.protocol import ScorerError
     from filters.reward.stage import ScoreConfig, check_num_gpus, pending, run_local, run_ray
     from pipeline.loader import ShardLoader  # filters never import pipeline: the job hands the reader in
+    from pipeline.cluster import check_ray_address, unreachable
 
     out = Path(args.out_dir)
     scorers = ([s.strip() for s in args.scorers.split(",") if s.strip()] if args.scorers
@@ -115,6 +116,7 @@ def run(args) -> int:
                           text_model=args.text_model, overwrite=args.overwrite, visual_gain=args.visual_gain,
                           taxonomy=args.taxonomy, tokenizer=tokenizer)
         check_num_gpus(args.num_gpus)
+        check_ray_address(args.address)   # nothing listening there: one line now, not a minute's wait
         if {"category", "vlm_category"} & set(cfg.scorers):  # a bad taxonomy file fails here, not inside a worker
             from filters.reward.taxonomy import load_taxonomy
 
@@ -154,6 +156,9 @@ def run(args) -> int:
         bar.close()
         print(f"vlprep score: {exc}", file=sys.stderr)
         return 2
+    except ConnectionError as exc:   # ray.init: something answers at --address, but no Ray cluster
+        bar.close()
+        raise unreachable(args.address, exc) from None
     bar.close()
     secs = max(report.seconds, 1e-9)
     for w in report.workers[:1]:

@@ -37,7 +37,8 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print stats.json to stdout instead of the tables")
     p.add_argument("--no-html", action="store_true", help="skip report.html (and the plots)")
     g = p.add_argument_group("pre-flight (raw corpus)")
-    g.add_argument("--preset", help="qwen2.5-vl (default), qwen2-vl, qwen-vl; overrides the config's")
+    g.add_argument("--preset", help="qwen2.5-vl (default), qwen2-vl, qwen-vl, qwen3-vl (also qwen3-vl-tf5, "
+                                        "qwen3-vl-qvu); overrides the config's")
     g.add_argument("--max-length", type=int, help="count samples whose total tokens exceed this")
     g.add_argument("--min-pixels", type=int, help="image pixel band lower bound (default: the preset's)")
     g.add_argument("--max-pixels", type=int, help="image pixel band upper bound (default: the preset's)")
@@ -54,14 +55,17 @@ def add_arguments(p) -> None:
     g.add_argument("--fast", action="store_true",
                    help="header facts cached per file and the job's filters/format checks skipped "
                         "(token predictions unchanged; use on corpora that reference files many times)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (on a terminal) or progress lines (in a log, every 30 s)")
 
 
 def _preflight_kwargs(args) -> dict:
+    from pipeline.progress import progress_mode
+
     return {"preset": args.preset, "overrides": args.overrides, "max_length": args.max_length,
             "min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "workers": args.workers,
             "limit": args.limit, "use_stages": not args.fast, "executor": args.executor, "address": args.address,
-            "progress": not args.no_progress and sys.stderr.isatty()}
+            "progress": progress_mode(args.no_progress)}
 
 
 def _out_dir(args, path: Path | None) -> Path:

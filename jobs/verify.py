@@ -55,6 +55,7 @@ def run(args) -> int:
     from filters.reward.protocol import ScorerError, resolve_device
     from filters.reward.stage import check_num_gpus, pending, run_local, run_ray, scores_path
     from filters.reward.verify import resolve_engine, verify_config
+    from pipeline.cluster import check_ray_address, unreachable
     from pipeline.score_inputs import shards_tokenizer, units_from_manifest
     from pipeline.loader import ShardLoader
 
@@ -63,6 +64,7 @@ def run(args) -> int:
         if not 0 < args.iou <= 1:
             raise ValueError(f"--iou must be in (0, 1], got {args.iou}")
         check_num_gpus(args.num_gpus)
+        check_ray_address(args.address)   # nothing listening there: one line now, not a minute's wait
         units, preset = units_from_manifest(out)
         cfg = verify_config(str(out), engine=args.engine, model=args.model, preset=preset,
                             batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype, overwrite=args.overwrite,
@@ -89,6 +91,8 @@ def run(args) -> int:
     except ScorerError as exc:
         print(f"vlprep verify: {exc}", file=sys.stderr)
         return 2
+    except ConnectionError as exc:   # ray.init: something answers at --address, but no Ray cluster
+        raise unreachable(args.address, exc) from None
     secs = max(time.perf_counter() - t0, 1e-9)
     if report.samples:
         print(f"verified {report.samples} samples in {secs:.1f}s ({report.samples / secs:,.2f} samples/s)")

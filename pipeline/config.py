@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from processors.errors import UserInputError
+from processors.errors import UserInputError, did_you_mean
 from processors.video import BACKENDS
 from processors.video_resize import RESIZE_MODES
 
@@ -137,8 +137,12 @@ class JobConfig:
             data = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file {path} not found") from None
+        except IsADirectoryError:
+            found = sorted(p.name for p in path.glob("*.y*ml"))[:3]
+            raise ConfigError(f"config file {path} is a folder; give the job YAML itself"
+                              + (f" (here: {', '.join(found)})" if found else "")) from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
         data = apply_overrides(data, overrides or [])
         return cls.from_dict(data, base_dir=path.resolve().parent)
 
@@ -224,6 +228,13 @@ class JobConfig:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2) + "\n"
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line error as one line: where, and what it expected."""
+    mark = getattr(exc, "problem_mark", None)
+    what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}" if mark is not None else what
+
+
 def _build(cls, data: Any, where: str):
     """Instantiate dataclass `cls` from a mapping, refusing unknown keys with the valid list."""
     if not isinstance(data, dict):
@@ -231,8 +242,9 @@ def _build(cls, data: Any, where: str):
     valid = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(valid))
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where or 'the config'}; valid keys: "
-                          f"{sorted(k for k in valid if k != 'base_dir')}")
+        keys = sorted(k for k in valid if k != 'base_dir')
+        raise ConfigError(f"unknown key(s) {unknown} in {where or 'the config'}{did_you_mean(unknown, keys)}; "
+                          f"valid keys: {keys}")
     kwargs = {}
     for name, value in data.items():
         sub = _SECTIONS.get((cls, name))
@@ -407,7 +419,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {_yaml_problem(exc)}") from None
         node: Any = data
         for i, part in enumerate(parts[:-1]):
             node = _child(node, part, item, create=True)

@@ -235,6 +235,10 @@ class ShardDataset(IterableDataset):
         table = pq.read_table(manifest_path, columns=["id", "shard", "n_tokens", "preset"])
         self.shard_counts: dict[str, int] = dict(sorted(Counter(table.column("shard").to_pylist()).items()))
         self.num_samples = table.num_rows
+        if not self.num_samples:   # an epoch of nothing would look like a working loader
+            why = "`vlprep select` kept none" if selection else "every record was dropped or failed"
+            raise ShardDataError(f"{manifest_path} lists no samples: {why}; see why with `vlprep stats {self.root}` "
+                                 f"({self.root / 'ledger.parquet'})")
         self.preset = preset or (table.column("preset")[0].as_py() if table.num_rows else None)
         for shard in self.shard_counts:
             if not (self.root / shard).is_file():
@@ -275,6 +279,11 @@ class ShardDataset(IterableDataset):
         self._next = 0
         self._tracked = False
         self.lazy = True        # frames decoded in to_transfer (see _lazy_frames); False: the eager reference
+        # slots per DataLoader worker for the batch hand-off (to_transfer / RingRef); None: the
+        # loader's prefetch_factor + 2; 0: a fresh buffer per batch (the reference)
+        self.ring_depth: int | None = None
+        self._ring = 0
+        self._shared_state = None      # persistent DataLoader workers read each epoch's state from it
         self.too_long: list[str] = []
 
     # -- state -----------------------------------------------------------------------------------
@@ -319,6 +328,11 @@ class ShardDataset(IterableDataset):
                 yield item
             self.set_epoch(self.epoch + 1)
             return
+        shared = getattr(self, "_shared_state", None)
+        if shared is not None and shared.numel() == 3 + info.num_workers:     # a persistent worker: this epoch's state
+            st = shared.tolist()
+            self.epoch, self._next, self._ring, self._consumed = st[0], st[1], st[2], st[3:]
+            self.num_workers = info.num_workers
         if info.num_workers != self.num_workers:
             raise ValueError(f"the dataset expects num_workers={self.num_workers} (state saved so), the "
                              f"DataLoader has {info.num_workers}; use ds.loader(num_workers=...) with the same number")
@@ -328,7 +342,7 @@ class ShardDataset(IterableDataset):
                 yield item
                 continue
             try:
-                item = to_transfer(item)      # lazily read frames are decoded here (_lazy_frames)
+                item = to_transfer(item, self._ring)   # lazily read frames are decoded here (_lazy_frames)
             except StorageError as exc:       # names shard, sample and member; raised as the eager read does
                 raise ShardDataError(f"{self.root}: {exc}; the shard is corrupt — re-run `vlprep prepare` "
                                      f"for it") from exc
@@ -680,6 +694,8 @@ class TransferBatch:
     def __setstate__(self, state):
         for k, v in zip(self.__slots__, state):
             setattr(self, k, v)
+        if isinstance(self.buf, RingRef):        # in the training process: a view of the worker's slot
+            self.buf = self.buf.resolve()
 
     def pin_memory(self, device=None):
         buf = self._tensor()
@@ -687,6 +703,8 @@ class TransferBatch:
         return TransferBatch(buf, self.tensors, self.frames, self.plain, self.ids, self.geometry, self.cls)
 
     def _tensor(self):
+        if isinstance(self.buf, RingRef):        # not pickled (same process): resolve here
+            self.buf = self.buf.resolve()
         return torch.from_numpy(self.buf) if isinstance(self.buf, np.ndarray) else self.buf
 
     def unpack(self):
@@ -706,8 +724,115 @@ class TransferBatch:
         return out
 
 
-def to_transfer(item):
-    """A built-in collator's Batch → TransferBatch (one buffer: pickled up to PIPE_MAX_BYTES, else one
+# -- the worker's ring of shared-memory slots -----------------------------------------------------------
+# A fresh shared-memory segment per batch costs, per batch: creating it in the worker (~9 ms CPU for
+# ~20 MB), faulting its fresh pages in as the batch is written (~1 fault per 4 KiB), and handing its
+# descriptor to the training process through multiprocessing's resource sharer (a socket connection
+# with an HMAC handshake, 5-10 ms CPU); a batch up to PIPE_MAX_BYTES instead pays a pickle copy
+# through the pipe on both sides. A worker instead writes its batches into a small ring of slots that
+# stay mapped: each slot's descriptor crosses once (with the slot's first batch), later batches carry
+# only (worker pid, slot, generation).
+#
+# Safety (a batch held by the training loop is never overwritten): byte 0 of a slot is its busy flag.
+# The worker sets it before writing a batch and reuses only a slot whose flag is 0. The training
+# process clears it in a weakref finalizer of the ndarray that backs the batch's tensors (torch.from_numpy
+# holds that ndarray until the last tensor, view or `.numpy()` of the batch is freed), so a slot is
+# free again only when nothing of its batch is referenced any more. When every slot is busy (a loop
+# that keeps many batches), the batch goes the old way (a fresh buffer): never a wait, never a reuse.
+RING_HEADER = 64                   # slot bytes before the batch: [0] busy flag (1: in flight or held)
+_RING_GRAIN = 1 << 20              # slot capacities are rounded up to this (a batch a bit larger reuses)
+_WORKER_RING: "_Ring | None" = None
+_RING_SLOTS: dict = {}             # training process: (worker pid, slot) -> (generation, uint8 tensor)
+
+
+class RingRef:
+    """What crosses the pipe instead of a batch buffer: which slot of which worker holds the batch
+    (and the slot's shared tensor itself the first time it is used, or after it grew)."""
+
+    __slots__ = ("pid", "slot", "gen", "size", "tensor")
+
+    def __init__(self, pid, slot, gen, size, tensor):
+        self.pid, self.slot, self.gen, self.size, self.tensor = pid, slot, gen, size, tensor
+
+    def __getstate__(self):
+        return (self.pid, self.slot, self.gen, self.size, self.tensor)
+
+    def __setstate__(self, state):
+        self.pid, self.slot, self.gen, self.size, self.tensor = state
+
+    def resolve(self) -> np.ndarray:
+        """The batch bytes as a fresh ndarray over the slot; the slot is released when it is freed."""
+        import weakref
+
+        key = (self.pid, self.slot)
+        if self.tensor is not None:
+            _RING_SLOTS[key] = (self.gen, self.tensor)
+        gen, t = _RING_SLOTS.get(key, (None, None))
+        if gen != self.gen:
+            raise RuntimeError(f"DataLoader worker {self.pid}: slot {self.slot} generation {self.gen} was never "
+                               f"received (have {gen}); batches must be unpickled in the order they were sent")
+        whole = t.numpy()
+        arr = whole[RING_HEADER:RING_HEADER + self.size]
+        weakref.finalize(arr, _release_slot, whole)
+        return arr
+
+
+def _release_slot(whole: np.ndarray) -> None:
+    whole[0] = 0
+
+
+def forget_ring_slots(pids) -> None:
+    """Drop the training process's mappings of these (finished) workers' slots; batches still held
+    keep their own slot alive."""
+    pids = set(pids)
+    for key in [k for k in _RING_SLOTS if k[0] in pids]:
+        del _RING_SLOTS[key]
+
+
+class _Ring:
+    """A worker's slots (allocated on first need, up to `depth`): [tensor, capacity, generation]."""
+
+    def __init__(self, depth: int):
+        self.pid, self.depth = os.getpid(), depth
+        self.slots: list = []
+        self.fallbacks = 0
+
+    def take(self, size: int):
+        """(slot index, uint8 tensor of the whole slot, RingRef) for a batch of `size` bytes, the slot
+        marked busy; None when every slot is busy (the caller sends a fresh buffer)."""
+        free = [i for i, sl in enumerate(self.slots) if sl[0][0] == 0]
+        fits = [i for i in free if self.slots[i][1] >= size]
+        send = None
+        if fits:
+            i = min(fits, key=lambda i: self.slots[i][1])
+        elif len(self.slots) < self.depth or free:
+            cap = -(-(size + RING_HEADER) * 5 // 4 // _RING_GRAIN) * _RING_GRAIN
+            t = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(cap), 0, (cap,), (1,))
+            if free:                                # grow the smallest free slot
+                i = min(free, key=lambda i: self.slots[i][1])
+                self.slots[i] = [t, cap - RING_HEADER, self.slots[i][2] + 1]
+            else:
+                i = len(self.slots)
+                self.slots.append([t, cap - RING_HEADER, 0])
+            send = t
+        else:
+            self.fallbacks += 1
+            return None
+        t, _, gen = self.slots[i]
+        t[0] = 1
+        return t, RingRef(self.pid, i, gen, size, send)
+
+
+def _worker_ring(depth: int) -> "_Ring":
+    global _WORKER_RING
+    if _WORKER_RING is None or _WORKER_RING.pid != os.getpid() or _WORKER_RING.depth != depth:
+        _WORKER_RING = _Ring(depth)
+    return _WORKER_RING
+
+
+def to_transfer(item, ring: int = 0):
+    """A built-in collator's Batch → TransferBatch (one buffer: a slot of this worker's ring of
+    `ring` shared-memory slots when one is free, else pickled up to PIPE_MAX_BYTES, else one fresh
     shared-memory segment); anything else (a custom collate's output) as it is."""
     from .packing import Batch
 
@@ -728,18 +853,27 @@ def to_transfer(item):
         specs.append((t.dtype, tuple(t.shape), total, nbytes))
         total += -(-nbytes // _ALIGN) * _ALIGN
     size = max(total, 1)
-    if size <= PIPE_MAX_BYTES:
+    slot = _worker_ring(ring).take(size) if ring else None
+    if slot is not None:                        # a reused slot: its pages are already mapped on both sides
+        whole, arr = slot
+        buf = whole[RING_HEADER:RING_HEADER + size]
+    elif size <= PIPE_MAX_BYTES:
         arr = np.empty(size, np.uint8)          # pickled through the result pipe
         buf = torch.from_numpy(arr)
     else:                                       # one shared-memory segment, as torch's default_collate makes
         buf = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size), 0, (size,), (1,))
         arr = buf
-    for t, (_, _, off, nbytes) in zip([v for _, v in tensors] + [f for _, f in frames], specs):
-        if isinstance(t, LazyFrames):
-            if nbytes:
-                t.decode_into(buf[off:off + nbytes].numpy().reshape(t.shape))   # StorageError names the member
-        elif nbytes:
-            buf[off:off + nbytes].view(t.dtype).view(t.shape).copy_(t)
+    try:
+        for t, (_, _, off, nbytes) in zip([v for _, v in tensors] + [f for _, f in frames], specs):
+            if isinstance(t, LazyFrames):
+                if nbytes:
+                    t.decode_into(buf[off:off + nbytes].numpy().reshape(t.shape))   # StorageError names the member
+            elif nbytes:
+                buf[off:off + nbytes].view(t.dtype).view(t.shape).copy_(t)
+    except BaseException:
+        if slot is not None:                    # the batch is not sent: its slot is free again
+            slot[0][0] = 0
+        raise
     n = len(tensors)
     return TransferBatch(arr, [(k, spec) for (k, _), spec in zip(tensors, specs[:n])],
                          [(kind, spec) for (kind, _), spec in zip(frames, specs[n:])],
@@ -749,15 +883,22 @@ def to_transfer(item):
 
 class StatefulLoader(DataLoader):
     """torch DataLoader over a ShardDataset that reports each delivered batch back to the dataset,
-    so that `dataset.state_dict()` in the training process is exact, with any num_workers."""
+    so that `dataset.state_dict()` in the training process is exact, with any num_workers.
+
+    `persistent_workers=True` keeps the workers (and their hand-off slots) across epochs: each epoch
+    the training process writes the epoch, the resume position and the hand-off depth into a small
+    shared tensor that the workers read when they start the epoch's iteration, so every epoch has
+    its own shuffle and `load_state_dict` works as without it."""
 
     def __init__(self, dataset: ShardDataset, num_workers: int = 0, **kwargs):
-        if kwargs.get("persistent_workers"):
-            raise ValueError("persistent_workers=True would keep the first epoch's shuffle; leave it off")
         kwargs.setdefault("batch_size", None)
         if kwargs["batch_size"] is not None:
             raise ValueError("ShardDataset batches itself: give batch_size/max_tokens to the dataset, not the loader")
         super().__init__(dataset, num_workers=num_workers, **kwargs)
+        # persistent workers: [epoch, next worker, ring depth, consumed per worker], written here each
+        # epoch, read by the workers (which got the tensor when they were started)
+        self._shared = torch.zeros(3 + num_workers, dtype=torch.int64).share_memory_() \
+            if self.persistent_workers else None
 
     def __iter__(self):
         ds: ShardDataset = self.dataset
@@ -771,16 +912,30 @@ class StatefulLoader(DataLoader):
             ds.num_workers, ds._consumed, ds._next = self.num_workers, [0] * self.num_workers, 0
         ds._announce()                 # the epoch plan is computed here, once, and forked into the workers
         ds._tracked = True
+        ds._ring = ds.ring_depth if ds.ring_depth is not None else (self.prefetch_factor or 2) + 2
+        if self._shared is not None:
+            self._shared.copy_(torch.tensor([ds.epoch, ds._next, ds._ring, *ds._consumed], dtype=torch.int64))
+        ds._shared_state = self._shared
         try:
             it = super().__iter__()
         finally:
-            ds._tracked = False
-        for item, logical, k in it:
-            if isinstance(item, TransferBatch):
-                item = item.unpack()
-            ds._consumed[logical] = k + 1
-            ds._next = (logical + 1) % self.num_workers
-            yield item
+            ds._tracked, ds._shared_state = False, None
+        pids = [w.pid for w in getattr(it, "_workers", [])]
+        if self.persistent_workers and getattr(self, "_ring_owner", None) is not it:
+            import weakref
+
+            self._ring_owner = it       # the kept workers' slots are forgotten when their iterator goes
+            weakref.finalize(it, forget_ring_slots, pids)
+        try:
+            for item, logical, k in it:
+                if isinstance(item, TransferBatch):
+                    item = item.unpack()
+                ds._consumed[logical] = k + 1
+                ds._next = (logical + 1) % self.num_workers
+                yield item
+        finally:
+            if not self.persistent_workers:
+                forget_ring_slots(pids)
         ds.set_epoch(ds.epoch + 1)
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from processors.errors import UserInputError
+
 COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (235, 200, 30)}
 SHAPES = ("circle", "square", "triangle")
 
@@ -94,8 +96,14 @@ def write_clip(path: Path, *, width: int, height: int, seconds: float, fps: int,
             container.mux(packet)
 
 
+MIN_SCENES = 5
+
+
 def build_demo_corpus(out: str | Path, *, n_scenes: int = 12, seed: int = 0) -> dict[str, Path]:
     """Write images, clips and conversation files under `out`; returns the written data files."""
+    if n_scenes < MIN_SCENES:
+        raise UserInputError(f"--scenes {n_scenes}: give at least {MIN_SCENES} (the bad and multi-image records "
+                             f"reuse scenes 0-4)")
     out = Path(out)
     media = out / "media"
     media.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -31,11 +32,45 @@ class _RateColumn(ProgressColumn):
         return Text(f"{speed:,.0f} records/s" if speed else "")
 
 
+class _LineBar:
+    """Progress for a log file (stderr not a terminal): one plain line per task at most every
+    `every_s` seconds, and when a task completes: `vlprep: encode 120/1,000 records (12%), 30 records/s`."""
+
+    def __init__(self, every_s: float = 30.0, file=None):
+        self.every_s, self.file, self.tasks = every_s, file or sys.stderr, []
+
+    def add_task(self, description: str, total: float | None = None, **_):
+        now = time.monotonic()
+        self.tasks.append({"name": description, "total": total or 0, "done": 0, "t0": now, "shown": now})
+        return len(self.tasks) - 1
+
+    def update(self, task: int, total: float | None = None, advance: float = 0, **_):
+        if total is not None:
+            self.tasks[task]["total"] = total
+        if advance:
+            self.advance(task, advance)
+
+    def advance(self, task: int, n: float = 1) -> None:
+        t = self.tasks[task]
+        t["done"] += n
+        now = time.monotonic()
+        if now - t["shown"] >= self.every_s or (t["total"] and t["done"] >= t["total"]):
+            t["shown"] = now
+            share = f" ({100 * t['done'] / t['total']:.0f}%)" if t["total"] else ""
+            rate = t["done"] / max(now - t["t0"], 1e-9)
+            print(f"vlprep: {t['name']} {t['done']:,.0f}/{t['total']:,.0f} records{share}, {rate:,.1f} records/s, "
+                  f"{now - t['t0']:.0f}s", file=self.file, flush=True)
+
+
 @contextmanager
-def progress_bar(enabled: bool = True):
-    """A rich progress bar on stderr (silent when disabled, e.g. in tests or piped output)."""
+def progress_bar(enabled: "bool | str" = True):
+    """A rich progress bar on stderr; `"lines"`: plain lines for a log (`progress_mode`); silent when
+    disabled (tests, --no-progress)."""
     if not enabled:
         yield _NoBar()
+        return
+    if enabled == "lines":
+        yield _LineBar()
         return
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("records"), _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -44,11 +79,29 @@ def progress_bar(enabled: bool = True):
         yield bar
 
 
+def progress_mode(disabled: bool) -> "bool | str":
+    """What a command shows while it works: a bar on a terminal, plain lines in a log, nothing with
+    --no-progress."""
+    if disabled:
+        return False
+    return True if sys.stderr.isatty() else "lines"
+
+
+def _shown(path) -> str:
+    """OUT as the user would type it: relative when it lies under the current folder."""
+    from pathlib import Path
+
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def render_summary(result, console: Console | None = None) -> None:
     """The end-of-job table: totals, then every drop/error reason with its count."""
     console = console or Console()
     a = result.accounting
-    t = Table(title=escape(f"vlprep prepare → {result.out_dir}"), show_lines=False)
+    t = Table(title=escape(f"vlprep prepare → {_shown(result.out_dir)}"), show_lines=False)
     t.add_column("status")
     t.add_column("stage")
     t.add_column("rule / error type")

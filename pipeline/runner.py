@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import setup_checks
+from .cluster import check_ray_address, unreachable
 from .config import ConfigError, JobConfig
 from .dedup import decide
 from .io import LEDGER_SCHEMA, MANIFEST_SCHEMA, Layout, write_table, write_text
@@ -52,7 +53,7 @@ class JobResult:
 
 def run_job(cfg: JobConfig, *, out: str | os.PathLike | None = None, address: str | None = None,
             workers: int | None = None, overwrite: bool = False, executor: str = "ray",
-            progress: bool = True) -> JobResult:
+            progress: "bool | str" = True) -> JobResult:
     t0 = time.perf_counter()
     if out is not None:
         cfg.out = str(Path(out).resolve())
@@ -64,6 +65,8 @@ def run_job(cfg: JobConfig, *, out: str | os.PathLike | None = None, address: st
     units = plan_units(cfg)              # sources that match nothing fail here, before OUT is touched
     check_tokenizer(cfg)                 # a token the preset needs missing: one line now, not one row per sample
     _check_out(layout, cfg, overwrite)
+    if executor == "ray":
+        check_ray_address(cfg.ray.address)   # a wrong --address: one line now, before the media checks
     warnings = setup_checks.before_run(cfg, units)
     for w in warnings:
         warn(w)
@@ -182,6 +185,10 @@ def _index_rows(layout: Layout, unit: Unit) -> list[dict]:
 def _check_out(layout: Layout, cfg: JobConfig, overwrite: bool) -> None:
     """Refuse an OUT holding another job's output (naming the keys that differ); --overwrite clears it."""
     root = layout.root
+    taken = next((p for p in (root, *root.parents) if p.exists()), None)
+    if taken is not None and not taken.is_dir():
+        raise ConfigError(f"OUT {root}: {taken} is a file, not a folder; give --out (or the config's `out:`) "
+                          f"a folder path (created if missing)")
     if overwrite:
         for name in _DERIVED:
             p = root / name
@@ -384,7 +391,11 @@ class _executor:
             if REPO_ROOT not in paths:
                 os.environ["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, *paths])
             if addr:
-                _connect(ray, addr)
+                check_ray_address(addr)      # nothing (Ray) listening there: one line, not a minute's wait
+                try:
+                    _connect(ray, addr)
+                except ConnectionError as exc:   # something answers there, but ray.init gave up
+                    raise unreachable(addr, exc) from None
             else:
                 # address="local": always a fresh embedded instance, never a cluster that happens
                 # to run on this machine (`ray start`, another job's test cluster)

@@ -11,6 +11,15 @@ class UserInputError(ValueError):
     command stops before any work with this one-line message (exit 2), never a traceback."""
 
 
+def did_you_mean(names, valid) -> str:
+    """' (did you mean 'x'?)' for the closest valid spelling of each misspelt name, else ''."""
+    import difflib
+
+    close = [c[0] for n in ([names] if isinstance(names, str) else names)
+             if (c := difflib.get_close_matches(str(n), [str(v) for v in valid], n=1))]
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
 class VlprepError(ValueError):
     code = "invalid"
 

@@ -247,7 +247,12 @@ def _decode_and_resize(frames, H: int, W: int, out, slots: dict[int, list[int]],
                     in_flight.append((pool.submit(resize_into, pending), pending))
                     pending, batch_bytes = [], 0
             # Decoding is done: this thread takes the batches the worker has not started, so both
-            # cores work until the end.
+            # cores work until the end — on one torch thread, like the worker: with the caller's
+            # count (2 here) its OpenMP team and the worker oversubscribed the cores, and the team's
+            # threads spin at every barrier while descheduled (issue #14: 4K default mode, whose strip
+            # resize is ~70 small parallel regions per frame, spent 1.5 CPU s more than the floor plus
+            # the resize at load 6; the caller's count is restored below).
+            _single_torch_thread()
             if pending:
                 filled += resize_frames_into(pending)
             for f, batch in in_flight:
@@ -261,6 +266,24 @@ def _decode_and_resize(frames, H: int, W: int, out, slots: dict[int, list[int]],
                 close()  # an abandoned decode generator closes its container now, not at GC
             torch.set_num_threads(caller_threads)  # the process-wide default the worker's overwrote
     return filled
+
+
+def _small_page_array(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised uint8 array on ordinary 4 KiB pages (private anonymous memory).
+
+    numpy asks the kernel for transparent huge pages (madvise) for every array of 4 MiB or more; with
+    THP defrag set to "madvise" (the common default) each 2 MiB fault of such an array may compact
+    memory synchronously first. On this long-running shared machine that made the clip's patch array
+    (60-110 MB) cost 0.06-0.4 s of system time and stalls, varying run to run; on 4 KiB pages it is
+    a steady ~0.1 s (issue #14, 480p MPEG-4, 120 frames). It is the result of the call, read by the
+    caller like any array (np.frombuffer of an mmap, writable; the mapping lives as long as it)."""
+    import mmap
+
+    size = int(np.prod(shape))
+    flags = getattr(mmap, "MAP_PRIVATE", None), getattr(mmap, "MAP_ANONYMOUS", None)
+    if size == 0 or None in flags:  # (Windows has no such flags: numpy's allocation then)
+        return np.empty(shape, dtype=np.uint8)
+    return np.frombuffer(mmap.mmap(-1, size, flags=flags[0] | flags[1]), dtype=np.uint8).reshape(shape)
 
 
 class _GroupPatches:
@@ -281,7 +304,8 @@ class _GroupPatches:
         self.need = [min(self.tp, n - g * self.tp) for g in range(self.gt)]
         self.done = [0] * self.gt
         self.frames: dict[int, np.ndarray] = {}
-        self.patches = np.empty((self.gt * self.per, 3 * self.tp * self.p * self.p), dtype=np.uint8)
+        self.spare: list[np.ndarray] = []  # full groups' frame buffers, patchified and free again
+        self.patches = _small_page_array((self.gt * self.per, 3 * self.tp * self.p * self.p))
         self.lock = threading.Lock()
 
     def __getitem__(self, k: int) -> np.ndarray:
@@ -289,7 +313,12 @@ class _GroupPatches:
         with self.lock:
             buf = self.frames.get(g)
             if buf is None:
-                buf = self.frames[g] = np.empty((self.need[g], self.H, self.W, 3), dtype=np.uint8)
+                # Reuse a patchified group's buffer: a fresh one per group is page-faulted again
+                # (issue #14: 720p one-keyframe clip, 17 000 of 46 000 page faults, 0.1-0.3 s system time).
+                if self.spare and self.need[g] == self.tp:
+                    buf = self.frames[g] = self.spare.pop()
+                else:
+                    buf = self.frames[g] = np.empty((self.need[g], self.H, self.W, 3), dtype=np.uint8)
         return buf[k - g * self.tp]
 
     def __setitem__(self, k: int, frame: np.ndarray) -> None:
@@ -306,6 +335,9 @@ class _GroupPatches:
         for g, frames in ready:
             part, _ = patchify(frames, self.p, self.m, self.tp)
             self.patches[g * self.per:(g + 1) * self.per] = part
+            if len(frames) == self.tp:
+                with self.lock:
+                    self.spare.append(frames)
 
     def result(self) -> tuple[np.ndarray, tuple[int, int, int]]:
         if self.done != self.need:

@@ -235,7 +235,7 @@ def test_local_run_accounts_every_record_and_resume_skips_done_units(tmp_path, c
     shown = json.loads(capsys.readouterr().out)
     assert "<|vision_start|><|image_pad|>×" in shown["text"] and shown["supervised_text"].endswith("<|im_end|>\n")
     assert shown["tokens"]["n_tokens"] == shown["shapes"]["input_ids"][0][0]
-    assert main(["inspect", str(tmp_path / "out"), "--id", "nope"]) == 1
+    assert main(["inspect", str(tmp_path / "out"), "--id", "nope"]) == 2
     with pytest.raises(ConfigError, match="different job configuration"):
         run_job(JobConfig.from_yaml(cfg_path, ["max_length=100"]), executor="local", progress=False)
 

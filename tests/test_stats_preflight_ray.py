@@ -88,7 +88,7 @@ def test_work_units_in_process_equal_the_thread_pool(mixed, tmp_path, mode):
 
 def test_address_needs_the_ray_executor(mixed, tmp_path, capsys):
     cfg_path, _ = mixed
-    assert _stats_cli(cfg_path, tmp_path, "--executor", "threads", "--address", "auto") == 1
+    assert _stats_cli(cfg_path, tmp_path, "--executor", "threads", "--address", "auto") == 2
     assert "needs the ray executor" in capsys.readouterr().err
 
 

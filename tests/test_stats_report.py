@@ -200,5 +200,5 @@ def test_preflight_cli_html(tmp_path):
 
 
 def test_bad_path_is_a_clear_error(tmp_path, capsys):
-    assert main(["stats", str(tmp_path / "nothing.jsonl"), "--out", str(tmp_path)]) == 1
+    assert main(["stats", str(tmp_path / "nothing.jsonl"), "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from processors.errors import did_you_mean
+
 _OPS = {ast.Gt: (">", operator.gt), ast.GtE: (">=", operator.ge), ast.Lt: ("<", operator.lt),
         ast.LtE: ("<=", operator.le), ast.Eq: ("==", operator.eq), ast.NotEq: ("!=", operator.ne)}
 _FLIP = {">": "<", ">=": "<=", "<": ">", "<=": ">=", "==": "==", "!=": "!="}
@@ -140,7 +142,8 @@ class Rule:
         missing = [c for c in self.columns if c not in table]
         if missing:
             avail = sorted(k for k in table if k != "id")
-            raise RuleError(f"rule column(s) {missing} not in the scores; available: {avail}. "
+            raise RuleError(f"rule column(s) {missing} not in the scores{did_you_mean(missing, avail)}; "
+                            f"available: {avail}. "
                             "Run `vlprep score` with the scorer that writes them (e.g. --scorers vlm --model PATH)")
         n = len(next(iter(table.values()))) if table else 0
         masks = []

@@ -51,6 +51,9 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
     if not path.exists():
         raise ReportInputError(f"{path} does not exist; give a config YAML, a json/jsonl/parquet file, "
                                f"a media folder, or a `vlprep prepare` OUT directory")
+    if path.is_dir() and (path / "job.json").exists():
+        raise ReportInputError(f"{path} is an unfinished `vlprep prepare` OUT (job.json but no manifest.parquet "
+                               f"and ledger.parquet): run the same `vlprep prepare` command again to finish it")
     cfg = load_config(path, overrides, preset=preset)
     from ..runner import check_tokenizer
 
@@ -65,6 +68,10 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
     run = evaluate_corpus(cfg, executor=executor, use_stages=use_stages, dedupe_media=dedupe_media, limit=limit,
                           workers=workers, address=address, progress=progress)
     results = run.results
+    if not results and path.is_dir():
+        raise ReportInputError(f"{path} holds no records: it is not a `vlprep prepare` OUT (no manifest.parquet "
+                               f"and ledger.parquet) and no image or video in it has a sidecar caption; give an "
+                               f"OUT, a config YAML, a json/jsonl/parquet file or a captioned media folder")
 
     preds = [r.pred for r in results if r.pred is not None]
     size_model = predict_sizes(results, cfg, p)

@@ -25,6 +25,7 @@ from pipeline.progress import progress_bar
 from pipeline.runner import open_executor
 from pipeline.sources import iter_records
 from pipeline.units import Unit, plan_units
+from processors.errors import UserInputError
 
 from .evaluate import Evaluated, RecordEvaluator, error_row, evaluate_unit, unpack
 from .records import iter_sources
@@ -51,7 +52,8 @@ def evaluate_corpus(cfg, *, executor: str = "threads", use_stages: bool = True, 
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}: {' | '.join(EXECUTORS)}")
     if address is not None and executor != "ray":
-        raise ValueError(f"a Ray address ({address}) needs the ray executor, not {executor!r}")
+        raise UserInputError(f"--address {address} needs the ray executor, not {executor!r}: drop --executor "
+                             f"or --address")
     if executor == "threads":
         return _on_threads(cfg, use_stages, dedupe_media, limit, workers or default_threads(), progress)
     if address is not None:

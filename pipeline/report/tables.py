@@ -12,10 +12,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import io as job_io
+from processors.errors import UserInputError
 
 
-class ReportInputError(ValueError):
-    """PATH is not something `vlprep stats` can report on; the message says what was expected."""
+class ReportInputError(UserInputError):
+    """PATH is not something `vlprep stats` can report on; the message says what was expected
+    (a user mistake: one line, exit 2)."""
 
 
 def is_prepared_dir(path: Path) -> bool:

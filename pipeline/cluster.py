@@ -1,0 +1,103 @@
+"""`--address`: check that a Ray cluster answers before any command waits on `ray.init`.
+
+`ray.init` on an address where nothing listens waits about a minute (a GCS address) or ends in a
+traceback (`auto` with no cluster, a Ray Client address); every command that takes `--address`
+(`vlprep prepare`, `stats`, `score`, `verify`) calls `check_ray_address` first instead, which
+answers in one line within `timeout_s` (exit 2, jobs.cli).
+"""
+from __future__ import annotations
+
+import socket
+
+from processors.errors import UserInputError
+
+_HINT = ("start the cluster (`ray start --head` on the head node; Ray Client listens on port 10001), "
+         "fix the address, or drop --address for an embedded local Ray")
+
+
+class ClusterUnreachable(UserInputError, ConnectionError):
+    """No Ray cluster answers at the given address."""
+
+
+def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """Return when `address` (None / local / auto / host:port / ray://host:port) may name a Ray
+    cluster: it accepts a TCP connection and does not show itself to be something else (silent, or
+    HTTP/1) at the gRPC handshake; else raise ClusterUnreachable naming the address and what to do.
+    Anything less certain is left to `ray.init`, whose ConnectionError `unreachable` words."""
+    if not address or address == "local":
+        return
+    target = address
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+        except ImportError:       # another Ray layout: let ray.init say it
+            return
+        try:
+            target = canonicalize_bootstrap_address("auto") or ""
+        except (ConnectionError, ValueError) as exc:
+            raise ClusterUnreachable(f"--address auto: no running Ray cluster found on this machine "
+                                     f"({_first_line(exc)}); {_HINT}") from None
+        if not target:
+            return
+    host, port = _host_port(address, target)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            answer = None if _tls() else _grpc_answer(sock)
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, (TimeoutError, socket.timeout)) else (exc.strerror or str(exc))
+        raise ClusterUnreachable(f"--address {address}: no Ray cluster answers at {host}:{port} "
+                                 f"({why} within {timeout_s:g} s); {_HINT}") from None
+    if answer is not None:
+        raise ClusterUnreachable(f"--address {address}: {host}:{port} answers, but not as a Ray cluster ({answer}; "
+                                 f"the GCS listens on 6379, Ray Client on 10001, the dashboard's 8265 is not "
+                                 f"an --address); {_HINT}")
+
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"   # + empty SETTINGS
+
+
+def _tls() -> bool:
+    """Ray's gRPC over TLS (RAY_USE_TLS): a plaintext handshake proves nothing there."""
+    import os
+
+    return os.environ.get("RAY_USE_TLS", "0").strip().lower() in ("1", "true", "yes")
+
+
+def _grpc_answer(sock: socket.socket) -> str | None:
+    """A gRPC server (Ray's GCS, its Client server) answers the HTTP/2 client preface with a SETTINGS
+    frame. Returns what the peer did instead when that shows it is not one — an HTTP/1 or HTML reply —
+    else None (SETTINGS, or a closed connection / other bytes, left to `ray.init` to judge). Silence
+    raises socket.timeout: without this, `ray.init` on a port held by a silent service waits for minutes."""
+    sock.sendall(_H2_PREFACE)
+    head = b""
+    while len(head) < 9:
+        chunk = sock.recv(9 - len(head))     # socket timeout: raises, reported as "no answer"
+        if not chunk:
+            return None
+        head += chunk
+    if head.startswith(b"HTTP/"):
+        return "it speaks HTTP/1"
+    if head.lstrip().startswith(b"<"):
+        return "it sends HTML"
+    return None
+
+
+def unreachable(address: str | None, exc: BaseException) -> ClusterUnreachable:
+    """`ray.init`'s ConnectionError (something answered at the address, but no Ray cluster) as one line."""
+    if isinstance(exc, ClusterUnreachable):
+        return exc
+    return ClusterUnreachable(f"--address {address}: cannot connect to a Ray cluster there "
+                              f"({_first_line(exc)}); {_HINT}")
+
+
+def _host_port(address: str, target: str) -> tuple[str, int]:
+    rest = target.split("://", 1)[1] if "://" in target else target
+    host, sep, port = rest.rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ClusterUnreachable(f"--address {address} is not a Ray address: give auto, host:port (the GCS, "
+                                 f"e.g. 10.0.0.1:6379) or ray://host:port (Ray Client, e.g. ray://10.0.0.1:10001)")
+    return host.strip("[]"), int(port)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
