@@ -83,8 +83,9 @@ class GroundingScorer(CandidateScorer):
         return list(COLUMNS)
 
     def score(self, batch: HostBatch) -> dict[str, np.ndarray]:
-        """Each sample with a box is read once up to its first answer (vision included); the given and
-        the perturbed answers continue from its keys/values (candidates.Continuations)."""
+        """The samples with a box are read once, batched, up to their first answer (vision included); the
+        given and the perturbed answers of all of them continue from the padded keys/values together
+        (candidates.Continuations.add_batch)."""
         import torch
 
         tok, sp = self._tok(batch), self._ids(batch)
@@ -106,11 +107,12 @@ class GroundingScorer(CandidateScorer):
             answers.append([tok.encode(t) + [sp.im_end] for t in [text, *alts]])
             owner.append(i)
         with torch.inference_mode():
-            for group in self.prefixes(prefixes, batch):
+            for group, pre in self.prefix_batches(prefixes, batch):
+                # every answer of every sample of the batch in one continuation pass (budget permitting)
                 scored = self.continuations(batch)
-                rows = {j: scored.add(prefix, answers[j]) for j, prefix in group}
+                rows = scored.add_batch(pre, [answers[j] for j in group])
                 total, _ = scored.sums()
-                for j, r in rows.items():
+                for j, r in zip(group, rows):
                     t = total[r]
                     margin[owner[j]] = t[0] - t[1:].max()
                     rank[owner[j]] = float((t[1:] < t[0]).mean())

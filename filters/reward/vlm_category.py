@@ -5,9 +5,11 @@ Row per candidate: the sample up to the end of its first answer (vision included
 asking which category describes the request (the categories listed with their descriptions) and the
 candidate name as the assistant's answer. Coarse first (one row per coarse category), then the fine
 categories of the winning coarse one. Probabilities: softmax of the names' summed log-probabilities.
-Cost: the sample (vision included) is read once; the coarse and the fine question continue from its
-keys/values (candidates.extend_prefix) and the candidate names from theirs (candidates.Continuations), so
-a sample costs one prefix pass plus a few short passes, however many categories the taxonomy holds.
+Cost: a batch of samples is read once (vision included, candidates.encode_batches); the coarse
+question and all coarse names of every sample continue from the padded keys/values in one call
+(Continuations.add_batch with the question as head, the names as a prefix tree), then the fine ones:
+three forward calls per batch (more only when the rows outgrow the token budget), however many
+samples or categories.
 Equal to scoring each `rows_for` row on its own (tested ≤ 1e-4). Use the zero-shot `category` scorer for
 bulk tagging and this one where its labels need a second opinion.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .batching import HostBatch
-from .candidates import CandidateScorer, extend, extend_prefix, first_answer, truncate
+from .candidates import CandidateScorer, extend, first_answer, truncate
 from .taxonomy import Taxonomy, load_taxonomy
 
 COLUMNS = ["vlm_category.coarse", "vlm_category.fine", "vlm_category.confidence", "vlm_category.coarse_confidence"]
@@ -78,23 +80,30 @@ class VLMCategoryScorer(CandidateScorer):
         coarse = [(c.name, c.description) for c in self.taxonomy.coarse]
         coarse_q = self.question_ids(tok, coarse)
         names = lambda nd: [tok.encode(name) + [sp.im_end] for name, _ in nd]  # noqa: E731
+        coarse_names, fine_q = names(coarse), {}
         with torch.inference_mode():
-            for group in self.prefixes(contexts, batch):
+            for group, pre in self.prefix_batches(contexts, batch):
+                # the whole batch at once: one call reads the coarse question after every sample and
+                # all their candidate names (Continuations.add_batch with heads); one the fine ones
                 asked = self.continuations(batch)
-                rows = {i: asked.add(extend_prefix(self.vlm, ctx, coarse_q, batch), names(coarse)) for i, ctx in group}
+                rows = asked.add_batch(pre, [coarse_names] * len(group), heads=[coarse_q] * len(group))
                 total, _ = asked.sums()
-                asked, fine_sets = self.continuations(batch), {}
-                for i, ctx in group:
-                    p = _softmax(total[rows[i]])
+                fine_sets = []
+                for j, i in enumerate(group):
+                    p = _softmax(total[rows[j]])
                     b = int(p.argmax())
                     out["vlm_category.coarse"][i], out["vlm_category.coarse_confidence"][i] = coarse[b][0], float(p[b])
-                    fine_sets[i] = [(f.name, f.description) for f in self.taxonomy.coarse[b].fine]
-                    q = extend_prefix(self.vlm, ctx, self.question_ids(tok, fine_sets[i]), batch)
-                    rows[i] = asked.add(q, names(fine_sets[i]))
+                    fine_sets.append([(f.name, f.description) for f in self.taxonomy.coarse[b].fine])
+                asked = self.continuations(batch)
+                for f in fine_sets:  # one tokenisation per fine list, however many samples ask it
+                    if tuple(f) not in fine_q:
+                        fine_q[tuple(f)] = (self.question_ids(tok, f), names(f))
+                rows = asked.add_batch(pre, [fine_q[tuple(f)][1] for f in fine_sets],
+                                       heads=[fine_q[tuple(f)][0] for f in fine_sets])
                 total, _ = asked.sums()
-                for i, _ in group:
-                    p = _softmax(total[rows[i]])
+                for j, i in enumerate(group):
+                    p = _softmax(total[rows[j]])
                     b = int(p.argmax())
-                    out["vlm_category.fine"][i] = fine_sets[i][b][0]
+                    out["vlm_category.fine"][i] = fine_sets[j][b][0]
                     out["vlm_category.confidence"][i] = float(p[b]) * out["vlm_category.coarse_confidence"][i]
         return out

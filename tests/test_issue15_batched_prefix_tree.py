@@ -1,0 +1,129 @@
+"""#15 follow-up: a batch's candidates continue as one row per sample. Continuations.add_batch lays a
+sample's head (a question) and its candidates, as a prefix tree, into one row over the sample's cached
+keys/values under a 4-D mask (each token sees the prefix, the head and its own tree ancestors), so the
+prefix cache is never copied per candidate and shared tokens run once; sums() runs lm_head once per
+predicting state. Values equal the per-sample transformers forward of every whole row (<= 1e-4) and the
+one-row-per-candidate path, under SDPA and eager attention. Tiny random Qwen2-VL / Qwen2.5-VL on CPU."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import filters.reward.candidates as cand
+from filters.reward.batching import HostBatch
+from filters.reward.candidates import Continuations, _node_logprobs, _Trie, encode_batches, extend, first_answer, truncate
+from filters.reward.grounding_scorer import GroundingScorer
+from filters.reward.vlm_category import VLMCategoryScorer
+from filters.reward.vlm_scorer import token_logprobs
+from processors.presets import IM_END_ID, get_preset
+from processors.tokenizer import get_tokenizer
+from reference_forward import reference_mean_logprob
+from test_issue15_batched_prefix import _more
+from test_issue15_vlm_signals import _path, _samples, _setup
+from test_reward_fixtures import tiny_qwen2_vl, tiny_qwen25_vl  # noqa: F401
+from tiny_models import load_model as _load
+
+CANDIDATES = ("A cat.", "A cat is sleeping on the red sofa.", "A dog.", "A cat.", "A", "No")
+
+
+def _case(tok, n):
+    """Per sample: a head (a question; empty for every third sample) and candidates sharing prefixes
+    ("A cat." twice, "A" a prefix of the others), a different subset per sample."""
+    heads = [[] if j % 3 == 0 else
+             tok.encode("\n<|im_start|>user\n" + "Is it a cat? " * j + "<|im_end|>\n<|im_start|>assistant\n")
+             for j in range(n)]
+    conts = [[tok.encode(t) + [IM_END_ID] for t in CANDIDATES[:len(CANDIDATES) - j % 2]] for j in range(n)]
+    return heads, conts
+
+
+def _scored(scorer, pre, batch, conts, heads, budget=100000):
+    c = Continuations(scorer.vlm, batch, budget_tokens=budget)
+    rows = c.add_batch(pre, conts, heads=heads)
+    sums, counts = c.sums()
+    return [sums[r] for r in rows], [counts[r] for r in rows]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
+def test_tree_rows_equal_per_sample_transformers(family, attn, tiny_qwen2_vl, tiny_qwen25_vl, monkeypatch):
+    """Heads and prefix-tree candidates in one row per sample equal each whole row through a plain
+    transformers forward and the one-row-per-candidate path (Prefixes.extend + _continue_rows); the
+    continuation calls see one cache row per sample, never one per candidate."""
+    path, preset = _path(family, tiny_qwen2_vl, tiny_qwen25_vl), get_preset(family)
+    tok = get_tokenizer(preset=preset)
+    scorer = GroundingScorer(path)
+    scorer.vlm.attn_implementation = attn
+    scorer.setup(torch.device("cpu"))
+    assert scorer.vlm.model.config._attn_implementation == attn
+    model = _load(path)
+    _, samples = _samples(family)
+    samples += _more(family, 2)
+    batch = HostBatch(samples, preset)
+    prefixes = [truncate(s, first_answer(s)[0]) for s in samples]
+    heads, conts = _case(tok, len(samples))
+    seen_rows = []
+    real = scorer.vlm.forward_continue
+
+    def spy(ids, mask, pos, kv, use_cache):
+        seen_rows.append((int(ids.shape[0]), int(kv[0][0].shape[0])))
+        return real(ids, mask, pos, kv, use_cache)
+
+    with torch.inference_mode():
+        (group, pre), = list(encode_batches(scorer.vlm, prefixes, batch, budget_tokens=100000))
+        monkeypatch.setattr(scorer.vlm, "forward_continue", spy)
+        tree, counts = _scored(scorer, pre, batch, [conts[i] for i in group], [heads[i] for i in group])
+        assert seen_rows == [(len(samples), len(samples))]  # one call, one row (and cache row) per sample
+        monkeypatch.setattr(cand, "_tree_ok", lambda *a: False)
+        flat, _ = _scored(scorer, pre, batch, [conts[i] for i in group], [heads[i] for i in group])
+        assert max(r for r, _ in seen_rows[1:]) > len(samples)  # the per-candidate path: a row per candidate
+    for j, i in enumerate(group):
+        base = extend(prefixes[i], heads[i], preset, supervised=[False] * len(heads[i])) if heads[i] else prefixes[i]
+        ref = np.array([reference_mean_logprob(model, extend(base, x, preset), preset, own_positions=True)
+                        for x in conts[i]])
+        assert counts[j].tolist() == [len(x) for x in conts[i]]
+        np.testing.assert_allclose(tree[j] / counts[j], ref, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(tree[j], flat[j], rtol=0, atol=1e-4)
+        dup = [k for k, t in enumerate(CANDIDATES) if t == "A cat."]
+        assert tree[j][dup[0]] == tree[j][dup[1]]  # one path in the tree: the very same value
+
+
+def test_trie_shares_prefixes():
+    t = _Trie([[1, 2, 3], [1, 2, 4], [1, 2, 3], [1], [5], []])
+    assert t.tokens == [1, 2, 3, 4, 5] and t.parent == [-1, 0, 1, 1, -1] and t.depth == [0, 1, 2, 2, 0]
+    assert t.paths == [[0, 1, 2], [0, 1, 3], [0, 1, 2], [0], [4], []]
+    assert t.inner() == [0, 1] and t.longest() == [1, 2, 3]
+
+
+def test_node_logprobs_equal_token_logprobs():
+    """One lm_head pass per state, its other targets by logit difference: token_logprobs per node."""
+    g = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(16, 300, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(300, 16, generator=g))
+        head.bias.copy_(torch.randn(300, generator=g))
+    h = torch.randn(5, 16, generator=g)
+    pred = torch.tensor([0, 0, 0, 1, 2, 2, 3, 4, 4, 4, 1])
+    target = torch.tensor([3, 7, 3, 299, 0, 1, 5, 9, 8, 7, 2])
+    with torch.inference_mode():
+        got = _node_logprobs(h, pred, target, head)
+        want = token_logprobs(h[pred], target, head)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
+@pytest.mark.parametrize("cls", [VLMCategoryScorer, GroundingScorer])
+def test_scorers_equal_the_per_candidate_path(family, cls, tiny_qwen2_vl, tiny_qwen25_vl, monkeypatch):
+    """The scorers' columns with the tree rows equal those with one row per candidate."""
+    _, preset, _, scorer = _setup(family, tiny_qwen2_vl, tiny_qwen25_vl, cls)
+    _, samples = _samples(family)
+    batch = HostBatch(samples + [{**samples[0], "id": "again"}], preset)
+    with torch.inference_mode():
+        tree = scorer.score(batch)
+        monkeypatch.setattr(cand, "_tree_ok", lambda *a: False)
+        flat = scorer.score(batch)
+    for k in tree:
+        if tree[k].dtype == object:
+            assert tree[k].tolist() == flat[k].tolist()
+        else:
+            np.testing.assert_allclose(tree[k].astype(float), flat[k].astype(float), rtol=0, atol=1e-4)
