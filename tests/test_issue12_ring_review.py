@@ -261,14 +261,19 @@ def test_a_killed_worker_leaves_held_batches_intact(out):
     dl = ds.loader(num_workers=2)
     held, it = [], iter(dl)
     held.append(next(it))
-    workers = [o for o in gc.get_objects() if type(o).__name__ == "_MultiProcessingDataLoaderIter" and o._workers]
-    os.kill(workers[-1]._workers[0].pid, signal.SIGKILL)
-    try:                  # torch raises "DataLoader worker (pid N) is killed by signal" (unless the
-        for b in it:      # killed worker had already sent all it had, its end included)
+    proc = [o for o in gc.get_objects() if type(o).__name__ == "_MultiProcessingDataLoaderIter" and o._workers][-1]._workers[0]
+    # torch's SIGCHLD handler raises "DataLoader worker (pid N) is killed by signal" at whatever line
+    # runs when the signal lands: everything up to the iterator's shutdown stays inside the try
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(30)
+        for b in it:          # (no error if the killed worker had already sent all it had)
             held.append(b)
     except RuntimeError as exc:
         assert "DataLoader worker" in str(exc)
-    del it
+    finally:
+        del it, proc
+        gc.collect()
     ds.set_epoch(0)
     again = list(dl)
     assert len(again) == len(ref)
