@@ -67,7 +67,7 @@ def child(args) -> None:
 
         os.environ["PYTHONPATH"] = str(ROOT)
         t0 = time.perf_counter()
-        ray.init(num_cpus=int(n), include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", num_cpus=int(n), include_dashboard=False, logging_level="ERROR")
         t_start = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = run_job(cfg, out=args.out, overwrite=True, progress=False,

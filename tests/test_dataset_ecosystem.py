@@ -49,7 +49,7 @@ def test_ray_data_reads_the_shards(out):
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         loader = ShardLoader(out)
         ds = ray.data.read_webdataset([str(out / s) for s in loader.shards()])

@@ -25,7 +25,7 @@ def ray_with_crash_hook():
     if ray.is_initialized():
         ray.shutdown()
     path = os.pathsep.join(p for p in (TESTS, REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
              runtime_env={"worker_process_setup_hook": "crash_hook.install", "env_vars": {"PYTHONPATH": path}})
     yield ray
     ray.shutdown()
