@@ -155,3 +155,18 @@ def test_cli_engine_mistakes(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["verify", str(out), "--model", str(ckpt), "--engine", "tgi"])
     assert "invalid choice: 'tgi'" in capsys.readouterr().err
+
+
+def test_standin_refuses_video_frames_that_vllm_would_resample(standin):
+    """The stand-in's guard (verify must send frames already at their smart-resized size, or vLLM
+    would resample them) fires on a frame size smart_resize would change and passes a resized one."""
+    import vllm
+
+    llm = vllm.LLM.__new__(vllm.LLM)
+    llm.image_processor = SimpleNamespace(patch_size=14, merge_size=2, temporal_patch_size=2,
+                                          size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280},
+                                          image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    with pytest.raises(ValueError, match="100x100 is not at its smart-resized size"):
+        llm._video([np.zeros((2, 100, 100, 3), np.uint8)], {})
+    out = llm._video([np.zeros((2, 112, 112, 3), np.uint8)], {})
+    assert out["video_grid_thw"].tolist() == [[1, 8, 8]]

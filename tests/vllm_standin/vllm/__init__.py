@@ -108,7 +108,8 @@ class LLM:
         for v in videos:
             t, h, w, _ = v.shape
             if smart_resize(h, w, p.patch_size * p.merge_size, size["shortest_edge"], size["longest_edge"]) != (h, w):
-                raise NotImplementedError("stand-in: only videos already at their smart-resized size")
+                raise ValueError(f"video of {h}x{w} is not at its smart-resized size: verify must send frames "
+                                 "already resized (vLLM would resample them)")
             pv, grid = patchify(np.asarray(v), p.patch_size, p.merge_size, p.temporal_patch_size)
             rows.append(normalize_patches(pv, p.image_mean, p.image_std, patch_size=p.patch_size))
             grids.append(grid)
