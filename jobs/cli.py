@@ -99,22 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def int_at_least(minimum: int):
-    """argparse type of a count that must be a whole number >= `minimum`."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"int >= {minimum}"
-    return parse
-
-
-positive_int = int_at_least(1)   # argparse type of counts such as --workers
+def positive_int(text: str) -> int:
+    """argparse type of counts such as --workers: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value}")
+    return value
 
 
 if __name__ == "__main__":
