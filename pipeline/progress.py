@@ -44,12 +44,6 @@ class _LineBar:
         self.tasks.append({"name": description, "total": total or 0, "done": 0, "t0": now, "shown": now})
         return len(self.tasks) - 1
 
-    def update(self, task: int, total: float | None = None, advance: float = 0, **_):
-        if total is not None:
-            self.tasks[task]["total"] = total
-        if advance:
-            self.advance(task, advance)
-
     def advance(self, task: int, n: float = 1) -> None:
         t = self.tasks[task]
         t["done"] += n
