@@ -79,7 +79,7 @@ def _out_dir(args, path: Path | None) -> Path:
 
 
 def run(args) -> int:
-    from pipeline.report import ReportInputError, build_report
+    from pipeline.report import build_report
     from processors.errors import UserInputError
     from pipeline.report.html import render_compare, render_report
 
@@ -103,8 +103,8 @@ def run(args) -> int:
             figs = None if args.no_html else _figs(lambda f: f.all_figures(report))
             html_text = None if args.no_html else render_report(doc, figs)
     except UserInputError:
-        raise   # a config key, a preset name: one line, exit 2, as every command (jobs.cli)
-    except (ReportInputError, ValueError, FileNotFoundError) as exc:
+        raise   # a config key, a preset name, a PATH not reportable (ReportInputError): one line, exit 2 (jobs.cli)
+    except (ValueError, FileNotFoundError) as exc:
         print(f"vlprep stats: {exc}", file=sys.stderr)
         return 1
     except ConnectionError as exc:  # --address names no reachable Ray cluster
