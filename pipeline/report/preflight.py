@@ -25,6 +25,7 @@ from processors.presets import get_preset
 
 from .evaluate import Evaluated
 from .predict import Prediction
+from ..io import Layout
 from ..sizes import bytes_headline, storage_stats
 from .prepared import accounting, box_stats, headline, image_stats, source_stats, token_stats, video_stats
 from .preflight_run import evaluate_corpus
@@ -51,7 +52,7 @@ def build_preflight_report(path: str | Path, *, preset: str | None = None, overr
     if not path.exists():
         raise ReportInputError(f"{path} does not exist; give a config YAML, a json/jsonl/parquet file, "
                                f"a media folder, or a `vlprep prepare` OUT directory")
-    if path.is_dir() and (path / "job.json").exists():
+    if path.is_dir() and Layout(path).job.exists():
         raise ReportInputError(f"{path} is an unfinished `vlprep prepare` OUT (job.json but no manifest.parquet "
                                f"and ledger.parquet): run the same `vlprep prepare` command again to finish it")
     cfg = load_config(path, overrides, preset=preset)
