@@ -526,10 +526,6 @@ class CandidateScorer:
     def logprobs(self, rows: list[dict], batch: HostBatch, with_vision: bool = True):
         return row_logprobs(self.vlm, rows, batch, self.batch_tokens, with_vision)
 
-    def prefixes(self, rows: list[dict], batch: HostBatch):
-        """encode_prefixes with this scorer's model and token budget."""
-        return encode_prefixes(self.vlm, rows, batch, self.batch_tokens)
-
     def prefix_batches(self, rows: list[dict], batch: HostBatch):
         """encode_batches with this scorer's model and token budget."""
         return encode_batches(self.vlm, rows, batch, self.batch_tokens)
