@@ -118,18 +118,12 @@ def encode_prefixes(vlm, rows: list[dict], batch: HostBatch, budget_tokens: int 
     """Batches of [(index, Prefix)] covering every row, each row read once with its vision: rows are
     grouped by length into right-padded batches of at most `budget_tokens` (plan_batches), so a batch's
     vision tower runs once over its rows' images/videos. Yielded batch by batch: a batch's keys/values
-    are freed once its prefixes are consumed."""
-    import torch
-
-    lengths = np.array([len(r["input_ids"]) for r in rows], dtype=np.int64)
-    for group in plan_batches(lengths, budget_tokens, 0.25):
-        hb = HostBatch([rows[i] for i in group], batch.preset, batch.device, batch.dtype)
-        with torch.inference_mode():
-            hs, _, kv = vlm.forward_cached(hb)
-        yield [(i, Prefix(rows[i], [(k[j:j + 1, :, :int(lengths[i])], v[j:j + 1, :, :int(lengths[i])])
-                                   for k, v in kv], hs[j, int(lengths[i]) - 1]))
+    are freed once its prefixes are consumed. (encode_batches' batches, cut into one Prefix per row.)"""
+    for group, pre in encode_batches(vlm, rows, batch, budget_tokens):
+        n = [len(rows[i]["input_ids"]) for i in group]
+        yield [(i, Prefix(rows[i], [(k[j:j + 1, :, :n[j]], v[j:j + 1, :, :n[j]]) for k, v in pre.kv], pre.last[j]))
                for j, i in enumerate(group)]
-        del hs, kv
+        del pre
 
 
 def _continue(vlm, prefix: Prefix, conts: list, batch: HostBatch, *, keep: bool = False):
@@ -441,7 +435,7 @@ class Prefixes:
 
 
 def encode_batches(vlm, rows: list[dict], batch: HostBatch, budget_tokens: int = 16384):
-    """(indices, Prefixes) per batch of `rows` (plan_batches, as encode_prefixes): each batch read once
+    """(indices, Prefixes) per batch of `rows` (plan_batches): each batch read once
     with its vision and kept padded, so its rows continue together (Prefixes.extend, Continuations.add_batch)."""
     import torch
 
