@@ -378,15 +378,12 @@ def _tree_rows(vlm, pre: Prefixes, part: list, heads: list, trees: list, batch: 
             see[r, h0 + j, h0 + j] = True
     _, dev, dtype = batch._torch()
     tt = lambda x: torch.from_numpy(x).to(dev)  # noqa: E731
-    sel = torch.as_tensor(part, device=pre.keep.device)
-    whole = part == list(range(len(pre)))
-    kv = pre.kv if whole else [(a.index_select(0, sel), b.index_select(0, sel)) for a, b in pre.kv]
-    seen = (pre.keep if whole else pre.keep.index_select(0, sel)).to(dev)
+    kv, seen, last = pre.pick(part)
+    seen = seen.to(dev)
     allowed = torch.cat([seen[:, None, :].expand(-1, width, -1), tt(see)], dim=2)[:, None]
     dt = kv[0][0].dtype
     mask = torch.zeros(allowed.shape, dtype=dt, device=dev).masked_fill_(~allowed, torch.finfo(dt).min)
     hs, _ = vlm.forward_continue(tt(ids), mask, tt(pos), kv, False)
-    last = pre.last if whole else pre.last.index_select(0, sel)
     heads_end = torch.tensor([len(h) - 1 for h in heads], device=hs.device)
     root = torch.where((heads_end >= 0)[:, None], hs[torch.arange(k, device=hs.device), heads_end.clamp(min=0)], last)
     return hs, root
@@ -414,6 +411,17 @@ class Prefixes:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def pick(self, rows: list) -> tuple:
+        """(keys/values, keep, last) of `rows` (indices, repeats allowed), in that order; the whole
+        batch in order is returned as it is, not copied."""
+        import torch
+
+        if rows == list(range(len(self))):
+            return self.kv, self.keep, self.last
+        sel = torch.as_tensor(rows, device=self.keep.device)
+        return ([(a.index_select(0, sel), b.index_select(0, sel)) for a, b in self.kv], self.keep.index_select(0, sel),
+                self.last.index_select(0, sel))
 
     def extend(self, vlm, ids: list, batch: HostBatch) -> "Prefixes":
         """Row j followed by the text `ids[j]` (lengths may differ), all rows in one forward call from
@@ -476,14 +484,10 @@ def _continue_rows(vlm, pre: Prefixes, owner: list, conts: list, batch: HostBatc
         tail = tails[o] if o in tails else extend(pre.rows[o], c, batch.preset, special=sp)["position_ids"][:, n:]
         pos[:, r, :len(c)] = tail[:, :len(c)]
     t = lambda x: torch.from_numpy(x).to(dev)  # noqa: E731
-    sel = torch.as_tensor(owner, device=pre.keep.device)
-    same = owner == list(range(len(pre)))
-    kv = pre.kv if same else [(a.index_select(0, sel), b.index_select(0, sel)) for a, b in pre.kv]
-    seen = pre.keep if same else pre.keep.index_select(0, sel)
+    kv, seen, last = pre.pick(owner)
     realt = t(real)
     grown_keep = torch.cat([seen, realt.to(seen.device)], dim=1)
     hs, grown = vlm.forward_continue(t(ids), grown_keep.long().to(dev), t(pos), kv, keep)
-    last = pre.last if same else pre.last.index_select(0, sel)
     pred = torch.cat([last[:, None], hs[:, :-1]], dim=1)
     return pred, hs, t(ids), realt, grown, grown_keep
 
