@@ -376,7 +376,7 @@ def _tree_rows(vlm, pre: Prefixes, part: list, heads: list, trees: list, batch: 
             if p >= 0:
                 see[r, h0 + j] |= see[r, h0 + p]
             see[r, h0 + j, h0 + j] = True
-    _, dev, dtype = batch._torch()
+    _, dev, _ = batch._torch()
     tt = lambda x: torch.from_numpy(x).to(dev)  # noqa: E731
     kv, seen, last = pre.pick(part)
     seen = seen.to(dev)
