@@ -118,18 +118,12 @@ def encode_prefixes(vlm, rows: list[dict], batch: HostBatch, budget_tokens: int 
     """Batches of [(index, Prefix)] covering every row, each row read once with its vision: rows are
     grouped by length into right-padded batches of at most `budget_tokens` (plan_batches), so a batch's
     vision tower runs once over its rows' images/videos. Yielded batch by batch: a batch's keys/values
-    are freed once its prefixes are consumed."""
-    import torch
-
-    lengths = np.array([len(r["input_ids"]) for r in rows], dtype=np.int64)
-    for group in plan_batches(lengths, budget_tokens, 0.25):
-        hb = HostBatch([rows[i] for i in group], batch.preset, batch.device, batch.dtype)
-        with torch.inference_mode():
-            hs, _, kv = vlm.forward_cached(hb)
-        yield [(i, Prefix(rows[i], [(k[j:j + 1, :, :int(lengths[i])], v[j:j + 1, :, :int(lengths[i])])
-                                   for k, v in kv], hs[j, int(lengths[i]) - 1]))
+    are freed once its prefixes are consumed. (encode_batches' batches, cut into one Prefix per row.)"""
+    for group, pre in encode_batches(vlm, rows, batch, budget_tokens):
+        n = [len(rows[i]["input_ids"]) for i in group]
+        yield [(i, Prefix(rows[i], [(k[j:j + 1, :, :n[j]], v[j:j + 1, :, :n[j]]) for k, v in pre.kv], pre.last[j]))
                for j, i in enumerate(group)]
-        del hs, kv
+        del pre
 
 
 def _continue(vlm, prefix: Prefix, conts: list, batch: HostBatch, *, keep: bool = False):
@@ -382,17 +376,14 @@ def _tree_rows(vlm, pre: Prefixes, part: list, heads: list, trees: list, batch: 
             if p >= 0:
                 see[r, h0 + j] |= see[r, h0 + p]
             see[r, h0 + j, h0 + j] = True
-    _, dev, dtype = batch._torch()
+    _, dev, _ = batch._torch()
     tt = lambda x: torch.from_numpy(x).to(dev)  # noqa: E731
-    sel = torch.as_tensor(part, device=pre.keep.device)
-    whole = part == list(range(len(pre)))
-    kv = pre.kv if whole else [(a.index_select(0, sel), b.index_select(0, sel)) for a, b in pre.kv]
-    seen = (pre.keep if whole else pre.keep.index_select(0, sel)).to(dev)
+    kv, seen, last = pre.pick(part)
+    seen = seen.to(dev)
     allowed = torch.cat([seen[:, None, :].expand(-1, width, -1), tt(see)], dim=2)[:, None]
     dt = kv[0][0].dtype
     mask = torch.zeros(allowed.shape, dtype=dt, device=dev).masked_fill_(~allowed, torch.finfo(dt).min)
     hs, _ = vlm.forward_continue(tt(ids), mask, tt(pos), kv, False)
-    last = pre.last if whole else pre.last.index_select(0, sel)
     heads_end = torch.tensor([len(h) - 1 for h in heads], device=hs.device)
     root = torch.where((heads_end >= 0)[:, None], hs[torch.arange(k, device=hs.device), heads_end.clamp(min=0)], last)
     return hs, root
@@ -421,6 +412,17 @@ class Prefixes:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def pick(self, rows: list) -> tuple:
+        """(keys/values, keep, last) of `rows` (indices, repeats allowed), in that order; the whole
+        batch in order is returned as it is, not copied."""
+        import torch
+
+        if rows == list(range(len(self))):
+            return self.kv, self.keep, self.last
+        sel = torch.as_tensor(rows, device=self.keep.device)
+        return ([(a.index_select(0, sel), b.index_select(0, sel)) for a, b in self.kv], self.keep.index_select(0, sel),
+                self.last.index_select(0, sel))
+
     def extend(self, vlm, ids: list, batch: HostBatch) -> "Prefixes":
         """Row j followed by the text `ids[j]` (lengths may differ), all rows in one forward call from
         the cached keys/values (no vision re-encoded)."""
@@ -441,7 +443,7 @@ class Prefixes:
 
 
 def encode_batches(vlm, rows: list[dict], batch: HostBatch, budget_tokens: int = 16384):
-    """(indices, Prefixes) per batch of `rows` (plan_batches, as encode_prefixes): each batch read once
+    """(indices, Prefixes) per batch of `rows` (plan_batches): each batch read once
     with its vision and kept padded, so its rows continue together (Prefixes.extend, Continuations.add_batch)."""
     import torch
 
@@ -482,14 +484,10 @@ def _continue_rows(vlm, pre: Prefixes, owner: list, conts: list, batch: HostBatc
         tail = tails[o] if o in tails else extend(pre.rows[o], c, batch.preset, special=sp)["position_ids"][:, n:]
         pos[:, r, :len(c)] = tail[:, :len(c)]
     t = lambda x: torch.from_numpy(x).to(dev)  # noqa: E731
-    sel = torch.as_tensor(owner, device=pre.keep.device)
-    same = owner == list(range(len(pre)))
-    kv = pre.kv if same else [(a.index_select(0, sel), b.index_select(0, sel)) for a, b in pre.kv]
-    seen = pre.keep if same else pre.keep.index_select(0, sel)
+    kv, seen, last = pre.pick(owner)
     realt = t(real)
     grown_keep = torch.cat([seen, realt.to(seen.device)], dim=1)
     hs, grown = vlm.forward_continue(t(ids), grown_keep.long().to(dev), t(pos), kv, keep)
-    last = pre.last if same else pre.last.index_select(0, sel)
     pred = torch.cat([last[:, None], hs[:, :-1]], dim=1)
     return pred, hs, t(ids), realt, grown, grown_keep
 
@@ -525,10 +523,6 @@ class CandidateScorer:
 
     def logprobs(self, rows: list[dict], batch: HostBatch, with_vision: bool = True):
         return row_logprobs(self.vlm, rows, batch, self.batch_tokens, with_vision)
-
-    def prefixes(self, rows: list[dict], batch: HostBatch):
-        """encode_prefixes with this scorer's model and token budget."""
-        return encode_prefixes(self.vlm, rows, batch, self.batch_tokens)
 
     def prefix_batches(self, rows: list[dict], batch: HostBatch):
         """encode_batches with this scorer's model and token budget."""

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 from .answer_check import check_answer
 from .batching import HostBatch, plan_batches
 from .candidates import answer_spans, truncate
