@@ -197,7 +197,7 @@ class VLMScorer:
     def forward_cached(self, batch: HostBatch):
         """(final hidden states [B, L, H], the padded layout's tensors, per-layer (keys, values)
         [B, kv heads, L, head dim]) of a right-padded batch with vision: the prefixes the candidate
-        scorers continue from (candidates.encode_prefixes). A sample's own keys/values are its first
+        scorers continue from (candidates.encode_batches). A sample's own keys/values are its first
         len(sample) positions (causal: the padding after them never reaches them)."""
         t = batch.padded(self.vocab(batch.preset).pad)
         out = self.model.model(**self._forward_kwargs(batch, t, True), use_cache=True)
