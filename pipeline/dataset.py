@@ -384,7 +384,7 @@ class ShardDataset(IterableDataset):
         """Reader g's samples (padded, samples) or plan packs without the ones equalising drops: a random
         subset drawn per (seed, epoch, reader), so what is left out rotates across epochs even when a
         reader holds one shard; exactly `quota` batches remain."""
-        total, keep = self._reader_units(g, G, self.epoch, quota)
+        total, keep = self._reader_units(self._reader_batch_sizes(g, G, self.epoch), quota)
         if keep >= total:
             yield from units
             return
@@ -393,10 +393,9 @@ class ShardDataset(IterableDataset):
             if i not in drop:
                 yield x
 
-    def _reader_units(self, g: int, G: int, epoch: int, quota: int) -> tuple[int, int]:
-        """(units reader g streams in `epoch`, units it keeps for `quota` batches): packs (pack plan)
-        or samples (padded: quota × batch_size)."""
-        sizes = self._reader_batch_sizes(g, G, epoch)
+    def _reader_units(self, sizes: list[int], quota: int) -> tuple[int, int]:
+        """(units a reader streams, units it keeps for `quota` batches), from its batch sizes
+        (`_reader_batch_sizes`): packs (pack plan) or samples (padded: quota × batch_size)."""
         if self.plan is not None:
             return len(sizes), min(len(sizes), quota)
         total = int(sum(sizes))
@@ -462,7 +461,7 @@ class ShardDataset(IterableDataset):
                 return 0
             if self.plan is None and self.max_tokens is not None:          # online: the packs after the quota
                 return int(sum(sizes[g][q:]))
-            total, keep = self._reader_units(g, G, epoch, q)
+            total, keep = self._reader_units(sizes[g], q)
             if self.plan is None:
                 return total - keep
             return int(np.asarray(sizes[g])[self._drop_positions(g, epoch, total, keep)].sum())
