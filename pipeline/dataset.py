@@ -274,6 +274,7 @@ class ShardDataset(IterableDataset):
         self.equalize = self.world_size > 1 if equalize is None else bool(equalize)
         self._epoch_plans: dict[tuple[int, int], EpochPlan] = {}
         self._units: dict[str, np.ndarray] | None = None
+        self._split: tuple = (None, None)     # ((epoch, G), balanced_split of that epoch)
         self.epoch = int(epoch)
         self.num_workers = 1
         self._consumed = [0]
@@ -476,9 +477,9 @@ class ShardDataset(IterableDataset):
         `_reader_stream` on the manifest's counts, with the same shard assignment, shuffle and packer."""
         shards, strided = self._my_shards(g, G, epoch)
         if self.plan is not None:
-            return _assigned(shards, strided, g, G, self._units_of("plan")).tolist()
+            return _assigned(shards, strided, g, G, self._units_of()).tolist()
         if self.max_tokens is not None:
-            lengths = _assigned(shards, strided, g, G, self._units_of("tokens")).tolist()
+            lengths = _assigned(shards, strided, g, G, self._units_of()).tolist()
             if self.shuffle:
                 lengths = buffer_shuffle(lengths, self.buffer_size, np.random.default_rng([self.seed, epoch, g]))
             return [len(p) for p in OnlinePacker(self.max_tokens, self.open_packs, length=int, name=str).pack(lengths)]
@@ -487,14 +488,14 @@ class ShardDataset(IterableDataset):
         b = self.batch_size or 1
         return [b] * (n // b) + ([n % b] if n % b else [])
 
-    def _units_of(self, kind: str) -> dict[str, np.ndarray]:
-        """Per shard, in stored order: the pack plan's pack sizes (kind "plan", packs in the order
-        `_plan_groups` yields them) or the manifest's n_tokens (kind "tokens"). Read once."""
+    def _units_of(self) -> dict[str, np.ndarray]:
+        """Per shard, in stored order: the pack plan's pack sizes (with a pack plan; packs in the order
+        `_plan_groups` yields them), else the manifest's n_tokens. Read once."""
         if self._units is None:
             import pyarrow.parquet as pq
 
             units: dict[str, list[int]] = {}
-            if kind == "plan":
+            if self.plan is not None:
                 t = pq.read_table(self.plan.path, columns=["shard", "pack"])
                 per: dict[str, dict[int, int]] = {}
                 for shard, pack in zip(t.column("shard").to_pylist(), t.column("pack").to_pylist()):
@@ -528,7 +529,7 @@ class ShardDataset(IterableDataset):
         if G == 1:
             return shards, False
         key = (self.epoch if epoch is None else int(epoch), G)
-        if getattr(self, "_split", (None,))[0] != key:
+        if self._split[0] != key:
             self._split = (key, balanced_split(shards, [self._shard_weight(s) for s in shards],
                                                self.world_size, G // self.world_size))
         return self._split[1][g], False
@@ -537,9 +538,9 @@ class ShardDataset(IterableDataset):
         """What a shard adds to a reader's batch count: its packs (pack plan), tokens (online packing)
         or samples."""
         if self.plan is not None:
-            return len(self._units_of("plan").get(shard, ()))
+            return len(self._units_of().get(shard, ()))
         if self.max_tokens is not None:
-            return int(self._units_of("tokens")[shard].sum()) if shard in self._units_of("tokens") else 0
+            return int(self._units_of().get(shard, np.zeros(0, np.int32)).sum())
         return self.shard_counts[shard]
 
     def _samples(self, g: int, G: int) -> Iterator[dict]:
