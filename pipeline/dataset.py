@@ -880,13 +880,9 @@ def to_transfer(item, ring: int = 0):
         return item                   # collated onto an accelerator in the worker: leave it to torch
     specs, total = [], 0
     for t in [v for _, v in tensors] + [f for _, f in frames]:
-        if isinstance(t, LazyFrames):         # still compressed: decoded into the buffer below
-            specs.append((torch.uint8, tuple(t.shape), total, t.nbytes))
-            total += -(-t.nbytes // _ALIGN) * _ALIGN
-            continue
-        nbytes = t.numel() * t.element_size()
-        specs.append((t.dtype, tuple(t.shape), total, nbytes))
-        total += -(-nbytes // _ALIGN) * _ALIGN
+        lazy = isinstance(t, LazyFrames)      # still compressed: decoded into the buffer below
+        specs.append((torch.uint8 if lazy else t.dtype, tuple(t.shape), total, t.nbytes))
+        total += -(-t.nbytes // _ALIGN) * _ALIGN
     size = max(total, 1)
     slot = _worker_ring(ring).take(size) if ring else None
     if slot is not None:                        # a reused slot: its pages are already mapped on both sides
