@@ -274,6 +274,7 @@ class ShardDataset(IterableDataset):
         self.equalize = self.world_size > 1 if equalize is None else bool(equalize)
         self._epoch_plans: dict[tuple[int, int], EpochPlan] = {}
         self._units: dict[str, np.ndarray] | None = None
+        self._split: tuple = (None, None)     # ((epoch, G), balanced_split of that epoch)
         self.epoch = int(epoch)
         self.num_workers = 1
         self._consumed = [0]
@@ -384,7 +385,7 @@ class ShardDataset(IterableDataset):
         """Reader g's samples (padded, samples) or plan packs without the ones equalising drops: a random
         subset drawn per (seed, epoch, reader), so what is left out rotates across epochs even when a
         reader holds one shard; exactly `quota` batches remain."""
-        total, keep = self._reader_units(g, G, self.epoch, quota)
+        total, keep = self._reader_units(self._reader_batch_sizes(g, G, self.epoch), quota)
         if keep >= total:
             yield from units
             return
@@ -393,10 +394,9 @@ class ShardDataset(IterableDataset):
             if i not in drop:
                 yield x
 
-    def _reader_units(self, g: int, G: int, epoch: int, quota: int) -> tuple[int, int]:
-        """(units reader g streams in `epoch`, units it keeps for `quota` batches): packs (pack plan)
-        or samples (padded: quota × batch_size)."""
-        sizes = self._reader_batch_sizes(g, G, epoch)
+    def _reader_units(self, sizes: list[int], quota: int) -> tuple[int, int]:
+        """(units a reader streams, units it keeps for `quota` batches), from its batch sizes
+        (`_reader_batch_sizes`): packs (pack plan) or samples (padded: quota × batch_size)."""
         if self.plan is not None:
             return len(sizes), min(len(sizes), quota)
         total = int(sum(sizes))
@@ -462,7 +462,7 @@ class ShardDataset(IterableDataset):
                 return 0
             if self.plan is None and self.max_tokens is not None:          # online: the packs after the quota
                 return int(sum(sizes[g][q:]))
-            total, keep = self._reader_units(g, G, epoch, q)
+            total, keep = self._reader_units(sizes[g], q)
             if self.plan is None:
                 return total - keep
             return int(np.asarray(sizes[g])[self._drop_positions(g, epoch, total, keep)].sum())
@@ -477,9 +477,9 @@ class ShardDataset(IterableDataset):
         `_reader_stream` on the manifest's counts, with the same shard assignment, shuffle and packer."""
         shards, strided = self._my_shards(g, G, epoch)
         if self.plan is not None:
-            return _assigned(shards, strided, g, G, self._units_of("plan")).tolist()
+            return _assigned(shards, strided, g, G, self._units_of()).tolist()
         if self.max_tokens is not None:
-            lengths = _assigned(shards, strided, g, G, self._units_of("tokens")).tolist()
+            lengths = _assigned(shards, strided, g, G, self._units_of()).tolist()
             if self.shuffle:
                 lengths = buffer_shuffle(lengths, self.buffer_size, np.random.default_rng([self.seed, epoch, g]))
             return [len(p) for p in OnlinePacker(self.max_tokens, self.open_packs, length=int, name=str).pack(lengths)]
@@ -488,14 +488,14 @@ class ShardDataset(IterableDataset):
         b = self.batch_size or 1
         return [b] * (n // b) + ([n % b] if n % b else [])
 
-    def _units_of(self, kind: str) -> dict[str, np.ndarray]:
-        """Per shard, in stored order: the pack plan's pack sizes (kind "plan", packs in the order
-        `_plan_groups` yields them) or the manifest's n_tokens (kind "tokens"). Read once."""
+    def _units_of(self) -> dict[str, np.ndarray]:
+        """Per shard, in stored order: the pack plan's pack sizes (with a pack plan; packs in the order
+        `_plan_groups` yields them), else the manifest's n_tokens. Read once."""
         if self._units is None:
             import pyarrow.parquet as pq
 
             units: dict[str, list[int]] = {}
-            if kind == "plan":
+            if self.plan is not None:
                 t = pq.read_table(self.plan.path, columns=["shard", "pack"])
                 per: dict[str, dict[int, int]] = {}
                 for shard, pack in zip(t.column("shard").to_pylist(), t.column("pack").to_pylist()):
@@ -529,7 +529,7 @@ class ShardDataset(IterableDataset):
         if G == 1:
             return shards, False
         key = (self.epoch if epoch is None else int(epoch), G)
-        if getattr(self, "_split", (None,))[0] != key:
+        if self._split[0] != key:
             self._split = (key, balanced_split(shards, [self._shard_weight(s) for s in shards],
                                                self.world_size, G // self.world_size))
         return self._split[1][g], False
@@ -538,9 +538,9 @@ class ShardDataset(IterableDataset):
         """What a shard adds to a reader's batch count: its packs (pack plan), tokens (online packing)
         or samples."""
         if self.plan is not None:
-            return len(self._units_of("plan").get(shard, ()))
+            return len(self._units_of().get(shard, ()))
         if self.max_tokens is not None:
-            return int(self._units_of("tokens")[shard].sum()) if shard in self._units_of("tokens") else 0
+            return int(self._units_of().get(shard, np.zeros(0, np.int32)).sum())
         return self.shard_counts[shard]
 
     def _samples(self, g: int, G: int) -> Iterator[dict]:
@@ -880,13 +880,9 @@ def to_transfer(item, ring: int = 0):
         return item                   # collated onto an accelerator in the worker: leave it to torch
     specs, total = [], 0
     for t in [v for _, v in tensors] + [f for _, f in frames]:
-        if isinstance(t, LazyFrames):         # still compressed: decoded into the buffer below
-            specs.append((torch.uint8, tuple(t.shape), total, t.nbytes))
-            total += -(-t.nbytes // _ALIGN) * _ALIGN
-            continue
-        nbytes = t.numel() * t.element_size()
-        specs.append((t.dtype, tuple(t.shape), total, nbytes))
-        total += -(-nbytes // _ALIGN) * _ALIGN
+        lazy = isinstance(t, LazyFrames)      # still compressed: decoded into the buffer below
+        specs.append((torch.uint8 if lazy else t.dtype, tuple(t.shape), total, t.nbytes))
+        total += -(-t.nbytes // _ALIGN) * _ALIGN
     size = max(total, 1)
     slot = _worker_ring(ring).take(size) if ring else None
     if slot is not None:                        # a reused slot: its pages are already mapped on both sides
