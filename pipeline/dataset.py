@@ -943,7 +943,7 @@ class StatefulLoader(DataLoader):
                 raise ValueError(f"the dataset's state was saved with num_workers={ds.num_workers}; resume with "
                                  f"ds.loader(num_workers={ds.num_workers})")
             ds.num_workers, ds._consumed, ds._next = self.num_workers, [0] * self.num_workers, 0
-        ds._announce()                 # the epoch plan is computed here, once, and forked into the workers
+        ds._announce()                 # the epoch plan is computed here and forked into fresh workers (persistent workers recompute it per epoch)
         ds._tracked = True
         ds._ring = ds.ring_depth if ds.ring_depth is not None else (self.prefetch_factor or 2) + 2
         if self._shared is not None:
