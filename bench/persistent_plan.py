@@ -8,12 +8,12 @@ With `persistent_workers=True` and equalize (several ranks), a kept worker used 
 EpochPlan every epoch after the first — with online packing, a replay of the shuffle and the packer
 over every reader of every rank — although it only needs its own reader's quota. Now the training
 process computes the plan once per epoch (as before, `_announce`) and writes its readers' quotas into
-the loader's shared state.
+the loader's shared state, with who reads each shard (`balanced_split`, over every shard and rank).
 
 1) In process, at scale (a manifest of n_tokens and empty shard files: the plan never reads a shard):
    process-CPU of one kept worker's epoch start, old (the whole plan, then its shards) vs new (the
-   shared state, its quota, its shards: `balanced_split`, the one step still over all shards), best
-   of N; and the training process's plan + state, paid once per epoch either way.
+   shared state: its quota, and its shards from the reader of every shard, O(shards)), best of N; and
+   the training process's plan + state, paid once per epoch either way.
 2) Through a real DataLoader: tiny samples, rank 0 of 8, 2 persistent workers, packed online, 3 epochs;
    the workers' CPU (RUSAGE_CHILDREN, counted when the loader goes and its workers are joined), old
    (each worker's own epoch_plan(), the code before) vs new, interleaved, best of N.

@@ -17,8 +17,9 @@ import os
 import pytest
 
 from dataset_factory import assert_same_batch
+import pipeline.dataset as D
 from pipeline.dataset import ShardDataset
-from test_dataset_ranks_issue12 import MODES, make_uneven
+from test_dataset_ranks_issue12 import FEW, MODES, make_uneven
 from test_issue12_handoff import _clone
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
@@ -35,7 +36,7 @@ def calls(tmp_path, monkeypatch):
     """Record (pid, what, args) of every full-plan computation and every reader-size replay, from
     whichever process makes it (forked workers inherit the wrappers and append to the same file)."""
     log = tmp_path / "calls.txt"
-    plan, sizes = ShardDataset._compute_epoch_plan, ShardDataset._reader_batch_sizes
+    plan, sizes, split = ShardDataset._compute_epoch_plan, ShardDataset._reader_batch_sizes, D.balanced_split
 
     def _note(what, *args):
         with open(log, "a") as f:
@@ -49,7 +50,12 @@ def calls(tmp_path, monkeypatch):
         _note("sizes", g, G, epoch)
         return sizes(self, g, G, epoch)
 
+    def balanced_split(shards, weights, world, workers):
+        _note("split", world * workers)
+        return split(shards, weights, world, workers)
+
     monkeypatch.setattr(ShardDataset, "_compute_epoch_plan", compute_epoch_plan)
+    monkeypatch.setattr(D, "balanced_split", balanced_split)
     monkeypatch.setattr(ShardDataset, "_reader_batch_sizes", reader_batch_sizes)
 
     def read():
@@ -90,7 +96,7 @@ def test_kept_workers_compute_only_their_own_reader(out, mode, calls):
                                                                          for e in range(EPOCHS)]
         in_workers = [c for c in log if c[0] != main]
         assert len({c[0] for c in log}) <= 1 + WORKERS
-        assert not [c for c in in_workers if c[1] == "plan"], in_workers       # never the whole plan
+        assert not [c for c in in_workers if c[1] in ("plan", "split")], in_workers   # never the whole plan / split
         # a worker replays at most its own reader's sizes (the equalising cut of padded / plan), once an epoch
         mine = {(rank * WORKERS + w, WORLD * WORKERS, e) for w in range(WORKERS) for e in range(EPOCHS)}
         replays = [c[2] for c in in_workers if c[1] == "sizes"]
@@ -121,7 +127,7 @@ def test_resume_into_kept_workers(out, mode, calls):
     ref = scenario(False)
     calls()
     got = scenario(True)
-    assert not [c for c in calls() if c[0] != main and c[1] == "plan"]
+    assert not [c for c in calls() if c[0] != main and c[1] in ("plan", "split")]
     _assert_same(got, ref)
     first, part, rest, again, after = got
     assert [b.ids for b in again] == [b.ids for b in rest] and len(part) == 3 and after
@@ -135,3 +141,26 @@ def test_spawned_kept_workers(out):
         return [[_clone(b) for b in dl] for _ in range(2)]
 
     _assert_same(run(persistent_workers=True, multiprocessing_context="spawn"), run())
+
+
+@pytest.fixture(scope="module")
+def out_few(tmp_path_factory):
+    return make_uneven(tmp_path_factory.mktemp("persistent_plan_few") / "out", FEW)
+
+
+@pytest.mark.parametrize("equalize", [True, False])
+def test_fewer_shards_than_readers_and_no_equalize(out, out_few, equalize, calls):
+    """5 shards for 2 ranks × 3 workers (every reader streams all shards, every G-th sample), and the
+    10 uneven shards without equalize (no quotas, the shards still dealt by the training process)."""
+    main = os.getpid()
+    for root, workers in ((out_few, 3), (out, 2)):
+        def run(persistent):
+            ds = ShardDataset(root, seed=11, buffer_size=8, rank=1, world_size=WORLD, equalize=equalize,
+                              **MODES["packed"])
+            dl = ds.loader(num_workers=workers, persistent_workers=persistent)
+            return [[_clone(b) for b in dl] for _ in range(EPOCHS)]
+
+        ref = run(False)
+        calls()
+        _assert_same(run(True), ref)
+        assert not [c for c in calls() if c[0] != main and c[1] in ("plan", "split")]
