@@ -16,7 +16,8 @@ the loader's shared state, with who reads each shard (`balanced_split`, over eve
    the training process's plan + state, paid once per epoch either way.
 2) Through a real DataLoader: tiny samples, rank 0 of 8, 2 persistent workers, packed online, 3 epochs;
    the workers' CPU (RUSAGE_CHILDREN, counted when the loader goes and its workers are joined), old
-   (each worker's own epoch_plan(), the code before) vs new, interleaved, best of N.
+   (each worker's own epoch_plan(), the code before; the shards it reads still from the shared state)
+   vs new, interleaved, best of N.
 """
 from __future__ import annotations
 
