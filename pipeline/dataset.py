@@ -467,7 +467,11 @@ class ShardDataset(IterableDataset):
     def _announce(self) -> None:
         """Compute the epoch plan in the training process and say what equalising drops (never silently).
         Fresh DataLoader workers get the plan forked (or pickled) in; persistent ones their quotas through
-        the loader's shared state (`_worker_state`): no worker computes it."""
+        the loader's shared state (`_worker_state`): no worker computes it. The epoch's shard split is
+        made here too, so fresh workers inherit it instead of each re-running `balanced_split`."""
+        G = self.world_size * self.num_workers
+        if self._dealt(G):
+            self._readers_shards(G)
         if not self.equalize:
             return
         p = self.epoch_plan()
