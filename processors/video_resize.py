@@ -151,6 +151,9 @@ def _float_resize_into(t, d, scratch: dict) -> None:
     * clamp and round in place, then one strided copy per channel into `d` (the float → uint8 cast of
       whole numbers; one copy of the permuted [H, C, W] view walks 3-element inner loops, 2× slower).
     An axis whose size does not change is not resized (torch's identity weights are exactly 1 and 0).
+    One-column outputs: torch 2.13's kernel is wrong on contiguous NCHW planes 1 px wide (the planar
+    buffers of before gave those values); these layouts give what qwen-vl-utils' channels-last
+    tensor gets, the right values (tests/test_video_float_resize.py::test_one_column_output).
     `scratch`: a dict the caller keeps across frames of one size; the float buffers live there, so a
     batch allocates (and page-faults) them once. Tested against the golden files and the literal v1
     steps on 1-px to 4K shapes, up and down, at every strip boundary (tests/test_video_float_resize.py)."""

@@ -6,7 +6,8 @@ on the golden files).
 The fast path runs torch's two separable passes itself — the horizontal one on [rows·C, w] strips,
 the vertical one on [h, C·W] — with every pass written straight into its buffer (`out=`). Each
 value must be the reference's on every shape: 1-px rows and columns, up and down, odd sizes, an
-axis left unchanged, every strip boundary, frames of any strides, a batch sharing buffers.
+axis left unchanged, every strip boundary, frames of any strides, a batch sharing buffers — and on
+one-column outputs, where the planar buffers of before met a torch kernel bug (test_one_column_output).
 """
 import numpy as np
 import pytest
@@ -26,16 +27,31 @@ def _frames(n, h, w, seed):
     return x
 
 
-def _v1(x, H, W):
-    # On contiguous NCHW float32. (qwen-vl-utils hands v1 a permuted NHWC, i.e. channels-last, tensor;
-    # the golden generator checks both layouts agree on its cases. They do not where the output is
-    # one column wide and taller than one row: torch 2.13's channels-last float antialias kernel is
-    # off there by up to 220 levels from the contiguous result, which equals the float64 one to 1e-4.
-    # Qwen's sizes are multiples of 28, so no vlprep resize meets it; the 1-column cases below
-    # compare with the correct values.)
-    t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()
+def _v1(x, H, W, layout="qwen-vl-utils"):
+    # qwen-vl-utils hands v1 `torch.tensor(nhwc).permute(0, 3, 1, 2)`: a channels-last uint8 TCHW
+    # tensor, and `.to(float32)` keeps that layout. ("contiguous": the same steps on NCHW.)
+    t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+    if layout == "contiguous":
+        t = t.contiguous()
     y = F.interpolate(t.to(torch.float32), size=(H, W), mode="bicubic", antialias=True, align_corners=False)
     return y.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _float64_formula(x, H, W):
+    """The antialiased bicubic of torch/PIL written out (a = -0.5, support 2·scale when shrinking,
+    normalised weights), in float64: an independent check where torch's layouts disagree."""
+    def weights(n, m):
+        scale = n / m
+        support, inv = (2 * scale, 1 / scale) if scale >= 1 else (2.0, 1.0)
+        M = np.zeros((m, n))
+        for i in range(m):
+            center = scale * (i + 0.5)
+            lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), n)
+            d = np.abs((np.arange(lo, hi) - center + 0.5) * inv)
+            w = np.where(d < 1, (1.5 * d - 2.5) * d * d + 1, np.where(d < 2, (((d - 5) * d + 8) * d - 4) * -0.5, 0))
+            M[i, lo:hi] = w / w.sum()
+        return M
+    return np.einsum("Hh,nhwc,Ww->nHWc", weights(x.shape[1], H), x.astype(np.float64), weights(x.shape[2], W))
 
 
 SHAPES = [
@@ -44,7 +60,7 @@ SHAPES = [
     ((1, 57), (28, 56)),         # one row in
     ((57, 1), (56, 28)),         # one column in
     ((64, 97), (1, 40)),         # one row out
-    ((97, 64), (40, 1)),         # one column out
+    ((97, 64), (40, 1)),         # one column out (see test_one_column_output)
     ((3, 5), (100, 140)),        # large upscale
     ((97, 161), (140, 224)),     # odd, up
     ((301, 203), (84, 56)),      # odd, down
@@ -133,3 +149,17 @@ def test_fallback_without_the_out_overload(hw, HW, monkeypatch):
     monkeypatch.setattr(vr, "_STRIP_ROWS", 7)
     x = _frames(2, *hw, seed=11)
     assert np.array_equal(vr.resize_frames(x, *HW), _v1(x, *HW))
+
+
+def test_one_column_output():
+    # torch 2.13's antialias kernel on a *contiguous* NCHW float tensor is wrong when the output is one
+    # column wide and taller than one row (the vertical pass over 1-wide planes: up to ~200 levels
+    # off); on the channels-last tensor qwen-vl-utils passes it is right. vlprep's passes equal the
+    # latter and the float64 formula; before, its planar buffers gave the wrong values. (No Qwen size
+    # is 1 px wide: sizes are multiples of 28; this is about `resize_frames` itself.)
+    x = _frames(2, 97, 64, seed=1)
+    got = vr.resize_frames(x, 40, 1)
+    assert np.array_equal(got, _v1(x, 40, 1))
+    assert np.abs(got - np.clip(_float64_formula(x, 40, 1), 0, 255)).max() <= 0.5 + 1e-3
+    wrong = _v1(x, 40, 1, layout="contiguous")
+    assert np.abs(wrong.astype(int) - got).max() > 5, "torch fixed its 1-column kernel: drop this assert"
