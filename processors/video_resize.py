@@ -28,7 +28,9 @@ RESIZE_MODES = (QWEN_VL_UTILS, TRANSFORMERS)
 DEFAULT_RESIZE = QWEN_VL_UTILS
 # Float mode: the horizontal pass converts and resizes _STRIP_ROWS rows of a frame at a time (see
 # _float_resize_into). Each call of torch's kernel recomputes that axis's weights (35-75 µs for a
-# 720p-4K row), so strips are not made thinner than this; 128-256 rows measured equal on 720p-4K.
+# 720p-4K row), so strips much thinner cost more than the cache saves (32 rows: +4 % at 4K); 96-256
+# rows measured equal within 2 % on 720p-4K, one whole-frame strip 6 % slower at 4K
+# (`python bench/video_resize.py --against '' --strip-rows 96,128,256`).
 _STRIP_ROWS = 192
 
 
