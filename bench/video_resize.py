@@ -106,10 +106,12 @@ def main() -> None:
         for k in range(rounds):
             for n in (names if k % 2 == 0 else names[::-1]):
                 times[n].append(run(n, frames, outs[n], H, W))
-        rows_out.append((label, f"{h}×{w} → {H}×{W}", rounds, {n: (np.median(t), min(t)) for n, t in times.items()}))
+        stats = {n: (np.median(t), min(t)) for n, t in times.items()}
+        rows_out.append((label, f"{h}×{w} → {H}×{W}", rounds, stats))
     load1 = os.getloadavg()
     print(f"{args.mode} resize, CPU ms per frame (batches of {BATCH}, one torch thread); load average "
-          f"{load0[0]:.2f} at the start, {load1[0]:.2f} at the end; cpu cores {os.cpu_count()}; torch {torch.__version__}")
+          f"{load0[0]:.2f} at the start, {load1[0]:.2f} at the end; cpu cores {os.cpu_count()}; "
+          f"torch {torch.__version__}")
     head = " | ".join(f"{n} median (best)" for n in names)
     ratios = " | ".join(f"{names[0]} / {n}" for n in names[1:])
     print(f"| frame | size | rounds | {head} |" + (f" {ratios} |" if ratios else ""))

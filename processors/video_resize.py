@@ -28,7 +28,7 @@ RESIZE_MODES = (QWEN_VL_UTILS, TRANSFORMERS)
 DEFAULT_RESIZE = QWEN_VL_UTILS
 # Float mode: the horizontal pass converts and resizes _STRIP_ROWS rows of a frame at a time (see
 # _float_resize_into). Each call of torch's kernel recomputes that axis's weights (35-75 µs for a
-# 720p-4K row), so strips much thinner cost more than the cache saves (32 rows: +4 % at 4K); 96-256
+# 720p-4K row), so much thinner strips cost more than the cache saves (4K, 32 rows: ≈ 4.8 ms); 96-256
 # rows measured equal within 2 % on 720p-4K, one whole-frame strip 6 % slower at 4K
 # (`python bench/video_resize.py --against '' --strip-rows 96,128,256`).
 _STRIP_ROWS = 192
@@ -106,7 +106,8 @@ def resize_frames(frames, height: int, width: int, *, mode: str = DEFAULT_RESIZE
         if not src.flags.writeable:  # torch.from_numpy wants a writable buffer (it never writes here)
             src = src.copy()
         if mode == TRANSFORMERS:  # channels-last NCHW views, no copy
-            _uint8_resize_into(torch.from_numpy(src).permute(2, 0, 1)[None], torch.from_numpy(dst).permute(2, 0, 1)[None])
+            _uint8_resize_into(torch.from_numpy(src).permute(2, 0, 1)[None],
+                               torch.from_numpy(dst).permute(2, 0, 1)[None])
         else:
             _float_resize_into(torch.from_numpy(src), torch.from_numpy(dst), scratch)
     return result
