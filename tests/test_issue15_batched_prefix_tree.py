@@ -62,21 +62,30 @@ def test_tree_rows_equal_per_sample_transformers(family, attn, tiny_qwen2_vl, ti
     batch = HostBatch(samples, preset)
     prefixes = [truncate(s, first_answer(s)[0]) for s in samples]
     heads, conts = _case(tok, len(samples))
-    seen_rows = []
+    seen_rows, caches = [], []
     real = scorer.vlm.forward_continue
 
-    def spy(ids, mask, pos, kv, use_cache):
-        seen_rows.append((int(ids.shape[0]), int(kv[0][0].shape[0])))
-        return real(ids, mask, pos, kv, use_cache)
+    def spy(ids, mask, pos, kv, use_cache, rows=None):
+        hs, grown = real(ids, mask, pos, kv, use_cache, rows)
+        seen_rows.append((int(ids.shape[0]), list(rows)))
+        caches.append((kv, grown))
+        return hs, grown
+
+    def same(a, b):  # the very tensors (no copy selected for the call)
+        return all(x is y and v is w for (x, v), (y, w) in zip(a, b))
 
     with torch.inference_mode():
         (group, pre), = list(encode_batches(scorer.vlm, prefixes, batch, budget_tokens=100000))
         monkeypatch.setattr(scorer.vlm, "forward_continue", spy)
         tree, counts = _scored(scorer, pre, batch, [conts[i] for i in group], [heads[i] for i in group])
-        assert seen_rows == [(len(samples), len(samples))]  # one call, one row (and cache row) per sample
+        assert seen_rows == [(len(samples), list(range(len(samples))))]  # one call, one row per sample
         monkeypatch.setattr(cand, "_tree_ok", lambda *a: False)
         flat, _ = _scored(scorer, pre, batch, [conts[i] for i in group], [heads[i] for i in group])
-        assert max(r for r, _ in seen_rows[1:]) > len(samples)  # the per-candidate path: a row per candidate
+        # the per-candidate path: heads read first (a row per sample), then a row per candidate, each
+        # reading its sample's cache row
+        assert seen_rows[2] == (sum(map(len, conts)), [j for j in range(len(samples)) for _ in conts[group[j]]])
+        # each call reads the cache it continues as it is: the batch's, then the one the heads grew
+        assert same(caches[0][0], pre.kv) and same(caches[1][0], pre.kv) and same(caches[2][0], caches[1][1])
     for j, i in enumerate(group):
         base = extend(prefixes[i], heads[i], preset, supervised=[False] * len(heads[i])) if heads[i] else prefixes[i]
         ref = np.array([reference_mean_logprob(model, extend(base, x, preset), preset, own_positions=True)

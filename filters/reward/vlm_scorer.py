@@ -203,12 +203,12 @@ class VLMScorer:
         out = self.model.model(**self._forward_kwargs(batch, t, True), use_cache=True)
         return out.last_hidden_state, t, cache_tensors(_cache_out(out))
 
-    def forward_continue(self, ids, attention_mask, position_ids, kv, use_cache: bool):
-        """Final hidden states of `ids` [B, W] after cached keys/values `kv` (per layer, [B, heads, P, d]);
-        attention_mask [B, P + W], position_ids [3, B, W]. With use_cache, also the grown (keys, values)."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(ddp_cache_data=kv)
+    def forward_continue(self, ids, attention_mask, position_ids, kv, use_cache: bool, rows=None):
+        """Final hidden states of `ids` [k, W] after cached keys/values `kv` (per layer, [B, heads, P, d]):
+        row r reads cache row rows[r] (None: row r; several rows may read one). attention_mask
+        [k, P + W] (or a 4-D additive mask), position_ids [3, k, W]. With use_cache, also the grown
+        (keys, values) [k, heads, P + W, d]. `kv` is never copied whole: see `_read_cache`."""
+        cache = _read_cache(kv, rows, use_cache)
         out = self.model.model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=use_cache, **{_cache_kw(self.model.model): cache})
         return out.last_hidden_state, (cache_tensors(_cache_out(out)) if use_cache else None)
@@ -267,6 +267,63 @@ def _cache_kw(model) -> str:
 
 def _cache_out(out):
     return getattr(out, "cache", None) if getattr(out, "cache", None) is not None else out.past_key_values
+
+
+def _row_runs(rows: list) -> list[tuple]:
+    """`rows` (a cache row per input row) as runs (a, b, o, step): input rows a..b-1 read cache rows
+    o, o + step, ... (step 0: one row repeated; 1: consecutive rows), so each run is one view."""
+    runs: list = []
+    for r, o in enumerate(rows):
+        if runs:
+            a, b, s, step = runs[-1]
+            if b - a == 1 and o in (s, s + 1):
+                runs[-1] = (a, b + 1, s, o - s)
+                continue
+            if o == s + step * (b - a):
+                runs[-1] = (a, b + 1, s, step)
+                continue
+        runs.append((r, r + 1, int(o), 0))
+    return runs
+
+
+def _read_cache(kv, rows, keep: bool):
+    """A transformers DynamicCache whose layer l reads kv[l] (per layer (keys, values) [B, heads, P, d])
+    by `rows` without copying it first. A plain DynamicCache(ddp_cache_data=kv) copies every layer's
+    keys/values on construction (its update concatenates them to an empty tensor) and keeps every
+    layer's grown [k, heads, P + W, d] copy until the forward ends; selecting rows with index_select
+    (one per candidate) first would be a third. Here each layer's update writes the rows it reads
+    (views: one repeated row is an `expand`) and the new keys/values straight into the one
+    [k, heads, P + W, d] tensor attention needs, kept only when `keep` (the grown cache); otherwise
+    it is freed once the layer has attended."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    runs = None if rows is None else _row_runs([int(x) for x in rows])
+
+    def grow(past, new):
+        p = past.shape[2]
+        out = new.new_empty((new.shape[0], new.shape[1], p + new.shape[2], new.shape[3]))
+        out[:, :, p:] = new
+        if runs is None:
+            out[:, :, :p] = past
+        for a, b, o, step in runs or ():
+            out[a:b, :, :p] = past[o:o + 1].expand(b - a, -1, -1, -1) if step == 0 else past[o:o + b - a]
+        return out
+
+    class Layer(DynamicLayer):
+        def __init__(self, keys, values):
+            super().__init__()
+            self.keys, self.values, self.is_initialized, self.device = keys, values, True, keys.device
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            k, v = grow(self.keys, key_states), grow(self.values, value_states)
+            if keep:
+                self.keys, self.values = k, v
+            return k, v
+
+    cache = DynamicCache()
+    cache.layers = [Layer(k, v) for k, v in kv]
+    return cache
 
 
 def cache_tensors(cache) -> list[tuple]:
