@@ -11,12 +11,11 @@ import pytest
 import torch
 
 import filters.reward.candidates as cand
-import filters.reward.vlm_scorer as cand_vlm
 from filters.reward.batching import HostBatch
 from filters.reward.candidates import Continuations, _node_logprobs, _Trie, encode_batches, extend, first_answer, truncate
 from filters.reward.grounding_scorer import GroundingScorer
 from filters.reward.vlm_category import VLMCategoryScorer
-from filters.reward.vlm_scorer import token_logprobs
+from filters.reward.vlm_scorer import _cache_kw, _cache_out, cache_tensors, token_logprobs
 from processors.presets import IM_END_ID, get_preset
 from processors.tokenizer import get_tokenizer
 from reference_forward import reference_mean_logprob
@@ -145,21 +144,15 @@ def test_forward_continue_reads_rows_as_a_copied_cache(tiny_qwen2_vl):
     and grown keys/values bitwise equal, and the cache it was given is left as it was."""
     from transformers import DynamicCache
 
-    from filters.reward.vlm_scorer import _row_runs
-
-    # runs of one repeated row (an expand) or of consecutive rows (a slice)
-    assert _row_runs([0, 0, 0, 1, 2, 3, 3, 1, 0]) == [(0, 3, 0, 0), (3, 6, 1, 1), (6, 7, 3, 0), (7, 8, 1, 0),
-                                                      (8, 9, 0, 0)]
-    assert _row_runs([0, 1, 2, 3]) == [(0, 4, 0, 1)]
     family, preset = "qwen2-vl", get_preset("qwen2-vl")
-    _, _, tok, scorer = _setup(family, tiny_qwen2_vl, tiny_qwen2_vl, GroundingScorer)
+    _, _, _, scorer = _setup(family, tiny_qwen2_vl, tiny_qwen2_vl, GroundingScorer)
     _, samples = _samples(family)
     batch = HostBatch(samples, preset)
     prefixes = [truncate(s, first_answer(s)[0]) for s in samples]
     rows = [0, 0, 0, 1, 2, 3, 3, 1, 0, 2, 3]
     g = torch.Generator().manual_seed(0)
     with torch.inference_mode():
-        (group, pre), = list(encode_batches(scorer.vlm, prefixes, batch, budget_tokens=100000))
+        (_, pre), = list(encode_batches(scorer.vlm, prefixes, batch, budget_tokens=100000))
         before = [(a.clone(), b.clone()) for a, b in pre.kv]
         p = int(pre.keep.shape[1])
         ids = torch.randint(0, 1000, (len(rows), 5), generator=g)
@@ -172,11 +165,11 @@ def test_forward_continue_reads_rows_as_a_copied_cache(tiny_qwen2_vl):
             sel = torch.as_tensor(rows)
             ref = DynamicCache(ddp_cache_data=[(a[sel], b[sel]) for a, b in pre.kv])
             out = scorer.vlm.model.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=keep,
-                                         **{cand_vlm._cache_kw(scorer.vlm.model.model): ref})
+                                         **{_cache_kw(scorer.vlm.model.model): ref})
             assert torch.equal(hs, out.last_hidden_state)
             if keep:
                 assert all(torch.equal(a, x) and torch.equal(b, y) for (a, b), (x, y) in
-                           zip(grown, cand_vlm.cache_tensors(cand_vlm._cache_out(out))))
+                           zip(grown, cache_tensors(_cache_out(out))))
                 assert grown[0][0].shape == (len(rows), pre.kv[0][0].shape[1], p + 5, pre.kv[0][0].shape[3])
         assert all(torch.equal(a, x) and torch.equal(b, y) for (a, b), (x, y) in zip(pre.kv, before))
 
@@ -189,7 +182,8 @@ def _peak_bytes(fn):
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
-    mem = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    mem = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                 key=lambda e: e.start_ns())
     return out, max(itertools.accumulate(e.nbytes() for e in mem))
 
 

@@ -144,9 +144,9 @@ def test_one_model_per_ray_actor(tmp_path, tiny_qwen2_vl):
 
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
 def test_continuations_equal_per_sample_transformers(family, tiny_qwen2_vl, tiny_qwen25_vl):
-    """The one-prefix reference (tests/candidates_reference.py: one read of the prefix, candidates from its keys/values, two levels deep as
-    vlm_category uses them) equals the per-sample transformers forward of every whole row and the
-    batched row path, for image, video and text-only samples."""
+    """The one-prefix reference (tests/candidates_reference.py: one read of the prefix, candidates from
+    its keys/values, two levels deep as vlm_category uses them) equals the per-sample transformers
+    forward of every whole row and the batched row path, for image, video and text-only samples."""
     path, preset, tok, scorer = _setup(family, tiny_qwen2_vl, tiny_qwen25_vl, GroundingScorer)
     model = _load(path)
     _, samples = _samples(family)

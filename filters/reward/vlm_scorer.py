@@ -269,45 +269,29 @@ def _cache_out(out):
     return getattr(out, "cache", None) if getattr(out, "cache", None) is not None else out.past_key_values
 
 
-def _row_runs(rows: list) -> list[tuple]:
-    """`rows` (a cache row per input row) as runs (a, b, o, step): input rows a..b-1 read cache rows
-    o, o + step, ... (step 0: one row repeated; 1: consecutive rows), so each run is one view."""
-    runs: list = []
-    for r, o in enumerate(rows):
-        if runs:
-            a, b, s, step = runs[-1]
-            if b - a == 1 and o in (s, s + 1):
-                runs[-1] = (a, b + 1, s, o - s)
-                continue
-            if o == s + step * (b - a):
-                runs[-1] = (a, b + 1, s, step)
-                continue
-        runs.append((r, r + 1, int(o), 0))
-    return runs
-
-
 def _read_cache(kv, rows, keep: bool):
     """A transformers DynamicCache whose layer l reads kv[l] (per layer (keys, values) [B, heads, P, d])
     by `rows` without copying it first. A plain DynamicCache(ddp_cache_data=kv) copies every layer's
-    keys/values on construction (its update concatenates them to an empty tensor) and keeps every
-    layer's grown [k, heads, P + W, d] copy until the forward ends; selecting rows with index_select
-    (one per candidate) first would be a third. Here each layer's update writes the rows it reads
-    (views: one repeated row is an `expand`) and the new keys/values straight into the one
+    keys/values on construction (its update concatenates them to an empty tensor, an `expand`ed input
+    included) and keeps every layer's grown [k, heads, P + W, d] copy until the forward ends; selecting
+    the rows first (index_select, one per candidate) would be a third. Here each layer's update writes
+    the rows it reads (index_select with `out=`) and the new keys/values straight into the one
     [k, heads, P + W, d] tensor attention needs, kept only when `keep` (the grown cache); otherwise
     it is freed once the layer has attended."""
+    import torch
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    runs = None if rows is None else _row_runs([int(x) for x in rows])
+    sel = None if rows is None else torch.as_tensor(rows, dtype=torch.int64, device=kv[0][0].device)
 
     def grow(past, new):
         p = past.shape[2]
         out = new.new_empty((new.shape[0], new.shape[1], p + new.shape[2], new.shape[3]))
         out[:, :, p:] = new
-        if runs is None:
+        if sel is None:
             out[:, :, :p] = past
-        for a, b, o, step in runs or ():
-            out[a:b, :, :p] = past[o:o + 1].expand(b - a, -1, -1, -1) if step == 0 else past[o:o + b - a]
+        else:
+            torch.index_select(past, 0, sel, out=out[:, :, :p])
         return out
 
     class Layer(DynamicLayer):
