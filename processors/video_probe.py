@@ -37,6 +37,10 @@ class VideoInfo:
     time_base: Fraction = field(default=Fraction(1, 1), repr=False)
     frame_pts: np.ndarray = field(default=None, repr=False, compare=False)    # presentation order
     key_indices: np.ndarray = field(default=None, repr=False, compare=False)  # presentation indices of keyframes
+    # Per keyframe (aligned with key_indices): its decode timestamp (the pts where the packet has none)
+    # and its byte position (-1: unknown). Demuxers without an index (MPEG-TS, MPEG-PS) seek by dts.
+    key_dts: np.ndarray = field(default=None, repr=False, compare=False)
+    key_pos: np.ndarray = field(default=None, repr=False, compare=False)
     has_pts: bool = field(default=True, repr=False)
 
     @property
@@ -98,6 +102,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         codec = stream.codec_context.name if stream.codec_context else "unknown"
         tb = stream.time_base or Fraction(1, 1)
         pts_list, key_pts, has_pts = [], [], True
+        key_at = {}  # keyframe pts -> (dts, byte position); the first packet's under None
         try:
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.is_discard:
@@ -107,8 +112,12 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                     has_pts = False
                     ts = len(pts_list)
                 pts_list.append(ts)
+                at = (packet.dts if packet.dts is not None else ts,
+                      packet.pos if packet.pos is not None and packet.pos >= 0 else -1)
+                key_at.setdefault(None, at)
                 if packet.is_keyframe:
                     key_pts.append(ts)
+                    key_at.setdefault(ts, at)
         except av.FFmpegError as e:
             raise VideoDecodeError(f"{path}: demuxing failed after {len(pts_list)} packets ({e}); file is "
                                    f"truncated or corrupt") from e
@@ -131,16 +140,23 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         else:
             raise VideoDecodeError(f"{path}: no frame rate in the container and no usable timestamps")
         duration = span if span > 0 else num_frames / avg_fps
-        key_indices = np.searchsorted(frame_pts, np.asarray(sorted(set(key_pts)), dtype=np.int64)) \
-            if has_pts else np.zeros(1, dtype=np.int64)
+        key_sorted = sorted(set(key_pts)) if has_pts else []
+        key_indices = np.searchsorted(frame_pts, np.asarray(key_sorted, dtype=np.int64))
+        key_meta = [key_at[t] for t in key_sorted]
         if len(key_indices) == 0 or key_indices[0] != 0:
             # No keyframe flag on the first frame (some AVI/MPEG-4 files): the start is still a
-            # decoder entry point, so treat it as one.
+            # decoder entry point, so treat it as one (entered where the first packet is).
             key_indices = np.concatenate([[0], key_indices]).astype(np.int64)
+            key_meta = [key_at[None]] + key_meta
+        key_dts = np.asarray([m[0] for m in key_meta], dtype=np.int64)
+        key_pos = np.asarray([m[1] for m in key_meta], dtype=np.int64)
         # Decode one frame: proves the stream decodes, and carries the display matrix.
         rotation = None
         try:
-            container.seek(int(frame_pts[0]) if has_pts else 0, stream=stream, backward=True, any_frame=False)
+            # The first keyframe's dts (<= its pts): demuxers that seek by dts (MPEG-TS) land on it
+            # rather than after it, those that seek by pts land at the start.
+            start = min(int(frame_pts[0]), int(key_dts[0])) if has_pts else 0
+            container.seek(start, stream=stream, backward=True, any_frame=False)
             for packet in container.demux(stream):
                 for frame in packet.decode():
                     rotation = _normalize_rotation(getattr(frame, "rotation", 0))
@@ -159,5 +175,6 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             is_vfr=_is_variable_rate(frame_pts) if has_pts else False,
             container=container.format.name if container.format else "",
             stream_index=stream.index, time_base=tb, frame_pts=frame_pts, key_indices=key_indices,
+            key_dts=key_dts, key_pos=key_pos,
             has_pts=has_pts,
         )
