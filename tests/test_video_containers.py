@@ -135,3 +135,54 @@ def test_process_video_on_dts_seeking_containers(clips, reference, name):
     got = unpatchify(r.patches, r.grid_thw)[:len(r.frame_indices)]
     exp = np.stack([resize_frames(frames[i], H, W) for i in r.frame_indices])
     assert np.array_equal(got, exp)
+
+
+def test_prepare_keeps_ts_ps_flv_and_3gp_clips(clips, tmp_path):
+    # `vlprep prepare` (in process, local executor) over a jsonl of TS / M2TS / MTS / PS / FLV / 3GP
+    # clips and a .ts that is no video, and a folder source holding a .ts and an .m2ts: the clips
+    # are kept with the frames process_video gives, the other gets its specific ledger row.
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from jobs.cli import main
+    from pipeline.loader import ShardLoader
+
+    media = tmp_path / "media"
+    media.mkdir()
+    names = ["ts_h264", "m2ts_h264", "mts_h264", "ps_mpeg2", "flv_h264", "ts_hevc", "3gp_h264"]
+    lines = []
+    for name in names:
+        shutil.copy(clips[name], media / clips[name].name)
+        lines.append({"id": name, "videos": [clips[name].name],
+                      "messages": [{"role": "user", "content": "<video>What moves?"},
+                                   {"role": "assistant", "content": f"A square, in {name}."}]})
+    (media / "junk.ts").write_bytes(b"G" + bytes(5000))
+    lines.append({"id": "junk", "videos": ["junk.ts"],
+                  "messages": [{"role": "user", "content": "<video>What moves?"},
+                               {"role": "assistant", "content": "Nothing."}]})
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name in ("ts_mpeg2", "m2ts_h264"):
+        shutil.copy(clips[name], folder / clips[name].name)
+        (folder / clips[name].name).with_suffix(".txt").write_text(f"A square, in {name}.")
+    (tmp_path / "job.yaml").write_text("sources:\n  - path: data.jsonl\n    media_root: media\n"
+                                       "  - path: folder\n    kind: folder\nunit_size: 3\nvideo:\n  fps: 9\n")
+    out = tmp_path / "out"
+    assert main(["prepare", str(tmp_path / "job.yaml"), "--out", str(out), "--executor", "local",
+                 "--no-progress"]) == 0
+    rows = pq.read_table(out / "ledger.parquet").to_pylist()
+    ledger = {r["id"]: r for r in rows if r["source"] == "data.jsonl"}
+    assert {k: r["status"] for k, r in ledger.items()} == {**{n: "kept" for n in names}, "junk": "error"}
+    folder_rows = [r for r in rows if r["source"] == "folder"]
+    assert [r["status"] for r in folder_rows] == ["kept", "kept"]
+    assert (ledger["junk"]["stage"], ledger["junk"]["rule"]) == ("clean", "video_decode")
+    assert "junk.ts" in ledger["junk"]["message"]
+    loader = ShardLoader(out)
+    for name in names:
+        r = process_video(clips[name], QWEN25_VL, fps=9)
+        s = loader.get(name)
+        assert tuple(s["video_grid_thw"][0]) == r.grid_thw
+        assert np.array_equal(s["pixel_values"], r.patches), name  # a video-only sample: its rows
