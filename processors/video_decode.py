@@ -559,11 +559,15 @@ def _decode_sequential(container, stream, info: VideoInfo, targets: np.ndarray, 
 
 
 # Where decord's seek lands on the wrong frame, read sequentially instead (dmlc/decord#91). Seen here:
-# AVI (after a seek past the first keyframe it returns frames from the start again) and HEVC with
+# AVI (after a seek past the first keyframe it returns frames from the start again), HEVC with
 # open GOPs (x265's default: after a seek to a CRA frame every frame is off by the dropped leading
-# pictures). qwen-vl-utils' decord path returns those wrong frames.
-_DECORD_SEQUENTIAL_FORMATS = ("avi",)
-_DECORD_SEQUENTIAL_CODECS = ("hevc",)
+# pictures), MPEG-PS and MPEG-1/2 and MPEG-4 Part 2 with B-frames in any container (MKV, MOV: frames
+# a few before or after the one asked for). qwen-vl-utils' decord path returns those wrong frames.
+_DECORD_SEQUENTIAL_FORMATS = ("avi", "mpeg")
+_DECORD_SEQUENTIAL_CODECS = ("hevc", "mpeg1video", "mpeg2video", "mpeg4")
+# Where decord is wrong even reading in order: MPEG-TS (its seek to the start lands after the first
+# keyframe, so frame i is frame i + GOP, the last repeated; with one keyframe it fails).
+_DECORD_REFUSED_FORMATS = ("mpegts",)
 
 
 def decode_decord(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None = 120,
@@ -575,6 +579,10 @@ def decode_decord(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | No
         raise VideoDecodeError("backend='decord' needs the decord package (pip install decord)") from e
     targets = np.unique(np.asarray(indices, dtype=np.int64))
     deadline = _Deadline(info.path, timeout_s, len(targets))
+    if any(f in info.container.split(",") for f in _DECORD_REFUSED_FORMATS):
+        raise VideoDecodeError(
+            f"{info.path}: decord returns the wrong frames from {info.container} files (its seek to the start "
+            f"lands after the first keyframe); use backend='pyav'")
     try:
         vr = decord.VideoReader(info.path, ctx=decord.cpu(0), num_threads=threads)
     except Exception as e:  # decord raises its own DECORDError (a RuntimeError subclass)
