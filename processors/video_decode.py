@@ -3,7 +3,9 @@
 PyAV backend: frames are addressed by presentation index (position in pts order, as probed). Before
 each target the decoder either keeps decoding forward (the target is in the GOP being decoded) or
 seeks to the keyframe at or before the target (a keyframe lies between the last decoded frame and
-the target, so seeking strictly saves work). Only kept frames are converted to RGB; frames the
+the target, so seeking strictly saves work). A seek is checked on the packet it lands on and, if that
+is not a keyframe at/before the one sought, redone by dts (MPEG-TS bisects by dts) or byte position
+(`_seek_to_key`); MPEG-PS is never sought (`entry_keys`). Only kept frames are converted to RGB; frames the
 decoder must pass over stay in YUV and are dropped.
 
 decord backend: `get_batch` on the indices, as qwen-vl-utils does, in chunks so the time limit is

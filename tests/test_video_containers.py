@@ -219,3 +219,20 @@ def test_decord_backend_refuses_transport_streams(clips, reference, name):
     assert first is None or not np.array_equal(first, frames[0])
     with pytest.raises(VideoDecodeError, match="use backend='pyav'"):
         list(decode_decord(probe_video(clips[name]), DENSITIES["sparse"]))
+
+
+@pytest.mark.parametrize("name", ["ts_h264", "ts_mpeg2"])
+def test_byte_position_seek_lands_on_the_keyframe(clips, reference, name, monkeypatch):
+    # the last way `_seek_to_key` tries: by the byte position the probe recorded
+    info = probe_video(clips[name])
+    real = video_decode._seek_modes
+    monkeypatch.setattr(video_decode, "_seek_modes", lambda i: {"byte": real(i)["byte"]})
+    landed = []
+    real_check = video_decode._starts_at_key
+    monkeypatch.setattr(video_decode, "_starts_at_key",
+                        lambda p, o, k: landed.append(real_check(p, o, k)) or landed[-1])
+    frames, _ = reference[name]
+    idx = DENSITIES["at_keys"]
+    got = list(decode_pyav(info, idx, workers=1))
+    assert [i for i, _ in got] == idx.tolist() and all(np.array_equal(f, frames[i]) for i, f in got)
+    assert landed == [True] * (len(decode_runs(info, idx)) - 1)  # one seek per run after the first
