@@ -123,9 +123,32 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                                    f"truncated or corrupt") from e
         if not pts_list:
             raise VideoDecodeError(f"{path}: the {codec} video stream holds no frames")
-        frame_pts = np.sort(np.asarray(pts_list, dtype=np.int64))
-        if has_pts and len(np.unique(frame_pts)) != len(frame_pts):
+        if has_pts and len(set(pts_list)) != len(pts_list):
             has_pts = False  # duplicate timestamps: frames can only be told apart by decode order
+        # Decode from the start until one frame comes out: proves the stream decodes, carries the
+        # display matrix, and tells where a plain decode starts. The seek goes to the first packet's
+        # dts (<= every pts): demuxers that seek by dts (MPEG-TS) land on it, those that seek by pts
+        # land at the start.
+        rotation, first_out = None, None
+        try:
+            container.seek(min(min(pts_list), key_at[None][0]) if has_pts else 0, stream=stream,
+                           backward=True, any_frame=False)
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    rotation, first_out = _normalize_rotation(getattr(frame, "rotation", 0)), frame.pts
+                    break
+                if rotation is not None:
+                    break
+        except av.FFmpegError as e:
+            raise VideoDecodeError(f"{path}: the {codec} stream does not decode ({e})") from e
+        if rotation is None:
+            raise VideoDecodeError(f"{path}: the {codec} stream has {len(pts_list)} packets but no frame decodes")
+        if has_pts and first_out is not None and first_out in set(pts_list):
+            # A file cut mid-GOP (a TS capture, a split segment) starts with frames whose references
+            # are missing: no decoder outputs them, so they are not frames of this file.
+            pts_list = [t for t in pts_list if t >= first_out]
+            key_pts = [t for t in key_pts if t >= first_out]
+        frame_pts = np.sort(np.asarray(pts_list, dtype=np.int64))
         if not has_pts:
             frame_pts = np.arange(len(pts_list), dtype=np.int64)
         num_frames = len(frame_pts)
@@ -150,23 +173,6 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             key_meta = [key_at[None]] + key_meta
         key_dts = np.asarray([m[0] for m in key_meta], dtype=np.int64)
         key_pos = np.asarray([m[1] for m in key_meta], dtype=np.int64)
-        # Decode one frame: proves the stream decodes, and carries the display matrix.
-        rotation = None
-        try:
-            # The first keyframe's dts (<= its pts): demuxers that seek by dts (MPEG-TS) land on it
-            # rather than after it, those that seek by pts land at the start.
-            start = min(int(frame_pts[0]), int(key_dts[0])) if has_pts else 0
-            container.seek(start, stream=stream, backward=True, any_frame=False)
-            for packet in container.demux(stream):
-                for frame in packet.decode():
-                    rotation = _normalize_rotation(getattr(frame, "rotation", 0))
-                    break
-                if rotation is not None:
-                    break
-        except av.FFmpegError as e:
-            raise VideoDecodeError(f"{path}: the {codec} stream does not decode ({e})") from e
-        if rotation is None:
-            raise VideoDecodeError(f"{path}: the {codec} stream has {num_frames} packets but no frame decodes")
         return VideoInfo(
             path=path, duration=float(duration), num_frames=num_frames, avg_fps=avg_fps,
             width=int(stream.codec_context.width), height=int(stream.codec_context.height),

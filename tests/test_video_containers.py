@@ -34,6 +34,8 @@ CLIPS = {
     "3gp_h264": ("h264.3gp", dict(codec="libx264", gop=10, bframes=2)),
     "3gp_h263": ("h263.3gp", dict(codec="h263", gop=10, width=128, height=96)),
     "nut_h264": ("h264.nut", dict(codec="libx264", gop=10, bframes=2)),
+    "ts_h264_open_gop": ("h264_open.ts", dict(codec="libx264", gop=10,
+                                               options={"preset": "veryfast", "x264-params": "bframes=3:open-gop=1"})),
 }
 NUM_FRAMES = 60
 
@@ -236,3 +238,24 @@ def test_byte_position_seek_lands_on_the_keyframe(clips, reference, name, monkey
     got = list(decode_pyav(info, idx, workers=1))
     assert [i for i, _ in got] == idx.tolist() and all(np.array_equal(f, frames[i]) for i, f in got)
     assert landed == [True] * (len(decode_runs(info, idx)) - 1)  # one seek per run after the first
+
+
+@pytest.mark.parametrize("cut", [30, 45, 77])
+@pytest.mark.parametrize("name", ["ts_h264", "ts_h264_open_gop", "ts_hevc", "ts_mpeg2", "m2ts_h264"])
+def test_transport_stream_cut_mid_gop(clips, tmp_path, name, cut):
+    # A TS that starts mid-GOP (a capture, a segment split by bytes: here the first `cut` transport
+    # packets removed) begins with frames whose references are missing; a plain decode never outputs
+    # them. The probe counts the frames a plain decode yields, and sampling addresses exactly those
+    # (the old code: "seeking cannot reach frame 0").
+    src = clips[name]
+    packet = 192 if src.suffix == ".m2ts" else 188
+    path = tmp_path / src.name
+    path.write_bytes(src.read_bytes()[packet * cut:])
+    info = probe_video(path)
+    frames, pts = full_decode(path)
+    assert info.frame_pts.tolist() == pts and info.num_frames == len(frames) < NUM_FRAMES
+    for idx in (np.arange(info.num_frames), np.arange(0, info.num_frames, 3), np.array([0, info.num_frames - 1])):
+        for workers in (1, 2):
+            got = list(decode_pyav(info, idx, workers=workers))
+            assert [i for i, _ in got] == idx.tolist()
+            assert all(np.array_equal(f, frames[i]) for i, f in got), (name, cut, workers)
