@@ -3,7 +3,9 @@
 One demux pass over the packets (no pixel decoding) gives the exact frame count and every frame's
 presentation time, which the sampler needs for variable-frame-rate clips and the decoder needs to
 decide between decoding forward and seeking. One frame is decoded to check that the stream really
-decodes and to read the display-matrix rotation, which PyAV only exposes on decoded frames.
+decodes, to read the display-matrix rotation, which PyAV only exposes on decoded frames, and to see
+where a plain decode starts: a file cut mid-GOP (a TS capture) begins with frames no decoder outputs,
+which are not counted.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ class VideoInfo:
 
     path: str
     duration: float          # seconds spanned by the frames (first pts .. last pts + one frame)
-    num_frames: int          # frames in the stream (demuxed packets, discarded ones excluded)
+    num_frames: int          # frames a plain decode yields (demuxed packets, less discarded ones and
+                             # those before the first frame it outputs: a file cut mid-GOP)
     avg_fps: float           # the container's average rate (what decord and qwen-vl-utils use)
     width: int
     height: int
