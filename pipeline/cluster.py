@@ -8,6 +8,7 @@ answers in one line within `timeout_s` (exit 2, jobs.cli).
 from __future__ import annotations
 
 import socket
+from contextlib import contextmanager
 
 from processors.errors import UserInputError
 
@@ -23,7 +24,7 @@ def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
     """Return when `address` (None / local / auto / host:port / ray://host:port) may name a Ray
     cluster: it accepts a TCP connection and does not show itself to be something else (silent, or
     HTTP/1) at the gRPC handshake; else raise ClusterUnreachable naming the address and what to do.
-    Anything less certain is left to `ray.init`, whose ConnectionError `unreachable` words."""
+    Anything less certain is left to `ray.init`, whose ConnectionError `ray_connection` words."""
     if not address or address == "local":
         return
     target = address
@@ -82,12 +83,17 @@ def _grpc_answer(sock: socket.socket) -> str | None:
     return None
 
 
-def unreachable(address: str | None, exc: BaseException) -> ClusterUnreachable:
-    """`ray.init`'s ConnectionError (something answered at the address, but no Ray cluster) as one line."""
-    if isinstance(exc, ClusterUnreachable):
-        return exc
-    return ClusterUnreachable(f"--address {address}: cannot connect to a Ray cluster there "
-                              f"({_first_line(exc)}); {_HINT}")
+@contextmanager
+def ray_connection(address: str | None):
+    """Around the code that calls `ray.init(address=...)`: its ConnectionError (something answered at
+    the address, but no Ray cluster) leaves as one ClusterUnreachable line (jobs.cli: exit 2)."""
+    try:
+        yield
+    except ClusterUnreachable:
+        raise
+    except ConnectionError as exc:
+        raise ClusterUnreachable(f"--address {address}: cannot connect to a Ray cluster there "
+                                 f"({_first_line(exc)}); {_HINT}") from None
 
 
 def _host_port(address: str, target: str) -> tuple[str, int]:
