@@ -207,15 +207,32 @@ def _http_listener():
     return srv
 
 
+def _grpc_server():
+    """A real gRPC (HTTP/2) server that is not Ray: it serves one service of its own."""
+    from concurrent import futures
+
+    import grpc
+
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    srv.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("demo.Echo", {"Say": echo})])
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    return srv, port
+
+
 def test_unreachable_addresses_fail_fast(prepared, tmp_path, capsys, monkeypatch):
     cfg, out, _ = prepared
     closed = _closed_port()
     silent = _silent_listener()
     http = _http_listener()
+    grpc_srv, grpc_port = _grpc_server()
     cases = [(f"ray://127.0.0.1:{closed}", "no Ray cluster answers at 127.0.0.1:"),
              (f"127.0.0.1:{closed}", "no Ray cluster answers at 127.0.0.1:"),
              (f"127.0.0.1:{silent.getsockname()[1]}", "(no answer within 5 s)"),
              (f"ray://127.0.0.1:{http.server_address[1]}", "answers, but not as a Ray cluster"),
+             (f"127.0.0.1:{grpc_port}", "answers, but not as a Ray cluster (a gRPC server, but not the Ray GCS;"),
+             (f"ray://127.0.0.1:{grpc_port}", "answers, but not as a Ray cluster (a gRPC server, but not Ray Client;"),
              ("nonsense", "is not a Ray address: give auto, host:port"),
              ("auto", "no Ray cluster answers at ")]
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{closed}")   # what `auto` finds first (Ray's own rule)
@@ -233,6 +250,7 @@ def test_unreachable_addresses_fail_fast(prepared, tmp_path, capsys, monkeypatch
     finally:
         silent.close()
         http.shutdown()
+        grpc_srv.stop(None)
     assert not (tmp_path / "o" / "job.json").exists() and not (tmp_path / "s").exists()
 
 
@@ -251,12 +269,17 @@ def test_the_cli_process_prints_one_line_and_exits_2(prepared, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for argv in (["prepare", str(prepared[0]), "--out", str(afile)],
-                 ["prepare", str(prepared[0]), "--out", str(tmp_path / "o"), "--address", f"ray://127.0.0.1:{_closed_port()}"]):
-        p = subprocess.run([sys.executable, "-m", "jobs.cli", *argv], capture_output=True, text=True, env=env,
-                           cwd=tmp_path, timeout=120)
-        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, (argv, p.stderr)
-        assert p.stderr.startswith("vlprep prepare: ") and "Traceback" not in p.stderr
+    grpc_srv, grpc_port = _grpc_server()       # the gRPC probe of --address adds nothing to stderr either
+    try:
+        for argv in (["prepare", str(prepared[0]), "--out", str(afile)],
+                     ["prepare", str(prepared[0]), "--out", str(tmp_path / "o"), "--address", f"ray://127.0.0.1:{_closed_port()}"],
+                     ["prepare", str(prepared[0]), "--out", str(tmp_path / "o"), "--address", f"127.0.0.1:{grpc_port}"]):
+            p = subprocess.run([sys.executable, "-m", "jobs.cli", *argv], capture_output=True, text=True, env=env,
+                               cwd=tmp_path, timeout=120)
+            assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, (argv, p.stderr)
+            assert p.stderr.startswith("vlprep prepare: ") and "Traceback" not in p.stderr
+    finally:
+        grpc_srv.stop(None)
 
 
 # -- the training loader -----------------------------------------------------------------------------
