@@ -286,6 +286,7 @@ class ShardDataset(IterableDataset):
         self.ring_depth: int | None = None
         self._ring = 0
         self._shared_state = None      # persistent DataLoader workers read each epoch's state from it
+        self._given_quotas = None      # a persistent worker: (epoch, num_workers, this rank's quotas) given to it
         self.too_long: list[str] = []
 
     # -- state -----------------------------------------------------------------------------------
@@ -331,10 +332,9 @@ class ShardDataset(IterableDataset):
             self.set_epoch(self.epoch + 1)
             return
         shared = getattr(self, "_shared_state", None)
-        if shared is not None and shared.numel() == 3 + info.num_workers:     # a persistent worker: this epoch's state
-            st = shared.tolist()
-            self.epoch, self._next, self._ring, self._consumed = st[0], st[1], st[2], st[3:]
-            self.num_workers = info.num_workers
+        if shared is not None and shared.numel() == worker_state_len(info.num_workers, len(self.shard_counts)):
+            # a persistent worker: this epoch's state from the training process
+            self._take_worker_state(shared.tolist(), info.num_workers)
         if info.num_workers != self.num_workers:
             raise ValueError(f"the dataset expects num_workers={self.num_workers} (state saved so), the "
                              f"DataLoader has {info.num_workers}; use ds.loader(num_workers=...) with the same number")
@@ -353,7 +353,7 @@ class ShardDataset(IterableDataset):
     def _reader_stream(self, worker: int, num_workers: int, skip: int) -> Iterator[tuple[int, object]]:
         g, G = self.rank * num_workers + worker, self.world_size * num_workers
         rng = np.random.default_rng([self.seed, self.epoch, g])
-        quota = self.epoch_plan(num_workers).quotas[self.rank][worker] if self.equalize else None
+        quota = self._quota(worker, num_workers)
         if self.plan is not None:
             groups = self._plan_groups(g, G)
             if quota is not None:
@@ -422,9 +422,56 @@ class ShardDataset(IterableDataset):
             raise ShardDataError(f"reader {g} of {self.root} packed {n} rows, but {self.manifest_path}'s n_tokens "
                                  f"give {quota}: the shards disagree with the manifest — re-run `vlprep prepare`")
 
+    # -- the epoch's state for persistent DataLoader workers --------------------------------------
+    def _worker_state(self) -> list[int]:
+        """What a kept (persistent) DataLoader worker needs to start this epoch, written by the training
+        process into the loader's shared tensor (`worker_state_len` values): [epoch, next worker, hand-off
+        ring depth, consumed × workers, quota × workers, reader × shards]. The quotas are this rank's,
+        from the epoch plan computed here (`_announce`), so a worker never computes the plan itself (with
+        online packing: a replay of every reader's shuffle and packer); -1 without equalize. The readers
+        are who reads each shard of the epoch's order (`balanced_split`, over every shard and rank); -1
+        when every reader streams all shards (fewer shards than readers, or one reader)."""
+        nw, G = self.num_workers, self.world_size * self.num_workers
+        quotas = self.epoch_plan().quotas[self.rank] if self.equalize else [-1] * nw
+        owners = [-1] * len(self.shard_counts)
+        if self._dealt(G):
+            reader = {s: g for g, mine in enumerate(self._readers_shards(G)) for s in mine}
+            owners = [reader[s] for s in self._shard_order()]
+        return [self.epoch, self._next, self._ring, *self._consumed, *quotas, *owners]
+
+    def _take_worker_state(self, st: list[int], num_workers: int) -> None:
+        """In a persistent worker: this epoch's state as `_worker_state` wrote it."""
+        self.epoch, self._next, self._ring = st[:3]
+        self._consumed, self.num_workers = st[3:3 + num_workers], num_workers
+        self._given_quotas = (self.epoch, num_workers, st[3 + num_workers:3 + 2 * num_workers]) \
+            if self.equalize else None
+        G = self.world_size * num_workers
+        if self._dealt(G):
+            mine: list[list[str]] = [[] for _ in range(G)]
+            for shard, g in zip(self._shard_order(), st[3 + 2 * num_workers:]):
+                mine[g].append(shard)
+            self._split = ((self.epoch, G), mine)
+
+    def _quota(self, worker: int, num_workers: int) -> int | None:
+        """Reader `worker`'s batch count this epoch (None without equalize): given to a persistent worker
+        by the training process, else from epoch_plan() (computed by `_announce` in the training process
+        and forked into fresh workers)."""
+        if not self.equalize:
+            return None
+        given = self._given_quotas
+        if given is not None and given[:2] == (self.epoch, num_workers):
+            return given[2][worker]
+        return self.epoch_plan(num_workers).quotas[self.rank][worker]
+
     # -- equal batches per rank ------------------------------------------------------------------
     def _announce(self) -> None:
-        """Compute the epoch plan in the training process and say what equalising drops (never silently)."""
+        """Compute the epoch plan in the training process and say what equalising drops (never silently).
+        Fresh DataLoader workers get the plan forked (or pickled) in; persistent ones their quotas through
+        the loader's shared state (`_worker_state`): no worker computes it. The epoch's shard split is
+        made here too, so fresh workers inherit it instead of each re-running `balanced_split`."""
+        G = self.world_size * self.num_workers
+        if self._dealt(G):
+            self._readers_shards(G)
         if not self.equalize:
             return
         p = self.epoch_plan()
@@ -523,16 +570,24 @@ class ShardDataset(IterableDataset):
 
     def _my_shards(self, g: int, G: int, epoch: int | None = None) -> tuple[list[str], bool]:
         """(shards this reader opens, whether it must keep only every G-th item of them)."""
-        shards = self._shard_order(epoch)
-        if len(shards) < G:
-            return shards, True
-        if G == 1:
-            return shards, False
+        if self._dealt(G):
+            return self._readers_shards(G, epoch)[g], False
+        return self._shard_order(epoch), G > 1
+
+    def _dealt(self, G: int) -> bool:
+        """Whether G readers are dealt shards of their own (balanced_split); else every reader streams
+        all shards (one reader, or fewer shards than readers: every G-th item)."""
+        return 1 < G <= len(self.shard_counts)
+
+    def _readers_shards(self, G: int, epoch: int | None = None) -> list[list[str]]:
+        """Every reader's shards in `epoch` (G readers, at most the number of shards): balanced_split of
+        the epoch's order, kept for that (epoch, G)."""
         key = (self.epoch if epoch is None else int(epoch), G)
         if self._split[0] != key:
+            shards = self._shard_order(epoch)
             self._split = (key, balanced_split(shards, [self._shard_weight(s) for s in shards],
                                                self.world_size, G // self.world_size))
-        return self._split[1][g], False
+        return self._split[1]
 
     def _shard_weight(self, shard: str) -> int:
         """What a shard adds to a reader's batch count: its packs (pack plan), tokens (online packing)
@@ -652,6 +707,11 @@ def _assigned(shards: list[str], strided: bool, g: int, G: int, units: dict[str,
     from g when strided (the same split `_samples` / `_plan_groups` make while reading)."""
     flat = np.concatenate([units.get(s, np.zeros(0, np.int32)) for s in shards] or [np.zeros(0, np.int32)])
     return flat[g::G] if strided else flat
+
+
+def worker_state_len(num_workers: int, shards: int) -> int:
+    """Values in a StatefulLoader's shared state for persistent workers (ShardDataset._worker_state)."""
+    return 3 + 2 * num_workers + shards
 
 
 def _chunks(items, n: int) -> Iterator[list]:
@@ -919,18 +979,20 @@ class StatefulLoader(DataLoader):
     so that `dataset.state_dict()` in the training process is exact, with any num_workers.
 
     `persistent_workers=True` keeps the workers (and their hand-off slots) across epochs: each epoch
-    the training process writes the epoch, the resume position and the hand-off depth into a small
-    shared tensor that the workers read when they start the epoch's iteration, so every epoch has
-    its own shuffle and `load_state_dict` works as without it."""
+    the training process writes the epoch, the resume position, the hand-off depth and its readers'
+    batch quotas (from the epoch plan it computes once) into a small shared tensor that the workers
+    read when they start the epoch's iteration, so every epoch has its own shuffle, `load_state_dict`
+    works as without it, and no worker recomputes the epoch plan."""
 
     def __init__(self, dataset: ShardDataset, num_workers: int = 0, **kwargs):
         kwargs.setdefault("batch_size", None)
         if kwargs["batch_size"] is not None:
             raise ValueError("ShardDataset batches itself: give batch_size/max_tokens to the dataset, not the loader")
         super().__init__(dataset, num_workers=num_workers, **kwargs)
-        # persistent workers: [epoch, next worker, ring depth, consumed per worker], written here each
-        # epoch, read by the workers (which got the tensor when they were started)
-        self._shared = torch.zeros(3 + num_workers, dtype=torch.int64).share_memory_() \
+        # persistent workers: ShardDataset._worker_state (epoch, next worker, ring depth, consumed and quota
+        # per worker, reader per shard), written here each epoch, read by the workers (which got it when started)
+        self._shared = torch.zeros(worker_state_len(num_workers, len(dataset.shard_counts)),
+                                   dtype=torch.int64).share_memory_() \
             if self.persistent_workers else None
 
     def __iter__(self):
@@ -943,11 +1005,11 @@ class StatefulLoader(DataLoader):
                 raise ValueError(f"the dataset's state was saved with num_workers={ds.num_workers}; resume with "
                                  f"ds.loader(num_workers={ds.num_workers})")
             ds.num_workers, ds._consumed, ds._next = self.num_workers, [0] * self.num_workers, 0
-        ds._announce()                 # the epoch plan is computed here and forked into fresh workers (persistent workers recompute it per epoch)
+        ds._announce()                 # the epoch plan, once: forked into fresh workers, its quotas sent to kept ones below
         ds._tracked = True
         ds._ring = ds.ring_depth if ds.ring_depth is not None else (self.prefetch_factor or 2) + 2
         if self._shared is not None:
-            self._shared.copy_(torch.tensor([ds.epoch, ds._next, ds._ring, *ds._consumed], dtype=torch.int64))
+            self._shared.copy_(torch.tensor(ds._worker_state(), dtype=torch.int64))
         ds._shared_state = self._shared
         try:
             it = super().__iter__()

@@ -26,13 +26,12 @@ QWEN_VL_UTILS = "qwen-vl-utils"
 TRANSFORMERS = "transformers"
 RESIZE_MODES = (QWEN_VL_UTILS, TRANSFORMERS)
 DEFAULT_RESIZE = QWEN_VL_UTILS
-# Float mode on frames of more than 1080p's pixels: the horizontal pass runs on strips of
-# _STRIP_ROWS rows converted to float32 one at a time (see _float_resize). Below that a whole planar
-# float32 frame is as fast (measured for issue #14: 720p 11.3 vs 11.9, 1080p 20.5 vs 21.3 CPU ms;
-# 4K 57 vs 123 ms with strips).
-_STRIP_MIN_PIXELS = 2_100_000
-_STRIP_ROWS = 32
-
+# Float mode: the horizontal pass converts and resizes _STRIP_ROWS rows of a frame at a time (see
+# _float_resize_into). Each call of torch's kernel recomputes that axis's weights (35-75 µs for a
+# 720p-4K row), so much thinner strips cost more than the cache saves (4K, 32 rows: ≈ 4.8 ms); 96-256
+# rows measured equal within 2 % on 720p-4K, one whole-frame strip 6 % slower at 4K
+# (`python bench/video_resize.py --against '' --strip-rows 96,128,256`).
+_STRIP_ROWS = 192
 
 
 def require_torch():
@@ -106,13 +105,11 @@ def resize_frames(frames, height: int, width: int, *, mode: str = DEFAULT_RESIZE
     for src, dst in zip(seq, out):
         if not src.flags.writeable:  # torch.from_numpy wants a writable buffer (it never writes here)
             src = src.copy()
-        t = torch.from_numpy(src).permute(2, 0, 1)[None]  # channels-last view, no copy
-        d = torch.from_numpy(dst).permute(2, 0, 1)[None]
-        if mode == TRANSFORMERS:
-            _uint8_resize_into(t, d)
+        if mode == TRANSFORMERS:  # channels-last NCHW views, no copy
+            _uint8_resize_into(torch.from_numpy(src).permute(2, 0, 1)[None],
+                               torch.from_numpy(dst).permute(2, 0, 1)[None])
         else:
-            y = _float_resize(t, height, width, scratch)
-            d.copy_(y.clamp_(0, 255).round_())  # float -> uint8 cast of whole numbers: `.to(torch.uint8)`
+            _float_resize_into(torch.from_numpy(src), torch.from_numpy(dst), scratch)
     return result
 
 
@@ -139,27 +136,34 @@ def _upsample_bicubic_aa(*args, **kw):
     return torch._C._nn._upsample_bicubic2d_aa(*args, **kw)
 
 
-def _float_resize(t, height: int, width: int, scratch: dict | None = None):
-    """One uint8 frame [1, C, h, w] (any strides) -> float32 [1, C, H, W]:
-    torchvision v1's `interpolate(t.float(), bicubic, antialias=True)`, bit for bit.
+def _float_resize_into(t, d, scratch: dict) -> None:
+    """torchvision v1's resize of one uint8 frame `t` [h, w, C] (any strides) into `d` [H, W, C]
+    (any strides): `interpolate(float32, bicubic, antialias=True)` → clamp → round → uint8, bit for bit.
 
-    torch's antialiased interpolation is separable: a horizontal pass into a float32 buffer of
-    (h, width), then a vertical pass. Each pass's weights depend only on that axis's two sizes, and
-    each output value is the same sum of the same products whatever the memory layout, so running
-    the horizontal pass alone (`size=(h, width)`) on row strips and then the vertical pass alone
-    (`size=(height, width)`) gives the same values as one call on the whole frame. What it saves
-    (issue #14, CPU per 720p-4K frame, one thread): the uint8 -> float32 copy of the whole frame
-    (4 bytes per value, the largest buffer of the float path) becomes one strip at a time that stays
-    in cache, and the passes run on planar (contiguous NCHW) float32 one frame at a time, which
-    torch's generic antialias kernel walks 1.5-2x faster than the channels-last batch it got before.
-    `scratch`: a dict the caller keeps across frames of one size; the float input, the horizontal
-    pass and the result are written into buffers kept there (`out=`), not allocated (and page-faulted)
-    per frame. The result is one of them: use it before the next call.
-    Tested against the golden files with the strip path forced on every case."""
+    torch's antialiased interpolation is separable: a horizontal pass (w → W) into a float32 buffer
+    of (h, W), then a vertical pass (h → H); each pass's weights depend only on that axis's two sizes,
+    and each output value is the same sum of the same products in the same order whatever the memory
+    layout and whatever the other axis. So the two passes are run as two calls on layouts that need
+    no copies between them:
+    * the horizontal pass sees every (row, channel) pair as one row of samples: rows as [h, C, w]
+      float32 (the uint8 → float32 copy of the frame writes this order, `_STRIP_ROWS` rows at a time
+      into a buffer that stays in cache), viewed as [1, 1, rows·C, w] and resized to width W straight
+      into rows r0:r1 of `tmp` [h, C, W] — a contiguous block, so the kernel's `out=` writes it
+      (the planar NCHW layout of before made each strip a strided view: `interpolate` + copy);
+    * the vertical pass sees `tmp` as [1, 1, h, C·W] (columns are independent) → `y` [H, C, W];
+    * clamp and round in place, then one strided copy per channel into `d` (the float → uint8 cast of
+      whole numbers; one copy of the permuted [H, C, W] view walks 3-element inner loops, 2× slower).
+    An axis whose size does not change is not resized (torch's identity weights are exactly 1 and 0).
+    One-column outputs: torch 2.13's kernel is wrong on contiguous NCHW planes 1 px wide (the planar
+    buffers of before gave those values); these layouts give what qwen-vl-utils' channels-last
+    tensor gets, the right values (tests/test_video_float_resize.py::test_one_column_output).
+    `scratch`: a dict the caller keeps across frames of one size; the float buffers live there, so a
+    batch allocates (and page-faults) them once. Tested against the golden files and the literal v1
+    steps on 1-px to 4K shapes, up and down, at every strip boundary (tests/test_video_float_resize.py)."""
     import torch
 
-    scratch = {} if scratch is None else scratch
-    n, c, h, w = t.shape
+    h, w, c = t.shape
+    height, width = d.shape[0], d.shape[1]
 
     def buf(name, shape):
         b = scratch.get(name)
@@ -167,18 +171,25 @@ def _float_resize(t, height: int, width: int, scratch: dict | None = None):
             b = scratch[name] = torch.empty(shape, dtype=torch.float32)
         return b
 
-    if h * w < _STRIP_MIN_PIXELS or w == width or h <= _STRIP_ROWS:
-        x = buf("x", (n, c, h, w))
-        x.copy_(t)
-        return _interp_into(x, buf("y", (n, c, height, width)))
-    tmp = buf("h", (n, c, h, width))
-    for r0 in range(0, h, _STRIP_ROWS):
-        r1 = min(r0 + _STRIP_ROWS, h)
-        strip = t[:, :, r0:r1].to(torch.float32, memory_format=torch.contiguous_format)
-        _interp_into(strip, tmp[:, :, r0:r1])
+    tmp = buf("h", (h, c, width))
+    if w == width:
+        tmp.copy_(t.permute(0, 2, 1))
+    else:
+        rows = max(1, _STRIP_ROWS)
+        x = buf("x", (min(h, rows), c, w))
+        for r0 in range(0, h, rows):
+            r1 = min(r0 + rows, h)
+            strip = x[: r1 - r0]
+            strip.copy_(t[r0:r1].permute(0, 2, 1))
+            _interp_into(strip.view(1, 1, (r1 - r0) * c, w), tmp[r0:r1].view(1, 1, (r1 - r0) * c, width))
     if h == height:
-        return tmp  # the caller rounds it in place; the next frame overwrites every value
-    return _interp_into(tmp, buf("y", (n, c, height, width)))
+        y = tmp  # the next frame overwrites every value
+    else:
+        y = buf("y", (height, c, width))
+        _interp_into(tmp.view(1, 1, h, c * width), y.view(1, 1, height, c * width))
+    y.clamp_(0, 255).round_()
+    for k in range(c):
+        d[:, :, k].copy_(y[:, k])
 
 
 def _interp_into(x, out):

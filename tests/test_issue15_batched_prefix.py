@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from filters.reward.batching import HostBatch, plan_batches
-from filters.reward.candidates import (Continuations, continuation_logprobs, encode_batches, encode_prefixes, extend,
-                                       extend_prefix, first_answer, truncate)
+from candidates_reference import continuation_logprobs, encode_prefixes, extend_prefix
+from filters.reward.candidates import Continuations, encode_batches, extend, first_answer, truncate
 from filters.reward.grounding_scorer import GroundingScorer
 from filters.reward.vlm_category import VLMCategoryScorer
 from processors.presets import IM_END_ID
@@ -51,7 +51,7 @@ def _more(family, k):
 def test_batched_prefixes_equal_per_sample_transformers(family, tiny_qwen2_vl, tiny_qwen25_vl):
     """Prefixes.extend with a different question per row (ragged: padding inside the grown cache) then
     Continuations.add_batch equals the per-sample transformers forward of each whole row and the
-    one-prefix-at-a-time path (extend_prefix + continuation_logprobs)."""
+    one-prefix-at-a-time reference (tests/candidates_reference.py)."""
     path, preset, tok, scorer = _setup(family, tiny_qwen2_vl, tiny_qwen25_vl, GroundingScorer)
     model = _load(path)
     _, samples = _samples(family)

@@ -15,7 +15,7 @@ from filters.reward.batching import HostBatch
 from filters.reward.candidates import Continuations, _node_logprobs, _Trie, encode_batches, extend, first_answer, truncate
 from filters.reward.grounding_scorer import GroundingScorer
 from filters.reward.vlm_category import VLMCategoryScorer
-from filters.reward.vlm_scorer import token_logprobs
+from filters.reward.vlm_scorer import _cache_kw, _cache_out, cache_tensors, token_logprobs
 from processors.presets import IM_END_ID, get_preset
 from processors.tokenizer import get_tokenizer
 from reference_forward import reference_mean_logprob
@@ -62,21 +62,30 @@ def test_tree_rows_equal_per_sample_transformers(family, attn, tiny_qwen2_vl, ti
     batch = HostBatch(samples, preset)
     prefixes = [truncate(s, first_answer(s)[0]) for s in samples]
     heads, conts = _case(tok, len(samples))
-    seen_rows = []
+    seen_rows, caches = [], []
     real = scorer.vlm.forward_continue
 
-    def spy(ids, mask, pos, kv, use_cache):
-        seen_rows.append((int(ids.shape[0]), int(kv[0][0].shape[0])))
-        return real(ids, mask, pos, kv, use_cache)
+    def spy(ids, mask, pos, kv, use_cache, rows=None):
+        hs, grown = real(ids, mask, pos, kv, use_cache, rows)
+        seen_rows.append((int(ids.shape[0]), list(rows)))
+        caches.append((kv, grown))
+        return hs, grown
+
+    def same(a, b):  # the very tensors (no copy selected for the call)
+        return all(x is y and v is w for (x, v), (y, w) in zip(a, b))
 
     with torch.inference_mode():
         (group, pre), = list(encode_batches(scorer.vlm, prefixes, batch, budget_tokens=100000))
         monkeypatch.setattr(scorer.vlm, "forward_continue", spy)
         tree, counts = _scored(scorer, pre, batch, [conts[i] for i in group], [heads[i] for i in group])
-        assert seen_rows == [(len(samples), len(samples))]  # one call, one row (and cache row) per sample
+        assert seen_rows == [(len(samples), list(range(len(samples))))]  # one call, one row per sample
         monkeypatch.setattr(cand, "_tree_ok", lambda *a: False)
         flat, _ = _scored(scorer, pre, batch, [conts[i] for i in group], [heads[i] for i in group])
-        assert max(r for r, _ in seen_rows[1:]) > len(samples)  # the per-candidate path: a row per candidate
+        # the per-candidate path: heads read first (a row per sample), then a row per candidate, each
+        # reading its sample's cache row
+        assert seen_rows[2] == (sum(map(len, conts)), [j for j in range(len(samples)) for _ in conts[group[j]]])
+        # each call reads the cache it continues as it is: the batch's, then the one the heads grew
+        assert same(caches[0][0], pre.kv) and same(caches[1][0], pre.kv) and same(caches[2][0], caches[1][1])
     for j, i in enumerate(group):
         base = extend(prefixes[i], heads[i], preset, supervised=[False] * len(heads[i])) if heads[i] else prefixes[i]
         ref = np.array([reference_mean_logprob(model, extend(base, x, preset), preset, own_positions=True)
@@ -122,6 +131,124 @@ def test_scorers_equal_the_per_candidate_path(family, cls, tiny_qwen2_vl, tiny_q
         tree = scorer.score(batch)
         monkeypatch.setattr(cand, "_tree_ok", lambda *a: False)
         flat = scorer.score(batch)
+    for k in tree:
+        if tree[k].dtype == object:
+            assert tree[k].tolist() == flat[k].tolist()
+        else:
+            np.testing.assert_allclose(tree[k].astype(float), flat[k].astype(float), rtol=0, atol=1e-4)
+
+
+def test_forward_continue_reads_rows_as_a_copied_cache(tiny_qwen2_vl):
+    """forward_continue with `rows` (each row reads its cache row in place; repeats, gaps and reordering)
+    gives exactly what a plain transformers DynamicCache over the selected copy gives: hidden states
+    and grown keys/values bitwise equal, and the cache it was given is left as it was."""
+    from transformers import DynamicCache
+
+    family, preset = "qwen2-vl", get_preset("qwen2-vl")
+    _, _, _, scorer = _setup(family, tiny_qwen2_vl, tiny_qwen2_vl, GroundingScorer)
+    _, samples = _samples(family)
+    batch = HostBatch(samples, preset)
+    prefixes = [truncate(s, first_answer(s)[0]) for s in samples]
+    rows = [0, 0, 0, 1, 2, 3, 3, 1, 0, 2, 3]
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        (_, pre), = list(encode_batches(scorer.vlm, prefixes, batch, budget_tokens=100000))
+        before = [(a.clone(), b.clone()) for a, b in pre.kv]
+        p = int(pre.keep.shape[1])
+        ids = torch.randint(0, 1000, (len(rows), 5), generator=g)
+        real = torch.ones(len(rows), 5, dtype=torch.bool)
+        real[1, 3:] = real[7, 1:] = False
+        mask = torch.cat([pre.keep[rows], real], dim=1).long()
+        pos = torch.arange(p, p + 5)[None, None].expand(3, len(rows), -1).contiguous()
+        for keep in (False, True):
+            hs, grown = scorer.vlm.forward_continue(ids, mask, pos, pre.kv, keep, rows=rows)
+            sel = torch.as_tensor(rows)
+            ref = DynamicCache(ddp_cache_data=[(a[sel], b[sel]) for a, b in pre.kv])
+            out = scorer.vlm.model.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=keep,
+                                         **{_cache_kw(scorer.vlm.model.model): ref})
+            assert torch.equal(hs, out.last_hidden_state)
+            if keep:
+                assert all(torch.equal(a, x) and torch.equal(b, y) for (a, b), (x, y) in
+                           zip(grown, cache_tensors(_cache_out(out))))
+                assert grown[0][0].shape == (len(rows), pre.kv[0][0].shape[1], p + 5, pre.kv[0][0].shape[3])
+        assert all(torch.equal(a, x) and torch.equal(b, y) for (a, b), (x, y) in zip(pre.kv, before))
+
+
+def _peak_bytes(fn):
+    """fn()'s result and the most bytes it held allocated on the CPU at once (torch profiler memory events)."""
+    import itertools
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    mem = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                 key=lambda e: e.start_ns())
+    return out, max(itertools.accumulate(e.nbytes() for e in mem))
+
+
+def test_per_candidate_rows_do_not_copy_the_cache_per_layer(tmp_path, monkeypatch):
+    """The one-row-per-candidate path (FlashAttention-2, vision candidates) holds one layer's grown
+    keys/values at a time: its peak memory with 64 candidates per sample is the same for a 2- and a
+    6-layer model. Copying every layer's cache per candidate (index_select, as before; or a plain
+    DynamicCache, which copies on construction and keeps every layer's grown copy) adds a per-candidate
+    copy of each extra layer's cache — here about 2 x 7.4 MB per layer, the margin this allows at most
+    one of. Values: the tree rows' (<= 1e-4), each depth alike."""
+    from test_reward_fixtures import encode_frames, photo
+    from tiny_models import tiny_config
+    from transformers import Qwen2VLForConditionalGeneration
+
+    family, preset = "qwen2-vl", get_preset("qwen2-vl")
+    tok = get_tokenizer(preset=preset)
+    samples = [{"id": e.id, **e.arrays(), "meta": e.meta} for e in
+               [encode_frames(f"s{j}", "Describe the picture.", "A cat.", images=[photo(224, 224 + 28 * j, j)],
+                              preset=family) for j in range(4)]]
+    batch = HostBatch(samples, preset)
+    prefixes = [truncate(s, first_answer(s)[0]) for s in samples]
+    words = "cat dog sofa red table sleeping jumps onto the a".split()
+    conts = [[tok.encode(" ".join(words[(j + c) % 10:(j + c) % 10 + 1 + c % 3])) + [IM_END_ID] for c in range(64)]
+             for j in range(len(samples))]
+    peaks, copy_bytes = {}, {}
+    for layers in (2, 6):
+        torch.manual_seed(0)
+        Qwen2VLForConditionalGeneration(tiny_config(family, layers)).eval().save_pretrained(tmp_path / str(layers))
+        scorer = GroundingScorer(str(tmp_path / str(layers)))
+        scorer.setup(torch.device("cpu"))
+        with torch.inference_mode():
+            (group, pre), = list(encode_batches(scorer.vlm, prefixes, batch, budget_tokens=100000))
+            tree, _ = _scored(scorer, pre, batch, [conts[i] for i in group], None)
+            with monkeypatch.context() as m:
+                m.setattr(cand, "_tree_ok", lambda *a: False)
+                c = Continuations(scorer.vlm, batch, budget_tokens=1 << 20)
+                rows, peaks[layers] = _peak_bytes(lambda: c.add_batch(pre, [conts[i] for i in group]))
+                sums, _ = c.sums()
+        for j in range(len(group)):
+            np.testing.assert_allclose(sums[rows[j]], tree[j], rtol=0, atol=1e-4)
+        k = sum(map(len, conts))
+        a, b = pre.kv[0]
+        copy_bytes[layers] = k * (a[0].numel() * a.element_size() + b[0].numel() * b.element_size())  # one layer
+    assert copy_bytes[2] == copy_bytes[6] > 5e6
+    assert peaks[6] - peaks[2] < copy_bytes[2], (peaks, copy_bytes)
+
+
+@pytest.mark.parametrize("cls", [VLMCategoryScorer, GroundingScorer])
+def test_fa2_scores_through_the_per_candidate_rows(cls, tiny_qwen2_vl, tiny_qwen25_vl, monkeypatch):
+    """Under FlashAttention-2 (transformers' own glue over tests/flash_attn_standin.py) the scorers take
+    the one-row-per-candidate path — rows reading their sample's cache row in place, padding between a
+    row's tokens once a question extended it — and their columns equal the SDPA tree rows' (<= 1e-4)."""
+    import flash_attn_standin
+
+    family = "qwen2-vl"
+    _, preset, _, scorer = _setup(family, tiny_qwen2_vl, tiny_qwen25_vl, cls)
+    _, samples = _samples(family)
+    batch = HostBatch(samples + [{**samples[0], "id": "again"}], preset)
+    with torch.inference_mode():
+        tree = scorer.score(batch)
+        fa = flash_attn_standin.install(monkeypatch)
+        flash_attn_standin.use_flash_attention_2(scorer.vlm.model)
+        assert not cand._tree_ok(scorer.vlm, batch, [[[1]]], [[]])
+        flat = scorer.score(batch)
+    assert any(c["causal"] for c in fa.calls)  # the continuations went through the FA2 glue
     for k in tree:
         if tree[k].dtype == object:
             assert tree[k].tolist() == flat[k].tolist()

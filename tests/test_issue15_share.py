@@ -12,8 +12,8 @@ import torch
 import transformers
 
 from filters.reward.batching import HostBatch, plan_batches
-from filters.reward.candidates import (continuation_logprobs, encode_prefixes, extend, extend_prefix, first_answer,
-                                       row_logprobs, truncate)
+from candidates_reference import continuation_logprobs, encode_prefixes, extend_prefix
+from filters.reward.candidates import extend, first_answer, row_logprobs, truncate
 from filters.reward.grounding_scorer import GroundingScorer, perturbed_answers
 from filters.reward.stage import ScoreConfig, run_local
 from filters.reward.taxonomy import load_taxonomy
@@ -144,9 +144,9 @@ def test_one_model_per_ray_actor(tmp_path, tiny_qwen2_vl):
 
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl"])
 def test_continuations_equal_per_sample_transformers(family, tiny_qwen2_vl, tiny_qwen25_vl):
-    """continuation_logprobs (one read of the prefix, candidates from its keys/values, two levels deep as
-    vlm_category uses them) equals the per-sample transformers forward of every whole row and the
-    batched row path, for image, video and text-only samples."""
+    """The one-prefix reference (tests/candidates_reference.py: one read of the prefix, candidates from
+    its keys/values, two levels deep as vlm_category uses them) equals the per-sample transformers
+    forward of every whole row and the batched row path, for image, video and text-only samples."""
     path, preset, tok, scorer = _setup(family, tiny_qwen2_vl, tiny_qwen25_vl, GroundingScorer)
     model = _load(path)
     _, samples = _samples(family)

@@ -1,7 +1,7 @@
 """Issue #14 speed work: each shortcut must give exactly what the plain path gives.
 
 - `resize_frames` on a list of frames (any strides, read-only too) writing into `out` equals the
-  stacked-array call, in both modes, below and above the strip threshold;
+  stacked-array call, in both modes, on one strip and on several;
 - `_GroupPatches` (each temporal group patchified as soon as its rows are resized, from any thread,
   in any order) equals one `patchify` of the whole clip, padding included;
 - the shared swscale context (`video_decode._RGB`) gives the pixels of `frame.to_ndarray("rgb24")`.
@@ -48,14 +48,14 @@ def test_list_into_out_equals_stacked_call(mode, hw, HW):
     assert np.array_equal(resize_frames(x[1], *HW, mode=mode), want[1])  # one [h, w, 3] frame
 
 
-def test_float_mode_above_the_strip_threshold_equals_one_interpolate():
+def test_float_mode_on_several_strips_equals_one_interpolate():
     import torch
     import torch.nn.functional as F
 
     import processors.video_resize as vr
 
-    h, w, H, W = 1088, 1936, 532, 952  # just above _STRIP_MIN_PIXELS: strips, one frame at a time
-    assert h * w >= vr._STRIP_MIN_PIXELS
+    h, w, H, W = 1088, 1936, 532, 952  # several strips (the last one short), one frame at a time
+    assert h > vr._STRIP_ROWS and h % vr._STRIP_ROWS
     x = _frames(2, h, w, seed=3)
     t = torch.from_numpy(x).permute(0, 3, 1, 2)
     want = F.interpolate(t.to(torch.float32), size=(H, W), mode="bicubic", antialias=True,

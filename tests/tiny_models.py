@@ -25,11 +25,11 @@ QWEN3_VISION_IDS = {"<|vision_start|>": 151652, "<|vision_end|>": 151653, "<|ima
 VARIED_RANGE = 0.2
 
 
-def tiny_config(family: str):
-    """Qwen2-VL / Qwen2.5-VL: two layers, hidden 64, the released vocabulary."""
+def tiny_config(family: str, layers: int = 2):
+    """Qwen2-VL / Qwen2.5-VL: two text layers (or `layers`), hidden 64, the released vocabulary."""
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
-    text = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    text = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                 rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]})
     if family == "qwen2-vl":

@@ -102,71 +102,6 @@ def row_logprobs(vlm, rows: list[dict], batch: HostBatch, budget_tokens: int = 1
     return mean, counts
 
 
-class Prefix:
-    """A row the model has read once (vision included): its keys/values per layer [1, heads, L, d], the
-    final hidden state of its last token (it predicts the first continued token) and the row itself
-    (a sample: what follows takes its positions from `extend` on it)."""
-
-    def __init__(self, row: dict, kv: list, last):
-        self.row, self.kv, self.last = row, kv, last
-
-    def __len__(self) -> int:
-        return len(self.row["input_ids"])
-
-
-def encode_prefixes(vlm, rows: list[dict], batch: HostBatch, budget_tokens: int = 16384):
-    """Batches of [(index, Prefix)] covering every row, each row read once with its vision: rows are
-    grouped by length into right-padded batches of at most `budget_tokens` (plan_batches), so a batch's
-    vision tower runs once over its rows' images/videos. Yielded batch by batch: a batch's keys/values
-    are freed once its prefixes are consumed. (encode_batches' batches, cut into one Prefix per row.)"""
-    for group, pre in encode_batches(vlm, rows, batch, budget_tokens):
-        n = [len(rows[i]["input_ids"]) for i in group]
-        yield [(i, Prefix(rows[i], [(k[j:j + 1, :, :n[j]], v[j:j + 1, :, :n[j]]) for k, v in pre.kv], pre.last[j]))
-               for j, i in enumerate(group)]
-        del pre
-
-
-def _continue(vlm, prefix: Prefix, conts: list, batch: HostBatch, *, keep: bool = False):
-    """Run token lists `conts` after `prefix` (its keys/values repeated per row; rows right-padded):
-    (hidden states [k, W, H] with the prefix's last hidden state shifted in, so row r's position j
-    predicts conts[r][j]; the hidden states themselves; ids [k, W]; real-token mask [k, W]; grown
-    keys/values when `keep`)."""
-    import torch
-
-    sp = vlm.vocab(batch.preset).ids
-    k, width, n = len(conts), max(len(c) for c in conts), len(prefix)
-    _, dev, _ = batch._torch()
-    ids = np.full((k, width), vlm.vocab(batch.preset).pad, np.int64)
-    real = np.zeros((k, width), bool)
-    pos = np.zeros((3, k, width), np.int64)
-    vision = (sp.vision_start, sp.image_pad, sp.video_pad)
-    # positions of the appended text: get_rope_index on the whole row (extend), as written rows get them;
-    # text positions do not depend on which text, so the longest continuation's serve every row
-    tail = None if any(np.isin(c, vision).any() for c in conts) else \
-        extend(prefix.row, max(conts, key=len), batch.preset, special=sp)["position_ids"][:, n:]
-    for r, c in enumerate(conts):
-        ids[r, :len(c)], real[r, :len(c)] = c, True
-        pos[:, r, :len(c)] = (tail if tail is not None
-                              else extend(prefix.row, c, batch.preset, special=sp)["position_ids"][:, n:])[:, :len(c)]
-    mask = np.concatenate([np.ones((k, n), np.int64), real.astype(np.int64)], axis=1)
-    kv = [(a.expand(k, -1, -1, -1), b.expand(k, -1, -1, -1)) for a, b in prefix.kv]
-    t = lambda x: torch.from_numpy(x).to(dev)  # noqa: E731
-    hs, grown = vlm.forward_continue(t(ids), t(mask), t(pos), kv, keep)
-    pred = torch.cat([prefix.last[None, None].expand(k, 1, -1), hs[:, :-1]], dim=1)
-    return pred, hs, t(ids), t(real), grown
-
-
-def extend_prefix(vlm, prefix: Prefix, ids, batch: HostBatch) -> Prefix:
-    """`prefix` followed by the text `ids`, read from the prefix's keys/values (no vision re-encoded)."""
-    import torch
-
-    ids = [int(x) for x in ids]
-    with torch.inference_mode():
-        _, hs, _, _, grown = _continue(vlm, prefix, [ids], batch, keep=True)
-    sp = vlm.vocab(batch.preset).ids
-    return Prefix(extend(prefix.row, ids, batch.preset, supervised=[False] * len(ids), special=sp), grown, hs[0, -1])
-
-
 class Continuations:
     """Candidate continuations of any number of prefixes, each read from its prefix's keys/values;
     `sums()` sends their tokens through lm_head at once (one pass over the vocabulary, as row_logprobs
@@ -193,22 +128,6 @@ class Continuations:
         k = int(real.sum())
         where = real.nonzero(as_tuple=True)
         self._queue(pred[real], np.arange(k), ids[real].cpu().numpy(), np.arange(k), where[0].cpu().numpy() + first)
-
-    def add(self, prefix: Prefix, conts: list) -> np.ndarray:
-        """Queue token lists `conts` after `prefix`; returns their row numbers in `sums()`."""
-        import torch
-
-        conts = [[int(x) for x in c] for c in conts]
-        first = len(self.counts)
-        if not conts:
-            return np.zeros(0, np.int64)
-        step = max(1, self.budget // (len(prefix) + max(len(c) for c in conts)))
-        for a in range(0, len(conts), step):
-            with torch.inference_mode():
-                pred, _, ids, real, _ = _continue(self.vlm, prefix, conts[a:a + step], self.batch)
-                self._queue_rows(pred, ids, real, first + a)
-        self.counts += [len(c) for c in conts]
-        return np.arange(first, len(self.counts))
 
     def add_batch(self, pre: Prefixes, conts: list, heads: list | None = None) -> list:
         """Queue token lists `conts[j]` after row j of `pre` — after the text `heads[j]` when given (a
@@ -378,25 +297,15 @@ def _tree_rows(vlm, pre: Prefixes, part: list, heads: list, trees: list, batch: 
             see[r, h0 + j, h0 + j] = True
     _, dev, _ = batch._torch()
     tt = lambda x: torch.from_numpy(x).to(dev)  # noqa: E731
-    kv, seen, last = pre.pick(part)
+    seen, last = pre.pick(part)
     seen = seen.to(dev)
     allowed = torch.cat([seen[:, None, :].expand(-1, width, -1), tt(see)], dim=2)[:, None]
-    dt = kv[0][0].dtype
+    dt = pre.kv[0][0].dtype
     mask = torch.zeros(allowed.shape, dtype=dt, device=dev).masked_fill_(~allowed, torch.finfo(dt).min)
-    hs, _ = vlm.forward_continue(tt(ids), mask, tt(pos), kv, False)
+    hs, _ = vlm.forward_continue(tt(ids), mask, tt(pos), pre.kv, False, rows=part)
     heads_end = torch.tensor([len(h) - 1 for h in heads], device=hs.device)
     root = torch.where((heads_end >= 0)[:, None], hs[torch.arange(k, device=hs.device), heads_end.clamp(min=0)], last)
     return hs, root
-
-
-def continuation_logprobs(vlm, prefix: Prefix, conts: list, batch: HostBatch,
-                          budget_tokens: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-    """(summed log-prob, token count) of each token list in `conts` after `prefix`: the values
-    row_logprobs gives `extend(prefix.row, c)` (every appended token supervised), from one read of the
-    prefix (Continuations with one prefix)."""
-    c = Continuations(vlm, batch, budget_tokens)
-    c.add(prefix, conts)
-    return c.sums()
 
 
 class Prefixes:
@@ -413,15 +322,14 @@ class Prefixes:
         return len(self.rows)
 
     def pick(self, rows: list) -> tuple:
-        """(keys/values, keep, last) of `rows` (indices, repeats allowed), in that order; the whole
-        batch in order is returned as it is, not copied."""
+        """(keep, last) of `rows` (indices, repeats allowed), in that order. The keys/values are not
+        selected: forward_continue reads rows of `kv` itself (never a copy per candidate)."""
         import torch
 
         if rows == list(range(len(self))):
-            return self.kv, self.keep, self.last
+            return self.keep, self.last
         sel = torch.as_tensor(rows, device=self.keep.device)
-        return ([(a.index_select(0, sel), b.index_select(0, sel)) for a, b in self.kv], self.keep.index_select(0, sel),
-                self.last.index_select(0, sel))
+        return self.keep.index_select(0, sel), self.last.index_select(0, sel)
 
     def extend(self, vlm, ids: list, batch: HostBatch) -> "Prefixes":
         """Row j followed by the text `ids[j]` (lengths may differ), all rows in one forward call from
@@ -461,7 +369,9 @@ def encode_batches(vlm, rows: list[dict], batch: HostBatch, budget_tokens: int =
 
 def _continue_rows(vlm, pre: Prefixes, owner: list, conts: list, batch: HostBatch, *, keep: bool = False):
     """Run token lists `conts` (row r after prefix row owner[r]; rows right-padded) over `pre`'s padded
-    keys/values in one forward call: as _continue, plus the grown keys' mask when `keep`."""
+    keys/values in one forward call: (hidden states [k, W, H] with the prefix row's last state shifted
+    in, so row r's position j predicts conts[r][j]; the hidden states themselves; ids [k, W]; real-token
+    mask [k, W]; grown keys/values when `keep`; their mask of each row's own positions)."""
     import torch
 
     sp = vlm.vocab(batch.preset).ids
@@ -484,10 +394,11 @@ def _continue_rows(vlm, pre: Prefixes, owner: list, conts: list, batch: HostBatc
         tail = tails[o] if o in tails else extend(pre.rows[o], c, batch.preset, special=sp)["position_ids"][:, n:]
         pos[:, r, :len(c)] = tail[:, :len(c)]
     t = lambda x: torch.from_numpy(x).to(dev)  # noqa: E731
-    kv, seen, last = pre.pick(owner)
+    seen, last = pre.pick(owner)
     realt = t(real)
     grown_keep = torch.cat([seen, realt.to(seen.device)], dim=1)
-    hs, grown = vlm.forward_continue(t(ids), grown_keep.long().to(dev), t(pos), kv, keep)
+    # row r reads cache row owner[r] in place: the sample's keys/values are not copied per candidate
+    hs, grown = vlm.forward_continue(t(ids), grown_keep.long().to(dev), t(pos), pre.kv, keep, rows=owner)
     pred = torch.cat([last[:, None], hs[:, :-1]], dim=1)
     return pred, hs, t(ids), realt, grown, grown_keep
 

@@ -215,12 +215,12 @@ class VLMScorer:
         out = self.model.model(**self._forward_kwargs(batch, t, True), use_cache=True)
         return out.last_hidden_state, t, cache_tensors(_cache_out(out))
 
-    def forward_continue(self, ids, attention_mask, position_ids, kv, use_cache: bool):
-        """Final hidden states of `ids` [B, W] after cached keys/values `kv` (per layer, [B, heads, P, d]);
-        attention_mask [B, P + W], position_ids [3, B, W]. With use_cache, also the grown (keys, values)."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(ddp_cache_data=kv)
+    def forward_continue(self, ids, attention_mask, position_ids, kv, use_cache: bool, rows=None):
+        """Final hidden states of `ids` [k, W] after cached keys/values `kv` (per layer, [B, heads, P, d]):
+        row r reads cache row rows[r] (None: row r; several rows may read one). attention_mask
+        [k, P + W] (or a 4-D additive mask), position_ids [3, k, W]. With use_cache, also the grown
+        (keys, values) [k, heads, P + W, d]. `kv` is never copied whole: see `_read_cache`."""
+        cache = _read_cache(kv, rows, use_cache)
         out = self.model.model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=use_cache, **{_cache_kw(self.model.model): cache})
         return out.last_hidden_state, (cache_tensors(_cache_out(out)) if use_cache else None)
@@ -279,6 +279,47 @@ def _cache_kw(model) -> str:
 
 def _cache_out(out):
     return getattr(out, "cache", None) if getattr(out, "cache", None) is not None else out.past_key_values
+
+
+def _read_cache(kv, rows, keep: bool):
+    """A transformers DynamicCache whose layer l reads kv[l] (per layer (keys, values) [B, heads, P, d])
+    by `rows` without copying it first. A plain DynamicCache(ddp_cache_data=kv) copies every layer's
+    keys/values on construction (its update concatenates them to an empty tensor, an `expand`ed input
+    included) and keeps every layer's grown [k, heads, P + W, d] copy until the forward ends; selecting
+    the rows first (index_select, one per candidate) would be a third. Here each layer's update writes
+    the rows it reads (index_select with `out=`) and the new keys/values straight into the one
+    [k, heads, P + W, d] tensor attention needs, kept only when `keep` (the grown cache); otherwise
+    it is freed once the layer has attended."""
+    import torch
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    sel = None if rows is None else torch.as_tensor(rows, dtype=torch.int64, device=kv[0][0].device)
+
+    def grow(past, new):
+        p = past.shape[2]
+        out = new.new_empty((new.shape[0], new.shape[1], p + new.shape[2], new.shape[3]))
+        out[:, :, p:] = new
+        if sel is None:
+            out[:, :, :p] = past
+        else:
+            torch.index_select(past, 0, sel, out=out[:, :, :p])
+        return out
+
+    class Layer(DynamicLayer):
+        def __init__(self, keys, values):
+            super().__init__()
+            self.keys, self.values, self.is_initialized, self.device = keys, values, True, keys.device
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            k, v = grow(self.keys, key_states), grow(self.values, value_states)
+            if keep:
+                self.keys, self.values = k, v
+            return k, v
+
+    cache = DynamicCache()
+    cache.layers = [Layer(k, v) for k, v in kv]
+    return cache
 
 
 def cache_tensors(cache) -> list[tuple]:
