@@ -112,20 +112,18 @@ def _ray_service_answer(host: str, port: int, client: bool, deadline: float) -> 
         return None
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    def serves(method: tuple[str, bytes]) -> bool | None:
+    def status(method: tuple[str, bytes]):
         try:
             channel.unary_unary(method[0])(method[1], timeout=max(deadline - time.monotonic(), 0.5))
         except grpc.RpcError as exc:
-            code = exc.code()
-            return False if code == grpc.StatusCode.UNIMPLEMENTED else None if code in (
-                grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else True
-        return True
+            return exc.code()
+        return grpc.StatusCode.OK
 
     want, other = (_CLIENT_METHOD, _GCS_METHOD) if client else (_GCS_METHOD, _CLIENT_METHOD)
     with grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:
-        if serves(want) is not False:
+        if status(want) != grpc.StatusCode.UNIMPLEMENTED:
             return None
-        if serves(other):
+        if status(other) in (grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED):   # what Ray answers
             return _OTHER_KIND
     return f"a gRPC server, but not {'Ray Client' if client else 'the Ray GCS'}"
 
