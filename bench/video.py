@@ -19,8 +19,9 @@ All produce the same frame indices, sizes and patch layout (qwen-vl-utils 0.0.14
   qwen-vl-utils        the real `qwen_vl_utils.fetch_video` (decord reader) in the reference venv
                        (.venv-ref from `make reference`, or $VLPREP_REF_PYTHON), then `.to(uint8)` and
                        patchify; without a reference venv: `decord-ref`, the same steps re-done here
-  floor                probe + decode of just the sampled frames to RGB (vlprep's decoder), nothing
-                       else; after the timer it also measures what each resize mode costs on those
+  floor                probe + decode of just the sampled frames to RGB with vlprep's decoder as
+                       process_video runs it (`decode_pyav` with its defaults: GOP-parallel over
+                       the clip's keyframe runs, one worker per usable core), nothing else; after the timer it also measures what each resize mode costs on those
                        frames (one thread, CPU s): the float resize is what the default mode's
                        reference prescribes on top of the floor
 
@@ -137,7 +138,7 @@ def _apply_decoder_override(spec: str) -> None:
         return
     kind, count = vd.decoder_thread_type, vd.decoder_threads
     vd.decoder_thread_type = lambda info: over[info.codec][0] if info.codec in over else kind(info)
-    vd.decoder_threads = lambda info: over[info.codec][1] if info.codec in over else count(info)
+    vd.decoder_threads = lambda info, workers=1: over[info.codec][1] if info.codec in over else count(info, workers)
 
 
 def child(method: str, path: str) -> dict:
@@ -185,7 +186,8 @@ def child(method: str, path: str) -> dict:
         patches, grid = _resize_stack_and_patchify(frames, H, W)
         n, dur, first = len(idx), total / fps, patches[:4].copy()
     elif method == "floor":
-        # The decode floor: probe + decode just the sampled frames to RGB, nothing else. Then, outside
+        # The decode floor: probe + decode just the sampled frames to RGB with process_video's decoder
+        # (decode_pyav's defaults, so GOP-parallel where the clip has several runs). Then, outside
         # the wall time, what each resize mode costs on those frames (one thread, CPU s).
         info = probe_video(path)
         idx, _ = select_frames(info, preset=QWEN25_VL)

@@ -71,6 +71,7 @@ class VideoOptions:
     total_pixels: int | None = None
     backend: str = "pyav"
     timeout_s: float = 120.0
+    decode_workers: int | None = None  # threads decoding one video's keyframe runs at once (null: ray.num_cpus; docs/video.md)
     resize: str | None = None          # the reference frames are resized bit-exactly to: qwen-vl-utils | transformers (None: the preset's; docs/video.md)
     fast: bool = False                 # deprecated: `fast: true` = `resize: transformers`
     formats: list[str] = field(default_factory=lambda: ["mp4", "avi", "mkv", "mov", "webm", "m4v", "mpeg", "mpg", "ts", "flv"])
@@ -215,6 +216,8 @@ class JobConfig:
             "video_total_pixels": self.video.total_pixels,
             "video_backend": self.video.backend,
             "video_timeout_s": self.video.timeout_s,
+            # a task declares ray.num_cpus cores, and the runner keeps every core busy with tasks
+            "video_decode_workers": self.video.decode_workers or max(1, int(self.ray.num_cpus)),
             "video_resize": self.video_resize(),
             "grounding_format": self.grounding_format,
             "system_prompt": self.system_prompt,
@@ -362,6 +365,8 @@ KEYS: dict[str, Key] = {
     "video.total_pixels": Key("int", "pixel budget of a whole video; null: the preset's", null=True, ge=_MIN_PIXELS),
     "video.backend": Key("str", "video decoder", choices=BACKENDS),
     "video.timeout_s": Key("number", "seconds one video may take to decode", gt=0),
+    "video.decode_workers": Key("int", "threads decoding one video's keyframe runs at once; null: ray.num_cpus",
+                                null=True, ge=1),
     "video.resize": Key("str", "the reference the frame resize equals bit for bit; null: the preset's",
                         null=True, choices=RESIZE_MODES),
     "video.fast": Key("bool", "deprecated: true = video.resize transformers"),

@@ -366,6 +366,7 @@ def process_video(
     resize: str | None = None,
     fast: bool | None = None,
     info: VideoInfo | None = None,
+    decode_workers: int | None = None,
 ) -> VideoResult:
     """A video file (path) or a frame list (paths / bytes / PIL images / uint8 arrays) → VideoResult.
 
@@ -377,6 +378,10 @@ def process_video(
 
     `info`: `probe_video(src)` when the caller already has it (the prepare job probes at its media
     check), so the file's packets are not demuxed a second time; it must describe `src`.
+
+    `decode_workers` (PyAV backend): threads that decode independent keyframe-to-target runs of the
+    clip at once, each on its own container (`video_decode.decode_pyav`); None: one per core this
+    process may use, at most one per run. The frames are the same whatever the count.
 
     `resized_height` / `resized_width` (both or neither): every frame is resized to
     `resized_size.requested_size(...)` (qwen-vl-utils' explicit size, image band) instead of the
@@ -397,6 +402,8 @@ def process_video(
                                    resized_height=resized_height, resized_width=resized_width, resize=resize)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if decode_workers is not None and (isinstance(decode_workers, bool) or int(decode_workers) < 1):
+        raise ValueError(f"decode_workers must be at least 1 (or None: one per usable core), got {decode_workers!r}")
     if not isinstance(src, (str, os.PathLike)):
         raise VlprepError(f"video source must be a path or a list of frames, got {type(src).__name__}")
     if info is None:
@@ -412,9 +419,12 @@ def process_video(
     slots: dict[int, list[int]] = {}
     for k, i in enumerate(idx.tolist()):
         slots.setdefault(i, []).append(k)
-    decode = decode_pyav if backend == "pyav" else decode_decord
+    if backend == "pyav":
+        frames = decode_pyav(info, idx, timeout_s=timeout_s, workers=decode_workers)
+    else:
+        frames = decode_decord(info, idx, timeout_s=timeout_s)
     groups = _GroupPatches(n, H, W, preset)
-    filled = _decode_and_resize(decode(info, idx, timeout_s=timeout_s), H, W, groups, slots, resize=resize,
+    filled = _decode_and_resize(frames, H, W, groups, slots, resize=resize,
                                 filled_rows=groups)
     if filled != n:
         raise VideoDecodeError(f"{info.path}: decoded {filled} of {n} sampled frames")

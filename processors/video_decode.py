@@ -19,11 +19,22 @@ bit the same; frames are still identified by pts, never by counting outputs. If 
 produced while skipping (e.g. a reorder-depth guess that differs without the skipped frames), the
 span is decoded again from its keyframe without skipping.
 
+GOP-parallel (PyAV): the seek rule above splits the targets into runs (`decode_runs`), each an
+independent decode from a keyframe. With several runs and several usable cores, worker threads
+(`decode_workers`: one per core this process may use, at most one per run; `workers=` overrides)
+each open their own container and take the next run from a shared counter; each run is decoded by the
+same sequential code (`_decode_targets`, RGB conversion on the worker) into that run's queue, and
+the caller reads runs 0, 1, 2 … in order. FFmpeg and swscale release the GIL, so the workers decode
+on separate cores. Memory is bounded by a lookahead window of runs and a byte budget of queued frames
+(`_decode_parallel`). One run, files without pts, or one worker: the sequential path, unchanged.
+
 Both yield `(presentation_index, rgb uint8 [H, W, 3])` in increasing index order, rotation applied.
 """
 from __future__ import annotations
 
+import os
 import time
+from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
@@ -51,106 +62,303 @@ class _Deadline:
 
 
 def decode_pyav(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None = 120,
-                threads: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                threads: int | None = None, workers: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield the frames at `indices` (presentation order, unique, increasing).
 
-    `threads`: decoder threads (0: FFmpeg's choice); None: `decoder_threads(info)`."""
-    import av
-
+    `threads`: decoder threads of each container (0: FFmpeg's choice); None: `decoder_threads(info,
+    workers)`. `workers`: how many threads decode independent runs (`decode_runs`) at once, each on its
+    own container; None: `decode_workers(runs)` (the cores this process may use); capped at the
+    number of runs, and 1 decodes on the calling thread exactly as before."""
     targets = np.unique(np.asarray(indices, dtype=np.int64))
     if len(targets) == 0:
         return
     if targets[0] < 0 or targets[-1] >= info.num_frames:
         raise ValueError(f"frame indices {targets[0]}..{targets[-1]} outside 0..{info.num_frames - 1}")
+    if workers is not None and int(workers) < 1:
+        raise ValueError(f"workers must be at least 1 (or None: one per usable core), got {workers}")
     deadline = _Deadline(info.path, timeout_s, len(targets))
-    try:
-        container = av.open(info.path, mode="r")
-    except (av.FFmpegError, OSError) as e:
-        raise VideoDecodeError(f"{info.path}: cannot reopen for decoding ({e})") from e
-    with container:
-        stream = container.streams.video[0]
-        cc = stream.codec_context
-        cc.thread_type = decoder_thread_type(info)
-        cc.thread_count = decoder_threads(info) if threads is None else threads
+    runs = decode_runs(info, targets)
+    n = decode_workers(len(runs), workers)
+    if n > 1:
+        yield from _decode_parallel(info, runs, n, threads, deadline, targets)
+        return
+    with _Opened(info, threads, targets, workers=1) as o:
         if not info.has_pts:
-            yield from _decode_sequential(container, stream, info, targets, deadline)
+            yield from _decode_sequential(o.container, o.stream, info, targets, deadline)
             return
-        to_rgb = _RGB()
-        pts = info.frame_pts
-        index_by_pts = _index_by_pts(pts)
-        keys = info.key_indices
-        skip_ok = _nonref_skip_safe(stream, info)
-        target_pts = frozenset(int(p) for p in pts[targets]) if skip_ok else frozenset()
-        mode = "DEFAULT"
-        pos = -1          # presentation index of the last frame the decoder output
-        ti = 0
-        retries = 0
-        force_seek = False
-        while ti < len(targets):
-            target = int(targets[ti])
-            k = int(keys[np.searchsorted(keys, target, side="right") - 1])  # keyframe at/before target
-            if k > pos or force_seek:
-                # Everything up to k is wasted work: jump there.
-                try:
-                    container.seek(int(pts[k]), stream=stream, backward=True, any_frame=False)
-                except av.FFmpegError as e:
-                    raise VideoDecodeError(f"{info.path}: seek to frame {k} failed ({e})") from e
-                pos = -1
-                seeked_to = k
-                force_seek = False
-            else:
-                seeked_to = None
-            first_after_seek = seeked_to is not None
-            restart = False
-            for packet in container.demux(stream):
-                deadline.check(ti)
-                if skip_ok:
-                    want = _SKIP_MODE if packet.pts is not None and packet.pts not in target_pts else "DEFAULT"
-                    if want != mode:
-                        cc.skip_frame = mode = want
-                for frame in _decode_packet(packet, info):
-                    idx = _index_of(frame, index_by_pts)
-                    if idx is None:
-                        continue
-                    if first_after_seek and idx > target:
-                        # Landed after the target: the container's index is coarser than its
-                        # keyframe flags. Seek one keyframe further back and try again.
-                        retries += 1
-                        if retries > 8:
-                            raise VideoDecodeError(
-                                f"{info.path}: seeking cannot reach frame {target}; the container index is broken")
-                        keys = keys[keys < seeked_to] if np.any(keys < seeked_to) else keys[:1]
-                        restart = True
-                        break
-                    first_after_seek = False
-                    pos = idx
-                    if idx < target:
-                        continue
-                    if idx > target:
-                        if skip_ok:
-                            skip_ok, restart, force_seek = _stop_skipping(cc), True, True
-                            break
-                        raise VideoDecodeError(
-                            f"{info.path}: frame {target} (pts {int(pts[target])}) was never produced by the "
-                            f"{info.codec} decoder (corrupt packet?)")
-                    yield target, rotate_frame(to_rgb(frame), info.rotation)
-                    ti += 1
-                    if ti >= len(targets):
-                        return
-                    target = int(targets[ti])
-                    next_key = int(keys[np.searchsorted(keys, target, side="right") - 1])
-                    if next_key > pos:
-                        restart = True  # a keyframe is between here and the next target: seek
-                        break
-                if restart:
-                    break
-            else:
-                if skip_ok:
-                    skip_ok, force_seek = _stop_skipping(cc), True
+        yield from _decode_targets(o, info, targets, deadline)
+
+
+def decode_runs(info: VideoInfo, targets: np.ndarray) -> list[np.ndarray]:
+    """`targets` split where `_decode_targets` seeks: a new run starts at a target whose keyframe
+    (at/before it) lies after the previous target, so each run is an independent decode that starts
+    at a keyframe. Files without timestamps never seek: one run."""
+    targets = np.asarray(targets, dtype=np.int64)
+    if not info.has_pts or len(targets) < 2:
+        return [targets]
+    keys = info.key_indices
+    key_of = keys[np.searchsorted(keys, targets, side="right") - 1]
+    starts = np.flatnonzero(key_of[1:] > targets[:-1]) + 1
+    return np.split(targets, starts)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; the CPU count where there is none)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # (no sched_getaffinity: macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def decode_workers(num_runs: int, requested: int | None = None) -> int:
+    """Decode threads for a clip of `num_runs` runs: `requested` (None: `usable_cores()`), at most one
+    per run."""
+    want = usable_cores() if requested is None else int(requested)
+    return max(1, min(want, num_runs))
+
+
+class _Stopped(Exception):
+    """The consumer of a GOP-parallel decode went away: a worker ends quietly."""
+
+
+class _Opened:
+    """One container opened and configured for decoding, and the decode state that carries over from
+    one run to the next on it (the keyframes a failed seek ruled out, whether non-reference frames may
+    still be skipped, the skip mode the decoder is in), as in one sequential pass."""
+
+    def __init__(self, info: VideoInfo, threads: int | None, targets: np.ndarray, *, workers: int):
+        import av
+
+        try:
+            self.container = av.open(info.path, mode="r")
+        except (av.FFmpegError, OSError) as e:
+            raise VideoDecodeError(f"{info.path}: cannot reopen for decoding ({e})") from e
+        try:
+            self.stream = self.container.streams.video[0]
+            self.cc = cc = self.stream.codec_context
+            cc.thread_type = decoder_thread_type(info)
+            cc.thread_count = decoder_threads(info, workers) if threads is None else threads
+            if info.has_pts:
+                self.to_rgb = _RGB()
+                self.index_by_pts = _index_by_pts(info.frame_pts)
+                self.keys = info.key_indices
+                self.skip_ok = _nonref_skip_safe(self.stream, info)
+                self.target_pts = frozenset(int(p) for p in info.frame_pts[targets]) if self.skip_ok else frozenset()
+                self.mode = "DEFAULT"
+        except BaseException:
+            self.container.close()
+            raise
+
+    def close(self) -> None:
+        self.container.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _decode_targets(o: _Opened, info: VideoInfo, targets: np.ndarray, deadline, done0: int = 0
+                    ) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode `targets` (increasing presentation indices) on the open container `o`: the sequential
+    algorithm (module docstring). `done0`: targets of the clip finished before these (for the
+    time-limit message)."""
+    import av
+
+    container, stream, cc = o.container, o.stream, o.cc
+    pts, index_by_pts, to_rgb = info.frame_pts, o.index_by_pts, o.to_rgb
+    pos = -1          # presentation index of the last frame the decoder output
+    ti = 0
+    retries = 0
+    force_seek = False
+    while ti < len(targets):
+        target = int(targets[ti])
+        k = int(o.keys[np.searchsorted(o.keys, target, side="right") - 1])  # keyframe at/before target
+        if k > pos or force_seek:
+            # Everything up to k is wasted work: jump there.
+            try:
+                container.seek(int(pts[k]), stream=stream, backward=True, any_frame=False)
+            except av.FFmpegError as e:
+                raise VideoDecodeError(f"{info.path}: seek to frame {k} failed ({e})") from e
+            pos = -1
+            seeked_to = k
+            force_seek = False
+        else:
+            seeked_to = None
+        first_after_seek = seeked_to is not None
+        restart = False
+        for packet in container.demux(stream):
+            deadline.check(done0 + ti)
+            if o.skip_ok:
+                want = _SKIP_MODE if packet.pts is not None and packet.pts not in o.target_pts else "DEFAULT"
+                if want != o.mode:
+                    cc.skip_frame = o.mode = want
+            for frame in _decode_packet(packet, info):
+                idx = _index_of(frame, index_by_pts)
+                if idx is None:
                     continue
-                raise VideoDecodeError(
-                    f"{info.path}: the stream ended before frame {target} of {info.num_frames} "
-                    f"(last decoded frame {pos}); the file is truncated or its frame count is wrong")
+                if first_after_seek and idx > target:
+                    # Landed after the target: the container's index is coarser than its
+                    # keyframe flags. Seek one keyframe further back and try again.
+                    retries += 1
+                    if retries > 8:
+                        raise VideoDecodeError(
+                            f"{info.path}: seeking cannot reach frame {target}; the container index is broken")
+                    o.keys = o.keys[o.keys < seeked_to] if np.any(o.keys < seeked_to) else o.keys[:1]
+                    restart = True
+                    break
+                first_after_seek = False
+                pos = idx
+                if idx < target:
+                    continue
+                if idx > target:
+                    if o.skip_ok:
+                        o.skip_ok, restart, force_seek = _stop_skipping(cc), True, True
+                        o.mode = "DEFAULT"
+                        break
+                    raise VideoDecodeError(
+                        f"{info.path}: frame {target} (pts {int(pts[target])}) was never produced by the "
+                        f"{info.codec} decoder (corrupt packet?)")
+                yield target, rotate_frame(to_rgb(frame), info.rotation)
+                ti += 1
+                if ti >= len(targets):
+                    return
+                target = int(targets[ti])
+                next_key = int(o.keys[np.searchsorted(o.keys, target, side="right") - 1])
+                if next_key > pos:
+                    restart = True  # a keyframe is between here and the next target: seek
+                    break
+            if restart:
+                break
+        else:
+            if o.skip_ok:
+                o.skip_ok, force_seek = _stop_skipping(cc), True
+                o.mode = "DEFAULT"
+                continue
+            raise VideoDecodeError(
+                f"{info.path}: the stream ended before frame {target} of {info.num_frames} "
+                f"(last decoded frame {pos}); the file is truncated or its frame count is wrong")
+
+
+_LOOKAHEAD_BYTES = 64 << 20  # decoded frames the workers may hold ahead of the consumer (≥ 1 frame each)
+_LOOKAHEAD_RUNS = 2           # a worker starts a run only within this many runs per worker of the consumer's
+_JOIN_S = 10.0               # how long a stopped worker may take to leave an FFmpeg call
+
+
+class _WorkerDeadline:
+    """The clip's deadline, plus the consumer's stop signal, checked between packets."""
+
+    def __init__(self, deadline: _Deadline, stop):
+        self.deadline, self.stop = deadline, stop
+
+    def check(self, done: int) -> None:
+        if self.stop.is_set():
+            raise _Stopped
+        self.deadline.check(done)
+
+
+def _decode_parallel(info: VideoInfo, runs: list[np.ndarray], n_workers: int, threads: int | None,
+                     deadline: _Deadline, targets: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """GOP-parallel decode: `n_workers` threads, each with its own container (opened at its first
+    run, reused for the next), take the next run from a shared counter and decode it with
+    `_decode_targets` (RGB conversion included) into that run's queue; this generator yields run 0,
+    1, 2 … in order, so frames come out in increasing index order as from the sequential path.
+
+    Memory: a worker starts run r only while r < (the consumer's run) + n_workers, and waits before
+    queueing a frame while the queued frames exceed `_LOOKAHEAD_BYTES` — except the worker of the
+    consumer's run when its queue is empty, so the consumer always gets its next frame.
+    A worker's exception is queued in place of its run's next frame and raised here when the
+    consumer reaches it (the frames before it are yielded first, as sequentially). When this
+    generator ends early (closed, error, timeout) the workers stop at their next packet, close their
+    containers, and are joined."""
+    import threading
+
+    cond = threading.Condition()
+    stop = threading.Event()
+    queues: list[deque] = [deque() for _ in runs]
+    st = {"next": 0, "current": 0, "queued": 0}
+    offsets = np.cumsum([0] + [len(r) for r in runs]).tolist()
+    wd = _WorkerDeadline(deadline, stop)
+
+    def worker() -> None:
+        o = None
+        try:
+            while True:
+                with cond:
+                    while not stop.is_set() and st["next"] < len(runs) and st["next"] >= st["current"] + _LOOKAHEAD_RUNS * n_workers:
+                        cond.wait()
+                    if stop.is_set() or st["next"] >= len(runs):
+                        return
+                    r = st["next"]
+                    st["next"] += 1
+                try:
+                    if o is None:
+                        o = _Opened(info, threads, targets, workers=n_workers)
+                    for item in _decode_targets(o, info, runs[r], wd, done0=offsets[r]):
+                        nbytes = item[1].nbytes
+                        with cond:
+                            while not stop.is_set() and st["queued"] + nbytes > _LOOKAHEAD_BYTES and not (
+                                    r == st["current"] and not queues[r]):
+                                cond.wait()
+                            if stop.is_set():
+                                return
+                            queues[r].append(item)
+                            st["queued"] += nbytes
+                            cond.notify_all()
+                    end = _END
+                except _Stopped:
+                    return
+                except Exception as e:  # noqa: BLE001 - raised again by the consumer
+                    end = e
+                with cond:
+                    queues[r].append(end)
+                    cond.notify_all()
+                if end is not _END:
+                    return
+        finally:
+            if o is not None:
+                o.close()
+
+    pool = [threading.Thread(target=worker, name=f"vlprep-decode-{k}", daemon=True) for k in range(n_workers)]
+    for t in pool:
+        t.start()
+    done = 0
+    try:
+        for r in range(len(runs)):
+            while True:
+                with cond:
+                    while not queues[r]:
+                        deadline.check(done)  # a worker stuck in one FFmpeg call cannot check it
+                        cond.wait(timeout=_wait_s(deadline))
+                    item = queues[r].popleft()
+                    if type(item) is tuple:
+                        st["queued"] -= item[1].nbytes
+                        cond.notify_all()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                done += 1
+            with cond:
+                st["current"] = r + 1
+                cond.notify_all()
+    finally:
+        stop.set()
+        with cond:
+            cond.notify_all()
+        for t in pool:
+            t.join(_JOIN_S)
+
+
+_END = object()  # a run's queue: no more frames
+
+
+def _wait_s(deadline: _Deadline) -> float:
+    if deadline.end is None:
+        return 1.0
+    return min(1.0, max(0.001, deadline.end - time.monotonic() + 0.001))
 
 
 _THREAD_TYPE = "SLICE"  # see docs/video.md: frame threads cost more than they save on small frames
@@ -170,15 +378,25 @@ def decoder_thread_type(info: VideoInfo) -> str:
 _ONE_THREAD_BELOW_PIXELS = 400_000  # frames smaller than this (≈ below 720p) decode on one thread
 
 
-def decoder_threads(info: VideoInfo) -> int:
-    """Decoder threads for this clip: 1 for small frames, else 0 (FFmpeg's count, slice threads).
+def decoder_threads(info: VideoInfo, workers: int = 1) -> int:
+    """Decoder threads of each container for this clip when `workers` containers decode at once.
 
-    Slice threads only split a frame that has several slices (VP9 tiles, HEVC WPP rows, multi-slice
-    H.264); on small frames the per-frame hand-off to the thread pool costs more than it saves
-    (10-min 240p H.264: 2.7 vs 3.2 CPU s, 3 000 vs 31 000 context switches, and less wall time;
-    480p MPEG-4 and 720p H.264: equal; 720p VP9: 1 thread saves CPU but tile threads save wall).
+    One worker (the sequential path): 1 for small frames, else 0 (FFmpeg's count). Slice threads
+    only split a frame that has several slices (VP9 tiles, HEVC WPP rows, multi-slice H.264); on
+    small frames the per-frame hand-off to the thread pool costs more than it saves (10-min 240p
+    H.264: 2.7 vs 3.2 CPU s, 3 000 vs 31 000 context switches, and less wall time; 480p MPEG-4 and
+    720p H.264: equal; 720p VP9: 1 thread saves CPU but tile threads save wall).
+
+    Several workers (GOP-parallel): the cores are shared out, `usable_cores() // workers` each, at
+    least 1 — so 1 where the workers already fill the cores: FFmpeg's own threads then only add CPU
+    (decode alone, 2 workers on 2 cores, median CPU s with 1 vs FFmpeg's threads per worker: 720p
+    HEVC 0.20 vs 0.26, VP9 0.73 vs 0.77, 240p 2.27 vs 2.40; docs/video.md). Small frames stay on one.
     The thread count never changes the decoded frames (tested)."""
-    return 1 if info.width * info.height < _ONE_THREAD_BELOW_PIXELS else 0
+    if info.width * info.height < _ONE_THREAD_BELOW_PIXELS:
+        return 1
+    if workers > 1:
+        return max(1, usable_cores() // workers)
+    return 0
 _SKIP_MODE = "NONREF"  # what non-target packets are decoded with (a test swaps it to force the fallback)
 
 
