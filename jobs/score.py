@@ -59,36 +59,6 @@ def add_arguments(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="re-score units that already have scores")
 
 
-def tqdm(*args, **kwargs):
-    from tqdm import tqdm as bar
-
-    return bar(*args, **kwargs)
-
-
-class ProgressLines:
-    """Progress for a log file (stderr not a terminal): a plain line every `every` seconds and at the
-    end, instead of a bar's carriage returns."""
-
-    def __init__(self, total: int, every: float = 30.0, file=None):
-        self.total, self.every, self.file = total, every, file or sys.stderr
-        self.n, self.postfix, self.t0 = 0, "", time.perf_counter()
-        self.last = self.t0
-
-    def update(self, n: int) -> None:
-        self.n += n
-        now = time.perf_counter()
-        if now - self.last >= self.every or self.n >= self.total:
-            self.last = now
-            print(f"scored {self.n}/{self.total} samples ({self.n / max(self.total, 1):.0%}) in "
-                  f"{now - self.t0:.0f}s, {self.postfix}", file=self.file, flush=True)
-
-    def set_postfix_str(self, text: str) -> None:
-        self.postfix = text
-
-    def close(self) -> None:
-        pass
-
-
 def _use_ray(args) -> bool:
     if args.executor != "auto":
         return args.executor == "ray"
@@ -101,9 +71,11 @@ def _use_ray(args) -> bool:
 
 def run(args) -> int:
     from filters.reward.protocol import ScorerError
-    from filters.reward.stage import ScoreConfig, check_num_gpus, pending, run_local, run_ray
+    from filters.reward.stage import MODEL_SCORERS, ScoreConfig, check_num_gpus, pending, run_local, run_ray
+    from filters.reward.vlm_scorer import checkpoint_type
     from pipeline.loader import ShardLoader  # filters never import pipeline: the job hands the reader in
-    from pipeline.cluster import check_ray_address, unreachable
+    from pipeline.cluster import check_ray_address, ray_connection
+    from pipeline.progress import progress_count, progress_mode
 
     out = Path(args.out_dir)
     scorers = ([s.strip() for s in args.scorers.split(",") if s.strip()] if args.scorers
@@ -115,6 +87,8 @@ def run(args) -> int:
                           max_padding=args.max_padding, device=args.device, dtype=args.dtype, pack=args.pack,
                           text_model=args.text_model, overwrite=args.overwrite, visual_gain=args.visual_gain,
                           taxonomy=args.taxonomy, tokenizer=tokenizer)
+        if set(MODEL_SCORERS) & set(cfg.scorers):   # a wrong --model: one line before anything is printed
+            checkpoint_type(cfg.model)
         check_num_gpus(args.num_gpus)
         check_ray_address(args.address)   # nothing listening there: one line now, not a minute's wait
         if {"category", "vlm_category"} & set(cfg.scorers):  # a bad taxonomy file fails here, not inside a worker
@@ -136,30 +110,23 @@ def run(args) -> int:
           f"{len(units) - len(todo)} already scored")
     if not todo:
         return 0
-    bar = ProgressLines(total) if not sys.stderr.isatty() else tqdm(total=total, unit="sample", dynamic_ncols=True,
-                                                                   file=sys.stderr)
     t0 = time.perf_counter()
     tokens = [0]
-
-    def progress(n_samples: int, n_tokens: int) -> None:
-        tokens[0] += n_tokens
-        bar.set_postfix_str(f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s")
-        bar.update(n_samples)
-
     try:
-        if _use_ray(args):
-            report = run_ray(cfg, units, ShardLoader, address=args.address, num_gpus=args.num_gpus,
-                             workers=args.workers, progress=progress)
-        else:
-            report = run_local(cfg, units, ShardLoader, progress=progress)
+        with progress_count("score", total, progress_mode(False), unit="samples") as bar:
+            def progress(n_samples: int, n_tokens: int) -> None:
+                tokens[0] += n_tokens
+                bar.advance(n_samples, f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s")
+
+            with ray_connection(args.address):   # ray.init: something answers at --address, but no Ray cluster
+                if _use_ray(args):
+                    report = run_ray(cfg, units, ShardLoader, address=args.address, num_gpus=args.num_gpus,
+                                     workers=args.workers, progress=progress)
+                else:
+                    report = run_local(cfg, units, ShardLoader, progress=progress)
     except ScorerError as exc:
-        bar.close()
         print(f"vlprep score: {exc}", file=sys.stderr)
         return 2
-    except ConnectionError as exc:   # ray.init: something answers at --address, but no Ray cluster
-        bar.close()
-        raise unreachable(args.address, exc) from None
-    bar.close()
     secs = max(report.seconds, 1e-9)
     for w in report.workers[:1]:
         for warning in w["warnings"]:

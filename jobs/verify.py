@@ -55,7 +55,8 @@ def run(args) -> int:
     from filters.reward.protocol import ScorerError, resolve_device
     from filters.reward.stage import check_num_gpus, pending, run_local, run_ray, scores_path
     from filters.reward.verify import resolve_engine, verify_config
-    from pipeline.cluster import check_ray_address, unreachable
+    from filters.reward.vlm_scorer import checkpoint_type
+    from pipeline.cluster import check_ray_address, ray_connection
     from pipeline.score_inputs import shards_tokenizer, units_from_manifest
     from pipeline.loader import ShardLoader
 
@@ -70,9 +71,7 @@ def run(args) -> int:
                             batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype, overwrite=args.overwrite,
                             max_new_tokens=args.max_new_tokens, iou_threshold=args.iou,
                             tokenizer=shards_tokenizer(out, args.tokenizer, preset))
-        from filters.reward.vlm_scorer import VLMScorer
-
-        VLMScorer(args.model)  # a wrong --model fails here, with its message
+        checkpoint_type(args.model)  # a wrong --model fails here, before anything is printed
         if not args.address:  # a vllm that is asked for but missing fails here (Ray workers: at start-up)
             engine = resolve_engine(args.engine, resolve_device(args.device))
             print(f"engine: {engine}")
@@ -84,15 +83,14 @@ def run(args) -> int:
           f"{len(units) - len(todo)} already verified")
     t0 = time.perf_counter()
     try:
-        if args.address:
-            report = run_ray(cfg, units, ShardLoader, address=args.address, num_gpus=args.num_gpus)
-        else:
-            report = run_local(cfg, units, ShardLoader)
+        with ray_connection(args.address):   # ray.init: something answers at --address, but no Ray cluster
+            if args.address:
+                report = run_ray(cfg, units, ShardLoader, address=args.address, num_gpus=args.num_gpus)
+            else:
+                report = run_local(cfg, units, ShardLoader)
     except ScorerError as exc:
         print(f"vlprep verify: {exc}", file=sys.stderr)
         return 2
-    except ConnectionError as exc:   # ray.init: something answers at --address, but no Ray cluster
-        raise unreachable(args.address, exc) from None
     secs = max(time.perf_counter() - t0, 1e-9)
     if report.samples:
         print(f"verified {report.samples} samples in {secs:.1f}s ({report.samples / secs:,.2f} samples/s)")

@@ -8,6 +8,8 @@ answers in one line within `timeout_s` (exit 2, jobs.cli).
 from __future__ import annotations
 
 import socket
+import time
+from contextlib import contextmanager
 
 from processors.errors import UserInputError
 
@@ -21,9 +23,11 @@ class ClusterUnreachable(UserInputError, ConnectionError):
 
 def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
     """Return when `address` (None / local / auto / host:port / ray://host:port) may name a Ray
-    cluster: it accepts a TCP connection and does not show itself to be something else (silent, or
-    HTTP/1) at the gRPC handshake; else raise ClusterUnreachable naming the address and what to do.
-    Anything less certain is left to `ray.init`, whose ConnectionError `unreachable` words."""
+    cluster: it accepts a TCP connection, does not show itself to be something else (silent, or
+    HTTP/1) at the gRPC handshake, and does not answer "unimplemented" to the Ray service the address
+    names (a gRPC server of another kind, or the GCS given as ray://, Ray Client given as host:port);
+    else raise ClusterUnreachable naming the address and what to do.
+    Anything less certain is left to `ray.init`, whose ConnectionError `ray_connection` words."""
     if not address or address == "local":
         return
     target = address
@@ -40,6 +44,7 @@ def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
         if not target:
             return
     host, port = _host_port(address, target)
+    deadline = time.monotonic() + timeout_s
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
             answer = None if _tls() else _grpc_answer(sock)
@@ -47,6 +52,13 @@ def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
         why = "no answer" if isinstance(exc, (TimeoutError, socket.timeout)) else (exc.strerror or str(exc))
         raise ClusterUnreachable(f"--address {address}: no Ray cluster answers at {host}:{port} "
                                  f"({why} within {timeout_s:g} s); {_HINT}") from None
+    if answer is None and not _tls():
+        client = address.startswith("ray://")
+        answer = _ray_service_answer(host, port, client, deadline)
+        if answer == _OTHER_KIND:
+            what, form = (("the Ray GCS, which takes no ray:// prefix", f"{host}:{port}") if client else
+                          ("a Ray Client server, which takes the ray:// form", f"ray://{host}:{port}"))
+            raise ClusterUnreachable(f"--address {address}: {host}:{port} is {what}: give --address {form}")
     if answer is not None:
         raise ClusterUnreachable(f"--address {address}: {host}:{port} answers, but not as a Ray cluster ({answer}; "
                                  f"the GCS listens on 6379, Ray Client on 10001, the dashboard's 8265 is not "
@@ -82,12 +94,51 @@ def _grpc_answer(sock: socket.socket) -> str | None:
     return None
 
 
-def unreachable(address: str | None, exc: BaseException) -> ClusterUnreachable:
-    """`ray.init`'s ConnectionError (something answered at the address, but no Ray cluster) as one line."""
-    if isinstance(exc, ClusterUnreachable):
-        return exc
-    return ClusterUnreachable(f"--address {address}: cannot connect to a Ray cluster there "
-                              f"({_first_line(exc)}); {_HINT}")
+# One method of each Ray service an --address names, asked with an empty request (Ray Client: its PING,
+# ClusterInfoType.PING = 6): a gRPC server without that service answers UNIMPLEMENTED at once, while
+# `ray.init` would retry it for ~20 s; Ray answers anything else (OK; UNAUTHENTICATED under token auth).
+_GCS_METHOD = ("/ray.rpc.NodeInfoGcsService/GetClusterId", b"")      # what ray.init asks the GCS first
+_CLIENT_METHOD = ("/ray.rpc.RayletDriver/ClusterInfo", b"\x08\x06")
+_OTHER_KIND = "the other Ray service"
+
+
+def _ray_service_answer(host: str, port: int, client: bool, deadline: float) -> str | None:
+    """After the HTTP/2 handshake: does host:port serve the Ray service the address names (the GCS for
+    host:port, Ray Client for ray://)? None: it does, or the call cannot tell (no grpc module, a time-out,
+    a dropped connection: left to `ray.init`); `_OTHER_KIND`: it serves the other one; else what it is."""
+    try:
+        import grpc
+    except ImportError:
+        return None
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def status(method: tuple[str, bytes]):
+        try:
+            channel.unary_unary(method[0])(method[1], timeout=max(deadline - time.monotonic(), 0.5))
+        except grpc.RpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    want, other = (_CLIENT_METHOD, _GCS_METHOD) if client else (_GCS_METHOD, _CLIENT_METHOD)
+    with grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        if status(want) != grpc.StatusCode.UNIMPLEMENTED:
+            return None
+        if status(other) in (grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED):   # what Ray answers
+            return _OTHER_KIND
+    return f"a gRPC server, but not {'Ray Client' if client else 'the Ray GCS'}"
+
+
+@contextmanager
+def ray_connection(address: str | None):
+    """Around the code that calls `ray.init(address=...)`: its ConnectionError (something answered at
+    the address, but no Ray cluster) leaves as one ClusterUnreachable line (jobs.cli: exit 2)."""
+    try:
+        yield
+    except ClusterUnreachable:
+        raise
+    except ConnectionError as exc:
+        raise ClusterUnreachable(f"--address {address}: cannot connect to a Ray cluster there "
+                                 f"({_first_line(exc)}); {_HINT}") from None
 
 
 def _host_port(address: str, target: str) -> tuple[str, int]:

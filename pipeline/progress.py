@@ -32,28 +32,36 @@ class _RateColumn(ProgressColumn):
         return Text(f"{speed:,.0f} records/s" if speed else "")
 
 
-class _LineBar:
-    """Progress for a log file (stderr not a terminal): one plain line per task at most every
-    `every_s` seconds, and when a task completes: `vlprep: encode 120/1,000 records (12%), 30 records/s`."""
+class LineBar:
+    """Progress for a log file (stderr not a terminal), the one printer of every command: one plain line
+    per task at most every `every_s` seconds, and when a task completes:
+    `vlprep: encode 120/1,000 records (12%), 30.0 records/s, 4s` (then `, {postfix}` when one is set).
+    The calls are rich's (`add_task`, `advance`, `update(task, postfix=...)`)."""
 
-    def __init__(self, every_s: float = 30.0, file=None):
-        self.every_s, self.file, self.tasks = every_s, file or sys.stderr, []
+    def __init__(self, every_s: float = 30.0, file=None, unit: str = "records", clock=time.monotonic):
+        self.every_s, self.file, self.unit, self.clock, self.tasks = every_s, file or sys.stderr, unit, clock, []
 
     def add_task(self, description: str, total: float | None = None, **_):
-        now = time.monotonic()
-        self.tasks.append({"name": description, "total": total or 0, "done": 0, "t0": now, "shown": now})
+        now = self.clock()
+        self.tasks.append({"name": description, "total": total or 0, "done": 0, "t0": now, "shown": now,
+                           "postfix": ""})
         return len(self.tasks) - 1
+
+    def update(self, task: int, postfix: str | None = None, **_) -> None:
+        if postfix is not None:
+            self.tasks[task]["postfix"] = postfix
 
     def advance(self, task: int, n: float = 1) -> None:
         t = self.tasks[task]
         t["done"] += n
-        now = time.monotonic()
+        now = self.clock()
         if now - t["shown"] >= self.every_s or (t["total"] and t["done"] >= t["total"]):
             t["shown"] = now
             share = f" ({100 * t['done'] / t['total']:.0f}%)" if t["total"] else ""
             rate = t["done"] / max(now - t["t0"], 1e-9)
-            print(f"vlprep: {t['name']} {t['done']:,.0f}/{t['total']:,.0f} records{share}, {rate:,.1f} records/s, "
-                  f"{now - t['t0']:.0f}s", file=self.file, flush=True)
+            tail = f", {t['postfix']}" if t["postfix"] else ""
+            print(f"vlprep: {t['name']} {t['done']:,.0f}/{t['total']:,.0f} {self.unit}{share}, "
+                  f"{rate:,.1f} {self.unit}/s, {now - t['t0']:.0f}s{tail}", file=self.file, flush=True)
 
 
 @contextmanager
@@ -64,7 +72,7 @@ def progress_bar(enabled: "bool | str" = True):
         yield _NoBar()
         return
     if enabled == "lines":
-        yield _LineBar()
+        yield LineBar()
         return
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("records"), _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -79,6 +87,43 @@ def progress_mode(disabled: bool) -> "bool | str":
     if disabled:
         return False
     return True if sys.stderr.isatty() else "lines"
+
+
+class _Counter:
+    """One count with a postfix (`advance(n, postfix)`), on a tqdm bar, a LineBar task or nothing."""
+
+    def __init__(self, bar, task=None):
+        self.bar, self.task = bar, task
+
+    def advance(self, n: float, postfix: str | None = None) -> None:
+        if self.bar is None:
+            return
+        if self.task is None:               # tqdm
+            if postfix is not None:
+                self.bar.set_postfix_str(postfix, refresh=False)
+            self.bar.update(n)
+        else:
+            self.bar.update(self.task, postfix=postfix)
+            self.bar.advance(self.task, n)
+
+
+@contextmanager
+def progress_count(description: str, total: int, mode: "bool | str", unit: str):
+    """Progress of one count (`vlprep score`'s samples): a tqdm bar on a terminal, LineBar lines in a log
+    (`mode == "lines"`, `progress_mode`), nothing when disabled. Yields `advance(n, postfix)`."""
+    if not mode:
+        yield _Counter(None)
+    elif mode == "lines":
+        bar = LineBar(unit=unit)
+        yield _Counter(bar, bar.add_task(description, total=total))
+    else:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit=unit.rstrip("s"), dynamic_ncols=True, file=sys.stderr)
+        try:
+            yield _Counter(bar)
+        finally:
+            bar.close()
 
 
 def _shown(path) -> str:

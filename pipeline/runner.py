@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import setup_checks
-from .cluster import check_ray_address, unreachable
+from .cluster import check_ray_address, ray_connection
 from .config import ConfigError, JobConfig
 from .dedup import decide
 from .io import LEDGER_SCHEMA, MANIFEST_SCHEMA, Layout, write_table, write_text
@@ -392,10 +392,8 @@ class _executor:
                 os.environ["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, *paths])
             if addr:
                 check_ray_address(addr)      # nothing (Ray) listening there: one line, not a minute's wait
-                try:
+                with ray_connection(addr):   # something answers there, but ray.init gave up
                     _connect(ray, addr)
-                except ConnectionError as exc:   # something answers there, but ray.init gave up
-                    raise unreachable(addr, exc) from None
             else:
                 # address="local": always a fresh embedded instance, never a cluster that happens
                 # to run on this machine (`ray start`, another job's test cluster)

@@ -261,7 +261,7 @@ def test_score_progress_in_a_log_is_plain_lines_not_a_bar(tmp_path, capsys):
         if had is None:
             os.environ.pop("TQDM_DISABLE", None)
     err = capsys.readouterr().err
-    assert "\r" not in err and "scored 3/3 samples (100%)" in err, err
+    assert "\r" not in err and "vlprep: score 3/3 samples (100%), " in err, err
     assert "Loading weights" not in err and "it/s]" not in err, err     # nor the model loader's bar
 
 

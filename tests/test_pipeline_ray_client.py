@@ -46,7 +46,7 @@ def _wait_for_port(port: int, timeout_s: float) -> bool:
 
 @pytest.fixture()
 def ray_head():
-    """A head node with a Ray Client server; yields the ray:// address."""
+    """A head node with a Ray Client server; yields the ray:// address, the environment and the GCS address."""
     temp = tempfile.mkdtemp(prefix="vlr")  # short: Ray's socket paths must stay under ~107 chars
     gcs, client = _free_port(), _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -58,7 +58,7 @@ def ray_head():
         if not _wait_for_port(client, 90):
             proc.kill()
             pytest.fail(f"ray head did not open its client port: {proc.stderr.read().decode()[-2000:]}")
-        yield f"ray://127.0.0.1:{client}", env
+        yield f"ray://127.0.0.1:{client}", env, f"127.0.0.1:{gcs}"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -69,7 +69,16 @@ def ray_head():
 
 
 def test_prepare_through_ray_client_equals_a_local_run(tmp_path, ray_head):
-    address, env = ray_head
+    address, env, gcs = ray_head
+    from pipeline.cluster import ClusterUnreachable, check_ray_address
+
+    check_ray_address(address)     # the gRPC probe of --address passes Ray Client and the GCS ...
+    check_ray_address(gcs)
+    client = address[len("ray://"):]
+    with pytest.raises(ClusterUnreachable) as exc:        # ... and names Ray Client given in the GCS's form
+        check_ray_address(client)
+    assert str(exc.value) == (f"--address {client}: {client} is a Ray Client server, which takes the ray:// form: "
+                              f"give --address {address}")
     cfg_path, _ = make_mixed_corpus(tmp_path, with_video=False)
     out_client, out_local = tmp_path / "out_client", tmp_path / "out_local"
     # (pipeline.runner._connect retries Ray Client's racy connection start-up)

@@ -86,6 +86,19 @@ def test_work_units_in_process_equal_the_thread_pool(mixed, tmp_path, mode):
     assert doc["accounting"]["inputs"] == 10 and _stats(tmp_path / "local-10")[1]["units"] == 3
 
 
+@pytest.mark.slow
+def test_the_address_check_knows_a_real_gcs(cluster):
+    """The gRPC probe of --address on a real Ray GCS (token auth as Ray's default sets it): the GCS passes;
+    given as ray:// (Ray Client's form) it is named, with the form to give instead."""
+    from pipeline.cluster import ClusterUnreachable, check_ray_address
+
+    check_ray_address(cluster.address)
+    with pytest.raises(ClusterUnreachable) as exc:
+        check_ray_address(f"ray://{cluster.address}")
+    assert str(exc.value) == (f"--address ray://{cluster.address}: {cluster.address} is the Ray GCS, which takes "
+                              f"no ray:// prefix: give --address {cluster.address}")
+
+
 def test_address_needs_the_ray_executor(mixed, tmp_path, capsys):
     cfg_path, _ = mixed
     assert _stats_cli(cfg_path, tmp_path, "--executor", "threads", "--address", "auto") == 2

@@ -169,7 +169,14 @@ def test_model_that_is_missing_or_not_qwen_vl(prepared, tmp_path, capsys):
         assert main([*cmd, "--model", str(tmp_path / "missing")]) == 2
         assert "is not a local checkpoint folder with a config.json" in capsys.readouterr().err
         assert main([*cmd, "--model", str(bert)]) == 2
-        assert "model_type 'bert' is not a Qwen2-VL" in capsys.readouterr().err
+        assert "model_type 'bert' is not a Qwen2-VL" in _one_line(capsys)
+    for cmd in (["score", str(out), "--model", str(bert)], ["verify", str(out), "--model", str(bert)]):
+        p = subprocess.run([sys.executable, "-m", "jobs.cli", *cmd], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert p.returncode == 2 and p.stdout == "", (cmd, p.stdout)      # checked before "scoring N units ..."
+        assert p.stderr.splitlines() == [f"vlprep {cmd[0]}: {bert}: model_type 'bert' is not a Qwen2-VL / Qwen2.5-VL "
+                                         "/ Qwen3-VL checkpoint (expected one of ['qwen2_5_vl', 'qwen2_vl', "
+                                         "'qwen3_vl'])"], (cmd, p.stderr)
 
 
 def test_demo_with_too_few_scenes(tmp_path, capsys):
@@ -200,15 +207,32 @@ def _http_listener():
     return srv
 
 
+def _grpc_server():
+    """A real gRPC (HTTP/2) server that is not Ray: it serves one service of its own."""
+    from concurrent import futures
+
+    import grpc
+
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    srv.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("demo.Echo", {"Say": echo})])
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    return srv, port
+
+
 def test_unreachable_addresses_fail_fast(prepared, tmp_path, capsys, monkeypatch):
     cfg, out, _ = prepared
     closed = _closed_port()
     silent = _silent_listener()
     http = _http_listener()
+    grpc_srv, grpc_port = _grpc_server()
     cases = [(f"ray://127.0.0.1:{closed}", "no Ray cluster answers at 127.0.0.1:"),
              (f"127.0.0.1:{closed}", "no Ray cluster answers at 127.0.0.1:"),
              (f"127.0.0.1:{silent.getsockname()[1]}", "(no answer within 5 s)"),
              (f"ray://127.0.0.1:{http.server_address[1]}", "answers, but not as a Ray cluster"),
+             (f"127.0.0.1:{grpc_port}", "answers, but not as a Ray cluster (a gRPC server, but not the Ray GCS;"),
+             (f"ray://127.0.0.1:{grpc_port}", "answers, but not as a Ray cluster (a gRPC server, but not Ray Client;"),
              ("nonsense", "is not a Ray address: give auto, host:port"),
              ("auto", "no Ray cluster answers at ")]
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{closed}")   # what `auto` finds first (Ray's own rule)
@@ -226,6 +250,7 @@ def test_unreachable_addresses_fail_fast(prepared, tmp_path, capsys, monkeypatch
     finally:
         silent.close()
         http.shutdown()
+        grpc_srv.stop(None)
     assert not (tmp_path / "o" / "job.json").exists() and not (tmp_path / "s").exists()
 
 
@@ -244,12 +269,17 @@ def test_the_cli_process_prints_one_line_and_exits_2(prepared, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for argv in (["prepare", str(prepared[0]), "--out", str(afile)],
-                 ["prepare", str(prepared[0]), "--out", str(tmp_path / "o"), "--address", f"ray://127.0.0.1:{_closed_port()}"]):
-        p = subprocess.run([sys.executable, "-m", "jobs.cli", *argv], capture_output=True, text=True, env=env,
-                           cwd=tmp_path, timeout=120)
-        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, (argv, p.stderr)
-        assert p.stderr.startswith("vlprep prepare: ") and "Traceback" not in p.stderr
+    grpc_srv, grpc_port = _grpc_server()       # the gRPC probe of --address adds nothing to stderr either
+    try:
+        for argv in (["prepare", str(prepared[0]), "--out", str(afile)],
+                     ["prepare", str(prepared[0]), "--out", str(tmp_path / "o"), "--address", f"ray://127.0.0.1:{_closed_port()}"],
+                     ["prepare", str(prepared[0]), "--out", str(tmp_path / "o"), "--address", f"127.0.0.1:{grpc_port}"]):
+            p = subprocess.run([sys.executable, "-m", "jobs.cli", *argv], capture_output=True, text=True, env=env,
+                               cwd=tmp_path, timeout=120)
+            assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, (argv, p.stderr)
+            assert p.stderr.startswith("vlprep prepare: ") and "Traceback" not in p.stderr
+    finally:
+        grpc_srv.stop(None)
 
 
 # -- the training loader -----------------------------------------------------------------------------
@@ -300,6 +330,12 @@ def test_prepare_in_a_log_prints_progress_lines(prepared, tmp_path, capsys):
     assert main(["prepare", str(prepared[0]), "--out", str(tmp_path / "o"), "--executor", "local"]) == 0
     err = capsys.readouterr().err          # stderr is not a terminal here, as in a log file
     assert "vlprep: index 6/6 records (100%)" in err and "vlprep: encode 6/6 records (100%)" in err, err
+    assert main(["score", str(tmp_path / "o"), "--scorers", "pixels", "--executor", "local"]) == 0
+    err += capsys.readouterr().err
+    import re                              # one printer (pipeline.progress.LineBar) for both commands
+    line = r"vlprep: (\w+) 6/6 (records|samples) \(100%\), [\d,.]+ \2/s, \d+s(, [\d,]+ tok/s)?"
+    assert sorted(m.group(1) for m in re.finditer(line, err)) == ["encode", "index", "score"], err
+    assert re.search(r"vlprep: score 6/6 samples \(100%\), [\d,.]+ samples/s, \d+s, [\d,]+ tok/s\n", err), err
     assert main(["prepare", str(prepared[0]), "--out", str(tmp_path / "o2"), "--executor", "local",
                  "--no-progress"]) == 0
     assert "vlprep: encode" not in capsys.readouterr().err
@@ -308,16 +344,39 @@ def test_prepare_in_a_log_prints_progress_lines(prepared, tmp_path, capsys):
 def test_line_progress_is_throttled():
     import io
 
-    from pipeline.progress import _LineBar
+    from pipeline.progress import LineBar
 
     buf = io.StringIO()
-    bar = _LineBar(every_s=3600, file=buf)
+    bar = LineBar(every_s=3600, file=buf)
     task = bar.add_task("encode", total=1000)
     for _ in range(999):
         bar.advance(task, 1)
     assert buf.getvalue() == ""                      # nothing until the interval or the end
     bar.advance(task, 1)
     assert buf.getvalue().startswith("vlprep: encode 1,000/1,000 records (100%), ")
+
+
+def test_the_shared_line_printer_writes_these_lines(capsys):
+    import io
+
+    from pipeline.progress import LineBar, progress_count
+
+    clock = iter([100.0, 101.0, 104.0, 104.0])           # add_task, advance, advance, the end
+    buf = io.StringIO()
+    bar = LineBar(every_s=2, file=buf, unit="samples", clock=lambda: next(clock))
+    task = bar.add_task("score", total=2500)
+    bar.update(task, postfix="1,234 tok/s")
+    bar.advance(task, 1000)                              # 1 s: inside the interval, nothing
+    bar.advance(task, 1000)                              # 4 s: a line
+    bar.advance(task, 500)                               # the end: a line
+    assert buf.getvalue().splitlines() == ["vlprep: score 2,000/2,500 samples (80%), 500.0 samples/s, 4s, 1,234 tok/s",
+                                           "vlprep: score 2,500/2,500 samples (100%), 625.0 samples/s, 4s, 1,234 tok/s"]
+    with progress_count("score", 3, "lines", unit="samples") as count:   # what `vlprep score` prints in a log
+        count.advance(3, "7 tok/s")
+    assert capsys.readouterr().err.startswith("vlprep: score 3/3 samples (100%), ")
+    with progress_count("score", 3, False, unit="samples") as count:     # disabled: nothing
+        count.advance(3, "7 tok/s")
+    assert capsys.readouterr().err == ""
 
 
 def _one_reply_listener(reply: bytes):

@@ -192,13 +192,8 @@ class VerifyScorer:
         import transformers
 
         from .protocol import compute_dtype
-        from .vlm_scorer import _FAMILIES
 
-        cfg = transformers.AutoConfig.from_pretrained(self.vlm.model_path)
-        if cfg.model_type not in _FAMILIES:
-            raise ScorerError(f"{self.vlm.model_path}: model_type {cfg.model_type!r} is not a Qwen2-VL / Qwen2.5-VL "
-                              f"/ Qwen3-VL checkpoint (expected one of {sorted(_FAMILIES)})")
-        self.vlm.model_type = cfg.model_type
+        cfg = transformers.AutoConfig.from_pretrained(self.vlm.model_path)   # the family: checked in VLMScorer
         self.temporal_patch_size = int(getattr(getattr(cfg, "vision_config", cfg), "temporal_patch_size", 2))
         dtype = str(compute_dtype(device, self.vlm.dtype_mode)).replace("torch.", "")
         import vllm

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import json
 import os
 import warnings
 
@@ -86,14 +87,31 @@ class ModelCache:
         return cls._stack[-1] if cls._stack else None
 
 
+def checkpoint_type(model_path: str) -> str:
+    """The model_type of a `--model` folder (its config.json), checked to be a Qwen-VL family: the one
+    check of a checkpoint, run by VLMScorer and by `vlprep score` / `verify` before they print or start
+    anything."""
+    config = os.path.join(model_path, "config.json")
+    if not os.path.isdir(model_path) or not os.path.exists(config):
+        raise ScorerError(f"--model {model_path!r} is not a local checkpoint folder with a config.json; "
+                          "vlprep loads models by path only (no hub access)")
+    try:
+        with open(config, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ScorerError(f"--model {model_path!r}: config.json is not a JSON object ({_first_line(exc)})") from None
+    if model_type not in _FAMILIES:
+        raise ScorerError(f"{model_path}: model_type {model_type!r} is not a Qwen2-VL / Qwen2.5-VL / Qwen3-VL "
+                          f"checkpoint (expected one of {sorted(_FAMILIES)})")
+    return model_type
+
+
 class VLMScorer:
     name = "vlm"
 
     def __init__(self, model_path: str, *, pack: str = "auto", attn_implementation: str | None = None,
                  visual_gain: bool = True, dtype: str = "auto", tokenizer: str | None = None):
-        if not os.path.isdir(model_path) or not os.path.exists(os.path.join(model_path, "config.json")):
-            raise ScorerError(f"--model {model_path!r} is not a local checkpoint folder with a config.json; "
-                              "vlprep loads models by path only (no hub access)")
+        self.model_type = checkpoint_type(model_path)
         if pack not in ("auto", "on", "off"):
             raise ScorerError(f"pack must be auto|on|off, got {pack!r}")
         self.model_path = model_path
@@ -105,19 +123,13 @@ class VLMScorer:
         self.tokenizer_path = tokenizer  # the shards' tokenizer folder (job.json `tokenizer:`); None = built-in
         self.model = None
         self.head = None
-        self.model_type = None
 
     # -- setup ----------------------------------------------------------------------------------
     def setup(self, device) -> None:
         import torch
         import transformers
 
-        cfg = transformers.AutoConfig.from_pretrained(self.model_path)
-        if cfg.model_type not in _FAMILIES:
-            raise ScorerError(f"{self.model_path}: model_type {cfg.model_type!r} is not a Qwen2-VL / Qwen2.5-VL "
-                              f"checkpoint (expected one of {sorted(_FAMILIES)})")
-        self.model_type = cfg.model_type
-        cls = getattr(transformers, _FAMILIES[cfg.model_type])
+        cls = getattr(transformers, _FAMILIES[self.model_type])
         self.dtype = compute_dtype(device, self.dtype_mode)
         attn = self.attn_implementation or _best_attention(device, self.dtype)
         # On a GPU with `accelerate` installed (the `gpu` extra) the weights go straight to the device;
