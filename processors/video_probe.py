@@ -45,6 +45,10 @@ class VideoInfo:
     key_dts: np.ndarray = field(default=None, repr=False, compare=False)
     key_pos: np.ndarray = field(default=None, repr=False, compare=False)
     has_pts: bool = field(default=True, repr=False)
+    # The decoder's reorder depth (FFmpeg's has_b_frames) as a plain open leaves it: after the stream
+    # probe, before any frame is decoded. The decoder checks a cheaper open against it
+    # (`video_decode._open_container`). None: unknown.
+    reorder_depth: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -103,6 +107,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             raise VideoDecodeError(f"{path}: no video stream (streams: {', '.join(kinds)})")
         stream = container.streams.video[0]
         codec = stream.codec_context.name if stream.codec_context else "unknown"
+        reorder_depth = int(stream.codec_context.reorder_depth) if stream.codec_context else None
         tb = stream.time_base or Fraction(1, 1)
         pts_list, key_pts, has_pts = [], [], True
         key_at = {}  # keyframe pts -> (dts, byte position); the first packet's under None
@@ -185,5 +190,5 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             container=container.format.name if container.format else "",
             stream_index=stream.index, time_base=tb, frame_pts=frame_pts, key_indices=key_indices,
             key_dts=key_dts, key_pos=key_pos,
-            has_pts=has_pts,
+            has_pts=has_pts, reorder_depth=reorder_depth,
         )
