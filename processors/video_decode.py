@@ -366,6 +366,10 @@ def entry_keys(info: VideoInfo) -> np.ndarray:
 _LOOKAHEAD_BYTES = 64 << 20  # decoded frames the workers may hold ahead of the consumer (≥ 1 frame each)
 _LOOKAHEAD_RUNS = 2           # a worker starts a run only within this many runs per worker of the consumer's
 _JOIN_S = 10.0               # how long a stopped worker may take to leave an FFmpeg call
+# The last run decodes with FFmpeg's thread count (`_decode_parallel`). Off: on this 2-core machine at
+# load 3-5 it saved no wall time and cost 1-4 % CPU (docs/video.md); bench/video_decode.py's `:last`
+# variant turns it on for an A/B on an idle machine.
+_LAST_RUN_ALL_THREADS = False
 
 
 class _WorkerDeadline:
@@ -415,7 +419,15 @@ def _decode_parallel(info: VideoInfo, runs: list[np.ndarray], n_workers: int, th
                     r = st["next"]
                     st["next"] += 1
                 try:
-                    if o is None:
+                    if r == len(runs) - 1 and _LAST_RUN_ALL_THREADS and threads is None and (
+                            decoder_threads(info, 1) != decoder_threads(info, n_workers)):
+                        # The last run: the other workers finish theirs and leave their cores idle,
+                        # so this one decodes with FFmpeg's threads (a fresh decoder: the thread
+                        # count is fixed once a decoder is open).
+                        if o is not None:
+                            o.close()
+                        o = _Opened(info, None, targets, workers=1)
+                    elif o is None:
                         o = _Opened(info, threads, targets, workers=n_workers)
                     for item in _decode_targets(o, info, runs[r], wd, done0=offsets[r]):
                         nbytes = item[1].nbytes

@@ -102,3 +102,33 @@ def test_a_stream_unlike_the_probe_opens_plainly(clips, change):
     c, skipped = video_decode._open_container(info)
     c.close()
     assert skipped
+
+
+def test_last_run_decodes_with_ffmpeg_threads(tmp_path, monkeypatch):
+    """GOP-parallel with `_LAST_RUN_ALL_THREADS` (off by default, unmeasured gain): the run no other
+    worker can take any more gets a decoder with FFmpeg's thread count (the other workers' cores fall
+    idle as they finish); the others keep theirs. Frames equal the sequential decoder's and a full
+    decode."""
+    monkeypatch.setattr(video_decode, "_LAST_RUN_ALL_THREADS", True)
+    path = make_clip(tmp_path / "big.mp4", width=800, height=512, num_frames=36, gop=12, bframes=2)
+    info = probe_video(path)
+    idx = np.array([1, 5, 14, 20, 26, 33])
+    assert len(video_decode.decode_runs(info, idx)) == 3
+    assert video_decode.decoder_threads(info, 1) != video_decode.decoder_threads(info, 2)
+    opened = []
+    real_init = video_decode._Opened.__init__
+
+    def init(o, info_, threads, targets, *, workers):
+        real_init(o, info_, threads, targets, workers=workers)
+        opened.append((workers, o.cc.thread_count))
+
+    monkeypatch.setattr(video_decode._Opened, "__init__", init)
+    got = list(decode_pyav(info, idx, workers=2))
+    # one worker may take runs 0 and 1 on one container before the other starts: 2 or 3 opens
+    assert opened.count((1, video_decode.decoder_threads(info, 1))) == 1
+    assert opened.count((2, video_decode.decoder_threads(info, 2))) in (1, 2) and len(opened) in (2, 3)
+    seq = list(decode_pyav(info, idx, workers=1))
+    frames, _ = full_decode(path)
+    assert [i for i, _ in got] == [i for i, _ in seq] == idx.tolist()
+    for (i, a), (_, b) in zip(got, seq):
+        assert np.array_equal(a, b) and np.array_equal(a, frames[i]), i
