@@ -17,12 +17,27 @@ from processors.video_decode import decode_pyav, rotate_frame
 from video_factory import full_decode, make_clip
 
 
+def _remux(src, dst, **options):
+    """Copy the video stream's packets into a new container (muxer `options`)."""
+    with av.open(str(src)) as i, av.open(str(dst), "w", options=options) as o:
+        s = i.streams.video[0]
+        t = o.add_stream_from_template(s)
+        for p in i.demux(s):
+            if p.dts is not None:
+                p.stream = t
+                o.mux(p)
+    return dst
+
+
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("open")
     x264 = lambda params: {"preset": "veryfast", "x264-params": params}  # noqa: E731
+    bf = make_clip(d / "bf.mp4", num_frames=90, gop=15, options=x264("bframes=3:b-pyramid=normal"))
     return {
-        "h264_mp4": make_clip(d / "bf.mp4", num_frames=90, gop=15, options=x264("bframes=3:b-pyramid=normal")),
+        "h264_mp4": bf,
+        # fragmented MP4 (DASH/streaming style: an empty moov, samples in moof fragments)
+        "h264_fmp4": _remux(bf, d / "frag.mp4", movflags="frag_keyframe+empty_moov+default_base_moof"),
         "h264_mp4_open_gop": make_clip(d / "open.mp4", num_frames=90, gop=20, options=x264("bframes=3:open-gop=1")),
         "hevc_mp4": make_clip(d / "hevc.mp4", codec="libx265", num_frames=60, gop=15,
                               options={"preset": "medium", "x265-params": "log-level=error:bframes=4"}),
@@ -37,7 +52,7 @@ def clips(tmp_path_factory):
 
 # MP4/MOV. On rot90_mp4 (x264, 2 B-frames) MP4's own reorder guess is 1, the plain open's 2: the
 # decoder is given the probe's.
-CHEAP = ["h264_mp4", "h264_mp4_open_gop", "hevc_mp4", "mpeg4_mov", "rot90_mp4"]
+CHEAP = ["h264_mp4", "h264_fmp4", "h264_mp4_open_gop", "hevc_mp4", "mpeg4_mov", "rot90_mp4"]
 DEPTH_DIFFERS = ["rot90_mp4"]
 PLAIN = ["h264_mkv", "vp9_webm", "mpeg4_avi", "mpeg2_es"]
 
