@@ -7,9 +7,9 @@ Variants: `seq` workers=1 (the sequential path, decoder threads by `decoder_thre
 workers=None (one per usable core, at most one per run; decoder threads by `decoder_threads(info,
 workers)`); a suffix `:tN` forces N decoder threads per container (0: FFmpeg's count); `wN` forces N
 workers; a last suffix `:plain` opens every decoder container with FFmpeg's full stream probe (the
-code before `video_decode._open_container` skipped its decode on MP4/MOV); `:last` decodes the last
-run with FFmpeg's thread count (`video_decode._LAST_RUN_ALL_THREADS`, off by default). Each case
-probes, picks the default mode's frames (qwen2.5-vl, fps 2) and decodes them to RGB (the
+code before `video_decode._open_container` skipped its decode on MP4/MOV); `:nolast` decodes the
+last run on the workers' thread count too (the code before `video_decode._LAST_RUN_ALL_THREADS`).
+Each case probes, picks the default mode's frames (qwen2.5-vl, fps 2) and decodes them to RGB (the
 bench/video.py floor); the timer covers the decode only. Reports the best wall and the median CPU
 s (user + system, all threads) per variant, and the load average around each clip: on a shared machine
 trust CPU s and interleaved wall ratios, not absolute walls.
@@ -36,7 +36,7 @@ def _cpu() -> float:
 
 def parse_variant(v: str) -> dict:
     """`seq` / `par` / `wN`, optionally `:tN` -> decode_pyav keyword arguments."""
-    name, _, t = v.removesuffix(":plain").removesuffix(":last").partition(":")
+    name, _, t = v.removesuffix(":plain").removesuffix(":nolast").partition(":")
     if name == "seq":
         kw = {"workers": 1}
     elif name == "par":
@@ -61,9 +61,9 @@ def child(variant: str, path: str) -> dict:
     if variant.endswith(":plain"):  # every decoder container opened with FFmpeg's full stream probe
         from processors import video_decode
         video_decode._HEADER_FORMATS = ()
-    if variant.endswith(":last"):  # the last run with FFmpeg's thread count
+    if variant.endswith(":nolast"):  # the last run on the workers' thread count too
         from processors import video_decode
-        video_decode._LAST_RUN_ALL_THREADS = True
+        video_decode._LAST_RUN_ALL_THREADS = False
     info = probe_video(path)
     idx, _ = select_frames(info, preset=QWEN25_VL)
     runs = len(decode_runs(info, idx))

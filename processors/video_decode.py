@@ -28,7 +28,11 @@ each open their own container and take the next run from a shared counter; each 
 same sequential code (`_decode_targets`, RGB conversion on the worker) into that run's queue, and
 the caller reads runs 0, 1, 2 … in order. FFmpeg and swscale release the GIL, so the workers decode
 on separate cores. Memory is bounded by a lookahead window of runs and a byte budget of queued frames
-(`_decode_parallel`). One run, files without pts, or one worker: the sequential path, unchanged.
+(`_decode_parallel`); the worker that takes the last run decodes it with FFmpeg's threads, as the
+others' cores fall idle. One run, files without pts, or one worker: the sequential path, unchanged.
+
+Opening: MP4/MOV decoder containers are opened without the decode FFmpeg's stream probe does
+(`_open_container`: 0.19 CPU s per open at 4K), checked against the probe.
 
 Both yield `(presentation_index, rgb uint8 [H, W, 3])` in increasing index order, rotation applied.
 """
@@ -366,10 +370,11 @@ def entry_keys(info: VideoInfo) -> np.ndarray:
 _LOOKAHEAD_BYTES = 64 << 20  # decoded frames the workers may hold ahead of the consumer (≥ 1 frame each)
 _LOOKAHEAD_RUNS = 2           # a worker starts a run only within this many runs per worker of the consumer's
 _JOIN_S = 10.0               # how long a stopped worker may take to leave an FFmpeg call
-# The last run decodes with FFmpeg's thread count (`_decode_parallel`). Off: on this 2-core machine at
-# load 3-5 it saved no wall time and cost 1-4 % CPU (docs/video.md); bench/video_decode.py's `:last`
-# variant turns it on for an A/B on an idle machine.
-_LAST_RUN_ALL_THREADS = False
+# The last run decodes with FFmpeg's thread count (`_decode_parallel`) when that needs no open or a
+# cheap one (`_open_container` skipped the probe's decode): 2 cores at load 2.4-2.9, decode alone,
+# 7 rounds, median wall 4K H.264 1.27 -> 1.16 s, 1080p60 0.239 -> 0.222 s, CPU +1 %. Not after a
+# plain open: 720p VP9 WebM gained no wall time and cost 9 % CPU (its open plus frame threads).
+_LAST_RUN_ALL_THREADS = True
 
 
 class _WorkerDeadline:
@@ -387,7 +392,8 @@ class _WorkerDeadline:
 def _decode_parallel(info: VideoInfo, runs: list[np.ndarray], n_workers: int, threads: int | None,
                      deadline: _Deadline, targets: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """GOP-parallel decode: `n_workers` threads, each with its own container (opened at its first
-    run, reused for the next), take the next run from a shared counter and decode it with
+    run, reused for the next; the last run gets a fresh one with FFmpeg's threads where opening is
+    cheap, `_LAST_RUN_ALL_THREADS`), take the next run from a shared counter and decode it with
     `_decode_targets` (RGB conversion included) into that run's queue; this generator yields run 0,
     1, 2 … in order, so frames come out in increasing index order as from the sequential path.
 
@@ -420,10 +426,11 @@ def _decode_parallel(info: VideoInfo, runs: list[np.ndarray], n_workers: int, th
                     st["next"] += 1
                 try:
                     if r == len(runs) - 1 and _LAST_RUN_ALL_THREADS and threads is None and (
+                            o is None or o.probe_skipped) and (
                             decoder_threads(info, 1) != decoder_threads(info, n_workers)):
                         # The last run: the other workers finish theirs and leave their cores idle,
-                        # so this one decodes with FFmpeg's threads (a fresh decoder: the thread
-                        # count is fixed once a decoder is open).
+                        # so this one decodes with FFmpeg's threads, on a fresh decoder (the thread
+                        # count is fixed once a decoder is open) where opening one is cheap.
                         if o is not None:
                             o.close()
                         o = _Opened(info, None, targets, workers=1)

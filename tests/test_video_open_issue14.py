@@ -119,17 +119,19 @@ def test_a_stream_unlike_the_probe_opens_plainly(clips, change):
     assert skipped
 
 
-def test_last_run_decodes_with_ffmpeg_threads(tmp_path, monkeypatch):
-    """GOP-parallel with `_LAST_RUN_ALL_THREADS` (off by default, unmeasured gain): the run no other
-    worker can take any more gets a decoder with FFmpeg's thread count (the other workers' cores fall
-    idle as they finish); the others keep theirs. Frames equal the sequential decoder's and a full
-    decode."""
-    monkeypatch.setattr(video_decode, "_LAST_RUN_ALL_THREADS", True)
+@pytest.mark.parametrize("cheap_open", [True, False])
+def test_last_run_decodes_with_ffmpeg_threads(tmp_path, monkeypatch, cheap_open):
+    """GOP-parallel: the run no other worker can take any more gets a decoder with FFmpeg's thread
+    count (the other workers' cores fall idle as they finish) where opening one skips the stream
+    probe's decode; after plain opens no extra container is opened. Frames equal the sequential
+    decoder's and a full decode."""
     path = make_clip(tmp_path / "big.mp4", width=800, height=512, num_frames=36, gop=12, bframes=2)
     info = probe_video(path)
     idx = np.array([1, 5, 14, 20, 26, 33])
     assert len(video_decode.decode_runs(info, idx)) == 3
     assert video_decode.decoder_threads(info, 1) != video_decode.decoder_threads(info, 2)
+    if not cheap_open:
+        monkeypatch.setattr(video_decode, "_HEADER_FORMATS", ())
     opened = []
     real_init = video_decode._Opened.__init__
 
@@ -139,9 +141,13 @@ def test_last_run_decodes_with_ffmpeg_threads(tmp_path, monkeypatch):
 
     monkeypatch.setattr(video_decode._Opened, "__init__", init)
     got = list(decode_pyav(info, idx, workers=2))
-    # one worker may take runs 0 and 1 on one container before the other starts: 2 or 3 opens
-    assert opened.count((1, video_decode.decoder_threads(info, 1))) == 1
-    assert opened.count((2, video_decode.decoder_threads(info, 2))) in (1, 2) and len(opened) in (2, 3)
+    all_threads, shared = (1, video_decode.decoder_threads(info, 1)), (2, video_decode.decoder_threads(info, 2))
+    if cheap_open:
+        # one worker may take runs 0 and 1 on one container before the other starts: 2 or 3 opens
+        assert opened.count(all_threads) == 1 and opened.count(shared) in (1, 2) and len(opened) in (2, 3)
+    else:
+        # the last run gets FFmpeg's threads only where it is its worker's first (no extra open)
+        assert set(opened) <= {all_threads, shared} and len(opened) in (1, 2)
     seq = list(decode_pyav(info, idx, workers=1))
     frames, _ = full_decode(path)
     assert [i for i, _ in got] == [i for i, _ in seq] == idx.tolist()
