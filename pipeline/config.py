@@ -74,7 +74,7 @@ class VideoOptions:
     decode_workers: int | None = None  # threads decoding one video's keyframe runs at once (null: ray.num_cpus; docs/video.md)
     resize: str | None = None          # the reference frames are resized bit-exactly to: qwen-vl-utils | transformers (None: the preset's; docs/video.md)
     fast: bool = False                 # deprecated: `fast: true` = `resize: transformers`
-    formats: list[str] = field(default_factory=lambda: ["mp4", "avi", "mkv", "mov", "webm", "m4v", "mpeg", "mpg", "ts", "flv"])
+    formats: list[str] = field(default_factory=lambda: ["mp4", "avi", "mkv", "mov", "webm", "m4v", "mpeg", "mpg", "ts", "m2ts", "mts", "flv", "3gp"])
 
 
 @dataclass

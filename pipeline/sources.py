@@ -25,7 +25,7 @@ from processors.sample import ImagePart, MediaRef, Message, Sample, TextPart, Vi
 from .config import ConfigError, JobConfig, SourceSpec
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpeg", ".mpg", ".flv")
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpeg", ".mpg", ".ts", ".m2ts", ".mts", ".flv", ".3gp")
 DEFAULT_INSTRUCTION = {"image": "Describe this image.", "video": "Describe this video."}
 
 

@@ -3,7 +3,9 @@
 PyAV backend: frames are addressed by presentation index (position in pts order, as probed). Before
 each target the decoder either keeps decoding forward (the target is in the GOP being decoded) or
 seeks to the keyframe at or before the target (a keyframe lies between the last decoded frame and
-the target, so seeking strictly saves work). Only kept frames are converted to RGB; frames the
+the target, so seeking strictly saves work). A seek is checked on the packet it lands on and, if that
+is not a keyframe at/before the one sought, redone by dts (MPEG-TS bisects by dts) or byte position
+(`_seek_to_key`); MPEG-PS is never sought (`entry_keys`). Only kept frames are converted to RGB; frames the
 decoder must pass over stay in YUV and are dropped.
 
 decord backend: `get_batch` on the indices, as qwen-vl-utils does, in chunks so the time limit is
@@ -96,7 +98,7 @@ def decode_runs(info: VideoInfo, targets: np.ndarray) -> list[np.ndarray]:
     targets = np.asarray(targets, dtype=np.int64)
     if not info.has_pts or len(targets) < 2:
         return [targets]
-    keys = info.key_indices
+    keys = entry_keys(info)
     key_of = keys[np.searchsorted(keys, targets, side="right") - 1]
     starts = np.flatnonzero(key_of[1:] > targets[:-1]) + 1
     return np.split(targets, starts)
@@ -141,7 +143,10 @@ class _Opened:
             if info.has_pts:
                 self.to_rgb = _RGB()
                 self.index_by_pts = _index_by_pts(info.frame_pts)
-                self.keys = info.key_indices
+                self.keys = entry_keys(info)
+                self.key_set = frozenset(info.key_indices.tolist())
+                self.fresh = True  # nothing read yet: the container is at the start
+                self.seek_modes = _seek_modes(info)
                 self.skip_ok = _nonref_skip_safe(self.stream, info)
                 self.target_pts = frozenset(int(p) for p in info.frame_pts[targets]) if self.skip_ok else frozenset()
                 self.mode = "DEFAULT"
@@ -177,18 +182,16 @@ def _decode_targets(o: _Opened, info: VideoInfo, targets: np.ndarray, deadline, 
         k = int(o.keys[np.searchsorted(o.keys, target, side="right") - 1])  # keyframe at/before target
         if k > pos or force_seek:
             # Everything up to k is wasted work: jump there.
-            try:
-                container.seek(int(pts[k]), stream=stream, backward=True, any_frame=False)
-            except av.FFmpegError as e:
-                raise VideoDecodeError(f"{info.path}: seek to frame {k} failed ({e})") from e
+            packets = _seek_to_key(o, info, k)
             pos = -1
             seeked_to = k
             force_seek = False
         else:
             seeked_to = None
+            packets = container.demux(stream)
         first_after_seek = seeked_to is not None
         restart = False
-        for packet in container.demux(stream):
+        for packet in packets:
             deadline.check(done0 + ti)
             if o.skip_ok:
                 want = _SKIP_MODE if packet.pts is not None and packet.pts not in o.target_pts else "DEFAULT"
@@ -239,6 +242,80 @@ def _decode_targets(o: _Opened, info: VideoInfo, targets: np.ndarray, deadline, 
             raise VideoDecodeError(
                 f"{info.path}: the stream ended before frame {target} of {info.num_frames} "
                 f"(last decoded frame {pos}); the file is truncated or its frame count is wrong")
+
+
+def _seek_modes(info: VideoInfo) -> dict[str, dict[int, int]]:
+    """How a keyframe (presentation index) can be sought, in the order `_seek_to_key` tries them:
+    by its pts (demuxers with an index: MP4, Matroska, ...), by its dts (demuxers that bisect the
+    file by decode timestamp: MPEG-TS, MPEG-PS), by its byte position (where the probe saw one)."""
+    keys = info.key_indices.tolist()
+    modes = {"pts": {k: int(info.frame_pts[k]) for k in keys}}
+    if info.key_dts is not None:
+        modes["dts"] = dict(zip(keys, info.key_dts.tolist()))
+    if info.key_pos is not None:
+        modes["byte"] = {k: p for k, p in zip(keys, info.key_pos.tolist()) if p >= 0}
+    return modes
+
+
+def _seek_to_key(o: _Opened, info: VideoInfo, k: int):
+    """Seek `o` so that decoding starts at keyframe `k` (or a keyframe before it) and return the
+    packet iterator from there.
+
+    Each way of seeking (`_seek_modes`) is checked on the first packet it lands on: that packet must
+    be a keyframe at or before `k`. FFmpeg's timestamp seek on MPEG-TS/PS bisects by dts, so a pts
+    target lands on the packet whose dts is just below it, after the keyframe (a non-key frame the
+    decoder cannot start from). The way that worked is tried first next time. If none lands right,
+    the pts seek is used as before (the caller steps back a keyframe when it overshoots)."""
+    import av
+    from itertools import chain
+
+    container, stream = o.container, o.stream
+    if o.fresh:
+        o.fresh = False
+        if k == int(info.key_indices[0]):
+            return container.demux(stream)  # just opened: decode from the start, as a full decode
+    for mode in list(o.seek_modes):
+        target = o.seek_modes[mode].get(k)
+        if target is None:
+            continue
+        try:
+            container.seek(target, stream=stream, backward=True, any_frame=False,
+                           unsupported_byte_offset=mode == "byte")
+            packets = container.demux(stream)
+            first = next((p for p in packets if p.size), None)
+        except av.FFmpegError:
+            continue
+        if first is not None and _starts_at_key(first, o, k):
+            if mode != next(iter(o.seek_modes)):
+                o.seek_modes = {mode: o.seek_modes[mode], **o.seek_modes}
+            return chain([first], packets)
+    try:
+        container.seek(int(info.frame_pts[k]), stream=stream, backward=True, any_frame=False)
+    except av.FFmpegError as e:
+        raise VideoDecodeError(f"{info.path}: seek to frame {k} failed ({e})") from e
+    return container.demux(stream)
+
+
+def _starts_at_key(packet, o: _Opened, k: int) -> bool:
+    """Whether decoding can start at `packet`: a keyframe at or before keyframe `k` (the first frame
+    also where its packet carries no keyframe flag, as the probe treats it)."""
+    ts = packet.pts if packet.pts is not None else packet.dts
+    idx = o.index_by_pts.get(ts) if ts is not None else None
+    return idx is not None and idx <= k and idx in o.key_set and (packet.is_keyframe or idx == 0)
+
+
+# Demuxers whose packets get other timestamps after a seek than in a sequential read: MPEG-PS/VOB
+# (packets whose PES header has no timestamp get guessed ones; measured after a seek: +1500 ticks of
+# 90 kHz, keyframe flags missing), so frames could not be found by pts. Decoded from the start.
+_NO_SEEK_FORMATS = ("mpeg", "vob", "svcd", "dvd")
+
+
+def entry_keys(info: VideoInfo) -> np.ndarray:
+    """The keyframes (presentation indices) decoding may start at: all of them, or only the first
+    frame where the container's seek cannot be trusted (`_NO_SEEK_FORMATS`)."""
+    if any(f in _NO_SEEK_FORMATS for f in info.container.split(",")):
+        return info.key_indices[:1]
+    return info.key_indices
 
 
 _LOOKAHEAD_BYTES = 64 << 20  # decoded frames the workers may hold ahead of the consumer (≥ 1 frame each)
@@ -484,11 +561,15 @@ def _decode_sequential(container, stream, info: VideoInfo, targets: np.ndarray, 
 
 
 # Where decord's seek lands on the wrong frame, read sequentially instead (dmlc/decord#91). Seen here:
-# AVI (after a seek past the first keyframe it returns frames from the start again) and HEVC with
+# AVI (after a seek past the first keyframe it returns frames from the start again), HEVC with
 # open GOPs (x265's default: after a seek to a CRA frame every frame is off by the dropped leading
-# pictures). qwen-vl-utils' decord path returns those wrong frames.
-_DECORD_SEQUENTIAL_FORMATS = ("avi",)
-_DECORD_SEQUENTIAL_CODECS = ("hevc",)
+# pictures), MPEG-PS and MPEG-1/2 and MPEG-4 Part 2 with B-frames in any container (MKV, MOV: frames
+# a few before or after the one asked for). qwen-vl-utils' decord path returns those wrong frames.
+_DECORD_SEQUENTIAL_FORMATS = ("avi", "mpeg")
+_DECORD_SEQUENTIAL_CODECS = ("hevc", "mpeg1video", "mpeg2video", "mpeg4")
+# Where decord is wrong even reading in order: MPEG-TS (its seek to the start lands after the first
+# keyframe, so frame i is frame i + GOP, the last repeated; with one keyframe it fails).
+_DECORD_REFUSED_FORMATS = ("mpegts",)
 
 
 def decode_decord(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None = 120,
@@ -500,6 +581,10 @@ def decode_decord(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | No
         raise VideoDecodeError("backend='decord' needs the decord package (pip install decord)") from e
     targets = np.unique(np.asarray(indices, dtype=np.int64))
     deadline = _Deadline(info.path, timeout_s, len(targets))
+    if any(f in info.container.split(",") for f in _DECORD_REFUSED_FORMATS):
+        raise VideoDecodeError(
+            f"{info.path}: decord returns the wrong frames from {info.container} files (its seek to the start "
+            f"lands after the first keyframe); use backend='pyav'")
     try:
         vr = decord.VideoReader(info.path, ctx=decord.cpu(0), num_threads=threads)
     except Exception as e:  # decord raises its own DECORDError (a RuntimeError subclass)

@@ -3,7 +3,9 @@
 One demux pass over the packets (no pixel decoding) gives the exact frame count and every frame's
 presentation time, which the sampler needs for variable-frame-rate clips and the decoder needs to
 decide between decoding forward and seeking. One frame is decoded to check that the stream really
-decodes and to read the display-matrix rotation, which PyAV only exposes on decoded frames.
+decodes, to read the display-matrix rotation, which PyAV only exposes on decoded frames, and to see
+where a plain decode starts: a file cut mid-GOP (a TS capture) begins with frames no decoder outputs,
+which are not counted.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ class VideoInfo:
 
     path: str
     duration: float          # seconds spanned by the frames (first pts .. last pts + one frame)
-    num_frames: int          # frames in the stream (demuxed packets, discarded ones excluded)
+    num_frames: int          # frames a plain decode yields (demuxed packets, less discarded ones and
+                             # those before the first frame it outputs: a file cut mid-GOP)
     avg_fps: float           # the container's average rate (what decord and qwen-vl-utils use)
     width: int
     height: int
@@ -37,6 +40,10 @@ class VideoInfo:
     time_base: Fraction = field(default=Fraction(1, 1), repr=False)
     frame_pts: np.ndarray = field(default=None, repr=False, compare=False)    # presentation order
     key_indices: np.ndarray = field(default=None, repr=False, compare=False)  # presentation indices of keyframes
+    # Per keyframe (aligned with key_indices): its decode timestamp (the pts where the packet has none)
+    # and its byte position (-1: unknown). Demuxers without an index (MPEG-TS, MPEG-PS) seek by dts.
+    key_dts: np.ndarray = field(default=None, repr=False, compare=False)
+    key_pos: np.ndarray = field(default=None, repr=False, compare=False)
     has_pts: bool = field(default=True, repr=False)
 
     @property
@@ -98,6 +105,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         codec = stream.codec_context.name if stream.codec_context else "unknown"
         tb = stream.time_base or Fraction(1, 1)
         pts_list, key_pts, has_pts = [], [], True
+        key_at = {}  # keyframe pts -> (dts, byte position); the first packet's under None
         try:
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.is_discard:
@@ -107,16 +115,43 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                     has_pts = False
                     ts = len(pts_list)
                 pts_list.append(ts)
+                at = (packet.dts if packet.dts is not None else ts,
+                      packet.pos if packet.pos is not None and packet.pos >= 0 else -1)
+                key_at.setdefault(None, at)
                 if packet.is_keyframe:
                     key_pts.append(ts)
+                    key_at.setdefault(ts, at)
         except av.FFmpegError as e:
             raise VideoDecodeError(f"{path}: demuxing failed after {len(pts_list)} packets ({e}); file is "
                                    f"truncated or corrupt") from e
         if not pts_list:
             raise VideoDecodeError(f"{path}: the {codec} video stream holds no frames")
-        frame_pts = np.sort(np.asarray(pts_list, dtype=np.int64))
-        if has_pts and len(np.unique(frame_pts)) != len(frame_pts):
+        if has_pts and len(set(pts_list)) != len(pts_list):
             has_pts = False  # duplicate timestamps: frames can only be told apart by decode order
+        # Decode from the start until one frame comes out: proves the stream decodes, carries the
+        # display matrix, and tells where a plain decode starts. The seek goes to the first packet's
+        # dts (<= every pts): demuxers that seek by dts (MPEG-TS) land on it, those that seek by pts
+        # land at the start.
+        rotation, first_out = None, None
+        try:
+            container.seek(min(min(pts_list), key_at[None][0]) if has_pts else 0, stream=stream,
+                           backward=True, any_frame=False)
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    rotation, first_out = _normalize_rotation(getattr(frame, "rotation", 0)), frame.pts
+                    break
+                if rotation is not None:
+                    break
+        except av.FFmpegError as e:
+            raise VideoDecodeError(f"{path}: the {codec} stream does not decode ({e})") from e
+        if rotation is None:
+            raise VideoDecodeError(f"{path}: the {codec} stream has {len(pts_list)} packets but no frame decodes")
+        if has_pts and first_out is not None and first_out in set(pts_list):
+            # A file cut mid-GOP (a TS capture, a split segment) starts with frames whose references
+            # are missing: no decoder outputs them, so they are not frames of this file.
+            pts_list = [t for t in pts_list if t >= first_out]
+            key_pts = [t for t in key_pts if t >= first_out]
+        frame_pts = np.sort(np.asarray(pts_list, dtype=np.int64))
         if not has_pts:
             frame_pts = np.arange(len(pts_list), dtype=np.int64)
         num_frames = len(frame_pts)
@@ -131,26 +166,16 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         else:
             raise VideoDecodeError(f"{path}: no frame rate in the container and no usable timestamps")
         duration = span if span > 0 else num_frames / avg_fps
-        key_indices = np.searchsorted(frame_pts, np.asarray(sorted(set(key_pts)), dtype=np.int64)) \
-            if has_pts else np.zeros(1, dtype=np.int64)
+        key_sorted = sorted(set(key_pts)) if has_pts else []
+        key_indices = np.searchsorted(frame_pts, np.asarray(key_sorted, dtype=np.int64))
+        key_meta = [key_at[t] for t in key_sorted]
         if len(key_indices) == 0 or key_indices[0] != 0:
             # No keyframe flag on the first frame (some AVI/MPEG-4 files): the start is still a
-            # decoder entry point, so treat it as one.
+            # decoder entry point, so treat it as one (entered where the first packet is).
             key_indices = np.concatenate([[0], key_indices]).astype(np.int64)
-        # Decode one frame: proves the stream decodes, and carries the display matrix.
-        rotation = None
-        try:
-            container.seek(int(frame_pts[0]) if has_pts else 0, stream=stream, backward=True, any_frame=False)
-            for packet in container.demux(stream):
-                for frame in packet.decode():
-                    rotation = _normalize_rotation(getattr(frame, "rotation", 0))
-                    break
-                if rotation is not None:
-                    break
-        except av.FFmpegError as e:
-            raise VideoDecodeError(f"{path}: the {codec} stream does not decode ({e})") from e
-        if rotation is None:
-            raise VideoDecodeError(f"{path}: the {codec} stream has {num_frames} packets but no frame decodes")
+            key_meta = [key_at[None]] + key_meta
+        key_dts = np.asarray([m[0] for m in key_meta], dtype=np.int64)
+        key_pos = np.asarray([m[1] for m in key_meta], dtype=np.int64)
         return VideoInfo(
             path=path, duration=float(duration), num_frames=num_frames, avg_fps=avg_fps,
             width=int(stream.codec_context.width), height=int(stream.codec_context.height),
@@ -159,5 +184,6 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             is_vfr=_is_variable_rate(frame_pts) if has_pts else False,
             container=container.format.name if container.format else "",
             stream_index=stream.index, time_base=tb, frame_pts=frame_pts, key_indices=key_indices,
+            key_dts=key_dts, key_pos=key_pos,
             has_pts=has_pts,
         )
