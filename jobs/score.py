@@ -87,7 +87,9 @@ def run(args) -> int:
                           max_padding=args.max_padding, device=args.device, dtype=args.dtype, pack=args.pack,
                           text_model=args.text_model, overwrite=args.overwrite, visual_gain=args.visual_gain,
                           taxonomy=args.taxonomy, tokenizer=tokenizer)
-        if set(MODEL_SCORERS) & set(cfg.scorers):   # a wrong --model: one line before anything is printed
+        # a wrong --model: one line before anything is printed; on a cluster (--address) the folder may
+        # exist only on the GPU nodes, whose actors check it (VLMScorer) when the driver cannot see it
+        if set(MODEL_SCORERS) & set(cfg.scorers) and (not args.address or os.path.isdir(cfg.model)):
             checkpoint_type(cfg.model)
         check_num_gpus(args.num_gpus)
         check_ray_address(args.address)   # nothing listening there: one line now, not a minute's wait

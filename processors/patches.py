@@ -61,6 +61,25 @@ def unpatchify(
     return np.ascontiguousarray(x).reshape(gt * tp, gh * p, gw * p, 3)
 
 
+def frame_slot(
+    patches: np.ndarray,
+    grid_thw: tuple[int, int, int],
+    k: int,
+    patch_size: int = 14,
+    merge_size: int = 2,
+    temporal_patch_size: int = 2,
+) -> np.ndarray:
+    """Frame k's pixels inside patch rows laid out by `patchify` (temporal slot k % tp of group
+    k // tp; slots past the last frame are its padding): a view [gh/m, m, p, gw/m, m, p, 3] in the
+    axis order of a frame's `reshape(gh/m, m, p, gw/m, m, p, 3)`. Reading it unpatchifies that
+    frame; assigning a reshaped [H, W, 3] frame to it patchifies the frame in place, with no
+    [T, H, W, 3] stack and no temporary (`process_video` writes each resized frame this way)."""
+    x, _ = _grid_view(patches, grid_thw, patch_size, merge_size, temporal_patch_size)
+    tp = temporal_patch_size
+    # [gh/m, gw/m, m(h), m(w), C, p(y), p(x)] -> [gh/m, m(h), p(y), gw/m, m(w), p(x), C]
+    return x[k // tp, ..., k % tp, :, :].transpose(0, 2, 5, 1, 3, 6, 4)
+
+
 def _grid_view(patches: np.ndarray, grid_thw, p: int, m: int, tp: int):
     """Patch rows as `patchify` laid them out, [gt, gh/m, gw/m, m(h), m(w), C, tp, p(y), p(x)] (a view),
     and the grid as ints; rows that do not fit the grid are an error."""
@@ -131,8 +150,7 @@ def stored_frames(
         n -= 1
     out = np.empty((n, gh * p, gw * p, c), dtype=patches.dtype)
     for f in range(n):
-        # [gh/m, gw/m, m, m, c, p, p] -> [gh/m, m, p, gw/m, m, p, c]
-        out[f].reshape(gh // m, m, p, gw // m, m, p, c)[...] = x[f // tp, ..., f % tp, :, :].transpose(0, 2, 5, 1, 3, 6, 4)
+        out[f].reshape(gh // m, m, p, gw // m, m, p, c)[...] = frame_slot(patches, grid_thw, f, p, m, tp)
     return out
 
 

@@ -5,8 +5,8 @@
 
 Steps (spec §6): probe (no pixel decode) → pick frames (§6.2–6.4; by presentation time on
 variable-rate clips) → per-frame size (§6.5) → decode only the picked frames → bicubic+antialias
-resize → temporal padding + patchify (§4 step 8), group by group as frames arrive. Memory holds the
-kept frames' patches and the few frames in flight.
+resize → temporal padding + patchify (§4 step 8), each resized frame written straight into its patch
+rows as it arrives. Memory holds the kept frames' patches and the few frames in flight.
 Split across video_probe / video_sampling / video_decode / video_resize; this module is the API.
 """
 from __future__ import annotations
@@ -18,10 +18,11 @@ import numpy as np
 
 from .errors import VideoDecodeError, VlprepError
 from .video_sampling import tf_frame_indices, tf_sample_by_time, tf_video_frame_size  # Qwen3-VL's rule
-from .patches import patchify
+from .patches import frame_slot, patchify
 from .presets import Preset, get_preset
 from .resized_size import requested_size
-from .video_decode import decode_decord, decode_pyav
+from .video_decode import decode_decord, decode_pyav, decode_runs
+from .video_decode import decode_workers as decode_threads
 from .video_probe import VideoInfo, probe_video
 from .video_resize import resize_frames, resize_mode
 from .video_sampling import sample_by_time, sample_frame_indices, video_frame_size
@@ -76,7 +77,7 @@ def _load_frame(item) -> np.ndarray:
 
 def _result(frames: np.ndarray, preset: Preset, *, indices, times, sample_fps, original_size, duration,
             video_fps, is_vfr=False, rotation=0, backend="", patched=None) -> VideoResult:
-    """`patched`: (patches, grid) of `frames` already made (`_GroupPatches`), else patchify here."""
+    """`patched`: (patches, grid) of `frames` already made (`_PatchRows`), else patchify here."""
     tp = preset.temporal_patch_size
     patches, grid = patched or patchify(frames, preset.patch_size, preset.merge_size, tp)
     times = [float(t) for t in times]
@@ -196,16 +197,25 @@ def _single_torch_thread() -> None:
         torch.set_num_threads(1)
 
 
-def _decode_and_resize(frames, H: int, W: int, out, slots: dict[int, list[int]], *,
-                       resize: str = "qwen-vl-utils", filled_rows=None) -> int:
-    """Resize decoded frames into `out` (rows `out[k]`: an [n, H, W, 3] array or `_GroupPatches`) in
-    small batches on a worker thread while this thread keeps decoding (FFmpeg and torch both release
-    the GIL, so the two overlap on two cores). At most `_RESIZE_IN_FLIGHT` batches are handed to the
-    worker at once (plus the one being filled: at most 3 batches of full-size frames alive). Returns
-    how many slots of `out` were filled; `filled_rows(list of slots)` is called after each batch, on
-    the thread that resized it (`_GroupPatches`). (Letting this thread resize a batch itself when the worker
-    is behind, instead of waiting, was measured for issue #14: no gain on 240p–4K clips and more
-    system time on the 10-min 240p one, so it waits.)"""
+def _decode_and_resize(frames, H: int, W: int, put, slots: dict[int, list[int]], *,
+                       resize: str = "qwen-vl-utils", decoded_elsewhere: bool = False) -> int:
+    """Resize decoded frames in small batches on a worker thread while this thread keeps decoding
+    (FFmpeg and torch both release the GIL, so the two overlap on two cores), and hand each resized
+    frame to `put(ks, frame)` — `ks`: its slots `slots[i]` (a frame sampled twice, on short clips,
+    has two), `frame`: uint8 [H, W, 3], a per-thread scratch buffer that the next frame overwrites,
+    so `put` consumes it at once (`_PatchRows`: into the patch rows, while it is still in cache).
+    `put` runs on the thread that resized the frame; two threads may call it at once (on different
+    slots). At most `_RESIZE_IN_FLIGHT` batches are handed to the worker at once (plus the one being
+    filled: at most 3 batches of decoded frames alive). Returns how many slots were put.
+
+    When the worker is behind, this thread waits for it if it decodes the frames itself (pulling on
+    `frames` runs the decoder here: measured for issue #14, resizing here instead gained nothing on
+    240p–4K clips and cost system time on the 10-min 240p one). With `decoded_elsewhere` (the frames
+    come from GOP-parallel decode workers: pulling on `frames` only takes them off a queue) it
+    resizes that batch itself instead: waiting left one resize thread behind two decode workers,
+    and after the last frame was decoded it worked alone through the backlog with the other core
+    idle (issue #14: 480p MPEG-4, wall 1.8× the decode floor)."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from .video_resize import require_torch
@@ -213,24 +223,21 @@ def _decode_and_resize(frames, H: int, W: int, out, slots: dict[int, list[int]],
     torch = require_torch()
 
     caller_threads = torch.get_num_threads()  # also pins this thread's own setting before the worker's
+    local = threading.local()
 
     def resize_into(batch: list[tuple[int, np.ndarray]]) -> int:
         _single_torch_thread()
         return resize_frames_into(batch)
 
     def resize_frames_into(batch: list[tuple[int, np.ndarray]]) -> int:
-        # Each decoded frame is resized straight into its first slot of `out` (no stacked copy);
-        # a frame sampled twice (short clips) is copied to its other slots.
-        resize_frames([f for _, f in batch], H, W, mode=resize, out=[out[slots[i][0]] for i, _ in batch])
-        rows = []
-        for i, _ in batch:
-            first, *rest = slots[i]
-            for k in rest:
-                out[k] = out[first]
-            rows += slots[i]
-        if filled_rows is not None:
-            filled_rows(rows)
-        return len(rows)
+        # Each decoded frame is resized into this thread's one scratch frame and put from there
+        # before the next is resized: no [batch, H, W, 3] output (issue #14).
+        buf = getattr(local, "frame", None)
+        if buf is None:
+            buf = local.frame = np.empty((H, W, 3), dtype=np.uint8)
+        resize_frames([f for _, f in batch], H, W, mode=resize, out=[buf] * len(batch),
+                      on_frame=lambda j, row: put(slots[batch[j][0]], row))
+        return sum(len(slots[i]) for i, _ in batch)
 
     filled = 0
     in_flight: list = []
@@ -242,6 +249,11 @@ def _decode_and_resize(frames, H: int, W: int, out, slots: dict[int, list[int]],
                 pending.append((i, rgb))
                 batch_bytes += rgb.nbytes
                 if len(pending) >= _RESIZE_BATCH or batch_bytes >= _RESIZE_BATCH_BYTES:
+                    if decoded_elsewhere and len(in_flight) >= _RESIZE_IN_FLIGHT and not in_flight[0][0].done():
+                        _single_torch_thread()
+                        filled += resize_frames_into(pending)
+                        pending, batch_bytes = [], 0
+                        continue
                     if len(in_flight) >= _RESIZE_IN_FLIGHT:
                         filled += in_flight.pop(0)[0].result()
                     in_flight.append((pool.submit(resize_into, pending), pending))
@@ -286,63 +298,30 @@ def _small_page_array(shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, size, flags=flags[0] | flags[1]), dtype=np.uint8).reshape(shape)
 
 
-class _GroupPatches:
-    """The rows `_decode_and_resize` fills (`rows[k]`: a writable [H, W, 3] frame), kept one temporal
-    group at a time (rows g*tp … g*tp+tp-1): as soon as all rows of a group are resized (`self(rows)`,
-    on the thread that resized the last of them) the group is patchified into its rows of the result
-    and its frames are dropped. So the patch copy overlaps decoding, and memory holds the patches plus
-    the few groups in flight instead of every resized frame and then the patches too (issue #14).
-    Groups are patchified by `patchify` itself (the one owner of the patch layout; the last group, if
-    short, is padded there as in a whole-clip call): time is the outermost patch axis, so the rows of
-    group g are exactly `patchify(frames)[0][g*gh*gw:(g+1)*gh*gw]`."""
+class _PatchRows:
+    """The patch rows of a clip of `n` sampled frames, written one resized frame at a time
+    (`self(ks, frame)`, the `put` of `_decode_and_resize`): the frame goes straight into its
+    temporal slot(s) of the rows with `patches.frame_slot` (the patch layout's owner), and the last
+    frame also into the padding slots after it, as `patchify` pads. So the rows equal
+    `patchify(all frames)` while no [n, H, W, 3] stack, no per-group frame buffers and no patchified
+    copy of a group ever exist; the copy reads the frame while the resize has just left it in cache
+    (issue #14: 480p MPEG-4, 120 frames, 0.11 -> 0.05 CPU s for the patch layout)."""
 
     def __init__(self, n: int, H: int, W: int, preset: Preset):
-        import threading
+        self.p, self.m, self.tp = preset.patch_size, preset.merge_size, preset.temporal_patch_size
+        self.n, self.slots = n, -(-n // self.tp) * self.tp
+        self.grid = (self.slots // self.tp, H // self.p, W // self.p)
+        self.patches = _small_page_array((self.grid[0] * self.grid[1] * self.grid[2], 3 * self.tp * self.p * self.p))
 
-        self.H, self.W, self.p, self.m, self.tp = H, W, preset.patch_size, preset.merge_size, preset.temporal_patch_size
-        self.gt, self.per = -(-n // self.tp), (H // self.p) * (W // self.p)
-        self.need = [min(self.tp, n - g * self.tp) for g in range(self.gt)]
-        self.done = [0] * self.gt
-        self.frames: dict[int, np.ndarray] = {}
-        self.spare: list[np.ndarray] = []  # full groups' frame buffers, patchified and free again
-        self.patches = _small_page_array((self.gt * self.per, 3 * self.tp * self.p * self.p))
-        self.lock = threading.Lock()
-
-    def __getitem__(self, k: int) -> np.ndarray:
-        g = k // self.tp
-        with self.lock:
-            buf = self.frames.get(g)
-            if buf is None:
-                # Reuse a patchified group's buffer: a fresh one per group is page-faulted again
-                # (issue #14: 720p one-keyframe clip, 17 000 of 46 000 page faults, 0.1-0.3 s system time).
-                if self.spare and self.need[g] == self.tp:
-                    buf = self.frames[g] = self.spare.pop()
-                else:
-                    buf = self.frames[g] = np.empty((self.need[g], self.H, self.W, 3), dtype=np.uint8)
-        return buf[k - g * self.tp]
-
-    def __setitem__(self, k: int, frame: np.ndarray) -> None:
-        self[k][...] = frame
-
-    def __call__(self, rows: list[int]) -> None:
-        ready = []
-        with self.lock:
-            for k in rows:
-                g = k // self.tp
-                self.done[g] += 1
-                if self.done[g] == self.need[g]:
-                    ready.append((g, self.frames.pop(g)))
-        for g, frames in ready:
-            part, _ = patchify(frames, self.p, self.m, self.tp)
-            self.patches[g * self.per:(g + 1) * self.per] = part
-            if len(frames) == self.tp:
-                with self.lock:
-                    self.spare.append(frames)
+    def __call__(self, ks: list[int], frame: np.ndarray) -> None:
+        p, m = self.p, self.m
+        x = frame.reshape(self.grid[1] // m, m, p, self.grid[2] // m, m, p, 3)
+        for k in ks:
+            for j in range(k, self.slots if k == self.n - 1 else k + 1):
+                frame_slot(self.patches, self.grid, j, p, m, self.tp)[...] = x
 
     def result(self) -> tuple[np.ndarray, tuple[int, int, int]]:
-        if self.done != self.need:
-            raise RuntimeError("patches read before every row was resized")
-        return self.patches, (self.gt, self.H // self.p, self.W // self.p)
+        return self.patches, self.grid
 
 
 def process_video(
@@ -419,16 +398,17 @@ def process_video(
     slots: dict[int, list[int]] = {}
     for k, i in enumerate(idx.tolist()):
         slots.setdefault(i, []).append(k)
+    parallel = False
     if backend == "pyav":
         frames = decode_pyav(info, idx, timeout_s=timeout_s, workers=decode_workers)
+        parallel = decode_threads(len(decode_runs(info, np.unique(idx))), decode_workers) > 1
     else:
         frames = decode_decord(info, idx, timeout_s=timeout_s)
-    groups = _GroupPatches(n, H, W, preset)
-    filled = _decode_and_resize(frames, H, W, groups, slots, resize=resize,
-                                filled_rows=groups)
+    rows = _PatchRows(n, H, W, preset)
+    filled = _decode_and_resize(frames, H, W, rows, slots, resize=resize, decoded_elsewhere=parallel)
     if filled != n:
         raise VideoDecodeError(f"{info.path}: decoded {filled} of {n} sampled frames")
     times = info.frame_times[idx]
     return _result(None, preset, indices=idx, times=times, sample_fps=sfps, original_size=(h, w),
                    duration=info.duration, video_fps=info.avg_fps, is_vfr=info.is_vfr,
-                   rotation=info.rotation, backend=backend, patched=groups.result())
+                   rotation=info.rotation, backend=backend, patched=rows.result())

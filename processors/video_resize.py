@@ -59,7 +59,7 @@ def resize_mode(resize: str | None = None, fast: bool | None = None, default: st
 
 
 def resize_frames(frames, height: int, width: int, *, mode: str = DEFAULT_RESIZE,
-                  fast: bool | None = None, out=None) -> np.ndarray:
+                  fast: bool | None = None, out=None, on_frame=None) -> np.ndarray:
     """uint8 [T, h, w, 3] (or [h, w, 3], or a list of [h, w, 3] frames of one size) -> uint8
     [T, H, W, 3] (or [H, W, 3]).
 
@@ -67,7 +67,10 @@ def resize_frames(frames, height: int, width: int, *, mode: str = DEFAULT_RESIZE
     torchvision v2 on CPU). `fast=True` is the deprecated spelling of mode="transformers".
     `out`: where to write the T resized frames (a uint8 [T, H, W, 3] array or a sequence of T
     writable [H, W, 3] arrays); it is returned. Frames are resized one at a time, each straight
-    from its own buffer into its place in `out` (no stacked copy of the inputs)."""
+    from its own buffer into its place in `out` (no stacked copy of the inputs).
+    `on_frame(i, row)`: called after frame i is written into its row of `out`, before the next frame
+    is resized (so `out` may name one buffer T times, each row consumed by `on_frame` while it is
+    still in cache: `process_video` patchifies it there)."""
     if fast is not None:
         mode = resize_mode(None, fast) if mode == DEFAULT_RESIZE else resize_mode(mode, fast)
     elif mode not in RESIZE_MODES:
@@ -96,13 +99,15 @@ def resize_frames(frames, height: int, width: int, *, mode: str = DEFAULT_RESIZE
     if len(out) != len(seq):
         raise ValueError(f"out holds {len(out)} frames for {len(seq)} inputs")
     if shape[0] == height and shape[1] == width:
-        for src, dst in zip(seq, out):
+        for i, (src, dst) in enumerate(zip(seq, out)):
             dst[...] = src  # torchvision returns the input unchanged when the size already matches
+            if on_frame is not None:
+                on_frame(i, dst)
         return result
     torch = require_torch()
 
     scratch: dict = {}
-    for src, dst in zip(seq, out):
+    for i, (src, dst) in enumerate(zip(seq, out)):
         if not src.flags.writeable:  # torch.from_numpy wants a writable buffer (it never writes here)
             src = src.copy()
         if mode == TRANSFORMERS:  # channels-last NCHW views, no copy
@@ -110,6 +115,8 @@ def resize_frames(frames, height: int, width: int, *, mode: str = DEFAULT_RESIZE
                                torch.from_numpy(dst).permute(2, 0, 1)[None])
         else:
             _float_resize_into(torch.from_numpy(src), torch.from_numpy(dst), scratch)
+        if on_frame is not None:
+            on_frame(i, dst)
     return result
 
 

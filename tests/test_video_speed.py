@@ -2,8 +2,8 @@
 
 - `resize_frames` on a list of frames (any strides, read-only too) writing into `out` equals the
   stacked-array call, in both modes, on one strip and on several;
-- `_GroupPatches` (each temporal group patchified as soon as its rows are resized, from any thread,
-  in any order) equals one `patchify` of the whole clip, padding included;
+- `_PatchRows` (each resized frame written straight into its patch rows, from any thread, in any
+  order, a frame in several slots) equals one `patchify` of the whole clip, padding included;
 - the shared swscale context (`video_decode._RGB`) gives the pixels of `frame.to_ndarray("rgb24")`.
 """
 import random
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from processors.patches import patchify
-from processors.presets import QWEN25_VL, QWEN3_VL
-from processors.video import _GroupPatches, process_video
+from processors.presets import QWEN2_VL, QWEN25_VL, QWEN3_VL
+from processors.video import _PatchRows, process_video
 from processors.video_resize import RESIZE_MODES, resize_frames
 
 pytest.importorskip("torch")
@@ -75,19 +75,24 @@ def test_resize_frames_refuses_mixed_sizes_and_wrong_out():
         resize_frames([a, a], 56, 84, out=np.empty((1, 56, 84, 3), np.uint8))
 
 
-@pytest.mark.parametrize("n", [1, 2, 7, 10])
-@pytest.mark.parametrize("preset", [QWEN25_VL, QWEN3_VL])
-def test_group_patches_in_any_order_from_threads_equal_one_patchify(n, preset):
-    out = _frames(n, 224, 224, seed=n)  # a multiple of 28 and of 32 (Qwen3-VL: patch 16)
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 10])
+@pytest.mark.parametrize("preset", [QWEN2_VL, QWEN25_VL, QWEN3_VL])
+def test_patch_rows_in_any_order_from_threads_equal_one_patchify(n, preset):
+    # each frame written straight into its patch rows (`_PatchRows`, via `patches.frame_slot`), in any
+    # order, from several threads, equals one `patchify` of the whole clip, padding included; odd
+    # numbers of merged blocks each way (Qwen3-VL: patch 16)
+    pm = preset.patch_size * preset.merge_size
+    H, W = 3 * pm, 5 * pm
+    out = _frames(n, H, W, seed=n)
     want, grid = patchify(out, preset.patch_size, preset.merge_size, preset.temporal_patch_size)
     rows = list(range(n))
     random.Random(n).shuffle(rows)
-    gp = _GroupPatches(n, 224, 224, preset)
+    pr = _PatchRows(n, H, W, preset)
+    pr.patches[...] = 7  # nothing may be left unwritten
 
     def fill(chunk):
         for k in chunk:
-            gp[k] = out[k]
-        gp(chunk)
+            pr([k], out[k].copy())  # a scratch frame, as the resize thread hands it
 
     chunks = [rows[i:i + 3] for i in range(0, n, 3)]
     threads = [threading.Thread(target=fill, args=(c,)) for c in chunks]
@@ -95,19 +100,32 @@ def test_group_patches_in_any_order_from_threads_equal_one_patchify(n, preset):
         t.start()
     for t in threads:
         t.join()
-    got, got_grid = gp.result()
+    got, got_grid = pr.result()
     assert got_grid == tuple(grid) and np.array_equal(got, want)
-    assert not gp.frames  # every group's frames dropped once patchified
 
 
-def test_group_patches_refuse_to_be_read_early():
-    gp = _GroupPatches(4, 56, 84, QWEN25_VL)
-    for k in range(3):
-        gp[k][...] = 0
-    gp([0, 1, 2])
-    assert list(gp.frames) == [1]  # group 0 done and dropped, group 1 waits for row 3
-    with pytest.raises(RuntimeError, match="before every row"):
-        gp.result()
+def test_patch_rows_one_frame_in_several_slots():
+    # a frame sampled twice (short clips) is put once with both slots; the last slot pads the group
+    preset = QWEN25_VL
+    x = _frames(3, 56, 84, seed=5)
+    slots = {0: [0, 1], 1: [2, 3], 2: [4]}  # 5 slots from 3 decoded frames
+    want, grid = patchify(x[[0, 0, 1, 1, 2]])
+    pr = _PatchRows(5, 56, 84, preset)
+    for i in (2, 0, 1):
+        pr(slots[i], x[i])
+    got, got_grid = pr.result()
+    assert got_grid == tuple(grid) and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("k", [0, 1, 4, 5])
+def test_frame_slot_reads_what_patchify_wrote(k):
+    from processors.patches import frame_slot
+
+    x = _frames(5, 56, 84, seed=k)
+    rows, grid = patchify(x)
+    got = np.empty_like(x[0])
+    got.reshape(2, 2, 14, 3, 2, 14, 3)[...] = frame_slot(rows, grid, k)
+    assert np.array_equal(got, x[min(k, 4)])  # slot 5 is the padding: the last frame again
 
 
 def test_shared_swscale_context_gives_to_ndarray_pixels(tmp_path):
@@ -127,7 +145,7 @@ def test_shared_swscale_context_gives_to_ndarray_pixels(tmp_path):
 
 @pytest.mark.parametrize("resize", RESIZE_MODES)
 def test_process_video_patches_equal_patchify_of_the_resized_full_decode(tmp_path, resize):
-    # the patches built group by group while decoding equal one patchify of the frames a plain full
+    # the patches built frame by frame while decoding equal one patchify of the frames a plain full
     # decode + resize gives (odd counts: the last group padded)
     from video_factory import full_decode, make_clip
 
@@ -157,3 +175,23 @@ def test_vp9_decodes_with_frame_threads_and_the_same_frames(tmp_path):
         got = dict(video_decode.decode_pyav(info, idx, threads=threads))
         assert sorted(got) == sorted(set(idx.tolist()))
         assert all(np.array_equal(f, full[i]) for i, f in got.items()), threads
+
+
+@pytest.mark.parametrize("resize", RESIZE_MODES)
+@pytest.mark.parametrize("preset", [QWEN2_VL, QWEN25_VL, QWEN3_VL])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_patches_equal_for_every_preset_and_decode_worker_count(tmp_path_factory, resize, preset, workers):
+    # several keyframe runs, so 2 workers decode GOP-parallel and the caller resizes batches too
+    # (`decoded_elsewhere`); Qwen3-VL's own sampling and size rule and patch 16
+    from video_factory import full_decode, make_clip
+
+    d = tmp_path_factory.getbasetemp() / "patch_presets"
+    d.mkdir(exist_ok=True)
+    path = d / "c.mp4"
+    if not path.exists():
+        make_clip(path, num_frames=90, gop=10, bframes=2, width=200, height=112)
+    full, _ = full_decode(path)
+    r = process_video(path, preset, resize=resize, fps=11, decode_workers=workers)
+    frames = resize_frames(full[r.frame_indices], *r.resized_size, mode=resize)
+    want, grid = patchify(frames, preset.patch_size, preset.merge_size, preset.temporal_patch_size)
+    assert tuple(grid) == r.grid_thw and np.array_equal(r.patches, want)

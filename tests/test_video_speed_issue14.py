@@ -6,7 +6,6 @@
   own single-frame call (nothing of the previous frame leaks);
 - batches the caller resizes after decoding run on one torch thread, like the worker's (no
   oversubscribed OpenMP team), and the caller's thread count is restored;
-- `_GroupPatches` reuses a patchified group's frame buffer instead of allocating one per group;
 - the clip's patch array (`_small_page_array`) is an ordinary writable, picklable uint8 array.
 """
 import pickle
@@ -75,7 +74,11 @@ def test_leftover_batches_are_resized_on_one_torch_thread(monkeypatch):
         n = 2 * video._RESIZE_BATCH + 3  # two batches for the worker, 3 frames left for the caller
         frames = [(i, _frame(40, 60, seed=i)) for i in range(n)]
         out = np.empty((n, 28, 56, 3), dtype=np.uint8)
-        filled = video._decode_and_resize(iter(frames), 28, 56, out, {i: [i] for i in range(n)},
+
+        def put(ks, frame):
+            out[ks] = frame
+
+        filled = video._decode_and_resize(iter(frames), 28, 56, put, {i: [i] for i in range(n)},
                                           resize="qwen-vl-utils")
         assert filled == n
         assert any(main for main, _ in seen), "the caller resized nothing: the test no longer covers it"
@@ -87,24 +90,6 @@ def test_leftover_batches_are_resized_on_one_torch_thread(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_group_buffers_are_reused():
-    n, H, W = 10, 28, 56
-    g = video._GroupPatches(n, H, W, QWEN25_VL)
-    frames = [_frame(H, W, seed=i) for i in range(n)]
-    buffers = set()
-    for k in range(n):  # in order, as a single decoder produces them
-        row = g[k]
-        buffers.add(row.base.__array_interface__["data"][0] if row.base is not None else id(row))
-        row[...] = frames[k]
-        g([k])
-    assert len(buffers) == 1, "each temporal group got a fresh buffer"
-    from processors.patches import patchify
-
-    want, grid = patchify(np.stack(frames))
-    got, got_grid = g.result()
-    assert got_grid == grid and np.array_equal(got, want)
-
-
 def test_patch_array_is_an_ordinary_array():
     a = video._small_page_array((7, 1176))
     assert a.dtype == np.uint8 and a.shape == (7, 1176) and a.flags.c_contiguous and a.flags.writeable
@@ -112,3 +97,42 @@ def test_patch_array_is_an_ordinary_array():
     b = pickle.loads(pickle.dumps(a, protocol=5))
     assert np.array_equal(a, b) and b.flags.writeable
     assert video._small_page_array((0, 1176)).shape == (0, 1176)
+
+
+@pytest.mark.parametrize("mode", vr.RESIZE_MODES)
+def test_caller_resizes_while_the_worker_is_behind_when_decoding_is_elsewhere(mode, monkeypatch):
+    # GOP-parallel decode: the caller only takes frames off a queue, so when the resize worker is
+    # behind it resizes the batch itself instead of waiting (the worker's first batch here waits
+    # until the caller has done one); every frame still lands in its slot
+    real = video.resize_frames
+    caller_went = threading.Event()
+    during_decode = []
+    decoding = [True]
+
+    def spy(*a, **k):
+        if threading.current_thread() is threading.main_thread():
+            during_decode.append(decoding[0])
+            caller_went.set()
+        else:
+            caller_went.wait(10)
+        return real(*a, **k)
+
+    monkeypatch.setattr(video, "resize_frames", spy)
+    n = 5 * video._RESIZE_BATCH + 3
+    frames = [(i, _frame(40, 60, seed=i)) for i in range(n)]
+
+    def decoded():
+        yield from frames
+        decoding[0] = False
+
+    out = np.zeros((n, 28, 56, 3), dtype=np.uint8)
+
+    def put(ks, frame):
+        out[ks] = frame
+
+    filled = video._decode_and_resize(decoded(), 28, 56, put, {i: [i] for i in range(n)}, resize=mode,
+                                      decoded_elsewhere=True)
+    assert filled == n
+    assert any(during_decode), "the caller waited for the worker instead of resizing"
+    for i, f in frames:
+        assert np.array_equal(out[i], real(f, 28, 56, mode=mode))
