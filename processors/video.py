@@ -21,8 +21,7 @@ from .video_sampling import tf_frame_indices, tf_sample_by_time, tf_video_frame_
 from .patches import frame_slot, patchify
 from .presets import Preset, get_preset
 from .resized_size import requested_size
-from .video_decode import decode_decord, decode_pyav, decode_runs
-from .video_decode import decode_workers as decode_threads
+from .video_decode import decode_decord, decode_parallelism, decode_pyav
 from .video_probe import VideoInfo, probe_video
 from .video_resize import resize_frames, resize_mode
 from .video_sampling import sample_by_time, sample_frame_indices, video_frame_size
@@ -401,7 +400,7 @@ def process_video(
     parallel = False
     if backend == "pyav":
         frames = decode_pyav(info, idx, timeout_s=timeout_s, workers=decode_workers)
-        parallel = decode_threads(len(decode_runs(info, np.unique(idx))), decode_workers) > 1
+        parallel = decode_parallelism(info, idx, decode_workers) > 1
     else:
         frames = decode_decord(info, idx, timeout_s=timeout_s)
     rows = _PatchRows(n, H, W, preset)

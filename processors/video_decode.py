@@ -108,6 +108,12 @@ def decode_runs(info: VideoInfo, targets: np.ndarray) -> list[np.ndarray]:
     return np.split(targets, starts)
 
 
+def decode_parallelism(info: VideoInfo, indices: np.ndarray, workers: int | None = None) -> int:
+    """How many threads `decode_pyav(info, indices, workers=workers)` decodes on (1: the caller's own)."""
+    targets = np.unique(np.asarray(indices, dtype=np.int64))
+    return decode_workers(len(decode_runs(info, targets)), workers) if len(targets) else 1
+
+
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity; the CPU count where there is none)."""
     try:

@@ -151,6 +151,18 @@ def test_worker_count(monkeypatch):
     assert decode_workers(9) == 1
 
 
+def test_decode_parallelism_is_the_worker_count_decode_pyav_uses(monkeypatch):
+    """process_video asks `decode_parallelism` whether the decode runs off its thread: runs × workers × cores."""
+    monkeypatch.setattr(video_decode.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    info = dataclasses.replace(_fake_info(300), key_indices=np.array([0, 120, 240], dtype=np.int64))
+    three_runs = np.array([299, 5, 130, 5])          # unsorted, repeated: as process_video's indices may be
+    assert video_decode.decode_parallelism(info, three_runs) == 2
+    assert video_decode.decode_parallelism(info, three_runs, 1) == 1
+    assert video_decode.decode_parallelism(info, np.array([5, 30])) == 1   # one run
+    assert video_decode.decode_parallelism(info, np.array([], dtype=np.int64)) == 1
+    assert video_decode.decode_parallelism(dataclasses.replace(info, has_pts=False), three_runs) == 1
+
+
 def test_one_run_keeps_the_sequential_path(gop_clips, monkeypatch):
     path = gop_clips["h264_bframes"]
     info = probe_video(path)
