@@ -23,7 +23,7 @@ from .presets import Preset, get_preset
 from .resized_size import requested_size
 from .video_decode import decode_decord, decode_parallelism, decode_pyav
 from .video_probe import VideoInfo, probe_video
-from .video_resize import resize_frames, resize_mode
+from .video_resize import TRANSFORMERS, resize_frames, resize_mode
 from .video_sampling import sample_by_time, sample_frame_indices, video_frame_size
 
 __all__ = ["VideoInfo", "VideoResult", "probe_video", "sample_frame_indices", "process_video"]
@@ -279,6 +279,42 @@ def _decode_and_resize(frames, H: int, W: int, put, slots: dict[int, list[int]],
     return filled
 
 
+def _resize_on_decoders(info: VideoInfo, idx: np.ndarray, H: int, W: int, put, slots: dict[int, list[int]], *,
+                        resize: str, timeout_s, workers) -> int:
+    """GOP-parallel decode where each decode worker also resizes the frames it decodes and puts them
+    into their patch rows (`decode_pyav(convert=...)`, `put`/`slots` as in `_decode_and_resize`);
+    returns how many slots were put. The "transformers" mode's path when the clip decodes on several
+    workers: its uint8 resize is cheap next to the decode, so the workers keep the cores busy by
+    themselves, and each frame is resized from the RGB buffer just converted, which is then released
+    at once, so the next conversion reuses that memory instead of faulting in fresh pages. The
+    resize thread, its batches and the queue of decoded RGB frames go away (issue #14, 2 cores,
+    fresh processes: 720p HEVC 33 000 -> 24 000 page faults, 480p MPEG-4 AVI 42 000-48 000 ->
+    36 000-39 000; CPU s in docs/video.md). Not the float mode: its resize outweighs the decode, and
+    the last run's frames then wait for one worker (480p MPEG-4: more CPU and wall, measured).
+    Each worker resizes on one torch thread (`_single_torch_thread`); the caller's count is restored."""
+    import threading
+
+    from .video_resize import require_torch
+
+    torch = require_torch()
+    caller_threads = torch.get_num_threads()
+    local = threading.local()
+
+    def convert(i: int, rgb: np.ndarray) -> int:
+        buf = getattr(local, "frame", None)  # this worker's resized frame, consumed by `put` at once
+        if buf is None:
+            _single_torch_thread()
+            buf = local.frame = np.empty((H, W, 3), dtype=np.uint8)
+        resize_frames(rgb, H, W, mode=resize, out=buf)
+        put(slots[i], buf)
+        return len(slots[i])
+
+    try:
+        return sum(k for _, k in decode_pyav(info, idx, timeout_s=timeout_s, workers=workers, convert=convert))
+    finally:
+        torch.set_num_threads(caller_threads)  # the process-wide default the workers' setting overwrote
+
+
 def _small_page_array(shape: tuple[int, ...]) -> np.ndarray:
     """An uninitialised uint8 array on ordinary 4 KiB pages (private anonymous memory).
 
@@ -397,14 +433,17 @@ def process_video(
     slots: dict[int, list[int]] = {}
     for k, i in enumerate(idx.tolist()):
         slots.setdefault(i, []).append(k)
-    parallel = False
-    if backend == "pyav":
-        frames = decode_pyav(info, idx, timeout_s=timeout_s, workers=decode_workers)
-        parallel = decode_parallelism(info, idx, decode_workers) > 1
-    else:
-        frames = decode_decord(info, idx, timeout_s=timeout_s)
     rows = _PatchRows(n, H, W, preset)
-    filled = _decode_and_resize(frames, H, W, rows, slots, resize=resize, decoded_elsewhere=parallel)
+    parallel = backend == "pyav" and decode_parallelism(info, idx, decode_workers) > 1
+    if parallel and resize == TRANSFORMERS:
+        filled = _resize_on_decoders(info, idx, H, W, rows, slots, resize=resize, timeout_s=timeout_s,
+                                     workers=decode_workers)
+    else:
+        if backend == "pyav":
+            frames = decode_pyav(info, idx, timeout_s=timeout_s, workers=decode_workers)
+        else:
+            frames = decode_decord(info, idx, timeout_s=timeout_s)
+        filled = _decode_and_resize(frames, H, W, rows, slots, resize=resize, decoded_elsewhere=parallel)
     if filled != n:
         raise VideoDecodeError(f"{info.path}: decoded {filled} of {n} sampled frames")
     times = info.frame_times[idx]

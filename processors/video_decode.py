@@ -68,13 +68,17 @@ class _Deadline:
 
 
 def decode_pyav(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None = 120,
-                threads: int | None = None, workers: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                threads: int | None = None, workers: int | None = None, convert=None) -> Iterator[tuple[int, object]]:
     """Yield the frames at `indices` (presentation order, unique, increasing).
 
     `threads`: decoder threads of each container (0: FFmpeg's choice); None: `decoder_threads(info,
     workers)`. `workers`: how many threads decode independent runs (`decode_runs`) at once, each on its
     own container; None: `decode_workers(runs)` (the cores this process may use); capped at the
-    number of runs, and 1 decodes on the calling thread exactly as before."""
+    number of runs, and 1 decodes on the calling thread exactly as before.
+
+    `convert(index, rgb) -> value`: run on the thread that decoded the frame (a GOP-parallel worker,
+    else the caller), and `(index, value)` is yielded instead of the frame; no reference to the RGB
+    frame is kept after it returns (`process_video` resizes it into its patch rows there)."""
     targets = np.unique(np.asarray(indices, dtype=np.int64))
     if len(targets) == 0:
         return
@@ -86,13 +90,13 @@ def decode_pyav(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None
     runs = decode_runs(info, targets)
     n = decode_workers(len(runs), workers)
     if n > 1:
-        yield from _decode_parallel(info, runs, n, threads, deadline, targets)
+        yield from _decode_parallel(info, runs, n, threads, deadline, targets, convert)
         return
     with _Opened(info, threads, targets, workers=1) as o:
         if not info.has_pts:
-            yield from _decode_sequential(o.container, o.stream, info, targets, deadline)
+            yield from _decode_sequential(o.container, o.stream, info, targets, deadline, convert)
             return
-        yield from _decode_targets(o, info, targets, deadline)
+        yield from _decode_targets(o, info, targets, deadline, convert=convert)
 
 
 def decode_runs(info: VideoInfo, targets: np.ndarray) -> list[np.ndarray]:
@@ -219,7 +223,7 @@ def _same_stream(container, info: VideoInfo) -> bool:
             and (cc.width, cc.height) == (info.width, info.height))
 
 
-def _decode_targets(o: _Opened, info: VideoInfo, targets: np.ndarray, deadline, done0: int = 0
+def _decode_targets(o: _Opened, info: VideoInfo, targets: np.ndarray, deadline, done0: int = 0, convert=None
                     ) -> Iterator[tuple[int, np.ndarray]]:
     """Decode `targets` (increasing presentation indices) on the open container `o`: the sequential
     algorithm (module docstring). `done0`: targets of the clip finished before these (for the
@@ -278,7 +282,10 @@ def _decode_targets(o: _Opened, info: VideoInfo, targets: np.ndarray, deadline, 
                     raise VideoDecodeError(
                         f"{info.path}: frame {target} (pts {int(pts[target])}) was never produced by the "
                         f"{info.codec} decoder (corrupt packet?)")
-                yield target, rotate_frame(to_rgb(frame), info.rotation)
+                if convert is None:
+                    yield target, rotate_frame(to_rgb(frame), info.rotation)
+                else:  # no reference kept: the next frame's conversion reuses this one's memory
+                    yield target, convert(target, rotate_frame(to_rgb(frame), info.rotation))
                 ti += 1
                 if ti >= len(targets):
                     return
@@ -396,7 +403,7 @@ class _WorkerDeadline:
 
 
 def _decode_parallel(info: VideoInfo, runs: list[np.ndarray], n_workers: int, threads: int | None,
-                     deadline: _Deadline, targets: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+                     deadline: _Deadline, targets: np.ndarray, convert=None) -> Iterator[tuple[int, np.ndarray]]:
     """GOP-parallel decode: `n_workers` threads, each with its own container (opened at its first
     run, reused for the next; the last run gets a fresh one with FFmpeg's threads where opening is
     cheap, `_LAST_RUN_ALL_THREADS`), take the next run from a shared counter and decode it with
@@ -442,8 +449,8 @@ def _decode_parallel(info: VideoInfo, runs: list[np.ndarray], n_workers: int, th
                         o = _Opened(info, None, targets, workers=1)
                     elif o is None:
                         o = _Opened(info, threads, targets, workers=n_workers)
-                    for item in _decode_targets(o, info, runs[r], wd, done0=offsets[r]):
-                        nbytes = item[1].nbytes
+                    for item in _decode_targets(o, info, runs[r], wd, done0=offsets[r], convert=convert):
+                        nbytes = getattr(item[1], "nbytes", 0)
                         with cond:
                             while not stop.is_set() and st["queued"] + nbytes > _LOOKAHEAD_BYTES and not (
                                     r == st["current"] and not queues[r]):
@@ -480,7 +487,7 @@ def _decode_parallel(info: VideoInfo, runs: list[np.ndarray], n_workers: int, th
                         cond.wait(timeout=_wait_s(deadline))
                     item = queues[r].popleft()
                     if type(item) is tuple:
-                        st["queued"] -= item[1].nbytes
+                        st["queued"] -= getattr(item[1], "nbytes", 0)
                         cond.notify_all()
                 if item is _END:
                     break
@@ -614,7 +621,7 @@ def _index_of(frame, index_by_pts: dict[int, int]) -> int | None:
     return None if frame.pts is None else index_by_pts.get(frame.pts)
 
 
-def _decode_sequential(container, stream, info: VideoInfo, targets: np.ndarray, deadline: _Deadline):
+def _decode_sequential(container, stream, info: VideoInfo, targets: np.ndarray, deadline: _Deadline, convert=None):
     """Files without usable timestamps: count frames in output order, never seek."""
     ti, idx = 0, -1
     to_rgb = _RGB()
@@ -623,7 +630,9 @@ def _decode_sequential(container, stream, info: VideoInfo, targets: np.ndarray, 
         for frame in _decode_packet(packet, info):
             idx += 1
             if idx == targets[ti]:
-                yield idx, rotate_frame(to_rgb(frame), info.rotation)
+                rgb = rotate_frame(to_rgb(frame), info.rotation)
+                yield idx, rgb if convert is None else convert(idx, rgb)
+                del rgb
                 ti += 1
                 if ti >= len(targets):
                     return

@@ -292,6 +292,49 @@ def test_process_video_same_patches_with_any_worker_count(gop_clips):
         assert r.frame_indices == one.frame_indices and np.array_equal(r.patches, one.patches)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_convert_runs_on_the_decoding_thread_and_is_yielded_in_order(gop_clips, workers):
+    # `convert` sees every kept frame on the thread that decoded it (a decode worker when the clip
+    # runs on several) and its result is yielded in the frame's place, in index order
+    info = probe_video(gop_clips["mpeg4_avi"])
+    idx, _ = select_frames(info, preset=QWEN25_VL, fps=9)
+    plain = dict(_frames(info, idx, workers=1))
+    seen = {}
+
+    def convert(i, rgb):
+        seen[i] = threading.current_thread().name
+        return i, int(rgb.astype(np.int64).sum()), rgb.shape
+
+    got = _frames(info, idx, workers=workers, convert=convert)
+    assert [i for i, _ in got] == sorted(plain)
+    assert all(v == (i, int(plain[i].astype(np.int64).sum()), plain[i].shape) for i, v in got)
+    on_workers = {i for i, name in seen.items() if name.startswith("vlprep-decode")}
+    assert on_workers == (set(plain) if workers > 1 else set())
+    assert not _decode_threads()
+
+
+@pytest.mark.parametrize("name", ["mpeg4_avi", "hevc_open_gop", "rot90", "vfr"])
+def test_transformers_mode_resizes_on_the_decode_workers_with_the_same_patches(gop_clips, name, monkeypatch):
+    # the "transformers" mode resizes each frame on the GOP-parallel worker that decoded it; the
+    # patches equal the sequential path's (resize thread + patch rows) bit for bit
+    import processors.video as video
+
+    path = gop_clips[name]
+    one = process_video(path, QWEN25_VL, fps=9, resize="transformers", decode_workers=1)
+    threads = set()
+    real = video.resize_frames
+
+    def spy(*a, **k):
+        threads.add(threading.current_thread().name)
+        return real(*a, **k)
+
+    monkeypatch.setattr(video, "resize_frames", spy)
+    r = process_video(path, QWEN25_VL, fps=9, resize="transformers", decode_workers=2)
+    assert threads and all(t.startswith("vlprep-decode") for t in threads), threads
+    assert r.frame_indices == one.frame_indices and r.grid_thw == one.grid_thw
+    assert np.array_equal(r.patches, one.patches)
+
+
 def test_job_option_reaches_process_video():
     from pipeline.config import JobConfig
     from processors.encode import EncodeOptions
