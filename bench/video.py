@@ -15,6 +15,7 @@ All produce the same frame indices, sizes and patch layout (qwen-vl-utils 0.0.14
   vlprep               the default, resize="qwen-vl-utils" (float32 path, bit-exact to torchvision v1):
                        probe (demux only) → decode just the needed GOP spans / seek, skipping
                        non-reference frames → RGB + resize of kept frames on two threads → patchify
+                       (GOP-parallel clips in the transformers mode: resized on the decode workers)
   vlprep-transformers  the same with resize="transformers" (uint8 path, bit-exact to torchvision v2)
   qwen-vl-utils        the real `qwen_vl_utils.fetch_video` (decord reader) in the reference venv
                        (.venv-ref from `make reference`, or $VLPREP_REF_PYTHON), then `.to(uint8)` and

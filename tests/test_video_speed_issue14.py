@@ -136,3 +136,35 @@ def test_caller_resizes_while_the_worker_is_behind_when_decoding_is_elsewhere(mo
     assert any(during_decode), "the caller waited for the worker instead of resizing"
     for i, f in frames:
         assert np.array_equal(out[i], real(f, 28, 56, mode=mode))
+
+
+def test_transformers_mode_keeps_few_decoded_frames_alive():
+    # the uint8 resize takes small batches, so at most 3 batches of 2 decoded frames (+ the one just
+    # decoded) are alive at once and the allocator can reuse their memory; the float mode keeps 8
+    import weakref
+
+    n = 30
+    alive, peak = [0], [0]
+
+    def gone():
+        alive[0] -= 1
+
+    def decoded():
+        for i in range(n):
+            f = _frame(40, 60, seed=i)
+            alive[0] += 1
+            peak[0] = max(peak[0], alive[0])
+            weakref.finalize(f, gone)
+            yield i, f
+            del f
+
+    out = np.zeros((n, 28, 56, 3), dtype=np.uint8)
+
+    def put(ks, frame):
+        out[ks] = frame
+
+    filled = video._decode_and_resize(decoded(), 28, 56, put, {i: [i] for i in range(n)}, resize="transformers")
+    assert filled == n
+    assert peak[0] <= 3 * video._RESIZE_BATCH_UINT8 + 1, peak[0]
+    for i in range(n):
+        assert np.array_equal(out[i], vr.resize_frames(_frame(40, 60, seed=i), 28, 56, mode="transformers"))
