@@ -100,7 +100,7 @@ def checkpoint_type(model_path: str) -> str:
             model_type = json.load(f).get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
         raise ScorerError(f"--model {model_path!r}: config.json is not a JSON object ({_first_line(exc)})") from None
-    if model_type not in _FAMILIES:
+    if not isinstance(model_type, str) or model_type not in _FAMILIES:
         raise ScorerError(f"{model_path}: model_type {model_type!r} is not a Qwen2-VL / Qwen2.5-VL / Qwen3-VL "
                           f"checkpoint (expected one of {sorted(_FAMILIES)})")
     return model_type
