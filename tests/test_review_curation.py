@@ -1,4 +1,4 @@
-"""Review of the curation changes: `--model`'s config.json checked in one line whatever it holds."""
+"""Review of the curation changes: `--model` checked on the driver in one line, whatever its config.json holds."""
 from __future__ import annotations
 
 import json
@@ -27,3 +27,18 @@ def test_checkpoint_type_odd_configs_are_one_line(tmp_path, config, message):
 def test_checkpoint_type_of_a_qwen_checkpoint(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
     assert checkpoint_type(str(tmp_path)) == "qwen2_5_vl"
+
+
+def test_driver_checks_the_model_unless_a_cluster_may_hold_it(tmp_path):
+    """`vlprep score` and `verify` share one rule: a folder the driver cannot see fails there in one line,
+    except with --address (the GPU nodes may hold it; their actors check it); one it sees is checked always."""
+    from filters.reward.vlm_scorer import check_model_on_driver
+
+    missing = str(tmp_path / "only-on-the-gpu-nodes")
+    with pytest.raises(ScorerError, match="is not a local checkpoint folder"):
+        check_model_on_driver(missing, None)
+    check_model_on_driver(missing, "10.0.0.1:6379")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ScorerError, match="model_type 'bert' is not a Qwen2-VL"):
+        check_model_on_driver(str(tmp_path), "10.0.0.1:6379")
+

@@ -106,6 +106,14 @@ def checkpoint_type(model_path: str) -> str:
     return model_type
 
 
+def check_model_on_driver(model_path: str, address: str | None) -> None:
+    """`vlprep score` / `verify`: checkpoint_type on the driver, before anything is printed. On a cluster
+    (`address`) the folder may exist only on the GPU nodes: one the driver cannot see is left to the
+    actors' own check (VLMScorer)."""
+    if not address or os.path.isdir(model_path):
+        checkpoint_type(model_path)
+
+
 class VLMScorer:
     name = "vlm"
 
