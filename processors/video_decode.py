@@ -448,8 +448,8 @@ def _decode_parallel(info: VideoInfo, runs: list[np.ndarray], n_workers: int, th
                     end = _END
                 except _Stopped:
                     return
-                except Exception as e:  # noqa: BLE001 - raised again by the consumer
-                    end = e
+                except BaseException as e:  # noqa: BLE001 - raised again by the consumer (any error, so
+                    end = e                     # it never waits for a frame that will not come)
                 with cond:
                     queues[r].append(end)
                     cond.notify_all()

@@ -269,6 +269,34 @@ def test_open_error_in_a_worker_reaches_the_consumer(gop_clips, tmp_path):
     assert not _decode_threads()
 
 
+def test_a_worker_dying_of_a_non_exception_error_does_not_hang_the_consumer(gop_clips, monkeypatch):
+    # e.g. SystemExit raised inside a worker thread: the consumer gets it, not an endless wait
+    info = probe_video(gop_clips["h264_bframes"])
+    idx, _ = select_frames(info, preset=QWEN25_VL, fps=9)
+    real = video_decode._decode_targets
+
+    def dies_on_run_1(o, info_, run, *a, **k):
+        if run[0] != idx[0]:
+            raise SystemExit("worker died")
+        yield from real(o, info_, run, *a, **k)
+
+    monkeypatch.setattr(video_decode, "_decode_targets", dies_on_run_1)
+    out = {}
+
+    def consume():
+        try:
+            _frames(info, idx, workers=2, timeout_s=None)
+        except BaseException as e:  # noqa: BLE001
+            out["error"] = e
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the consumer waits forever for a run whose worker died"
+    assert isinstance(out.get("error"), SystemExit) and str(out["error"]) == "worker died"
+    assert not _decode_threads()
+
+
 def test_timeout_in_workers(gop_clips):
     info = probe_video(gop_clips["h264_bframes"])
     idx, _ = select_frames(info, preset=QWEN25_VL, fps=9)
