@@ -413,3 +413,27 @@ def test_address_check_tells_http_from_grpc_and_skips_the_handshake_under_tls(mo
     finally:
         http1.close()
         settings.close()
+
+
+def test_address_check_names_servers_that_do_not_speak_http2():
+    """A port held by a service that is not HTTP/2 (an SSH banner, a Redis error, a close without a byte):
+    one line at the handshake, where `ray.init` waited 30 s (ray://) to minutes (the GCS); a refused
+    connection says why without a time-out it did not wait for."""
+    from pipeline.cluster import ClusterUnreachable, check_ray_address
+
+    listeners = [(_one_reply_listener(b"SSH-2.0-OpenSSH_9.6\r\n"), r"it does not speak HTTP/2: it replies b'SSH-2.0-O'"),
+                 (_one_reply_listener(b"-ERR unknown command 'PRI'\r\n"), r"it does not speak HTTP/2: it replies b'-ERR unkn'"),
+                 (_one_reply_listener(b"+OK\r\n"), r"it does not speak HTTP/2: it replies b'\+OK\\r\\n'"),
+                 (_one_reply_listener(b""), r"it closes the connection without a reply")]
+    try:
+        for srv, why in listeners:
+            for form in ("", "ray://"):
+                with pytest.raises(ClusterUnreachable, match=r"answers, but not as a Ray cluster \(" + why + ";"):
+                    check_ray_address(f"{form}127.0.0.1:{srv.getsockname()[1]}")
+    finally:
+        for srv, _ in listeners:
+            srv.close()
+    closed = _closed_port()
+    with pytest.raises(ClusterUnreachable) as exc:
+        check_ray_address(f"127.0.0.1:{closed}")
+    assert f"no Ray cluster answers at 127.0.0.1:{closed} (Connection refused); start the cluster" in str(exc.value)
