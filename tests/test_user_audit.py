@@ -339,6 +339,9 @@ def test_prepare_in_a_log_prints_progress_lines(prepared, tmp_path, capsys):
     assert main(["prepare", str(prepared[0]), "--out", str(tmp_path / "o2"), "--executor", "local",
                  "--no-progress"]) == 0
     assert "vlprep: encode" not in capsys.readouterr().err
+    assert main(["score", str(tmp_path / "o"), "--scorers", "pixels", "--executor", "local", "--overwrite",
+                 "--no-progress"]) == 0                # --no-progress: score as prepare and stats
+    assert "vlprep: score" not in capsys.readouterr().err
 
 
 def test_line_progress_is_throttled():
@@ -377,6 +380,22 @@ def test_the_shared_line_printer_writes_these_lines(capsys):
     with progress_count("score", 3, False, unit="samples") as count:     # disabled: nothing
         count.advance(3, "7 tok/s")
     assert capsys.readouterr().err == ""
+
+
+def test_score_on_a_terminal_shows_the_bar_prepare_shows(capsys):
+    """One bar style on a terminal: `vlprep score`'s count is a rich bar like prepare's (its unit and
+    postfix), not a tqdm bar of its own."""
+    from rich.progress import Progress
+
+    from pipeline.progress import progress_bar, progress_count
+
+    with progress_bar(True, unit="samples") as bar:
+        assert isinstance(bar, Progress)
+    with progress_count("score", 3, True, unit="samples") as count:
+        assert isinstance(count.bar, Progress)
+        count.advance(3, "7 tok/s")
+    err = capsys.readouterr().err
+    assert "score" in err and "3/3 samples" in err and "7 tok/s" in err, err
 
 
 def _one_reply_listener(reply: bytes):
