@@ -57,7 +57,8 @@ def add_arguments(p) -> None:
     p.add_argument("--tokenizer", help="tokenizer folder the shards were prepared with (default: OUT/job.json's "
                    "`tokenizer:`, else the built-in Qwen2 ranks)")
     p.add_argument("--overwrite", action="store_true", help="re-score units that already have scores")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (on a terminal) or progress lines (in a log, every 30 s)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (on a terminal) or progress lines (in a log, every 30 s)")
 
 
 def _use_ray(args) -> bool:
@@ -102,7 +103,7 @@ def run(args) -> int:
         print(f"vlprep score: {exc}", file=sys.stderr)
         return 2
     # a log file: no library progress bars (model loading) either
-    quiet_library_bars(bool({"text", "vlm", "category", "vlm_category", "grounding", "query"} & set(scorers)))
+    quiet_library_bars(bool({"text", "category", *MODEL_SCORERS} & set(scorers)))
     todo = pending(cfg, units)
     total = sum(u.expected or 0 for u in todo)
     print(f"scoring {len(todo)} of {len(units)} units ({total} samples) with {', '.join(scorers)}; "
