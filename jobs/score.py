@@ -1,7 +1,6 @@
 """`vlprep score OUT`: run scorers over the prepared shards -> OUT/scores/{unit}.parquet."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -74,7 +73,7 @@ def _use_ray(args) -> bool:
 def run(args) -> int:
     from filters.reward.protocol import ScorerError
     from filters.reward.stage import MODEL_SCORERS, ScoreConfig, check_num_gpus, pending, run_local, run_ray
-    from filters.reward.vlm_scorer import checkpoint_type
+    from filters.reward.vlm_scorer import check_model_on_driver
     from pipeline.loader import ShardLoader  # filters never import pipeline: the job hands the reader in
     from pipeline.cluster import check_ray_address, ray_connection
     from pipeline.progress import progress_count, progress_mode, quiet_library_bars
@@ -89,10 +88,8 @@ def run(args) -> int:
                           max_padding=args.max_padding, device=args.device, dtype=args.dtype, pack=args.pack,
                           text_model=args.text_model, overwrite=args.overwrite, visual_gain=args.visual_gain,
                           taxonomy=args.taxonomy, tokenizer=tokenizer)
-        # a wrong --model: one line before anything is printed; on a cluster (--address) the folder may
-        # exist only on the GPU nodes, whose actors check it (VLMScorer) when the driver cannot see it
-        if set(MODEL_SCORERS) & set(cfg.scorers) and (not args.address or os.path.isdir(cfg.model)):
-            checkpoint_type(cfg.model)
+        if set(MODEL_SCORERS) & set(cfg.scorers):   # a wrong --model: one line before anything is printed
+            check_model_on_driver(cfg.model, args.address)
         check_num_gpus(args.num_gpus)
         check_ray_address(args.address)   # nothing listening there: one line now, not a minute's wait
         if {"category", "vlm_category"} & set(cfg.scorers):  # a bad taxonomy file fails here, not inside a worker

@@ -57,7 +57,7 @@ def run(args) -> int:
     from filters.reward.protocol import ScorerError, resolve_device
     from filters.reward.stage import check_num_gpus, pending, run_local, run_ray, scores_path
     from filters.reward.verify import resolve_engine, verify_config
-    from filters.reward.vlm_scorer import checkpoint_type
+    from filters.reward.vlm_scorer import check_model_on_driver
     from pipeline.cluster import check_ray_address, ray_connection
     from pipeline.progress import progress_count, progress_mode, quiet_library_bars
     from pipeline.score_inputs import shards_tokenizer, units_from_manifest
@@ -74,7 +74,7 @@ def run(args) -> int:
                             batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype, overwrite=args.overwrite,
                             max_new_tokens=args.max_new_tokens, iou_threshold=args.iou,
                             tokenizer=shards_tokenizer(out, args.tokenizer, preset))
-        checkpoint_type(args.model)  # a wrong --model fails here, before anything is printed
+        check_model_on_driver(args.model, args.address)  # a wrong --model: one line, before anything is printed
         if not args.address:  # a vllm that is asked for but missing fails here (Ray workers: at start-up)
             engine = resolve_engine(args.engine, resolve_device(args.device))
             print(f"engine: {engine}")
