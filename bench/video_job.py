@@ -1,0 +1,151 @@
+"""A/B of a real prepare job over a corpus of the bench clips: two code trees (e.g. main vs a branch),
+interleaved rounds, a fresh Ray cluster per run; reports the CPU s of the whole process tree (driver,
+raylet, GCS, Ray workers), of the Ray workers alone, and the job's wall time.
+
+    python bench/video_job.py --old /tmp/old-tree --new . [--rounds 3] [--copies 6] [--cpus 2]
+        [--clips 10s_720p_vp9.webm,10s_720p_hevc.mp4,5s_1080p60_bf.mp4,20s_720p_gop600_bf.mp4]
+
+The corpus: `--copies` copies of each clip (distinct files, distinct text, one video per record),
+unit_size 2, so the runner keeps all `--cpus` task slots busy with video tasks (`ray.num_cpus: 1`,
+the default). CPU s is read from /proc for every descendant of the run's process just before Ray
+shuts down (the workers are still alive then). On a shared machine trust CPU s and the interleaved
+ratio, not absolute walls; the load average is printed per run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIPS = "10s_720p_vp9.webm,10s_720p_hevc.mp4,5s_1080p60_bf.mp4,20s_720p_gop600_bf.mp4"
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu(pid: int) -> tuple[float, float]:
+    """(CPU s of pid and every descendant, CPU s of the Ray workers among them), from /proc."""
+    children: dict[int, list[int]] = {}
+    stat: dict[int, list[str]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    head, rest = f.read().rsplit(")", 1)
+                fields = rest.split()
+                stat[int(d)] = [head.split("(", 1)[1]] + fields
+                children.setdefault(int(fields[1]), []).append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    total = workers = 0.0
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        stack.extend(children.get(p, []))
+        if p not in stat:
+            continue
+        f = stat[p]  # f[0] comm, f[1] state; utime, stime, cutime, cstime are fields 14-17 of stat
+        cpu = sum(int(x) for x in f[12:16]) / _TICK
+        total += cpu
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except OSError:
+            cmd = b""
+        if f[0].startswith("ray::") or b"default_worker.py" in cmd:
+            workers += cpu
+    return total, workers
+
+
+def make_corpus(base: Path, clips: list[str], copies: int) -> Path:
+    media = base / "media"
+    media.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for c in range(copies):
+        for name in clips:
+            dst = media / f"{c:02d}_{name}"
+            if not dst.exists():
+                shutil.copyfile(ROOT / "bench" / "_data" / name, dst)
+            lines.append(json.dumps({"messages": [
+                {"role": "user", "content": f"<video>What happens in {name}, copy {c}?"},
+                {"role": "assistant", "content": f"Something moves in copy {c} of {name}."}],
+                "videos": [f"media/{dst.name}"]}))
+    (base / "videos.jsonl").write_text("\n".join(lines) + "\n")
+    import yaml
+
+    cfg = base / "videos.yaml"
+    cfg.write_text(yaml.safe_dump({"sources": [{"path": "videos.jsonl", "format": "llamafactory"}],
+                                   "unit_size": 2, "out": "out"}))
+    return cfg
+
+
+def child(args) -> None:
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+    import ray  # (above: bench/pipeline.py would shadow the package of the tree under test)
+
+    from pipeline.config import JobConfig
+    from pipeline.runner import run_job
+
+    cfg = JobConfig.from_yaml(args.config)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
+    t0 = time.perf_counter()
+    result = run_job(cfg, out=args.out, overwrite=True, progress=False, executor="ray")
+    wall = time.perf_counter() - t0
+    total, workers = _tree_cpu(os.getpid())
+    print(json.dumps({"wall": wall, "cpu": total, "worker_cpu": workers, "kept": result.accounting.kept,
+                      "ok": result.ok}))
+
+
+def run(tree: str, cfg: Path, out: Path, cpus: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()))
+    load = os.getloadavg()[0]
+    p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--config", str(cfg),
+                        "--out", str(out), "--cpus", str(cpus)], env=env, cwd=tree, capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"{tree}: the job failed:\n{p.stderr[-3000:]}")
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res["load"] = load
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--old", help="code tree A (e.g. a `git archive main` export)")
+    ap.add_argument("--new", default=str(ROOT), help="code tree B")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--copies", type=int, default=6)
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--clips", default=CLIPS)
+    ap.add_argument("--dir", default="/tmp/vlprep-bench-video-job")
+    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--config")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    if not args.old:
+        raise SystemExit("--old DIR: the code tree to compare with (e.g. git archive main | tar -x -C DIR)")
+    base = Path(args.dir)
+    cfg = make_corpus(base / "corpus", args.clips.split(","), args.copies)
+    rows: dict[str, list[dict]] = {"old": [], "new": []}
+    for r in range(args.rounds):
+        for name, tree in (("old", args.old), ("new", args.new))[:: 1 if r % 2 == 0 else -1]:
+            res = run(tree, cfg, base / f"out-{name}", args.cpus)
+            rows[name].append(res)
+            print(f"round {r} {name}: wall {res['wall']:.1f} s, CPU {res['cpu']:.1f} s (Ray workers "
+                  f"{res['worker_cpu']:.1f}), kept {res['kept']}, load {res['load']:.1f}", flush=True)
+    print(f"\ncores {os.cpu_count()}, ray num_cpus {args.cpus}, {args.copies} copies of {args.clips}")
+    print("| code | wall s (median) | CPU s tree (median) | CPU s Ray workers (median) | rounds |")
+    print("|---|---:|---:|---:|---:|")
+    for name, rs in rows.items():
+        med = {k: statistics.median(x[k] for x in rs) for k in ("wall", "cpu", "worker_cpu")}
+        print(f"| {name} | {med['wall']:.1f} | {med['cpu']:.1f} | {med['worker_cpu']:.1f} | {len(rs)} |")
+
+
+if __name__ == "__main__":
+    main()
