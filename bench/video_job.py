@@ -4,6 +4,7 @@ raylet, GCS, Ray workers), of the Ray workers alone, and the job's wall time.
 
     python bench/video_job.py --old /tmp/old-tree --new . [--rounds 3] [--copies 6] [--cpus 2]
         [--clips 10s_720p_vp9.webm,10s_720p_hevc.mp4,5s_1080p60_bf.mp4,20s_720p_gop600_bf.mp4]
+    python bench/video_job.py --trees old=/tmp/old-tree,new=.,x=/tmp/other   # any number of trees
 
 The corpus: `--copies` copies of each clip (distinct files, distinct text, one video per record),
 unit_size 2, so the runner keeps all `--cpus` task slots busy with video tasks (`ray.num_cpus: 1`,
@@ -117,6 +118,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--old", help="code tree A (e.g. a `git archive main` export)")
     ap.add_argument("--new", default=str(ROOT), help="code tree B")
+    ap.add_argument("--trees", help="NAME=DIR,NAME=DIR,...: instead of --old/--new")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--copies", type=int, default=6)
     ap.add_argument("--cpus", type=int, default=2)
@@ -128,13 +130,19 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args)
-    if not args.old:
+    if args.trees:
+        trees = [tuple(t.split("=", 1)) for t in args.trees.split(",")]
+        if any(len(t) != 2 for t in trees):
+            raise SystemExit(f"--trees {args.trees!r}: write NAME=DIR,NAME=DIR")
+    elif args.old:
+        trees = [("old", args.old), ("new", args.new)]
+    else:
         raise SystemExit("--old DIR: the code tree to compare with (e.g. git archive main | tar -x -C DIR)")
     base = Path(args.dir)
     cfg = make_corpus(base / "corpus", args.clips.split(","), args.copies)
-    rows: dict[str, list[dict]] = {"old": [], "new": []}
+    rows: dict[str, list[dict]] = {name: [] for name, _ in trees}
     for r in range(args.rounds):
-        for name, tree in (("old", args.old), ("new", args.new))[:: 1 if r % 2 == 0 else -1]:
+        for name, tree in trees[:: 1 if r % 2 == 0 else -1]:
             res = run(tree, cfg, base / f"out-{name}", args.cpus)
             rows[name].append(res)
             print(f"round {r} {name}: wall {res['wall']:.1f} s, CPU {res['cpu']:.1f} s (Ray workers "
