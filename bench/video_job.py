@@ -1,6 +1,7 @@
 """A/B of a real prepare job over a corpus of the bench clips: two code trees (e.g. main vs a branch),
 interleaved rounds, a fresh Ray cluster per run; reports the CPU s of the whole process tree (driver,
-raylet, GCS, Ray workers), of the Ray workers alone, and the job's wall time.
+raylet, GCS, Ray workers), of the Ray workers alone, inside process_video (summed over the videos), and
+the job's wall time.
 
     python bench/video_job.py --old /tmp/old-tree --new . [--rounds 3] [--copies 6] [--cpus 2]
         [--clips 10s_720p_vp9.webm,10s_720p_hevc.mp4,5s_1080p60_bf.mp4,20s_720p_gop600_bf.mp4]
@@ -31,36 +32,23 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 def _tree_cpu(pid: int) -> tuple[float, float]:
     """(CPU s of pid and every descendant, CPU s of the Ray workers among them), from /proc."""
-    children: dict[int, list[int]] = {}
-    stat: dict[int, list[str]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    head, rest = f.read().rsplit(")", 1)
-                fields = rest.split()
-                stat[int(d)] = [head.split("(", 1)[1]] + fields
-                children.setdefault(int(fields[1]), []).append(int(d))
-            except (OSError, IndexError, ValueError):
-                pass
-    total = workers = 0.0
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        stack.extend(children.get(p, []))
-        if p not in stat:
-            continue
-        f = stat[p]  # f[0] comm, f[1] state; utime, stime, cutime, cstime are fields 14-17 of stat
-        cpu = sum(int(x) for x in f[12:16]) / _TICK
-        total += cpu
+    procs: dict[int, tuple[int, float, bool]] = {}  # pid: (parent, utime+stime+cutime+cstime s, a Ray worker)
+    for d in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{p}/cmdline", "rb") as fh:
-                cmd = fh.read()
+            comm, rest = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes()
         except OSError:
-            cmd = b""
-        if f[0].startswith("ray::") or b"default_worker.py" in cmd:
-            workers += cpu
-    return total, workers
+            continue
+        f = rest.split()  # f[0] state, f[1] ppid; utime, stime, cutime, cstime are stat fields 14-17
+        worker = comm.split("(", 1)[1].startswith("ray::") or b"default_worker.py" in cmd
+        procs[int(d)] = (int(f[1]), sum(int(x) for x in f[11:15]) / _TICK, worker)
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, (parent, _, _) in procs.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return (sum(procs[p][1] for p in tree if p in procs),
+            sum(procs[p][1] for p in tree if p in procs and procs[p][2]))
 
 
 def make_corpus(base: Path, clips: list[str], copies: int) -> Path:
@@ -85,6 +73,29 @@ def make_corpus(base: Path, clips: list[str], copies: int) -> Path:
     return cfg
 
 
+def _time_process_video() -> None:
+    """Ray worker setup hook (pickled by value from this script): append the CPU s (the whole worker
+    process: FFmpeg's threads, the resize thread) and wall s of every process_video call in the worker
+    to $VLPREP_BENCH_VIDEO_LOG. A worker runs one task at a time, so the delta is that video's."""
+    import resource as _r
+
+    from processors import video
+
+    real, log = video.process_video, os.environ["VLPREP_BENCH_VIDEO_LOG"]
+
+    def timed(src, *a, **kw):
+        ru0, t0 = _r.getrusage(_r.RUSAGE_SELF), time.perf_counter()
+        try:
+            return real(src, *a, **kw)
+        finally:
+            ru1 = _r.getrusage(_r.RUSAGE_SELF)
+            cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+            with open(log, "a") as f:
+                f.write(json.dumps({"path": str(src), "cpu": cpu, "wall": time.perf_counter() - t0}) + "\n")
+
+    video.process_video = timed
+
+
 def child(args) -> None:
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     import ray  # (above: bench/pipeline.py would shadow the package of the tree under test)
@@ -93,13 +104,19 @@ def child(args) -> None:
     from pipeline.runner import run_job
 
     cfg = JobConfig.from_yaml(args.config)
-    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
+    log = Path(args.out).with_suffix(".videos.jsonl")
+    log.unlink(missing_ok=True)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR",
+             runtime_env={"worker_process_setup_hook": _time_process_video,
+                          "env_vars": {"VLPREP_BENCH_VIDEO_LOG": str(log)}})
     t0 = time.perf_counter()
     result = run_job(cfg, out=args.out, overwrite=True, progress=False, executor="ray")
     wall = time.perf_counter() - t0
     total, workers = _tree_cpu(os.getpid())
+    videos = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     print(json.dumps({"wall": wall, "cpu": total, "worker_cpu": workers, "kept": result.accounting.kept,
-                      "ok": result.ok}))
+                      "ok": result.ok, "video_cpu": sum(v["cpu"] for v in videos),
+                      "video_wall": sum(v["wall"] for v in videos), "videos": len(videos)}))
 
 
 def run(tree: str, cfg: Path, out: Path, cpus: int) -> dict:
@@ -146,13 +163,16 @@ def main() -> None:
             res = run(tree, cfg, base / f"out-{name}", args.cpus)
             rows[name].append(res)
             print(f"round {r} {name}: wall {res['wall']:.1f} s, CPU {res['cpu']:.1f} s (Ray workers "
-                  f"{res['worker_cpu']:.1f}), kept {res['kept']}, load {res['load']:.1f}", flush=True)
+                  f"{res['worker_cpu']:.1f}; process_video x{res['videos']}: CPU {res['video_cpu']:.1f}, wall "
+                  f"{res['video_wall']:.1f}), kept {res['kept']}, load {res['load']:.1f}", flush=True)
     print(f"\ncores {os.cpu_count()}, ray num_cpus {args.cpus}, {args.copies} copies of {args.clips}")
-    print("| code | wall s (median) | CPU s tree (median) | CPU s Ray workers (median) | rounds |")
-    print("|---|---:|---:|---:|---:|")
+    keys = ("wall", "cpu", "worker_cpu", "video_cpu", "video_wall")
+    print("| code | job wall s | CPU s tree | CPU s Ray workers | CPU s in process_video | wall s in process_video"
+          " | rounds |  (medians)")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, rs in rows.items():
-        med = {k: statistics.median(x[k] for x in rs) for k in ("wall", "cpu", "worker_cpu")}
-        print(f"| {name} | {med['wall']:.1f} | {med['cpu']:.1f} | {med['worker_cpu']:.1f} | {len(rs)} |")
+        med = [statistics.median(x[k] for x in rs) for k in keys]
+        print(f"| {name} | " + " | ".join(f"{m:.1f}" for m in med) + f" | {len(rs)} |")
 
 
 if __name__ == "__main__":
