@@ -218,7 +218,6 @@ class JobConfig:
             "video_timeout_s": self.video.timeout_s,
             # a task declares ray.num_cpus cores, and the runner keeps every core busy with tasks
             "video_decode_workers": self.video.decode_workers or max(1, int(self.ray.num_cpus)),
-            "video_decode_cores": max(1, int(self.ray.num_cpus)),  # FFmpeg's threads too (docs/video.md)
             "video_resize": self.video_resize(),
             "grounding_format": self.grounding_format,
             "system_prompt": self.system_prompt,

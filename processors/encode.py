@@ -45,7 +45,6 @@ class EncodeOptions:
     video_backend: str = "pyav"
     video_timeout_s: float = 120.0
     video_decode_workers: int | None = None  # process_video's decode_workers (None: one per usable core)
-    video_decode_cores: int | None = None  # process_video's decode_cores: a job task's ray.num_cpus (None: every usable core)
     video_resize: str | None = None        # qwen-vl-utils | transformers (None: the preset's video_resize): the reference the frame resize equals (docs/video.md)
     fast_videos: bool = False              # deprecated: True = video_resize "transformers"
     grounding_format: str | None = None    # format of boxes in the SOURCE text; None: leave text as is

@@ -60,7 +60,6 @@ def video_options(ref: MediaRef, opts, preset: Preset | None = None) -> dict[str
         "backend": opts.video_backend,
         "timeout_s": opts.video_timeout_s,
         "decode_workers": getattr(opts, "video_decode_workers", None),
-        "decode_cores": getattr(opts, "video_decode_cores", None),
         "resize": resize_mode(getattr(opts, "video_resize", None), opts.fast_videos or None,
                               default=preset.video_resize if preset is not None else DEFAULT_RESIZE),
     }

@@ -345,7 +345,6 @@ def process_video(
     fast: bool | None = None,
     info: VideoInfo | None = None,
     decode_workers: int | None = None,
-    decode_cores: int | None = None,
 ) -> VideoResult:
     """A video file (path) or a frame list (paths / bytes / PIL images / uint8 arrays) → VideoResult.
 
@@ -361,9 +360,6 @@ def process_video(
     `decode_workers` (PyAV backend): threads that decode independent keyframe-to-target runs of the
     clip at once, each on its own container (`video_decode.decode_pyav`); None: one per core this
     process may use, at most one per run. The frames are the same whatever the count.
-    `decode_cores`: the cores the decode may use in all (`video_decode.decode_cores`; a prepare job
-    passes its task's `ray.num_cpus`); None: every usable core. It sets the workers when
-    `decode_workers` is None and FFmpeg's threads per container (`video_decode.decoder_threads`).
 
     `resized_height` / `resized_width` (both or neither): every frame is resized to
     `resized_size.requested_size(...)` (qwen-vl-utils' explicit size, image band) instead of the
@@ -386,8 +382,6 @@ def process_video(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if decode_workers is not None and (isinstance(decode_workers, bool) or int(decode_workers) < 1):
         raise ValueError(f"decode_workers must be at least 1 (or None: one per usable core), got {decode_workers!r}")
-    if decode_cores is not None and (isinstance(decode_cores, bool) or int(decode_cores) < 1):
-        raise ValueError(f"decode_cores must be at least 1 (or None: every usable core), got {decode_cores!r}")
     if not isinstance(src, (str, os.PathLike)):
         raise VlprepError(f"video source must be a path or a list of frames, got {type(src).__name__}")
     if info is None:
@@ -405,8 +399,8 @@ def process_video(
         slots.setdefault(i, []).append(k)
     parallel = False
     if backend == "pyav":
-        frames = decode_pyav(info, idx, timeout_s=timeout_s, workers=decode_workers, cores=decode_cores)
-        parallel = decode_parallelism(info, idx, decode_workers, decode_cores) > 1
+        frames = decode_pyav(info, idx, timeout_s=timeout_s, workers=decode_workers)
+        parallel = decode_parallelism(info, idx, decode_workers) > 1
     else:
         frames = decode_decord(info, idx, timeout_s=timeout_s)
     rows = _PatchRows(n, H, W, preset)

@@ -68,15 +68,13 @@ class _Deadline:
 
 
 def decode_pyav(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None = 120,
-                threads: int | None = None, workers: int | None = None,
-                cores: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                threads: int | None = None, workers: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield the frames at `indices` (presentation order, unique, increasing).
 
     `threads`: decoder threads of each container (0: FFmpeg's choice); None: `decoder_threads(info,
-    workers, cores)`. `workers`: how many threads decode independent runs (`decode_runs`) at once, each on its
-    own container; None: `decode_workers(runs, cores=cores)`; capped at the number of runs, and 1
-    decodes on the calling thread exactly as before. `cores`: the decode's core budget
-    (`decode_cores`: a prepare task's `ray.num_cpus`; None: every core this process may use)."""
+    workers)`. `workers`: how many threads decode independent runs (`decode_runs`) at once, each on its
+    own container; None: `decode_workers(runs)` (the cores this process may use); capped at the
+    number of runs, and 1 decodes on the calling thread exactly as before."""
     targets = np.unique(np.asarray(indices, dtype=np.int64))
     if len(targets) == 0:
         return
@@ -86,11 +84,11 @@ def decode_pyav(info: VideoInfo, indices: np.ndarray, *, timeout_s: float | None
         raise ValueError(f"workers must be at least 1 (or None: one per usable core), got {workers}")
     deadline = _Deadline(info.path, timeout_s, len(targets))
     runs = decode_runs(info, targets)
-    n = decode_workers(len(runs), workers, cores)
+    n = decode_workers(len(runs), workers)
     if n > 1:
-        yield from _decode_parallel(info, runs, n, threads, deadline, targets, cores)
+        yield from _decode_parallel(info, runs, n, threads, deadline, targets)
         return
-    with _Opened(info, threads, targets, workers=1, cores=cores) as o:
+    with _Opened(info, threads, targets, workers=1) as o:
         if not info.has_pts:
             yield from _decode_sequential(o.container, o.stream, info, targets, deadline)
             return
@@ -110,12 +108,10 @@ def decode_runs(info: VideoInfo, targets: np.ndarray) -> list[np.ndarray]:
     return np.split(targets, starts)
 
 
-def decode_parallelism(info: VideoInfo, indices: np.ndarray, workers: int | None = None,
-                       cores: int | None = None) -> int:
-    """How many threads `decode_pyav(info, indices, workers=workers, cores=cores)` decodes on (1: the
-    caller's own)."""
+def decode_parallelism(info: VideoInfo, indices: np.ndarray, workers: int | None = None) -> int:
+    """How many threads `decode_pyav(info, indices, workers=workers)` decodes on (1: the caller's own)."""
     targets = np.unique(np.asarray(indices, dtype=np.int64))
-    return decode_workers(len(decode_runs(info, targets)), workers, cores) if len(targets) else 1
+    return decode_workers(len(decode_runs(info, targets)), workers) if len(targets) else 1
 
 
 def usable_cores() -> int:
@@ -126,18 +122,10 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def decode_cores(cores: int | None = None) -> int:
-    """The cores one clip's decode may use: `cores` (in a prepare job, the task's `ray.num_cpus`:
-    every other core runs another task), at most `usable_cores()`; None: `usable_cores()` (a direct
-    call: a notebook, a data loader, the bench)."""
-    usable = usable_cores()
-    return usable if cores is None else max(1, min(int(cores), usable))
-
-
-def decode_workers(num_runs: int, requested: int | None = None, cores: int | None = None) -> int:
-    """Decode threads for a clip of `num_runs` runs: `requested` (None: `decode_cores(cores)`), at
-    most one per run."""
-    want = decode_cores(cores) if requested is None else int(requested)
+def decode_workers(num_runs: int, requested: int | None = None) -> int:
+    """Decode threads for a clip of `num_runs` runs: `requested` (None: `usable_cores()`), at most one
+    per run."""
+    want = usable_cores() if requested is None else int(requested)
     return max(1, min(want, num_runs))
 
 
@@ -150,14 +138,13 @@ class _Opened:
     one run to the next on it (the keyframes a failed seek ruled out, whether non-reference frames may
     still be skipped, the skip mode the decoder is in), as in one sequential pass."""
 
-    def __init__(self, info: VideoInfo, threads: int | None, targets: np.ndarray, *, workers: int,
-                 cores: int | None = None):
+    def __init__(self, info: VideoInfo, threads: int | None, targets: np.ndarray, *, workers: int):
         self.container, self.probe_skipped = _open_container(info)
         try:
             self.stream = self.container.streams.video[0]
             self.cc = cc = self.stream.codec_context
             cc.thread_type = decoder_thread_type(info)
-            cc.thread_count = decoder_threads(info, workers, cores) if threads is None else threads
+            cc.thread_count = decoder_threads(info, workers) if threads is None else threads
             if info.has_pts:
                 self.to_rgb = _RGB()
                 self.index_by_pts = _index_by_pts(info.frame_pts)
@@ -399,8 +386,7 @@ class _WorkerDeadline:
 
 
 def _decode_parallel(info: VideoInfo, runs: list[np.ndarray], n_workers: int, threads: int | None,
-                     deadline: _Deadline, targets: np.ndarray,
-                     cores: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+                     deadline: _Deadline, targets: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """GOP-parallel decode: `n_workers` threads, each with its own container (opened at its first
     run, reused for the next; the last run gets a fresh one with FFmpeg's threads where opening is
     cheap, `_LAST_RUN_ALL_THREADS`), take the next run from a shared counter and decode it with
@@ -427,7 +413,7 @@ def _decode_parallel(info: VideoInfo, runs: list[np.ndarray], n_workers: int, th
     # FFmpeg's threads, on a fresh decoder (the thread count is fixed once a decoder is open) where
     # that changes the count and opening one is cheap (`_LAST_RUN_ALL_THREADS`).
     last_run_reopens = (_LAST_RUN_ALL_THREADS and threads is None
-                        and decoder_threads(info, 1, cores) != decoder_threads(info, n_workers, cores))
+                        and decoder_threads(info, 1) != decoder_threads(info, n_workers))
 
     def worker() -> None:
         o = None
@@ -445,9 +431,9 @@ def _decode_parallel(info: VideoInfo, runs: list[np.ndarray], n_workers: int, th
                         if o is not None:
                             o.close()
                             o = None  # (closed once, even if the new open fails)
-                        o = _Opened(info, None, targets, workers=1, cores=cores)
+                        o = _Opened(info, None, targets, workers=1)
                     elif o is None:
-                        o = _Opened(info, threads, targets, workers=n_workers, cores=cores)
+                        o = _Opened(info, threads, targets, workers=n_workers)
                     for item in _decode_targets(o, info, runs[r], wd, done0=offsets[r]):
                         nbytes = item[1].nbytes
                         with cond:
@@ -529,33 +515,27 @@ def decoder_thread_type(info: VideoInfo) -> str:
     (tested)."""
     return "AUTO" if info.codec in _FRAME_THREAD_CODECS else _THREAD_TYPE
 _ONE_THREAD_BELOW_PIXELS = 400_000  # frames smaller than this (≈ below 720p) decode on one thread
-_FFMPEG_MAX_AUTO_THREADS = 16  # FFmpeg's own cap on thread_count 0 (MAX_AUTO_THREADS)
 
 
-def decoder_threads(info: VideoInfo, workers: int = 1, cores: int | None = None) -> int:
-    """Decoder threads of each container for this clip when `workers` containers decode at once
-    within a budget of `decode_cores(cores)` cores.
+def decoder_threads(info: VideoInfo, workers: int = 1) -> int:
+    """Decoder threads of each container for this clip when `workers` containers decode at once.
 
-    One worker (the sequential path): 1 for small frames, else 0 (FFmpeg's count: the usable cores
-    + 1, at most 16) when the budget is every usable core, else the budget (a prepare task with
-    `ray.num_cpus: 1` decodes on one thread; FFmpeg's count would start up to 16 threads in every
-    task of a job whose other cores all run tasks too). Slice threads
+    One worker (the sequential path): 1 for small frames, else 0 (FFmpeg's count). Slice threads
     only split a frame that has several slices (VP9 tiles, HEVC WPP rows, multi-slice H.264); on
     small frames the per-frame hand-off to the thread pool costs more than it saves (10-min 240p
     H.264: 2.7 vs 3.2 CPU s, 3 000 vs 31 000 context switches, and less wall time; 480p MPEG-4 and
     720p H.264: equal; 720p VP9: 1 thread saves CPU but tile threads save wall).
 
-    Several workers (GOP-parallel): the budget is shared out, `decode_cores(cores) // workers` each, at
+    Several workers (GOP-parallel): the cores are shared out, `usable_cores() // workers` each, at
     least 1 — so 1 where the workers already fill the cores: FFmpeg's own threads then only add CPU
     (decode alone, 2 workers on 2 cores, median CPU s with 1 vs FFmpeg's threads per worker: 720p
     HEVC 0.20 vs 0.26, VP9 0.73 vs 0.77, 240p 2.27 vs 2.40; docs/video.md). Small frames stay on one.
     The thread count never changes the decoded frames (tested)."""
     if info.width * info.height < _ONE_THREAD_BELOW_PIXELS:
         return 1
-    budget = decode_cores(cores)
     if workers > 1:
-        return max(1, budget // workers)
-    return 0 if budget >= usable_cores() else min(budget, _FFMPEG_MAX_AUTO_THREADS)
+        return max(1, usable_cores() // workers)
+    return 0
 _SKIP_MODE = "NONREF"  # what non-target packets are decoded with
 
 

@@ -151,22 +151,6 @@ def test_worker_count(monkeypatch):
     assert decode_workers(9) == 1
 
 
-def test_core_budget(monkeypatch):
-    """`cores` (a prepare task's ray.num_cpus) bounds the workers and FFmpeg's threads; None: every
-    usable core, as a direct call."""
-    monkeypatch.setattr(video_decode.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    assert [video_decode.decode_cores(c) for c in (None, 1, 2, 4, 64)] == [4, 1, 2, 4, 4]
-    assert [decode_workers(9, cores=c) for c in (None, 1, 2, 64)] == [4, 1, 2, 4]
-    assert decode_workers(9, 3, cores=1) == 3                     # an explicit worker count wins
-    hd = dataclasses.replace(_fake_info(30), width=1280, height=720)
-    threads = video_decode.decoder_threads
-    assert [threads(hd, 1, c) for c in (None, 1, 2, 3, 4, 64)] == [0, 1, 2, 3, 0, 0]  # 0: FFmpeg's count
-    assert [threads(hd, 2, c) for c in (None, 1, 2, 4)] == [2, 1, 1, 2]
-    assert [threads(_fake_info(30), 1, c) for c in (None, 1, 4)] == [1, 1, 1]   # small frames: one thread
-    monkeypatch.setattr(video_decode.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
-    assert threads(hd, 1, 32) == 16 and threads(hd, 1, 64) == 0        # FFmpeg's own cap on its count
-
-
 def test_decode_parallelism_is_the_worker_count_decode_pyav_uses(monkeypatch):
     """process_video asks `decode_parallelism` whether the decode runs off its thread: runs × workers × cores."""
     monkeypatch.setattr(video_decode.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
@@ -177,7 +161,6 @@ def test_decode_parallelism_is_the_worker_count_decode_pyav_uses(monkeypatch):
     assert video_decode.decode_parallelism(info, np.array([5, 30])) == 1   # one run
     assert video_decode.decode_parallelism(info, np.array([], dtype=np.int64)) == 1
     assert video_decode.decode_parallelism(dataclasses.replace(info, has_pts=False), three_runs) == 1
-    assert video_decode.decode_parallelism(info, three_runs, cores=1) == 1
 
 
 def test_one_run_keeps_the_sequential_path(gop_clips, monkeypatch):
@@ -402,9 +385,7 @@ def test_job_option_reaches_process_video():
     assert cfg.encode_options()["video_decode_workers"] == 2
     cfg = JobConfig.from_dict({**base, "video": {"decode_workers": 3}})
     opts = EncodeOptions.from_dict(cfg.encode_options())
-    kw = video_options(MediaRef(kind="video", path="v.mp4"), opts, QWEN25_VL)
-    assert (kw["decode_workers"], kw["decode_cores"]) == (3, 1)  # the task's core budget stays ray.num_cpus
-    assert "decode_cores" not in video_options(MediaRef(kind="video", path="v.mp4"), EncodeOptions(), QWEN25_VL)
+    assert video_options(MediaRef(kind="video", path="v.mp4"), opts, QWEN25_VL)["decode_workers"] == 3
     from pipeline.config import ConfigError
 
     with pytest.raises(ConfigError, match="decode_workers"):

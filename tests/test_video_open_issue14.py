@@ -135,8 +135,8 @@ def test_last_run_decodes_with_ffmpeg_threads(tmp_path, monkeypatch, cheap_open)
     opened = []
     real_init = video_decode._Opened.__init__
 
-    def init(o, info_, threads, targets, *, workers, **kw):
-        real_init(o, info_, threads, targets, workers=workers, **kw)
+    def init(o, info_, threads, targets, *, workers):
+        real_init(o, info_, threads, targets, workers=workers)
         opened.append((workers, o.cc.thread_count))
 
     monkeypatch.setattr(video_decode._Opened, "__init__", init)
