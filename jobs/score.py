@@ -1,7 +1,6 @@
 """`vlprep score OUT`: run scorers over the prepared shards -> OUT/scores/{unit}.parquet."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -57,6 +56,8 @@ def add_arguments(p) -> None:
     p.add_argument("--tokenizer", help="tokenizer folder the shards were prepared with (default: OUT/job.json's "
                    "`tokenizer:`, else the built-in Qwen2 ranks)")
     p.add_argument("--overwrite", action="store_true", help="re-score units that already have scores")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (on a terminal) or progress lines (in a log, every 30 s)")
 
 
 def _use_ray(args) -> bool:
@@ -72,10 +73,10 @@ def _use_ray(args) -> bool:
 def run(args) -> int:
     from filters.reward.protocol import ScorerError
     from filters.reward.stage import MODEL_SCORERS, ScoreConfig, check_num_gpus, pending, run_local, run_ray
-    from filters.reward.vlm_scorer import checkpoint_type
+    from filters.reward.vlm_scorer import check_model_on_driver
     from pipeline.loader import ShardLoader  # filters never import pipeline: the job hands the reader in
     from pipeline.cluster import check_ray_address, ray_connection
-    from pipeline.progress import progress_count, progress_mode
+    from pipeline.progress import progress_count, progress_mode, quiet_library_bars
 
     out = Path(args.out_dir)
     scorers = ([s.strip() for s in args.scorers.split(",") if s.strip()] if args.scorers
@@ -87,10 +88,8 @@ def run(args) -> int:
                           max_padding=args.max_padding, device=args.device, dtype=args.dtype, pack=args.pack,
                           text_model=args.text_model, overwrite=args.overwrite, visual_gain=args.visual_gain,
                           taxonomy=args.taxonomy, tokenizer=tokenizer)
-        # a wrong --model: one line before anything is printed; on a cluster (--address) the folder may
-        # exist only on the GPU nodes, whose actors check it (VLMScorer) when the driver cannot see it
-        if set(MODEL_SCORERS) & set(cfg.scorers) and (not args.address or os.path.isdir(cfg.model)):
-            checkpoint_type(cfg.model)
+        if set(MODEL_SCORERS) & set(cfg.scorers):   # a wrong --model: one line before anything is printed
+            check_model_on_driver(cfg.model, args.address)
         check_num_gpus(args.num_gpus)
         check_ray_address(args.address)   # nothing listening there: one line now, not a minute's wait
         if {"category", "vlm_category"} & set(cfg.scorers):  # a bad taxonomy file fails here, not inside a worker
@@ -100,12 +99,8 @@ def run(args) -> int:
     except (ScorerError, FileNotFoundError, ValueError) as exc:
         print(f"vlprep score: {exc}", file=sys.stderr)
         return 2
-    if not sys.stderr.isatty():   # a log file: no library progress bars (model loading) either
-        os.environ.setdefault("TQDM_DISABLE", "1")
-        if {"text", "vlm", "category", "vlm_category", "grounding", "query", "verify"} & set(scorers):
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
+    # a log file: no library progress bars (model loading) either
+    quiet_library_bars(bool({"text", "category", *MODEL_SCORERS} & set(scorers)))
     todo = pending(cfg, units)
     total = sum(u.expected or 0 for u in todo)
     print(f"scoring {len(todo)} of {len(units)} units ({total} samples) with {', '.join(scorers)}; "
@@ -115,7 +110,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     tokens = [0]
     try:
-        with progress_count("score", total, progress_mode(False), unit="samples") as bar:
+        with progress_count("score", total, progress_mode(args.no_progress), unit="samples") as bar:
             def progress(n_samples: int, n_tokens: int) -> None:
                 tokens[0] += n_tokens
                 bar.advance(n_samples, f"{tokens[0] / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s")

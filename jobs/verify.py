@@ -47,6 +47,8 @@ def add_arguments(p) -> None:
     p.add_argument("--engine", default="auto", choices=("auto", "vllm", "transformers"),
                    help="generation engine: auto (vllm when installed and on a GPU, else transformers)")
     p.add_argument("--overwrite", action="store_true", help="re-verify units that already have verify.* columns")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (on a terminal) or progress lines (in a log, every 30 s)")
 
 
 def run(args) -> int:
@@ -55,8 +57,9 @@ def run(args) -> int:
     from filters.reward.protocol import ScorerError, resolve_device
     from filters.reward.stage import check_num_gpus, pending, run_local, run_ray, scores_path
     from filters.reward.verify import resolve_engine, verify_config
-    from filters.reward.vlm_scorer import checkpoint_type
+    from filters.reward.vlm_scorer import check_model_on_driver
     from pipeline.cluster import check_ray_address, ray_connection
+    from pipeline.progress import progress_count, progress_mode, quiet_library_bars
     from pipeline.score_inputs import shards_tokenizer, units_from_manifest
     from pipeline.loader import ShardLoader
 
@@ -71,23 +74,30 @@ def run(args) -> int:
                             batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype, overwrite=args.overwrite,
                             max_new_tokens=args.max_new_tokens, iou_threshold=args.iou,
                             tokenizer=shards_tokenizer(out, args.tokenizer, preset))
-        checkpoint_type(args.model)  # a wrong --model fails here, before anything is printed
+        check_model_on_driver(args.model, args.address)  # a wrong --model: one line, before anything is printed
         if not args.address:  # a vllm that is asked for but missing fails here (Ray workers: at start-up)
             engine = resolve_engine(args.engine, resolve_device(args.device))
             print(f"engine: {engine}")
     except (ScorerError, FileNotFoundError, ValueError) as exc:
         print(f"vlprep verify: {exc}", file=sys.stderr)
         return 2
+    quiet_library_bars(transformers=True)   # a log file: no model-loading bars either
     todo = pending(cfg, units)
-    print(f"verifying {len(todo)} of {len(units)} units ({sum(u.expected or 0 for u in todo)} samples); "
+    total = sum(u.expected or 0 for u in todo)
+    print(f"verifying {len(todo)} of {len(units)} units ({total} samples); "
           f"{len(units) - len(todo)} already verified")
     t0 = time.perf_counter()
     try:
-        with ray_connection(args.address):   # ray.init: something answers at --address, but no Ray cluster
+        with progress_count("verify", total, progress_mode(args.no_progress or not todo), unit="samples") as bar, \
+                ray_connection(args.address):   # ray.init: something answers at --address, but no Ray cluster
+            def progress(n_samples: int, n_tokens: int) -> None:
+                bar.advance(n_samples)
+
             if args.address:
-                report = run_ray(cfg, units, ShardLoader, address=args.address, num_gpus=args.num_gpus)
+                report = run_ray(cfg, units, ShardLoader, address=args.address, num_gpus=args.num_gpus,
+                                 progress=progress)
             else:
-                report = run_local(cfg, units, ShardLoader)
+                report = run_local(cfg, units, ShardLoader, progress=progress)
     except ScorerError as exc:
         print(f"vlprep verify: {exc}", file=sys.stderr)
         return 2

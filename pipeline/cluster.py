@@ -49,9 +49,10 @@ def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
             answer = None if _tls() else _grpc_answer(sock)
     except OSError as exc:
-        why = "no answer" if isinstance(exc, (TimeoutError, socket.timeout)) else (exc.strerror or str(exc))
+        why = (f"no answer within {timeout_s:g} s" if isinstance(exc, (TimeoutError, socket.timeout))
+               else (exc.strerror or str(exc)))
         raise ClusterUnreachable(f"--address {address}: no Ray cluster answers at {host}:{port} "
-                                 f"({why} within {timeout_s:g} s); {_HINT}") from None
+                                 f"({why}); {_HINT}") from None
     if answer is None and not _tls():
         client = address.startswith("ray://")
         answer = _ray_service_answer(host, port, client, deadline)
@@ -65,6 +66,7 @@ def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
                                  f"an --address); {_HINT}")
 
 
+_SETTINGS = 0x4                # the HTTP/2 frame type a server's preface starts with
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"   # + empty SETTINGS
 
 
@@ -77,20 +79,25 @@ def _tls() -> bool:
 
 def _grpc_answer(sock: socket.socket) -> str | None:
     """A gRPC server (Ray's GCS, its Client server) answers the HTTP/2 client preface with a SETTINGS
-    frame. Returns what the peer did instead when that shows it is not one — an HTTP/1 or HTML reply —
-    else None (SETTINGS, or a closed connection / other bytes, left to `ray.init` to judge). Silence
-    raises socket.timeout: without this, `ray.init` on a port held by a silent service waits for minutes."""
+    frame, its first frame (RFC 9113 §3.4). Returns what the peer did instead — an HTTP/1 or HTML reply,
+    other bytes (an SSH banner, a Redis error), or closing the connection without a byte — else None
+    (a SETTINGS frame header). Without this, `ray.init` waits 30 s (Ray Client) to minutes (the GCS)
+    on such a port. Silence raises socket.timeout, reported as "no answer"."""
     sock.sendall(_H2_PREFACE)
     head = b""
     while len(head) < 9:
         chunk = sock.recv(9 - len(head))     # socket timeout: raises, reported as "no answer"
         if not chunk:
-            return None
+            break
         head += chunk
     if head.startswith(b"HTTP/"):
         return "it speaks HTTP/1"
     if head.lstrip().startswith(b"<"):
         return "it sends HTML"
+    if not head:
+        return "it closes the connection without a reply"
+    if len(head) < 9 or head[3] != _SETTINGS:
+        return f"it does not speak HTTP/2: it replies {head[:16]!r}"
     return None
 
 

@@ -982,7 +982,9 @@ class StatefulLoader(DataLoader):
     the training process writes the epoch, the resume position, the hand-off depth and its readers'
     batch quotas (from the epoch plan it computes once) into a small shared tensor that the workers
     read when they start the epoch's iteration, so every epoch has its own shuffle, `load_state_dict`
-    works as without it, and no worker recomputes the epoch plan."""
+    works as without it, and no worker recomputes the epoch plan. When a kept worker has died (torch
+    raises in the loop), iterating the loader again starts fresh workers at the batch after the last
+    one delivered."""
 
     def __init__(self, dataset: ShardDataset, num_workers: int = 0, **kwargs):
         kwargs.setdefault("batch_size", None)
@@ -1011,6 +1013,12 @@ class StatefulLoader(DataLoader):
         if self._shared is not None:
             self._shared.copy_(torch.tensor(ds._worker_state(), dtype=torch.int64))
         ds._shared_state = self._shared
+        kept = self._iterator if self.persistent_workers else None
+        if kept is not None and not all(w.is_alive() for w in getattr(kept, "_workers", [])):
+            # a kept worker died (killed, out of memory) and torch would wait on it for good: start the
+            # workers afresh, from the position the training process has (the batches it was handed)
+            kept._shutdown_workers()
+            self._iterator = None
         try:
             it = super().__iter__()
         finally:

@@ -25,11 +25,22 @@ class _NoBar:
 
 
 class _RateColumn(ProgressColumn):
-    """Records per second over rich's recent-speed window; blank until there is one."""
+    """Units per second over rich's recent-speed window; blank until there is one."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
 
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} records/s" if speed else "")
+        return Text(f"{speed:,.0f} {self.unit}/s" if speed else "")
+
+
+class _PostfixColumn(ProgressColumn):
+    """The task's `postfix` field (`update(task, postfix=...)`, e.g. `vlprep score`'s tok/s); blank without."""
+
+    def render(self, task) -> Text:
+        return Text(task.fields.get("postfix") or "")
 
 
 class LineBar:
@@ -65,17 +76,18 @@ class LineBar:
 
 
 @contextmanager
-def progress_bar(enabled: "bool | str" = True):
-    """A rich progress bar on stderr; `"lines"`: plain lines for a log (`progress_mode`); silent when
-    disabled (tests, --no-progress)."""
+def progress_bar(enabled: "bool | str" = True, unit: str = "records"):
+    """What every command shows while it works (`progress_mode`): a rich bar on stderr on a terminal,
+    LineBar's plain lines in a log (`"lines"`), nothing when disabled (tests, --no-progress). Either
+    takes rich's calls: `add_task`, `advance`, `update(task, postfix=...)`."""
     if not enabled:
         yield _NoBar()
         return
     if enabled == "lines":
-        yield LineBar()
+        yield LineBar(unit=unit)
         return
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("records"), _RateColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                   TextColumn(unit), _RateColumn(unit), TimeElapsedColumn(), TimeRemainingColumn(), _PostfixColumn(),
                    console=Console(file=sys.stderr), transient=False)
     with bar:
         yield bar
@@ -90,40 +102,38 @@ def progress_mode(disabled: bool) -> "bool | str":
 
 
 class _Counter:
-    """One count with a postfix (`advance(n, postfix)`), on a tqdm bar, a LineBar task or nothing."""
+    """One task of a progress_bar, counted with a postfix: `advance(n, postfix)`."""
 
-    def __init__(self, bar, task=None):
+    def __init__(self, bar, task):
         self.bar, self.task = bar, task
 
     def advance(self, n: float, postfix: str | None = None) -> None:
-        if self.bar is None:
-            return
-        if self.task is None:               # tqdm
-            if postfix is not None:
-                self.bar.set_postfix_str(postfix, refresh=False)
-            self.bar.update(n)
-        else:
+        if postfix is not None:
             self.bar.update(self.task, postfix=postfix)
-            self.bar.advance(self.task, n)
+        self.bar.advance(self.task, n)
 
 
 @contextmanager
 def progress_count(description: str, total: int, mode: "bool | str", unit: str):
-    """Progress of one count (`vlprep score`'s samples): a tqdm bar on a terminal, LineBar lines in a log
-    (`mode == "lines"`, `progress_mode`), nothing when disabled. Yields `advance(n, postfix)`."""
-    if not mode:
-        yield _Counter(None)
-    elif mode == "lines":
-        bar = LineBar(unit=unit)
+    """Progress of one count (`vlprep score` / `verify`'s samples) on progress_bar: the same rich bar as
+    `vlprep prepare` on a terminal, LineBar lines in a log, nothing when disabled (`progress_mode`).
+    Yields `advance(n, postfix)`."""
+    with progress_bar(mode, unit) as bar:
         yield _Counter(bar, bar.add_task(description, total=total))
-    else:
-        from tqdm import tqdm
 
-        bar = tqdm(total=total, unit=unit.rstrip("s"), dynamic_ncols=True, file=sys.stderr)
-        try:
-            yield _Counter(bar)
-        finally:
-            bar.close()
+
+def quiet_library_bars(transformers: bool) -> None:
+    """In a log (stderr not a terminal): no tqdm bars from the libraries a command loads (model loading,
+    tokenizing), whose carriage returns garble a log; the command's own progress is LineBar's lines."""
+    if sys.stderr.isatty():
+        return
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    if transformers:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def _shown(path) -> str:

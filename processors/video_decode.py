@@ -228,34 +228,25 @@ def _decode_targets(o: _Opened, info: VideoInfo, targets: np.ndarray, deadline, 
     """Decode `targets` (increasing presentation indices) on the open container `o`: the sequential
     algorithm (module docstring). `done0`: targets of the clip finished before these (for the
     time-limit message)."""
-    import av
-
-    container, stream, cc = o.container, o.stream, o.cc
     pts, index_by_pts, to_rgb = info.frame_pts, o.index_by_pts, o.to_rgb
-    pos = -1          # presentation index of the last frame the decoder output
     ti = 0
     retries = 0
-    force_seek = False
     while ti < len(targets):
+        # Every pass starts at a keyframe: the one at/before the first target, or after a break out
+        # of the packet loop below, which each lead here (a keyframe lies between the last output and
+        # the next target; the seek landed after the target; a target was lost while skipping).
         target = int(targets[ti])
         k = int(o.keys[np.searchsorted(o.keys, target, side="right") - 1])  # keyframe at/before target
-        if k > pos or force_seek:
-            # Everything up to k is wasted work: jump there.
-            packets = _seek_to_key(o, info, k)
-            pos = -1
-            seeked_to = k
-            force_seek = False
-        else:
-            seeked_to = None
-            packets = container.demux(stream)
-        first_after_seek = seeked_to is not None
+        packets = _seek_to_key(o, info, k)
+        pos = -1          # presentation index of the last frame the decoder output
+        first_after_seek = True
         restart = False
         for packet in packets:
             deadline.check(done0 + ti)
             if o.skip_ok:
                 want = _SKIP_MODE if packet.pts is not None and packet.pts not in o.target_pts else "DEFAULT"
                 if want != o.mode:
-                    cc.skip_frame = o.mode = want
+                    o.cc.skip_frame = o.mode = want
             for frame in _decode_packet(packet, info):
                 idx = _index_of(frame, index_by_pts)
                 if idx is None:
@@ -267,7 +258,7 @@ def _decode_targets(o: _Opened, info: VideoInfo, targets: np.ndarray, deadline, 
                     if retries > 8:
                         raise VideoDecodeError(
                             f"{info.path}: seeking cannot reach frame {target}; the container index is broken")
-                    o.keys = o.keys[o.keys < seeked_to] if np.any(o.keys < seeked_to) else o.keys[:1]
+                    o.keys = o.keys[o.keys < k] if np.any(o.keys < k) else o.keys[:1]
                     restart = True
                     break
                 first_after_seek = False
@@ -276,8 +267,8 @@ def _decode_targets(o: _Opened, info: VideoInfo, targets: np.ndarray, deadline, 
                     continue
                 if idx > target:
                     if o.skip_ok:
-                        o.skip_ok, restart, force_seek = _stop_skipping(cc), True, True
-                        o.mode = "DEFAULT"
+                        _stop_skipping(o)
+                        restart = True  # decode the span again from its keyframe
                         break
                     raise VideoDecodeError(
                         f"{info.path}: frame {target} (pts {int(pts[target])}) was never produced by the "
@@ -298,9 +289,8 @@ def _decode_targets(o: _Opened, info: VideoInfo, targets: np.ndarray, deadline, 
                 break
         else:
             if o.skip_ok:
-                o.skip_ok, force_seek = _stop_skipping(cc), True
-                o.mode = "DEFAULT"
-                continue
+                _stop_skipping(o)
+                continue  # decode the span again from its keyframe
             raise VideoDecodeError(
                 f"{info.path}: the stream ended before frame {target} of {info.num_frames} "
                 f"(last decoded frame {pos}); the file is truncated or its frame count is wrong")
@@ -410,9 +400,10 @@ def _decode_parallel(info: VideoInfo, runs: list[np.ndarray], n_workers: int, th
     `_decode_targets` (RGB conversion included) into that run's queue; this generator yields run 0,
     1, 2 … in order, so frames come out in increasing index order as from the sequential path.
 
-    Memory: a worker starts run r only while r < (the consumer's run) + n_workers, and waits before
-    queueing a frame while the queued frames exceed `_LOOKAHEAD_BYTES` — except the worker of the
-    consumer's run when its queue is empty, so the consumer always gets its next frame.
+    Memory: a worker starts run r only while r < (the consumer's run) + `_LOOKAHEAD_RUNS` × n_workers,
+    and waits before queueing a frame while the queued frames and it would exceed `_LOOKAHEAD_BYTES` —
+    except the worker of the consumer's run when its queue is empty, so the consumer always gets its
+    next frame.
     A worker's exception is queued in place of its run's next frame and raised here when the
     consumer reaches it (the frames before it are yielded first, as sequentially). When this
     generator ends early (closed, error, timeout) the workers stop at their next packet, close their
@@ -425,6 +416,11 @@ def _decode_parallel(info: VideoInfo, runs: list[np.ndarray], n_workers: int, th
     st = {"next": 0, "current": 0, "queued": 0}
     offsets = np.cumsum([0] + [len(r) for r in runs]).tolist()
     wd = _WorkerDeadline(deadline, stop)
+    # The last run: the other workers finish theirs and leave their cores idle, so it decodes with
+    # FFmpeg's threads, on a fresh decoder (the thread count is fixed once a decoder is open) where
+    # that changes the count and opening one is cheap (`_LAST_RUN_ALL_THREADS`).
+    last_run_reopens = (_LAST_RUN_ALL_THREADS and threads is None
+                        and decoder_threads(info, 1) != decoder_threads(info, n_workers))
 
     def worker() -> None:
         o = None
@@ -438,14 +434,10 @@ def _decode_parallel(info: VideoInfo, runs: list[np.ndarray], n_workers: int, th
                     r = st["next"]
                     st["next"] += 1
                 try:
-                    if r == len(runs) - 1 and _LAST_RUN_ALL_THREADS and threads is None and (
-                            o is None or o.probe_skipped) and (
-                            decoder_threads(info, 1) != decoder_threads(info, n_workers)):
-                        # The last run: the other workers finish theirs and leave their cores idle,
-                        # so this one decodes with FFmpeg's threads, on a fresh decoder (the thread
-                        # count is fixed once a decoder is open) where opening one is cheap.
+                    if r == len(runs) - 1 and last_run_reopens and (o is None or o.probe_skipped):
                         if o is not None:
                             o.close()
+                            o = None  # (closed once, even if the new open fails)
                         o = _Opened(info, None, targets, workers=1)
                     elif o is None:
                         o = _Opened(info, threads, targets, workers=n_workers)
@@ -463,8 +455,8 @@ def _decode_parallel(info: VideoInfo, runs: list[np.ndarray], n_workers: int, th
                     end = _END
                 except _Stopped:
                     return
-                except Exception as e:  # noqa: BLE001 - raised again by the consumer
-                    end = e
+                except BaseException as e:  # noqa: BLE001 - raised again by the consumer (any error, so
+                    end = e                     # it never waits for a frame that will not come)
                 with cond:
                     queues[r].append(end)
                     cond.notify_all()
@@ -551,13 +543,14 @@ def decoder_threads(info: VideoInfo, workers: int = 1) -> int:
     if workers > 1:
         return max(1, usable_cores() // workers)
     return 0
-_SKIP_MODE = "NONREF"  # what non-target packets are decoded with (a test swaps it to force the fallback)
+_SKIP_MODE = "NONREF"  # what non-target packets are decoded with
 
 
-def _stop_skipping(cc) -> bool:
-    """A target was not produced while non-reference frames were skipped: decode plainly from now on."""
-    cc.skip_frame = "DEFAULT"
-    return False
+def _stop_skipping(o: _Opened) -> None:
+    """A target was not produced while non-reference frames were skipped: decode plainly from now on
+    on this container."""
+    o.skip_ok, o.mode = False, "DEFAULT"
+    o.cc.skip_frame = "DEFAULT"
 
 
 def _nonref_skip_safe(stream, info: VideoInfo) -> bool:

@@ -165,3 +165,28 @@ def test_fewer_shards_than_readers_and_no_equalize(out, out_few, equalize, calls
         assert not [c for c in calls() if c[0] != main and c[1] == "split"]
         _assert_same(run(True), ref)
         assert not [c for c in calls() if c[0] != main and c[1] in ("plan", "split")]
+
+
+def test_a_kept_worker_that_dies_mid_epoch(out):
+    """A kept worker killed mid-epoch (SIGKILL, as the OOM killer does): torch raises in the loop; the
+    next pass over the same loader starts fresh workers at the batch after the last one delivered, and
+    the epoch and the next are the batches of an uninterrupted run (torch alone waits on the dead
+    worker and raises again)."""
+    import signal
+
+    ref = _rank_epochs(out, "packed", 1, persistent=False)
+    ds = ShardDataset(out, seed=11, buffer_size=8, rank=1, world_size=WORLD, **MODES["packed"])
+    dl = ds.loader(num_workers=WORKERS, persistent_workers=True)
+    first = [_clone(b) for b in dl]
+    it = iter(dl)
+    part = [_clone(next(it)) for _ in range(3)]
+    victim = dl._iterator._workers[0]
+    with pytest.raises(RuntimeError, match="DataLoader worker"):
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(10)
+        while True:
+            part.append(_clone(next(it)))
+    del it
+    rest = [_clone(b) for b in dl]
+    assert victim.pid not in [w.pid for w in dl._iterator._workers]
+    _assert_same([first, part + rest, [_clone(b) for b in dl]], ref)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import filters.reward.candidates as cand
+import filters.reward.vlm_scorer as vs
 from filters.reward.batching import HostBatch
 from filters.reward.candidates import Continuations, _node_logprobs, _Trie, encode_batches, extend, first_answer, truncate
 from filters.reward.grounding_scorer import GroundingScorer
@@ -138,10 +139,10 @@ def test_scorers_equal_the_per_candidate_path(family, cls, tiny_qwen2_vl, tiny_q
             np.testing.assert_allclose(tree[k].astype(float), flat[k].astype(float), rtol=0, atol=1e-4)
 
 
-def test_forward_continue_reads_rows_as_a_copied_cache(tiny_qwen2_vl):
-    """forward_continue with `rows` (each row reads its cache row in place; repeats, gaps and reordering)
-    gives exactly what a plain transformers DynamicCache over the selected copy gives: hidden states
-    and grown keys/values bitwise equal, and the cache it was given is left as it was."""
+def _rows_as_a_copied_cache(tiny_qwen2_vl):
+    """forward_continue with `rows` (repeats, gaps and reordering) against a plain transformers
+    DynamicCache over the selected copy: hidden states and grown keys/values bitwise equal, and the
+    cache it was given left as it was."""
     from transformers import DynamicCache
 
     family, preset = "qwen2-vl", get_preset("qwen2-vl")
@@ -172,6 +173,91 @@ def test_forward_continue_reads_rows_as_a_copied_cache(tiny_qwen2_vl):
                            zip(grown, cache_tensors(_cache_out(out))))
                 assert grown[0][0].shape == (len(rows), pre.kv[0][0].shape[1], p + 5, pre.kv[0][0].shape[3])
         assert all(torch.equal(a, x) and torch.equal(b, y) for (a, b), (x, y) in zip(pre.kv, before))
+    return pre
+
+
+def test_forward_continue_reads_rows_as_a_copied_cache(tiny_qwen2_vl):
+    """forward_continue with `rows` (each row reads its cache row in place) gives exactly what a plain
+    transformers DynamicCache over the selected copy gives; the installed transformers takes the
+    in-place row layers (vlm_scorer._row_layer), not the copying fallback."""
+    assert vs._row_layer() is not None
+    _rows_as_a_copied_cache(tiny_qwen2_vl)
+
+
+def test_row_cache_falls_back_without_dynamic_layer(tiny_qwen2_vl, monkeypatch):
+    """A transformers without `cache_utils.DynamicLayer` (the real module's attribute removed while
+    vlprep probes it): one warning naming what is missing and the tested versions, then forward_continue
+    reads a plain DynamicCache over the selected rows — the same values, bitwise — and warns no more."""
+    import warnings
+
+    import transformers.cache_utils
+
+    monkeypatch.setattr(vs, "_ROW_LAYER", {})
+    with monkeypatch.context() as m:
+        m.delattr(transformers.cache_utils, "DynamicLayer")
+        with pytest.warns(UserWarning, match=r"no transformers\.cache_utils\.DynamicLayer.*tested with transformers "
+                                             + vs.TESTED_TRANSFORMERS):
+            assert vs._row_layer() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _rows_as_a_copied_cache(tiny_qwen2_vl)
+    assert vs._ROW_LAYER == {"cls": None}
+
+
+def test_row_cache_probe_refuses_an_update_that_skips_the_layers(monkeypatch):
+    """A DynamicCache.update (the real class's, replaced) that grows the cache without calling the
+    layer's own update fails the probe: the copying fallback, with one warning."""
+    from transformers import DynamicCache
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):   # concatenates by itself
+        layer = self.layers[layer_idx]
+        layer.keys, layer.values = (torch.cat([layer.keys, key_states], -2),
+                                    torch.cat([layer.values, value_states], -2))
+        return layer.keys, layer.values
+
+    monkeypatch.setattr(vs, "_ROW_LAYER", {})
+    monkeypatch.setattr(DynamicCache, "update", update)
+    with pytest.warns(UserWarning, match="does not take row layers|does not hand a layer's update its rows"):
+        assert vs._row_layer() is None
+
+
+def test_a_row_layer_not_updated_once_is_one_clear_error(tiny_qwen2_vl):
+    """After a forward, every row layer must have been updated exactly once (else a transformers that
+    reads the cache some other way attended to the wrong rows): a ScorerError naming the layer and
+    the tested transformers versions."""
+    from filters.reward.protocol import ScorerError
+
+    kv = [(torch.zeros(2, 1, 3, 4), torch.zeros(2, 1, 3, 4)) for _ in range(2)]
+    cache = vs._read_cache(kv, [1, 0, 1], False)
+    for i in range(2):
+        cache.update(torch.ones(3, 1, 1, 4), torch.ones(3, 1, 1, 4), i)
+    vs._check_read(cache)   # once each: fine
+    cache.update(torch.ones(3, 1, 1, 4), torch.ones(3, 1, 1, 4), 1)
+    with pytest.raises(ScorerError, match=r"did not update the KV cache's layer 1 exactly once.*tested with "
+                                          r"transformers " + vs.TESTED_TRANSFORMERS):
+        vs._check_read(cache)
+
+
+@pytest.mark.parametrize("budget", [1, 100000])
+def test_per_candidate_rows_take_empty_candidates(tiny_qwen2_vl, tiny_qwen25_vl, monkeypatch, budget):
+    """Empty candidate lists in the one-row-per-candidate path (FlashAttention-2, vision candidates)
+    score 0 over 0 tokens, as in the tree rows, even when a call would hold only empty ones (a budget of
+    one row per call; this used to send a zero-width row to the model); the others equal the tree's."""
+    _, preset, tok, scorer = _setup("qwen2-vl", tiny_qwen2_vl, tiny_qwen25_vl, GroundingScorer)
+    _, samples = _samples("qwen2-vl")
+    batch = HostBatch(samples, preset)
+    prefixes = [truncate(s, first_answer(s)[0]) for s in samples]
+    conts = [[[], []], [tok.encode("A cat.") + [IM_END_ID], []], [[]], [tok.encode("No"), [IM_END_ID]]]
+    with torch.inference_mode():
+        (group, pre), = list(encode_batches(scorer.vlm, prefixes, batch, budget_tokens=100000))
+        tree = _scored(scorer, pre, batch, [conts[i] for i in group], None, budget)
+        monkeypatch.setattr(cand, "_tree_ok", lambda *a: False)
+        flat = _scored(scorer, pre, batch, [conts[i] for i in group], None, budget)
+    assert [c.tolist() for c in flat[1]] == [[len(c) for c in conts[i]] for i in group] == \
+        [c.tolist() for c in tree[1]]
+    for j, i in enumerate(group):
+        assert all(flat[0][j][conts[i].index(c)] == 0 for c in conts[i] if not c)
+        np.testing.assert_allclose(flat[0][j], tree[0][j], rtol=0, atol=1e-4)
 
 
 def _peak_bytes(fn):

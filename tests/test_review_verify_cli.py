@@ -28,8 +28,12 @@ def test_verify_summary_reads_only_this_manifests_units(tmp_path, capsys):
     (out / "scores").mkdir()
     pq.write_table(pa.table({"id": ["old"], "text.qa_relevance": [0.5]}), out / "scores" / "u0009.parquet")
     assert main(["verify", str(out), "--model", str(ckpt), "--device", "cpu", "--max-new-tokens", "2"]) == 0
-    printed = capsys.readouterr().out
-    assert "verified 1 samples" in printed and "1 samples," in printed
+    printed = capsys.readouterr()
+    assert "verified 1 samples" in printed.out and "1 samples," in printed.out
+    assert "vlprep: verify 1/1 samples (100%), " in printed.err      # progress in a log, as score's
+    assert main(["verify", str(out), "--model", str(ckpt), "--device", "cpu", "--max-new-tokens", "2",
+                 "--overwrite", "--no-progress"]) == 0
+    assert "vlprep: verify" not in capsys.readouterr().err
 
 
 def test_verify_dtype_reaches_the_model(tmp_path, capsys, monkeypatch):

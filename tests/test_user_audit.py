@@ -339,6 +339,9 @@ def test_prepare_in_a_log_prints_progress_lines(prepared, tmp_path, capsys):
     assert main(["prepare", str(prepared[0]), "--out", str(tmp_path / "o2"), "--executor", "local",
                  "--no-progress"]) == 0
     assert "vlprep: encode" not in capsys.readouterr().err
+    assert main(["score", str(tmp_path / "o"), "--scorers", "pixels", "--executor", "local", "--overwrite",
+                 "--no-progress"]) == 0                # --no-progress: score as prepare and stats
+    assert "vlprep: score" not in capsys.readouterr().err
 
 
 def test_line_progress_is_throttled():
@@ -379,6 +382,22 @@ def test_the_shared_line_printer_writes_these_lines(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_score_on_a_terminal_shows_the_bar_prepare_shows(capsys):
+    """One bar style on a terminal: `vlprep score`'s count is a rich bar like prepare's (its unit and
+    postfix), not a tqdm bar of its own."""
+    from rich.progress import Progress
+
+    from pipeline.progress import progress_bar, progress_count
+
+    with progress_bar(True, unit="samples") as bar:
+        assert isinstance(bar, Progress)
+    with progress_count("score", 3, True, unit="samples") as count:
+        assert isinstance(count.bar, Progress)
+        count.advance(3, "7 tok/s")
+    err = capsys.readouterr().err
+    assert "score" in err and "3/3 samples" in err and "7 tok/s" in err, err
+
+
 def _one_reply_listener(reply: bytes):
     """A port that answers every connection with `reply` (e.g. an HTTP/1 service such as a dashboard)."""
     srv = socket.socket()
@@ -413,3 +432,27 @@ def test_address_check_tells_http_from_grpc_and_skips_the_handshake_under_tls(mo
     finally:
         http1.close()
         settings.close()
+
+
+def test_address_check_names_servers_that_do_not_speak_http2():
+    """A port held by a service that is not HTTP/2 (an SSH banner, a Redis error, a close without a byte):
+    one line at the handshake, where `ray.init` waited 30 s (ray://) to minutes (the GCS); a refused
+    connection says why without a time-out it did not wait for."""
+    from pipeline.cluster import ClusterUnreachable, check_ray_address
+
+    listeners = [(_one_reply_listener(b"SSH-2.0-OpenSSH_9.6\r\n"), r"it does not speak HTTP/2: it replies b'SSH-2.0-O'"),
+                 (_one_reply_listener(b"-ERR unknown command 'PRI'\r\n"), r"it does not speak HTTP/2: it replies b'-ERR unkn'"),
+                 (_one_reply_listener(b"+OK\r\n"), r"it does not speak HTTP/2: it replies b'\+OK\\r\\n'"),
+                 (_one_reply_listener(b""), r"it closes the connection without a reply")]
+    try:
+        for srv, why in listeners:
+            for form in ("", "ray://"):
+                with pytest.raises(ClusterUnreachable, match=r"answers, but not as a Ray cluster \(" + why + ";"):
+                    check_ray_address(f"{form}127.0.0.1:{srv.getsockname()[1]}")
+    finally:
+        for srv, _ in listeners:
+            srv.close()
+    closed = _closed_port()
+    with pytest.raises(ClusterUnreachable) as exc:
+        check_ray_address(f"127.0.0.1:{closed}")
+    assert f"no Ray cluster answers at 127.0.0.1:{closed} (Connection refused); start the cluster" in str(exc.value)

@@ -209,11 +209,91 @@ def test_worker_error_is_the_sequential_error_after_the_same_frames(gop_clips, t
     assert not _decode_threads()
 
 
+def _damaged(gop_clips, tmp_path, damage):
+    """(path, info, expected message start): a clip of several runs whose damage lies in a run after
+    the first, and the info the decoder is given."""
+    import av
+
+    if damage == "truncated":  # cut behind the decoder's back: the info describes the whole file
+        src = gop_clips["h264_mkv"]
+        bad = tmp_path / "cut.mkv"
+        bad.write_bytes(src.read_bytes()[: int(src.stat().st_size * 0.6)])
+        return bad, dataclasses.replace(probe_video(src), path=str(bad)), f"{bad}: the stream ended before frame "
+    # one packet of a later run gets an impossible NAL length prefix (MP4: 4-byte lengths)
+    src = gop_clips["h264_bframes"]
+    info = probe_video(src)
+    idx, _ = select_frames(info, preset=QWEN25_VL, fps=9)
+    target = int(decode_runs(info, idx)[3][1])
+    with av.open(str(src)) as c:
+        pos = {p.pts: p.pos for p in c.demux(c.streams.video[0]) if p.size}[int(info.frame_pts[target])]
+    data = bytearray(src.read_bytes())
+    data[pos:pos + 4] = b"\xff\xff\xff\x00"
+    bad = tmp_path / "bad_nal.mp4"
+    bad.write_bytes(bytes(data))
+    return bad, probe_video(bad), f"{bad}: h264 decoder error at pts {int(info.frame_pts[target])} ("
+
+
+@pytest.mark.parametrize("damage", ["bad_nal_length", "truncated"])
+def test_damaged_clip_in_process_video_gives_one_specific_error_and_leaves_nothing_open(
+        gop_clips, tmp_path, monkeypatch, damage):
+    # Through the whole path (decode workers, the resize thread, the patch rows): any worker count
+    # raises the sequential decoder's error, naming the file and what is wrong, after the same frames;
+    # no decode or resize thread survives and every container opened is closed.
+    path, info, message = _damaged(gop_clips, tmp_path, damage)
+    idx, _ = select_frames(info, preset=QWEN25_VL, fps=9)
+    assert len(decode_runs(info, idx)) >= 5
+    opens = _Opens(monkeypatch)
+    errors, frames = [], []
+    for workers in (1, 2, 3):
+        got = []
+        with pytest.raises(VideoDecodeError) as e:
+            for item in decode_pyav(info, idx, workers=workers):
+                got.append(item)
+        frames.append(got)
+        with pytest.raises(VideoDecodeError) as e2:
+            process_video(path, QWEN25_VL, fps=9, decode_workers=workers, info=info)
+        errors += [str(e.value), str(e2.value)]
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("vlprep")]
+    assert errors[0].startswith(message) and errors == errors[:1] * len(errors)
+    assert 0 < len(frames[0]) < len(idx)
+    for got in frames[1:]:
+        _assert_same(got, frames[0])
+    assert len(opens.opened) >= 6 and sorted(opens.closed) == sorted(opens.opened)
+
+
 def test_open_error_in_a_worker_reaches_the_consumer(gop_clips, tmp_path):
     info = dataclasses.replace(probe_video(gop_clips["h264_bframes"]), path=str(tmp_path / "gone.mp4"))
     idx, _ = select_frames(info, preset=QWEN25_VL, fps=9)
     with pytest.raises(VideoDecodeError, match="cannot reopen for decoding"):
         _frames(info, idx, workers=2)
+    assert not _decode_threads()
+
+
+def test_a_worker_dying_of_a_non_exception_error_does_not_hang_the_consumer(gop_clips, monkeypatch):
+    # e.g. SystemExit raised inside a worker thread: the consumer gets it, not an endless wait
+    info = probe_video(gop_clips["h264_bframes"])
+    idx, _ = select_frames(info, preset=QWEN25_VL, fps=9)
+    real = video_decode._decode_targets
+
+    def dies_on_run_1(o, info_, run, *a, **k):
+        if run[0] != idx[0]:
+            raise SystemExit("worker died")
+        yield from real(o, info_, run, *a, **k)
+
+    monkeypatch.setattr(video_decode, "_decode_targets", dies_on_run_1)
+    out = {}
+
+    def consume():
+        try:
+            _frames(info, idx, workers=2, timeout_s=None)
+        except BaseException as e:  # noqa: BLE001
+            out["error"] = e
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the consumer waits forever for a run whose worker died"
+    assert isinstance(out.get("error"), SystemExit) and str(out["error"]) == "worker died"
     assert not _decode_threads()
 
 

@@ -355,7 +355,7 @@ def test_bframe_clips_skip_nonref_and_equal_full_decode(bframe_clips, name, monk
         k = order.index(int(info.frame_pts[info.key_indices[1]]))
         assert order[k + 1] < order[k]
     # no target may be lost while skipping (the fallback would hide it: make it fail here)
-    monkeypatch.setattr(video_decode, "_stop_skipping", lambda cc: pytest.fail("fell back to plain decoding"))
+    monkeypatch.setattr(video_decode, "_stop_skipping", lambda o: pytest.fail("fell back to plain decoding"))
     for req in BF_REQUESTS:
         r = process_video(path, QWEN25_VL, **req)
         idx, _ = select_frames(info, preset=QWEN25_VL, **req)
@@ -378,7 +378,7 @@ def test_bframe_fallback_when_a_target_is_dropped(bframe_clips, monkeypatch):
             return None
         return i
 
-    monkeypatch.setattr(video_decode, "_stop_skipping", lambda cc: calls.append(1) or real_stop(cc))
+    monkeypatch.setattr(video_decode, "_stop_skipping", lambda o: calls.append(1) or real_stop(o))
     monkeypatch.setattr(video_decode, "_index_of", index_of)
     path = bframe_clips["h264_bpyramid"]
     r = process_video(path, QWEN25_VL, fps=2)

@@ -196,7 +196,7 @@ def test_mpeg4_avi_bframes_skipped_and_exact(tmp_path, monkeypatch):
         s.codec_context.skip_frame = "NONREF"
         assert sum(1 for _ in c.decode(s)) <= 100  # about 2 of 3 frames are B-VOPs: really skipped
     full, _ = full_decode(path)
-    monkeypatch.setattr(video_decode, "_stop_skipping", lambda cc: pytest.fail("fell back to plain decoding"))
+    monkeypatch.setattr(video_decode, "_stop_skipping", lambda o: pytest.fail("fell back to plain decoding"))
     for req in [{"fps": 2}, {"fps": 7}, {"nframes": 4}, {"nframes": 120},
                 {"video_start": 1.1, "video_end": 3.3}, {"fps": 5, "video_start": 2.5}]:
         idx, _ = select_frames(info, preset="qwen2.5-vl", **req)

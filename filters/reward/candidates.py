@@ -123,11 +123,11 @@ class Continuations:
         self.states += int(h.shape[0])
         self.nodes += len(target)
 
-    def _queue_rows(self, pred, ids, real, first: int) -> None:
-        """One node per real token of padded rows (pred [k, W, H], ids, real [k, W]); row r is `first + r`."""
+    def _queue_rows(self, pred, ids, real, rows: np.ndarray) -> None:
+        """One node per real token of padded rows (pred [k, W, H], ids, real [k, W]); row r is `rows[r]`."""
         k = int(real.sum())
         where = real.nonzero(as_tuple=True)
-        self._queue(pred[real], np.arange(k), ids[real].cpu().numpy(), np.arange(k), where[0].cpu().numpy() + first)
+        self._queue(pred[real], np.arange(k), ids[real].cpu().numpy(), np.arange(k), rows[where[0].cpu().numpy()])
 
     def add_batch(self, pre: Prefixes, conts: list, heads: list | None = None) -> list:
         """Queue token lists `conts[j]` after row j of `pre` — after the text `heads[j]` when given (a
@@ -157,14 +157,15 @@ class Continuations:
         if not _tree_ok(self.vlm, self.batch, conts, heads):
             if any(heads):
                 pre = pre.extend(self.vlm, heads, self.batch)
-            flat = [(c, j) for j, cs in enumerate(conts) for c in cs]
-            step = max(1, self.budget // (int(pre.keep.shape[1]) + max(len(c) for c, _ in flat)))
+            # (candidate, its sample, its row in sums()); empty lists: sum 0, nothing to run
+            flat = [(c, j, int(r)) for j, cs in enumerate(conts) for c, r in zip(cs, out[j]) if c]
+            step = max(1, self.budget // (int(pre.keep.shape[1]) + max(len(c) for c, _, _ in flat)))
             for a in range(0, len(flat), step):
                 part = flat[a:a + step]
                 with torch.inference_mode():
-                    pred, _, ids, real, _, _ = _continue_rows(self.vlm, pre, [j for _, j in part],
-                                                              [c for c, _ in part], self.batch)
-                    self._queue_rows(pred, ids, real, first + a)
+                    pred, _, ids, real, _, _ = _continue_rows(self.vlm, pre, [j for _, j, _ in part],
+                                                              [c for c, _, _ in part], self.batch)
+                    self._queue_rows(pred, ids, real, np.array([r for _, _, r in part], np.int64))
             return out
         trees = [_Trie(cs) for cs in conts]
         todo = [j for j, t in enumerate(trees) if t.tokens]  # empty lists: sum 0, nothing to run

@@ -100,10 +100,18 @@ def checkpoint_type(model_path: str) -> str:
             model_type = json.load(f).get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
         raise ScorerError(f"--model {model_path!r}: config.json is not a JSON object ({_first_line(exc)})") from None
-    if model_type not in _FAMILIES:
+    if not isinstance(model_type, str) or model_type not in _FAMILIES:
         raise ScorerError(f"{model_path}: model_type {model_type!r} is not a Qwen2-VL / Qwen2.5-VL / Qwen3-VL "
                           f"checkpoint (expected one of {sorted(_FAMILIES)})")
     return model_type
+
+
+def check_model_on_driver(model_path: str, address: str | None) -> None:
+    """`vlprep score` / `verify`: checkpoint_type on the driver, before anything is printed. On a cluster
+    (`address`) the folder may exist only on the GPU nodes: one the driver cannot see is left to the
+    actors' own check (VLMScorer)."""
+    if not address or os.path.isdir(model_path):
+        checkpoint_type(model_path)
 
 
 class VLMScorer:
@@ -223,6 +231,7 @@ class VLMScorer:
         cache = _read_cache(kv, rows, use_cache)
         out = self.model.model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids,
                                use_cache=use_cache, **{_cache_kw(self.model.model): cache})
+        _check_read(cache)
         return out.last_hidden_state, (cache_tensors(_cache_out(out)) if use_cache else None)
 
     def _forward_kwargs(self, batch: HostBatch, t: dict, with_vision: bool) -> dict:
@@ -281,6 +290,12 @@ def _cache_out(out):
     return getattr(out, "cache", None) if getattr(out, "cache", None) is not None else out.past_key_values
 
 
+# The transformers releases _read_cache's row layer is tested with (docs/curation.md): it subclasses
+# transformers.cache_utils.DynamicLayer and fills DynamicCache.layers itself, an internal API.
+TESTED_TRANSFORMERS = "4.57.6 - 5.24"
+_ROW_LAYER: dict = {}  # "cls": the row layer class, or None where this transformers lacks what it needs
+
+
 def _read_cache(kv, rows, keep: bool):
     """A transformers DynamicCache whose layer l reads kv[l] (per layer (keys, values) [B, heads, P, d])
     by `rows` without copying it first. A plain DynamicCache(ddp_cache_data=kv) copies every layer's
@@ -289,37 +304,104 @@ def _read_cache(kv, rows, keep: bool):
     the rows first (index_select, one per candidate) would be a third. Here each layer's update writes
     the rows it reads (index_select with `out=`) and the new keys/values straight into the one
     [k, heads, P + W, d] tensor attention needs, kept only when `keep` (the grown cache); otherwise
-    it is freed once the layer has attended."""
+    it is freed once the layer has attended. A transformers without the layer API this relies on
+    (`_row_layer`) gets that plain cache over the selected rows instead: the same values, more memory."""
     import torch
     from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
 
     sel = None if rows is None else torch.as_tensor(rows, dtype=torch.int64, device=kv[0][0].device)
+    layer = _row_layer()
+    if layer is None:
+        return DynamicCache(ddp_cache_data=kv if sel is None else [(a.index_select(0, sel), b.index_select(0, sel))
+                                                                   for a, b in kv])
+    cache = DynamicCache()
+    cache.layers = [layer(k, v, sel, keep) for k, v in kv]
+    return cache
 
-    def grow(past, new):
-        p = past.shape[2]
-        out = new.new_empty((new.shape[0], new.shape[1], p + new.shape[2], new.shape[3]))
-        out[:, :, p:] = new
-        if sel is None:
-            out[:, :, :p] = past
-        else:
-            torch.index_select(past, 0, sel, out=out[:, :, :p])
-        return out
 
-    class Layer(DynamicLayer):
-        def __init__(self, keys, values):
+def _check_read(cache) -> None:
+    """After a forward over `_read_cache`'s cache: each row layer was updated exactly once (a transformers
+    that reads or grows the cache some other way would have attended to the wrong rows)."""
+    bad = [i for i, layer in enumerate(cache.layers) if getattr(layer, "updates", 1) != 1]
+    if bad:
+        import transformers
+
+        raise ScorerError(f"transformers {transformers.__version__}: the model did not update the KV cache's layer "
+                          f"{bad[0]} exactly once per forward; vlprep's cache reading is tested with transformers "
+                          f"{TESTED_TRANSFORMERS}")
+
+
+def _grow(past, new, sel):
+    """[k, heads, P + W, d]: rows `sel` of `past` (all of it when None), then `new`, written straight into one tensor."""
+    import torch
+
+    p = past.shape[2]
+    out = new.new_empty((new.shape[0], new.shape[1], p + new.shape[2], new.shape[3]))
+    out[:, :, p:] = new
+    if sel is None:
+        out[:, :, :p] = past
+    else:
+        torch.index_select(past, 0, sel, out=out[:, :, :p])
+    return out
+
+
+def _row_layer():
+    """The DynamicLayer subclass `_read_cache` fills a DynamicCache with, made and probed once per process:
+    None (with one warning) where this transformers has no `cache_utils.DynamicLayer`, no
+    `DynamicCache().layers` list, or a DynamicCache.update that does not hand a layer's update the
+    rows it reads (a two-row cache read as rows [1, 1, 0] must come back as exactly those rows)."""
+    if "cls" not in _ROW_LAYER:
+        _ROW_LAYER["cls"], why = _make_row_layer()
+        if why:
+            import transformers
+
+            warnings.warn(f"transformers {transformers.__version__}: {why}, which vlprep's KV-cache row reading "
+                          f"relies on (tested with transformers {TESTED_TRANSFORMERS}); candidates read copied "
+                          "cache rows instead (the same values, more memory)", stacklevel=3)
+    return _ROW_LAYER["cls"]
+
+
+def _make_row_layer():
+    """(row layer class, None) or (None, what is missing)."""
+    import torch
+
+    try:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return None, "no transformers.cache_utils.DynamicLayer"
+
+    class RowLayer(DynamicLayer):
+        """Reads its cache `keys`/`values` by rows `sel`; keeps the grown ones only when `keep`."""
+
+        def __init__(self, keys, values, sel, keep: bool):
             super().__init__()
-            self.keys, self.values, self.is_initialized, self.device = keys, values, True, keys.device
+            self.keys, self.values, self.is_initialized = keys, values, True
+            self.device, self.dtype = keys.device, keys.dtype
+            self.sel, self.keep, self.updates = sel, keep, 0
 
         def update(self, key_states, value_states, *args, **kwargs):
-            k, v = grow(self.keys, key_states), grow(self.values, value_states)
-            if keep:
+            self.updates += 1
+            k, v = _grow(self.keys, key_states, self.sel), _grow(self.values, value_states, self.sel)
+            if self.keep:
                 self.keys, self.values = k, v
             return k, v
 
-    cache = DynamicCache()
-    cache.layers = [Layer(k, v) for k, v in kv]
-    return cache
+    try:
+        cache = DynamicCache()
+        if not isinstance(getattr(cache, "layers", None), list):
+            return None, "no DynamicCache().layers list"
+        past = torch.arange(4.0).reshape(2, 1, 2, 1)
+        new = torch.full((3, 1, 1, 1), -1.0)
+        cache.layers = [RowLayer(past, past + 10, torch.tensor([1, 1, 0]), True)]
+        before = cache.get_seq_length()
+        k, v = cache.update(new, new, 0)
+        want = torch.tensor([[2.0, 3, -1], [2, 3, -1], [0, 1, -1]])
+        ok = (before == 2 and cache.get_seq_length() == 3 and cache.layers[0].updates == 1
+              and torch.equal(k[:, 0, :, 0], want) and torch.equal(v[:, 0, :2, 0], want[:, :2] + 10))
+    except Exception as exc:  # noqa: BLE001 - any other shape of the cache API: the plain path
+        return None, f"DynamicCache does not take row layers ({type(exc).__name__}: {_first_line(exc)})"
+    return (RowLayer, None) if ok else (None, "DynamicCache.update does not hand a layer's update its rows")
 
 
 def cache_tensors(cache) -> list[tuple]:
