@@ -147,6 +147,11 @@ class _Opened:
         try:
             self.stream = self.container.streams.video[0]
             self.cc = cc = self.stream.codec_context
+            if info.h264_no_reorder_info:
+                # No reorder depth in the SPS: FFmpeg's h264 decoder would start from a guess and drop
+                # the first picture needing a deeper one; strict=strict makes it take the depth from
+                # the level's DPB size (h264_select_output_frame). Set before the first decode opens it.
+                cc.options = {**cc.options, "strict": "strict"}
             cc.thread_type = decoder_thread_type(info)
             cc.thread_count = decoder_threads(info, workers) if threads is None else threads
             if info.has_pts:

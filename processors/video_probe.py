@@ -16,6 +16,7 @@ from fractions import Fraction
 import numpy as np
 
 from .errors import VideoDecodeError
+from .h264_sps import lacks_reorder_info
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class VideoInfo:
     # probe, before any frame is decoded. The decoder checks a cheaper open against it
     # (`video_decode._open_container`). None: unknown.
     reorder_depth: int | None = field(default=None, repr=False, compare=False)
+    # H.264 whose SPS (in the extradata) has no VUI bitstream_restriction, i.e. no reorder depth:
+    # its decoders are opened with strict=strict (`video_decode._Opened`), see `h264_sps`.
+    h264_no_reorder_info: bool = field(default=False, repr=False, compare=False)
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -108,6 +112,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         stream = container.streams.video[0]
         codec = stream.codec_context.name if stream.codec_context else "unknown"
         reorder_depth = int(stream.codec_context.reorder_depth) if stream.codec_context else None
+        no_reorder_info = codec == "h264" and lacks_reorder_info(stream.codec_context.extradata)
         tb = stream.time_base or Fraction(1, 1)
         pts_list, key_pts, has_pts = [], [], True
         key_at = {}  # keyframe pts -> (dts, byte position); the first packet's under None
@@ -190,5 +195,5 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             container=container.format.name if container.format else "",
             stream_index=stream.index, time_base=tb, frame_pts=frame_pts, key_indices=key_indices,
             key_dts=key_dts, key_pos=key_pos,
-            has_pts=has_pts, reorder_depth=reorder_depth,
+            has_pts=has_pts, reorder_depth=reorder_depth, h264_no_reorder_info=no_reorder_info,
         )
