@@ -141,7 +141,8 @@ def extradata_sps(extradata: bytes) -> list[bytes]:
 def lacks_reorder_info(extradata: bytes | None) -> bool:
     """Whether the H.264 extradata holds an SPS without VUI bitstream_restriction (no reorder info).
     False where it holds no SPS (in-band only) or one that does not parse."""
-    try:
-        return any(restriction_flag(s) == 0 for s in extradata_sps(bytes(extradata or b"")))
+    try:  # Baseline (profile_idc 66) has no B slices: nothing to reorder, the decoder's 0 is exact
+        return any(len(s) > 1 and s[1] != 66 and restriction_flag(s) == 0
+                   for s in extradata_sps(bytes(extradata or b"")))
     except IndexError:  # truncated SPS
         return False

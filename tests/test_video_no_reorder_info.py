@@ -124,3 +124,19 @@ def test_sps_reader_on_annex_b_and_truncated_extradata(stripped_mp4):
         assert extradata_sps(annex_b) == [sps] and lacks_reorder_info(annex_b) is lacks
         assert lacks_reorder_info(b"\x00\x00\x01" + sps[:4]) is False  # truncated: not claimed
     assert lacks_reorder_info(None) is False and lacks_reorder_info(b"") is False
+
+
+def test_baseline_profile_without_reorder_info_is_not_marked(tmp_path):
+    # Baseline has no B slices, so a missing reorder depth loses nothing; strict=strict would only
+    # delay every output by the level's DPB size (more decoding for sparse sampling).
+    src = make_clip(tmp_path / "base.mkv", num_frames=30, gop=10, options={"preset": "veryfast", "profile": "baseline"})
+    dst = strip_reorder_info(src, tmp_path / "base_novui.mkv")
+    assert _restriction_flag(src) == 1 and _restriction_flag(dst) == 0
+    info = probe_video(dst)
+    assert not info.h264_no_reorder_info
+    ref, _ = full_decode(src)
+    idx, _ = select_frames(info, preset=QWEN25_VL, fps=9)
+    for workers in (1, 2):
+        out = list(decode_pyav(info, idx, workers=workers))
+        assert [i for i, _ in out] == np.unique(idx).tolist()
+        assert all(np.array_equal(f, ref[i]) for i, f in out)
