@@ -201,6 +201,30 @@ def _single_torch_thread() -> None:
         torch.set_num_threads(1)
 
 
+class _Scratch:
+    """Per-thread resize targets, [H, W, 3] uint8 (each resized frame is put at once, so one per thread
+    is enough: no [batch, H, W, 3] output, issue #14), and the caller's torch thread count, which
+    `_single_torch_thread` on a worker also makes the process default: `restore_threads()` puts it back."""
+
+    def __init__(self, H: int, W: int):
+        import threading
+
+        from .video_resize import require_torch
+
+        self._torch = require_torch()
+        self.caller_threads = self._torch.get_num_threads()  # also pins this thread's own setting first
+        self.H, self.W, self._local = H, W, threading.local()
+
+    def frame(self) -> np.ndarray:
+        buf = getattr(self._local, "frame", None)
+        if buf is None:
+            buf = self._local.frame = np.empty((self.H, self.W, 3), dtype=np.uint8)
+        return buf
+
+    def restore_threads(self) -> None:
+        self._torch.set_num_threads(self.caller_threads)
+
+
 def _decode_and_resize(frames, H: int, W: int, put, slots: dict[int, list[int]], *,
                        resize: str = "qwen-vl-utils", decoded_elsewhere: bool = False) -> int:
     """Resize decoded frames in small batches on a worker thread while this thread keeps decoding
@@ -219,26 +243,16 @@ def _decode_and_resize(frames, H: int, W: int, put, slots: dict[int, list[int]],
     resizes that batch itself instead: waiting left one resize thread behind two decode workers,
     and after the last frame was decoded it worked alone through the backlog with the other core
     idle (issue #14: 480p MPEG-4, wall 1.8× the decode floor)."""
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from .video_resize import require_torch
-
-    torch = require_torch()
-
-    caller_threads = torch.get_num_threads()  # also pins this thread's own setting before the worker's
-    local = threading.local()
+    scratch = _Scratch(H, W)
 
     def resize_into(batch: list[tuple[int, np.ndarray]]) -> int:
         _single_torch_thread()
         return resize_frames_into(batch)
 
     def resize_frames_into(batch: list[tuple[int, np.ndarray]]) -> int:
-        # Each decoded frame is resized into this thread's one scratch frame and put from there
-        # before the next is resized: no [batch, H, W, 3] output (issue #14).
-        buf = getattr(local, "frame", None)
-        if buf is None:
-            buf = local.frame = np.empty((H, W, 3), dtype=np.uint8)
+        buf = scratch.frame()  # each frame is resized into it and put before the next
         resize_frames([f for _, f in batch], H, W, mode=resize, out=[buf] * len(batch),
                       on_frame=lambda j, row: put(slots[batch[j][0]], row))
         return sum(len(slots[i]) for i, _ in batch)
@@ -281,7 +295,7 @@ def _decode_and_resize(frames, H: int, W: int, put, slots: dict[int, list[int]],
             close = getattr(frames, "close", None)
             if close is not None:
                 close()  # an abandoned decode generator closes its container now, not at GC
-            torch.set_num_threads(caller_threads)  # the process-wide default the worker's overwrote
+            scratch.restore_threads()  # the process-wide default the worker's overwrote
     return filled
 
 
@@ -298,19 +312,11 @@ def _resize_on_decoders(info: VideoInfo, idx: np.ndarray, H: int, W: int, put, s
     36 000-39 000; CPU s in docs/video.md). Not the float mode: its resize outweighs the decode, and
     the last run's frames then wait for one worker (480p MPEG-4: more CPU and wall, measured).
     Each worker resizes on one torch thread (`_single_torch_thread`); the caller's count is restored."""
-    import threading
-
-    from .video_resize import require_torch
-
-    torch = require_torch()
-    caller_threads = torch.get_num_threads()
-    local = threading.local()
+    scratch = _Scratch(H, W)
 
     def convert(i: int, rgb: np.ndarray) -> int:
-        buf = getattr(local, "frame", None)  # this worker's resized frame, consumed by `put` at once
-        if buf is None:
-            _single_torch_thread()
-            buf = local.frame = np.empty((H, W, 3), dtype=np.uint8)
+        _single_torch_thread()
+        buf = scratch.frame()  # this worker's resized frame, consumed by `put` at once
         resize_frames(rgb, H, W, mode=resize, out=buf)
         put(slots[i], buf)
         return len(slots[i])
@@ -318,7 +324,7 @@ def _resize_on_decoders(info: VideoInfo, idx: np.ndarray, H: int, W: int, put, s
     try:
         return sum(k for _, k in decode_pyav(info, idx, timeout_s=timeout_s, workers=workers, convert=convert))
     finally:
-        torch.set_num_threads(caller_threads)  # the process-wide default the workers' setting overwrote
+        scratch.restore_threads()  # the process-wide default the workers' setting overwrote
 
 
 def _small_page_array(shape: tuple[int, ...]) -> np.ndarray:
